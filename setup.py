@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+COMMANDS = {
+    "cmbunet_synthetic": "cmbunet.synthetic.cli:main",
+    "cmbunet_convert_valdo": "cmbunet.dataset.convert_valdo:main",
+    "cmbunet_plan_and_preprocess": "cmbunet.plan_and_preprocess:main",
+    "cmbunet_train": "cmbunet.training.cli:main",
+    "cmbunet_predict": "cmbunet.inference.cli:main",
+    "cmbunet_evaluate": "cmbunet.evaluation.cli:main",
+}
+
+setup(
+    name="cmbunet",
+    version="0.1.0",
+    description="Self-configuring detection and segmentation of cerebral microbleeds in brain MRI",
+    packages=find_packages(include=["cmbunet", "cmbunet.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "SimpleITK>=2.2",
+        "batchgenerators>=0.25",
+        "numpy>=1.24",
+        "scikit-image>=0.21",
+        "acvl-utils>=0.2",
+        "pandas>=2.0",
+        "scipy>=1.10",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2"]},
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in COMMANDS.items()]},
+)
