@@ -1,0 +1,35 @@
+"""Exceptions that carry the offending file and the problem, so every command can print a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CMBUNetError(Exception):
+    """Base class of every error cmbunet reports to the user (printed without a traceback by the CLIs)."""
+
+
+class InputError(CMBUNetError):
+    """A user-provided file or folder is unusable. ``path`` names it, ``problem`` says why."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class DatasetIntegrityError(CMBUNetError):
+    """A raw dataset failed verification. ``problems`` lists every (file, problem) found, not only the first."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        lines = "\n".join(f"  - {f}: {p}" for f, p in problems)
+        super().__init__(f"dataset integrity check failed with {len(problems)} problem(s):\n{lines}")
+
+
+class MissingStageError(CMBUNetError):
+    """A training or prediction step needs a stage that has not been trained."""
+
+
+class PlansMismatchError(CMBUNetError):
+    """A checkpoint or preprocessed data belongs to other plans than the ones in use."""

@@ -1,0 +1,129 @@
+"""The one reader/writer of images in cmbunet.
+
+Arrays are returned in **(x, y, z)** axis order, i.e. the voxel index order of NIfTI/nibabel (i, j, k), and
+spacing is (x, y, z) in mm exactly as SimpleITK reports it. Every size in the plans (e.g. the screening block
+20x20x16) uses the same order. Images are ``(C, X, Y, Z)`` float32, segmentations ``(X, Y, Z)``.
+
+Geometry (spacing, origin, direction) travels in an :class:`ImageProperties` dict so that predictions can be
+written back with the input's exact header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, TypedDict
+
+import numpy as np
+import SimpleITK as sitk
+
+from cmbunet.errors import InputError
+from cmbunet.utilities.file_io import atomic_path
+
+#: Relative tolerance on spacing and absolute tolerances on origin (mm) and direction cosines when checking
+#: that the channels and the label of a case share one geometry.
+SPACING_RTOL = 1e-4
+ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+class ImageProperties(TypedDict):
+    spacing: list[float]  # (x, y, z) mm
+    origin: list[float]  # world position of voxel (0, 0, 0)
+    direction: list[float]  # 3x3 direction cosines, row-major as SimpleITK gives them
+    shape: list[int]  # (X, Y, Z)
+
+
+def geometry_mismatch(a: ImageProperties, b: ImageProperties) -> str | None:
+    """Return a sentence describing how two geometries differ, or ``None`` when they agree within tolerance."""
+    if list(a["shape"]) != list(b["shape"]):
+        return f"shape {tuple(b['shape'])} differs from {tuple(a['shape'])}"
+    if not np.allclose(a["spacing"], b["spacing"], rtol=SPACING_RTOL, atol=0):
+        return f"spacing {tuple(np.round(b['spacing'], 5))} differs from {tuple(np.round(a['spacing'], 5))}"
+    if not np.allclose(a["origin"], b["origin"], rtol=0, atol=ORIGIN_ATOL_MM):
+        return f"origin {tuple(np.round(b['origin'], 4))} differs from {tuple(np.round(a['origin'], 4))}"
+    if not np.allclose(a["direction"], b["direction"], rtol=0, atol=DIRECTION_ATOL):
+        return "direction cosines differ"
+    return None
+
+
+class SimpleITKIO:
+    """Read and write 3D medical images (NIfTI, NRRD, MHA) with SimpleITK, keeping exact geometry."""
+
+    @staticmethod
+    def _read_one(path: str | Path) -> tuple[np.ndarray, ImageProperties]:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "file does not exist")
+        if not str(path).endswith(SUPPORTED_ENDINGS):
+            raise InputError(path, f"unsupported file ending; expected one of {', '.join(SUPPORTED_ENDINGS)}")
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as e:  # corrupt gzip, truncated file, not an image
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
+            raise InputError(path, f"cannot be read as an image (corrupt or truncated file?): {first}") from None
+        if img.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar 3D image")
+        if img.GetDimension() != 3:
+            size = img.GetSize()
+            if img.GetDimension() == 4 and size[3] == 1:
+                img = img[:, :, :, 0]
+            else:
+                raise InputError(path, f"is {img.GetDimension()}D with size {size}; cmbunet needs 3D images")
+        arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+        if arr.ndim != 3 or min(arr.shape) < 1:
+            raise InputError(path, f"has an unusable shape {arr.shape}")
+        props: ImageProperties = {
+            "spacing": [float(s) for s in img.GetSpacing()],
+            "origin": [float(o) for o in img.GetOrigin()],
+            "direction": [float(d) for d in img.GetDirection()],
+            "shape": [int(s) for s in arr.shape],
+        }
+        return arr, props
+
+    @classmethod
+    def read_images(cls, paths: Sequence[str | Path]) -> tuple[np.ndarray, ImageProperties]:
+        """Read the channels of one case into ``(C, X, Y, Z)`` float32; all must share one geometry."""
+        arrays, ref = [], None
+        for p in paths:
+            arr, props = cls._read_one(p)
+            if ref is None:
+                ref = props
+            else:
+                problem = geometry_mismatch(ref, props)
+                if problem:
+                    raise InputError(p, f"geometry does not match the first channel {paths[0]}: {problem}")
+            arrays.append(arr.astype(np.float32, copy=False))
+        if ref is None:
+            raise InputError(None, "no image files given")
+        return np.stack(arrays), ref
+
+    @classmethod
+    def read_seg(cls, path: str | Path) -> tuple[np.ndarray, ImageProperties]:
+        """Read a label map as ``(X, Y, Z)`` in its stored dtype (binarisation is the caller's rule)."""
+        return cls._read_one(path)
+
+    @staticmethod
+    def to_sitk(array: np.ndarray, props: ImageProperties) -> sitk.Image:
+        if array.ndim != 3:
+            raise ValueError(f"expected a 3D (X, Y, Z) array, got shape {array.shape}")
+        if list(array.shape) != list(props["shape"]):
+            raise ValueError(f"array shape {array.shape} does not match the geometry's shape {props['shape']}")
+        img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+        img.SetSpacing([float(s) for s in props["spacing"]])
+        img.SetOrigin([float(o) for o in props["origin"]])
+        img.SetDirection([float(d) for d in props["direction"]])
+        return img
+
+    @classmethod
+    def write(cls, array: np.ndarray, path: str | Path, props: ImageProperties, compress: bool = True) -> None:
+        """Write an ``(X, Y, Z)`` array with the given geometry, atomically."""
+        path = Path(path)
+        img = cls.to_sitk(array, props)
+        suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
+        with atomic_path(path, suffix=suffix) as tmp:
+            sitk.WriteImage(img, str(tmp), useCompression=compress)
+
+    write_seg = write
+    write_image = write
