@@ -1,0 +1,262 @@
+"""Preprocess one case (crop, normalise, resample) and map predictions back to its native geometry.
+
+The order matters: the non-zero mask is computed on the *original* image, before any spline touches it. The
+reference implementation cropped after cubic resampling, where ringing leaves tiny non-zero values everywhere,
+so its crop silently kept the whole volume. Here the crop, the normalisation mask and the brain mask all come
+from the same pre-resampling mask, and image voxels outside the resampled brain mask are set back to exactly 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
+from scipy import ndimage as ndi
+
+from cmbunet.errors import InputError
+from cmbunet.imageio.reader_writer import ImageProperties
+from cmbunet.preprocessing.resampling import (
+    compute_new_shape,
+    linear_owner,
+    map_points_to_new_grid,
+    resample_array,
+    resample_image,
+    resample_mask,
+    separate_axis,
+    spacing_equal,
+)
+from cmbunet.utilities.file_io import load_json, save_json, save_npz
+
+#: 26-connectivity, the VALDO rule for what counts as one CMB.
+STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+#: Smallest standard deviation used for z-scoring, so a constant image does not divide by zero.
+MIN_STD = 1e-8
+
+
+def replace_nonfinite(images: np.ndarray) -> tuple[np.ndarray, int]:
+    """Replace NaN/inf by 0 (VALDO images contain NaNs) and return how many voxels were replaced."""
+    bad = ~np.isfinite(images)
+    count = int(bad.sum())
+    if count:
+        images = images.copy()
+        images[bad] = 0.0
+    return images, count
+
+
+def nonzero_mask(images: np.ndarray) -> np.ndarray:
+    """Voxels where any channel is non-zero: the skull-stripped brain, since the background is exactly 0."""
+    return np.any(images != 0, axis=0)
+
+
+def crop_to_mask(mask: np.ndarray) -> list[list[int]]:
+    """Half-open bounding box ``[[x0, x1], [y0, y1], [z0, z1]]`` of the mask, in original voxels."""
+    return [[int(a), int(b)] for a, b in get_bbox_from_mask(mask)]
+
+
+def zscore_foreground(images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Z-score each channel over the mask voxels of this case; background becomes exactly 0."""
+    out = np.zeros_like(images, dtype=np.float32)
+    stats = []
+    for c in range(images.shape[0]):
+        values = images[c][mask].astype(np.float64)
+        mean, std = float(values.mean()), float(values.std())
+        out[c][mask] = ((values - mean) / max(std, MIN_STD)).astype(np.float32)
+        stats.append({"mean": mean, "std": std})
+    return out, stats
+
+
+def label_components(seg: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label 26-connected components of a binary map."""
+    labels, n = ndi.label(seg > 0, structure=STRUCTURE_26)
+    return labels, int(n)
+
+
+def describe_cmbs(seg: np.ndarray) -> list[dict[str, Any]]:
+    """Centre of mass, half-open bbox and voxel count of every 26-connected CMB, in one labelling pass."""
+    labels, n = label_components(seg)
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    centers = ndi.center_of_mass(labels > 0, labels, index)
+    volumes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    boxes = ndi.find_objects(labels)
+    return [
+        {
+            "center": [float(v) for v in ctr],
+            "bbox": [[int(s.start), int(s.stop)] for s in box],
+            "volume_voxels": int(vol),
+        }
+        for ctr, box, vol in zip(centers, boxes, volumes)
+    ]
+
+
+def resample_label(seg: np.ndarray, new_shape: list[int]) -> tuple[np.ndarray, int]:
+    """Linear interpolation of the binary label, threshold 0.5, keeping every CMB.
+
+    A CMB smaller than a target voxel can drop below 0.5 everywhere. Such a CMB (a 26-connected component of
+    the original label that owns no voxel of the resampled one) keeps the voxel nearest its original centre of
+    mass, because losing lesions silently would bias training and evaluation. Returns the label and the number
+    of rescued CMBs.
+    """
+    binary = seg > 0
+    if tuple(seg.shape) == tuple(new_shape):
+        return binary.astype(np.uint8), 0
+    out = resample_mask(binary, new_shape)
+    labels, n = label_components(binary)
+    if n == 0:
+        return out.astype(np.uint8), 0
+    points = np.argwhere(out)
+    owners = linear_owner(labels, points, new_shape)
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[owners] = True
+    lost = np.flatnonzero(~kept[1:]) + 1
+    if len(lost):
+        centers = np.asarray(ndi.center_of_mass(binary, labels, lost), dtype=float).reshape(-1, 3)
+        target = np.rint(map_points_to_new_grid(centers, seg.shape, new_shape)).astype(np.int64)
+        target = np.clip(target, 0, np.asarray(new_shape) - 1)
+        out[target[:, 0], target[:, 1], target[:, 2]] = True
+    return out.astype(np.uint8), int(len(lost))
+
+
+def preprocess_case(
+    images: np.ndarray,
+    props: ImageProperties,
+    plans: dict[str, Any],
+    seg: np.ndarray | None = None,
+    case: str = "",
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, Any]]:
+    """Crop, normalise and resample one case to the plans' target spacing.
+
+    ``images`` is ``(C, X, Y, Z)`` with geometry ``props`` (from :class:`SimpleITKIO`), ``seg`` an optional
+    binary ``(X, Y, Z)`` label. Returns ``(data float32 (C, X', Y', Z'), seg uint8 or None, brain bool,
+    properties)`` where ``properties`` follows the contract in ``architecture.md`` and is all that
+    :func:`export_to_native` needs to go back.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    where = case or None
+    if images.ndim != 4:
+        raise InputError(where, f"expected images of shape (C, X, Y, Z), got {images.shape}")
+    if list(images.shape[1:]) != list(props["shape"]):
+        raise InputError(where, f"image shape {images.shape[1:]} does not match its geometry {props['shape']}")
+    if seg is not None and seg.shape != images.shape[1:]:
+        raise InputError(where, f"label shape {seg.shape} does not match image shape {images.shape[1:]}")
+    expected_c = int(plans.get("num_input_channels", images.shape[0]))
+    if images.shape[0] != expected_c:
+        raise InputError(where, f"has {images.shape[0]} channel(s); the plans expect {expected_c}")
+
+    images, n_nonfinite = replace_nonfinite(images)
+    mask = nonzero_mask(images)
+    if not mask.any():
+        raise InputError(where, "image is entirely zero (no brain voxels); is it empty or wrongly masked?")
+    bbox = crop_to_mask(mask)
+    slicer = bounding_box_to_slice(bbox)
+    images = images[(slice(None),) + slicer]
+    mask = mask[slicer]
+    seg_c = None if seg is None else np.asarray(seg)[slicer] > 0
+
+    data, stats = zscore_foreground(images, mask)
+    del images
+
+    spacing = [float(s) for s in props["spacing"]]
+    target = [float(s) for s in plans["target_spacing"]]
+    shape_crop = [int(s) for s in mask.shape]
+    rs = plans.get("resampling", {})
+    if spacing_equal(spacing, target):
+        new_shape, brain, vanished = shape_crop, mask, 0
+        seg_out = None if seg_c is None else seg_c.astype(np.uint8)
+    else:
+        new_shape = compute_new_shape(shape_crop, spacing, target)
+        axis = separate_axis(
+            spacing, target, bool(rs.get("separate_z", False)), float(rs.get("anisotropy_threshold", 3.0))
+        )
+        order, order_z = int(rs.get("image_order", 3)), int(rs.get("image_order_z", 0))
+        data = np.stack([resample_image(ch, new_shape, order, order_z, axis) for ch in data])
+        brain = resample_mask(mask, new_shape)
+        data[:, ~brain] = 0.0
+        seg_out, vanished = (None, 0) if seg_c is None else resample_label(seg_c, new_shape)
+
+    properties: dict[str, Any] = {
+        "case": case,
+        "original_spacing": spacing,
+        "original_origin": [float(v) for v in props["origin"]],
+        "original_direction": [float(v) for v in props["direction"]],
+        "original_shape": [int(v) for v in props["shape"]],
+        "crop_bbox": bbox,
+        "shape_after_crop": shape_crop,
+        "target_spacing": target,
+        "shape_after_resampling": [int(v) for v in new_shape],
+        "channel_stats": stats,
+        "nonfinite_replaced": n_nonfinite,
+        "cmbs": [] if seg_out is None else describe_cmbs(seg_out),
+        "vanished_cmbs": int(vanished),
+    }
+    return data.astype(np.float32, copy=False), seg_out, np.asarray(brain, dtype=bool), properties
+
+
+def native_geometry(properties: dict[str, Any]) -> ImageProperties:
+    """The original image geometry recorded in the properties, for :meth:`SimpleITKIO.write`."""
+    return {
+        "spacing": list(properties["original_spacing"]),
+        "origin": list(properties["original_origin"]),
+        "direction": list(properties["original_direction"]),
+        "shape": list(properties["original_shape"]),
+    }
+
+
+def export_to_native(probabilities: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+    """Map a preprocessed-space map back to the original ``(X, Y, Z)`` grid; outside the crop it is 0.
+
+    Linear interpolation onto the cropped grid (same edge-aligned convention as preprocessing), then the crop
+    is undone by placing it at ``crop_bbox`` in a zero volume of ``original_shape``.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    expected = tuple(properties["shape_after_resampling"])
+    if probabilities.shape != expected:
+        raise InputError(
+            properties.get("case") or None,
+            f"map shape {probabilities.shape} does not match the preprocessed shape {expected}",
+        )
+    cropped = resample_array(probabilities, properties["shape_after_crop"], order=1)
+    out = np.zeros(properties["original_shape"], dtype=np.float32)
+    out[bounding_box_to_slice(properties["crop_bbox"])] = cropped
+    return out
+
+
+def case_files(preprocessed_dataset_dir: str | Path, case: str) -> tuple[Path, Path]:
+    """Paths of ``data/CASE.npz`` and ``data/CASE.json``."""
+    folder = Path(preprocessed_dataset_dir) / "data"
+    return folder / f"{case}.npz", folder / f"{case}.json"
+
+
+def save_preprocessed_case(
+    preprocessed_dataset_dir: str | Path,
+    case: str,
+    data: np.ndarray,
+    seg: np.ndarray | None,
+    brain: np.ndarray,
+    properties: dict[str, Any],
+) -> None:
+    """Write ``CASE.npz`` then ``CASE.json`` atomically; the JSON last, so its presence marks a finished case."""
+    npz, js = case_files(preprocessed_dataset_dir, case)
+    if seg is None:
+        seg = np.zeros(data.shape[1:], dtype=np.uint8)
+    save_npz(npz, data=data.astype(np.float32), seg=seg.astype(np.uint8), brain=brain.astype(bool))
+    save_json(properties, js)
+
+
+def load_preprocessed_case(
+    preprocessed_dataset_dir: str | Path, case: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read ``(data, seg, brain, properties)`` of one preprocessed case."""
+    npz, js = case_files(preprocessed_dataset_dir, case)
+    for f in (npz, js):
+        if not f.is_file():
+            raise InputError(f, "preprocessed file missing; run cmbunet_plan_and_preprocess first")
+    try:
+        with np.load(npz) as z:
+            data, seg, brain = z["data"], z["seg"], z["brain"]
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(npz, f"cannot be read as a preprocessed case ({e}); re-run with --clean") from None
+    return data, seg, brain, load_json(js)
