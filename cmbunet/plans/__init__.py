@@ -1,0 +1,30 @@
+"""Fingerprint, planner and plans I/O: how cmbunet configures itself from a dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmbunet.plans.planner import PRESETS, plan_experiment
+from cmbunet.plans.plans_io import apply_overrides, load_plans, plans_hash, save_plans, schedule_for
+
+__all__ = [
+    "PRESETS",
+    "plan_experiment",
+    "apply_overrides",
+    "load_plans",
+    "plans_hash",
+    "save_plans",
+    "schedule_for",
+    "extract_fingerprint",
+    "save_fingerprint",
+    "load_fingerprint",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the fingerprint lazily: it reads images, which planning from a saved fingerprint does not need."""
+    if name in ("extract_fingerprint", "save_fingerprint", "load_fingerprint"):
+        from cmbunet.plans import fingerprint
+
+        return getattr(fingerprint, name)
+    raise AttributeError(name)
