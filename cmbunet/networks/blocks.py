@@ -1,0 +1,32 @@
+"""Building blocks shared by the three networks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+
+def conv_bn_act(
+    in_channels: int,
+    out_channels: int,
+    kernel: Sequence[int] | int,
+    negative_slope: float = 0.01,
+    stride: Sequence[int] | int = 1,
+    padding: Sequence[int] | int = 0,
+) -> nn.Sequential:
+    """Conv3d -> BatchNorm3d -> LeakyReLU, the C(BN) unit of 002's tables (valid convolution by default)."""
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False),
+        nn.BatchNorm3d(out_channels),
+        nn.LeakyReLU(negative_slope, inplace=True),
+    )
+
+
+def init_weights(module: nn.Module, negative_slope: float = 0.01) -> None:
+    """He initialisation matched to the LeakyReLU slope, as nnU-Net does; biases start at zero."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, a=negative_slope)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

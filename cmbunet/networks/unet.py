@@ -1,0 +1,61 @@
+"""Segmentation U-Net (002): two conv-BN-LeakyReLU per stage, strided-conv down, transposed-conv up,
+skip concatenation; features start at 32 and double per stage."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from cmbunet.networks.blocks import conv_bn_act, init_weights
+
+
+class SegmentationUNet(nn.Module):
+    """Input sizes must be divisible by ``2 ** (len(features) - 1)`` (002: 32x32x24 with 4 stages)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        features: Sequence[int] = (32, 64, 128, 256),
+        num_classes: int = 2,
+        negative_slope: float = 0.01,
+    ):
+        super().__init__()
+        self.num_pool = len(features) - 1
+        self.encoder = nn.ModuleList()
+        prev = in_channels
+        for s, f in enumerate(features):
+            stride = 1 if s == 0 else 2
+            self.encoder.append(
+                nn.Sequential(
+                    conv_bn_act(prev, f, 3, negative_slope, stride=stride, padding=1),
+                    conv_bn_act(f, f, 3, negative_slope, padding=1),
+                )
+            )
+            prev = f
+        self.upsample = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for s in range(len(features) - 2, -1, -1):
+            self.upsample.append(nn.ConvTranspose3d(features[s + 1], features[s], 2, stride=2, bias=False))
+            self.decoder.append(
+                nn.Sequential(
+                    conv_bn_act(2 * features[s], features[s], 3, negative_slope, padding=1),
+                    conv_bn_act(features[s], features[s], 3, negative_slope, padding=1),
+                )
+            )
+        self.output = nn.Conv3d(features[0], num_classes, 1)
+        init_weights(self, negative_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        divisor = 2**self.num_pool
+        if any(s % divisor for s in x.shape[2:]):
+            raise ValueError(f"U-Net input size {tuple(x.shape[2:])} must be divisible by {divisor}")
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.upsample, self.decoder):
+            x = dec(torch.cat([up(x), skips.pop()], dim=1))
+        return self.output(x)
