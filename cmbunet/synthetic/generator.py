@@ -1,0 +1,441 @@
+"""Synthetic skull-stripped T2*-weighted cases with labelled cerebral microbleeds and unlabelled mimics.
+
+A case is built in four steps: draw the acquisition (spacing, oblique direction, origin, intensity scale, SNR),
+draw a brain (:mod:`cmbunet.synthetic.anatomy`), place microbleeds and mimics that never touch each other
+(:mod:`cmbunet.synthetic.lesions`), then render: tissue contrast x bias field, PSF blur, lesion darkening,
+Rician noise, and zero outside the brain. Everything follows from one integer seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from cmbunet.imageio import ImageProperties
+from cmbunet.synthetic import anatomy as anat
+from cmbunet.synthetic.lesions import (
+    DarkObject,
+    Grid,
+    Part,
+    clearance,
+    ellipsoid_profile,
+    render_object,
+    sphere_label,
+    sphere_profile,
+    supersampling,
+    tube_profile,
+)
+
+SIZES = ("small", "realistic")
+MODALITIES = ("T2S", "T1", "T2")
+MAX_CMBS = 15
+#: Fraction of cases drawn without any microbleed (VALDO: 22 of 72 training scans).
+P_NO_CMB = 0.25
+#: CMB radius distribution in mm (VALDO: 1.5 +- 0.46), clipped to plausible sizes.
+CMB_RADIUS_MEAN_MM, CMB_RADIUS_SD_MM, CMB_RADIUS_RANGE_MM = 1.5, 0.46, (0.7, 3.5)
+#: Share of lobar, deep and infratentorial/lower microbleeds.
+CMB_REGIONS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
+#: Anatomy is evaluated on a grid at most this fine (mm), then linearly upsampled: it is smooth anyway.
+ANATOMY_RESOLUTION_MM = 1.5
+
+# acquisition profiles of "realistic" cases: (in-plane range, slice range), loosely after VALDO's three cohorts
+_SITES = {
+    "3T_thick": ((0.45, 0.55), (2.5, 3.0)),
+    "1.5T_thin": ((0.45, 0.55), (0.7, 0.9)),
+    "3T_coarse": ((0.8, 1.0), (2.5, 3.0)),
+    "mixed": ((0.45, 1.0), (0.8, 3.0)),
+}
+
+
+@dataclass
+class SyntheticCase:
+    """One case: images per modality and label in (x, y, z), geometry, and the ground truth of every object."""
+
+    images: dict[str, np.ndarray]
+    label: np.ndarray
+    props: ImageProperties
+    cmbs: list[dict]
+    mimics: list[dict]
+    brain: np.ndarray = field(repr=False, default=None)
+    meta: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- acquisition
+
+
+def _random_rotation(rng: np.random.Generator, max_deg: float, min_deg: float = 0.0) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(min_deg, max_deg))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _sample_spacing(rng: np.random.Generator, size: str) -> tuple[np.ndarray, str]:
+    if size == "small":
+        inplane, slc, site = rng.uniform(0.8, 1.3), rng.uniform(1.0, 2.5), "small"
+    else:
+        site = str(rng.choice(list(_SITES), p=[0.3, 0.3, 0.25, 0.15]))
+        (a, b), (c, d) = _SITES[site]
+        inplane, slc = rng.uniform(a, b), rng.uniform(c, d)
+    y = inplane * (rng.uniform(0.95, 1.05) if rng.random() < 0.2 else 1.0)  # rare non-square pixels
+    return np.array([inplane, y, slc]), site
+
+
+def _grid_shape(semi: np.ndarray, tilt: np.ndarray, spacing: np.ndarray, size: str) -> tuple[int, int, int]:
+    """Field of view: the tilted brain's extent plus a margin of background, at least 32 voxels per axis."""
+    half = np.sqrt(((tilt * semi[None, :]) ** 2).sum(axis=1)) * 1.15
+    margin = 4.0 if size == "small" else 12.0
+    shape = np.ceil((2 * half + 2 * margin) / spacing).astype(int)
+    return tuple(int(s) for s in np.maximum(shape, 32))
+
+
+# -------------------------------------------------------------------------------------------------- anatomy
+
+
+def _anatomy_grid(grid: Grid) -> tuple[tuple[int, ...], np.ndarray, list[np.ndarray]]:
+    """Integer down-sampling factors and the image-frame mm coordinates (1D per axis) of the coarse voxels."""
+    factors = np.maximum(1, np.floor(ANATOMY_RESOLUTION_MM / grid.spacing)).astype(int)
+    cshape = tuple(int(np.ceil(s / f)) for s, f in zip(grid.shape, factors))
+    axes = [((np.arange(n) * f + (f - 1) / 2.0) * sp - c).astype(np.float32)
+            for n, f, sp, c in zip(cshape, factors, grid.spacing, grid.centre_mm)]
+    return cshape, factors, axes
+
+
+def _to_anatomy_frame(tilt: np.ndarray, px, py, pz):
+    """q = tilt^T p: anatomy coordinates of image-frame points (broadcasting)."""
+    return tuple(tilt[0, i] * px + tilt[1, i] * py + tilt[2, i] * pz for i in range(3))
+
+
+def _upsample(arr: np.ndarray, factors: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear upsampling by integer factors (coarse voxel centres sit at the centre of their fine block)."""
+    if np.all(factors == 1):
+        return arr
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    size = [int(n * f) for n, f in zip(arr.shape, factors)]
+    up = torch.nn.functional.interpolate(t, size=size, mode="trilinear", align_corners=False)[0, 0]
+    return up[: shape[0], : shape[1], : shape[2]].numpy()
+
+
+def _modality_rng(seed: int, modality: str) -> np.random.Generator:
+    """Own random stream per contrast, so a case's T2* image is the same whichever other contrasts are asked for."""
+    return np.random.default_rng([int(seed), 1 + MODALITIES.index(modality)])
+
+
+def _contrasts(seed: int, modalities: Sequence[str], iron: bool) -> dict[str, dict[str, float]]:
+    out = {}
+    for m in modalities:
+        rng = _modality_rng(seed, m)
+        base = anat.BASE_CONTRAST[m]
+        c = {t: base[t] * rng.uniform(0.93, 1.07) for t in anat.TISSUES}
+        if m == "T2S" and iron:
+            c["deep_gm"] = c["wm"] * rng.uniform(0.55, 0.8)  # iron-laden nuclei: darker than white matter
+        elif m == "T2" and iron:
+            c["deep_gm"] = c["wm"] * rng.uniform(0.85, 1.0)
+        out[m] = c
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- objects
+
+
+class _Placer:
+    """Draws candidate positions per region and keeps objects apart."""
+
+    def __init__(self, rng, params: anat.AnatomyParams, tilt, grid: Grid, labels, phi, axes):
+        self.rng, self.params, self.tilt, self.grid = rng, params, tilt, grid
+        self.gap = max(2.0, 2.0 * float(grid.spacing.max()))
+        self.placed: list[DarkObject] = []
+        px, py, pz = np.meshgrid(*axes, indexing="ij", sparse=True)
+        qx, qy, qz = _to_anatomy_frame(tilt, px, py, pz)
+        a, b, c = params.semi_axes
+        depth = -phi
+        parenchyma = (labels == anat.GM) | (labels == anat.WM)
+        rnorm = np.sqrt((qx / a) ** 2 + (qy / b) ** 2 + (qz / c) ** 2)
+        self.regions = {
+            "lobar": parenchyma & (depth > 0.5 * params.cortex_mm) & (depth < params.cortex_mm + 6.0 * max(params.scale, 0.5))
+            & (qz > -0.35 * c),
+            "deep": (labels == anat.DEEP_GM) | ((labels == anat.WM) & (rnorm < 0.45)),
+            "infratentorial": parenchyma & (qz < -0.45 * c) & (depth > 1.5),
+            "white_matter": (labels == anat.WM) & (depth > 4.0 * max(params.scale, 0.5)),
+            "near_deep_gm": (labels == anat.DEEP_GM),
+            "parenchyma": parenchyma | (labels == anat.DEEP_GM),
+        }
+        self.axes = axes
+        self.spacing_coarse = np.array([ax[1] - ax[0] if len(ax) > 1 else 1.0 for ax in axes])
+
+    def point_in(self, region: str) -> np.ndarray | None:
+        mask = self.regions[region]
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
+            return None
+        i = np.unravel_index(int(idx[self.rng.integers(idx.size)]), mask.shape)
+        p = np.array([self.axes[ax][i[ax]] for ax in range(3)], dtype=float)
+        return p + self.rng.uniform(-0.5, 0.5, 3) * self.spacing_coarse
+
+    def tissue_at(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = _to_anatomy_frame(self.tilt, pts[:, 0], pts[:, 1], pts[:, 2])
+        return anat.tissue_labels(self.params, *q)
+
+    def in_parenchyma(self, pts: np.ndarray, margin_mm: float) -> bool:
+        labels, phi = self.tissue_at(pts)
+        ok = (labels == anat.GM) | (labels == anat.WM) | (labels == anat.DEEP_GM)
+        return bool(ok.all() and (phi < -margin_mm).all())
+
+    def fits(self, obj: DarkObject, extra_gap: float = 0.0) -> bool:
+        return all(clearance(obj.collision, o.collision) >= self.gap + extra_gap for o in self.placed)
+
+
+def _shell(centre: np.ndarray, r: float) -> np.ndarray:
+    """Centre plus 6 points at distance ``r``: a cheap test that a lesion lies wholly in parenchyma."""
+    return centre[None, :] + np.vstack([np.zeros(3), np.eye(3) * r, -np.eye(3) * r])
+
+
+def _make_cmb(placer: _Placer, region: str) -> DarkObject | None:
+    rng = placer.rng
+    r = float(np.clip(rng.normal(CMB_RADIUS_MEAN_MM, CMB_RADIUS_SD_MM), *CMB_RADIUS_RANGE_MM))
+    c = placer.point_in(region) if region in placer.regions else None
+    if c is None:
+        return None
+    bloom = r * rng.uniform(1.1, 1.4)  # susceptibility blooming: the dark spot outgrows the deposit
+    sigma = 0.2 + 0.15 * r
+    if not placer.in_parenchyma(_shell(c, bloom + 0.5), margin_mm=r + 1.0):
+        return None
+    depth = rng.uniform(0.55, 0.9)
+    return DarkObject(
+        kind="cmb",
+        parts=[Part(c, bloom + 3.5 * sigma, sphere_profile(c, bloom, sigma))],
+        strength={"T2S": depth, "T2": depth * rng.uniform(0.1, 0.25), "T1": depth * rng.uniform(0.0, 0.08)},
+        collision=[(c, bloom)],
+        info={"radius_mm": r, "region": region, "contrast": depth},
+    )
+
+
+def _bezier(p0, p1, p2, n: int) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+
+
+def _make_vein(placer: _Placer) -> DarkObject | None:
+    """A medullary/deep vein: a curved dark tube running outward through white matter over many slices."""
+    rng = placer.rng
+    start = placer.point_in("white_matter")
+    if start is None:
+        return None
+    s = max(placer.params.scale, 0.45)
+    q_dir = start / (np.linalg.norm(start) + 1e-6)
+    direction = q_dir + rng.normal(0, 0.5, 3)
+    if rng.random() < 0.5:  # many veins run mostly through-plane, which is what makes them span slices
+        direction[2] += np.sign(rng.normal()) * 1.5
+    direction /= np.linalg.norm(direction)
+    length = rng.uniform(12.0, 35.0) * s
+    end = start + length * direction
+    bend = rng.normal(0, 0.2, 3) * length
+    radius = rng.uniform(0.4, 1.0)
+    pts = _bezier(start, (start + end) / 2 + bend, end, max(8, int(length / (0.6 * radius + 0.2))))
+    labels, phi = placer.tissue_at(pts)
+    inside = ((labels == anat.GM) | (labels == anat.WM) | (labels == anat.DEEP_GM)) & (phi < -radius - 0.5)
+    stop = int(np.argmin(inside)) if not inside.all() else len(pts)
+    pts = pts[:stop]
+    if len(pts) < 6 or np.linalg.norm(pts[-1] - pts[0]) < 5.0 * s:
+        return None
+    sigma = 0.15 + 0.2 * radius
+    chunk = 4
+    parts = []
+    for i in range(0, len(pts) - 1, chunk):
+        seg = pts[i : i + chunk + 1]
+        centre = seg.mean(axis=0)
+        ext = float(np.linalg.norm(seg - centre, axis=1).max()) + radius + 3.5 * sigma
+        parts.append(Part(centre, ext, tube_profile(seg, radius, sigma)))
+    depth = rng.uniform(0.35, 0.75)
+    return DarkObject(
+        kind="vein", parts=parts,
+        strength={"T2S": depth, "T2": depth * 0.1, "T1": depth * 0.05},
+        collision=[(p, radius) for p in pts],
+        info={"radius_mm": radius, "length_mm": float(np.linalg.norm(np.diff(pts, axis=0), axis=1).sum())},
+    )
+
+
+def _make_calcification(placer: _Placer) -> DarkObject | None:
+    """Irregular clump of dark spheres, mostly in the deep grey nuclei (pallidal calcification)."""
+    rng = placer.rng
+    c = placer.point_in("near_deep_gm" if rng.random() < 0.7 else "parenchyma")
+    if c is None:
+        return None
+    n = int(rng.integers(2, 5))
+    radii = rng.uniform(1.2, 2.8, n)
+    centres = c + rng.normal(0, 1.0, (n, 3)) * radii[:, None] * 0.8
+    if not placer.in_parenchyma(centres, margin_mm=1.0):
+        return None
+    sigma = 0.4
+    depth = rng.uniform(0.6, 0.9)
+    return DarkObject(
+        kind="calcification",
+        parts=[Part(cc, rr + 3.5 * sigma, sphere_profile(cc, rr, sigma)) for cc, rr in zip(centres, radii)],
+        strength={"T2S": depth, "T2": depth * 0.5, "T1": depth * rng.uniform(-0.3, 0.2)},
+        collision=[(cc, rr) for cc, rr in zip(centres, radii)],
+        info={"num_lobes": n, "max_radius_mm": float(radii.max())},
+    )
+
+
+def _make_spot(placer: _Placer, flat: bool) -> DarkObject | None:
+    """A dark spot that is not round: elongated (cigar) or flat (pancake), e.g. a vessel cut or artefact."""
+    rng = placer.rng
+    c = placer.point_in("parenchyma")
+    if c is None:
+        return None
+    if flat:
+        semi = np.array([rng.uniform(2.0, 3.5), rng.uniform(2.0, 3.5), rng.uniform(0.4, 0.7)])
+    else:
+        semi = np.array([rng.uniform(2.5, 5.0), rng.uniform(0.5, 0.9), rng.uniform(0.5, 0.9)])
+    rot = _random_rotation(rng, 180.0)
+    if not placer.in_parenchyma(_shell(c, float(semi.max()) + 0.5), margin_mm=1.0):
+        return None
+    sigma = 0.25
+    depth = rng.uniform(0.5, 0.85)
+    return DarkObject(
+        kind="flat_spot" if flat else "elongated_spot",
+        parts=[Part(c, float(semi.max()) + 3.5 * sigma, ellipsoid_profile(c, rot, semi, sigma))],
+        strength={"T2S": depth, "T2": depth * 0.2, "T1": depth * 0.05},
+        collision=[(c, float(semi.max()))],
+        info={"semi_axes_mm": semi.round(3).tolist()},
+    )
+
+
+def _num_cmbs(rng: np.random.Generator) -> int:
+    """0 in about a quarter of cases, otherwise a skewed count (most cases few, some many) up to 15."""
+    if rng.random() < P_NO_CMB:
+        return 0
+    return int(min(MAX_CMBS, 1 + rng.geometric(0.22) - 1))
+
+
+def _place(placer: _Placer, make, attempts: int) -> DarkObject | None:
+    for _ in range(attempts):
+        obj = make()
+        if obj is not None and placer.fits(obj):
+            placer.placed.append(obj)
+            return obj
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- case
+
+
+def synthesize_case(
+    seed: int,
+    size: str = "small",
+    num_cmbs: int | None = None,
+    modalities: Sequence[str] = ("T2S",),
+) -> SyntheticCase:
+    """Generate one case from ``seed`` (same seed, same arrays). ``num_cmbs`` forces the microbleed count."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    bad = [m for m in modalities if m not in MODALITIES]
+    if bad or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
+    if num_cmbs is not None and not 0 <= num_cmbs <= MAX_CMBS:
+        raise ValueError(f"num_cmbs must lie in [0, {MAX_CMBS}], got {num_cmbs}")
+    rng = np.random.default_rng(seed)
+
+    # acquisition and anatomy
+    params = anat.sample_anatomy(rng, size)
+    spacing, site = _sample_spacing(rng, size)
+    tilt = _random_rotation(rng, 10.0)  # head position in the scanner
+    grid = Grid(_grid_shape(params.semi_axes, tilt, spacing, size), spacing)
+    direction = _random_rotation(rng, 20.0, min_deg=3.0)  # oblique acquisition
+    origin = -direction @ grid.centre_mm + rng.normal(0, 15.0, 3)
+    iron = bool(rng.random() < 0.35)
+    contrasts = _contrasts(seed, modalities, iron)
+    scale = float(10 ** rng.uniform(1.5, 3.3))
+    offset = float(rng.uniform(0.0, 0.05))
+    snr = {m: float(_modality_rng(seed, m).uniform(12.0, 40.0)) for m in MODALITIES}
+    psf_sigma_vox = rng.uniform(0.3, 0.6)
+
+    # tissue on the anatomy grid
+    cshape, factors, axes = _anatomy_grid(grid)
+    px, py, pz = np.meshgrid(*axes, indexing="ij", sparse=True)
+    q = _to_anatomy_frame(tilt, px, py, pz)
+    labels, phi = anat.tissue_labels(params, *q)
+    shading = anat.bias_field(params, *q) * anat.white_matter_texture(params, *q)
+
+    # objects
+    placer = _Placer(rng, params, tilt, grid, labels, phi, axes)
+    n_target = _num_cmbs(rng) if num_cmbs is None else int(num_cmbs)
+    regions = list(CMB_REGIONS)
+    probs = np.array(list(CMB_REGIONS.values()))
+    cmb_objs: list[DarkObject] = []
+    for _ in range(n_target):
+        obj = _place(placer, lambda: _make_cmb(placer, str(rng.choice(regions, p=probs))), attempts=60)
+        if obj is None:
+            break
+        cmb_objs.append(obj)
+    if num_cmbs is not None and len(cmb_objs) < num_cmbs:
+        raise ValueError(f"could only place {len(cmb_objs)} of {num_cmbs} microbleeds in the brain of seed {seed}")
+    mimic_objs: list[DarkObject] = []
+    s = params.scale
+    n_veins = int(rng.integers(1, 4) + rng.poisson(4.0 * s))
+    makers = [lambda: _make_vein(placer)] * n_veins
+    makers += [lambda: _make_calcification(placer)] * int(rng.random() < 0.4) * int(rng.integers(1, 3))
+    makers += [lambda: _make_spot(placer, flat=bool(rng.random() < 0.5))] * int(rng.poisson(1.0 + 2.0 * s))
+    for make in makers:
+        obj = _place(placer, make, attempts=20)
+        if obj is not None:
+            mimic_objs.append(obj)
+
+    # rendering
+    samples = supersampling(grid)
+    rendered = [(o, render_object(grid, o, samples)) for o in cmb_objs + mimic_objs]
+    phi_full = _upsample(phi, factors, grid.shape)
+    brain = phi_full < 0
+    images = {}
+    for m in modalities:
+        c = contrasts[m]
+        lut = np.array([c["csf"], c["csf"], c["gm"], c["wm"], c["deep_gm"]], dtype=np.float32)
+        img = lut[labels] * shading  # outside filled with CSF so the blur keeps a bright rim
+        img = ndimage.gaussian_filter(img, psf_sigma_vox / factors, mode="nearest")
+        img = _upsample(img, factors, grid.shape).copy()
+        for obj, r in rendered:
+            if r is not None:
+                sl, dark = r
+                img[sl] *= 1.0 - np.float32(obj.strength[m]) * dark
+        sigma = float(np.float32(c["wm"]) / snr[m])
+        noise_rng = np.random.default_rng([int(seed), 11 + MODALITIES.index(m)])
+        n1 = noise_rng.standard_normal(grid.shape, dtype=np.float32)
+        n2 = noise_rng.standard_normal(grid.shape, dtype=np.float32)
+        img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)  # Rician: magnitude of complex noise
+        img = (img + offset) * scale
+        img[~brain] = 0.0
+        images[m] = img.astype(np.float32, copy=False)
+
+    label = np.zeros(grid.shape, dtype=np.uint8)
+    props: ImageProperties = {
+        "spacing": [float(v) for v in spacing],
+        "origin": [float(v) for v in origin],
+        "direction": [float(v) for v in direction.reshape(-1)],
+        "shape": [int(v) for v in grid.shape],
+    }
+    world = lambda p: (origin + direction @ (grid.to_voxel(p) * spacing)).tolist()  # noqa: E731
+    cmbs = []
+    for obj in cmb_objs:
+        c = obj.parts[0].centre
+        sl, inside = sphere_label(grid, c, obj.info["radius_mm"])
+        label[sl][inside] = 1
+        cmbs.append({"center_world_mm": world(c), "center_voxel": grid.to_voxel(c).tolist(),
+                     "radius_mm": obj.info["radius_mm"], "region": obj.info["region"],
+                     "num_voxels": int(inside.sum())})
+    mimics = []
+    for obj in mimic_objs:
+        c = np.mean([cc for cc, _ in obj.collision], axis=0)
+        mimics.append({"kind": obj.kind, "center_world_mm": world(c), "center_voxel": grid.to_voxel(c).tolist(), **obj.info})
+    if iron:
+        for name, centre, _ in params.nuclei:
+            if name == "lentiform":
+                p = tilt @ centre
+                mimics.append({"kind": "iron_deep_gm", "center_world_mm": world(p), "center_voxel": grid.to_voxel(p).tolist()})
+    meta = {"seed": int(seed), "size": size, "site": site, "snr": {m: snr[m] for m in modalities}, "intensity_scale": scale,
+            "iron_deep_gm": iron, "head_tilt": tilt.round(6).tolist()}
+    return SyntheticCase(images=images, label=label, props=props, cmbs=cmbs, mimics=mimics, brain=brain, meta=meta)
