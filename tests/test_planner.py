@@ -341,3 +341,23 @@ def test_schedule_for(auto_plans):
     assert auto_plans["training"]["cpu"]["screening"]["epochs"] == 30
     with pytest.raises(CMBUNetError, match="unknown stage"):
         schedule_for(auto_plans, "detection", "cpu")
+
+
+@pytest.mark.parametrize("spacing", [VALDO_SPACING, [1.0, 1.0, 1.0], [0.5, 0.5, 3.0]])
+def test_built_networks_match_the_planned_sizes(spacing):
+    """The networks built from the plans map the screening block to 1x1x1 and classify the discrimination block."""
+    torch = pytest.importorskip("torch")
+    from cmbunet.networks import build_network
+
+    sp = np.asarray(spacing)
+    fp = make_fingerprint(np.ceil(np.array([[3.0, 3.0, 4.0], [6.0, 5.0, 7.0]]) / sp).astype(int), spacing=spacing)
+    p = plan_experiment(fp, DATASET_JSON, preset="tiny")
+    with torch.no_grad():
+        scr = build_network("screening", p).eval()
+        assert tuple(scr(torch.zeros(1, 1, *p["screening"]["block_size"])).shape) == (1, 2, 1, 1, 1)
+        bigger = [b + 2 * 3 for b in p["screening"]["block_size"]]  # stride 2: 3 more outputs per axis
+        assert tuple(scr(torch.zeros(1, 1, *bigger)).shape) == (1, 2, 4, 4, 4)
+        disc = build_network("discrimination", p).eval()
+        assert tuple(disc(torch.zeros(2, 1, *p["discrimination"]["block_size"])).shape) == (2, 2)
+        seg = build_network("segmentation", p).eval()
+        assert tuple(seg(torch.zeros(1, 1, *p["segmentation"]["patch_size"])).shape) == (1, 2, *p["segmentation"]["patch_size"])
