@@ -188,7 +188,7 @@ def apply_overrides(plans: dict, overrides: list[str] | None) -> dict:
         key, value = parse_override(item)
         _check_overridable(key)
         _set_dotted(out, key, value)
-        explicit.add(re.sub(r"\.-?\d+$", "", key) if key.rsplit(".", 1)[-1].lstrip("-").isdigit() else key)
+        explicit.add(re.sub(r"(\.-?\d+)+$", "", key))  # an item of a list counts as the list
     from cmbunet.plans.planner import rederive
 
     try:
