@@ -7,6 +7,10 @@ COMMANDS = {
     "cmbunet_train": "cmbunet.training.cli:main",
     "cmbunet_predict": "cmbunet.inference.cli:main",
     "cmbunet_evaluate": "cmbunet.evaluation.cli:main",
+    "cmbunet_evaluate_cv": "cmbunet.evaluation.cross_validation:main",
+    "cmbunet_find_thresholds": "cmbunet.evaluation.thresholds:main",
+    "cmbunet_report": "cmbunet.report.cli:main",
+    "cmbunet_demo": "cmbunet.demo:main",
 }
 
 setup(
