@@ -119,7 +119,7 @@ def quantile_box(extents: np.ndarray, quantile: float) -> tuple[list[int], float
     hi = n - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if coverage(mid) >= quantile:
+        if coverage(mid) >= quantile - 1e-12:  # 984/1000 must count as 0.984
             hi = mid
         else:
             lo = mid + 1
