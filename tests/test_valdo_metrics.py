@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cmbunet.evaluation.valdo_metrics import binarise_reference, case_metrics, link_components
+from cmbunet.evaluation.valdo_metrics import (
+    binarise_reference,
+    case_metrics,
+    component_centres_mm,
+    label_components,
+    link_components,
+)
 
 SHAPE = (24, 24, 24)
 ISO = (1.0, 1.0, 1.0)
@@ -168,6 +174,24 @@ def test_reference_is_rounded_to_one_decimal_then_binarised():
     assert binarise_reference(ref).sum() == 1
     m = case_metrics(ref, voxels([(10, 10, 10)]), ISO)
     assert (m["n_ref"], m["tp"], m["dice"], m["vol_diff"]) == (1, 1, 1.0, 0.0)
+
+
+def test_centres_equal_scipy_center_of_mass_times_spacing():
+    rng = np.random.default_rng(3)
+    mask = random_blobs(rng, (30, 26, 14), 10, 0.8)
+    labels, n = label_components(mask)
+    spacing = (0.45, 0.6, 3.0)
+    want = np.array(ndimage.center_of_mass(mask, labels, np.arange(1, n + 1))) * np.array(spacing)
+    assert n > 3
+    np.testing.assert_allclose(component_centres_mm(labels, n, spacing), want, rtol=1e-12)
+
+
+def test_integer_and_float_references_agree():
+    ref = cube() + cube(corner=(1, 1, 1), size=2)
+    pred = cube(corner=(11, 10, 10), value=0.8)
+    as_float = scalars(case_metrics(ref.astype(np.float32) * 0.99, pred, ISO))
+    assert scalars(case_metrics(ref.astype(np.uint8), pred, ISO)) == as_float
+    assert scalars(case_metrics(ref > 0, pred, ISO)) == as_float
 
 
 def test_shape_mismatch_is_rejected():
