@@ -1,0 +1,150 @@
+"""Discrimination of screening candidates: every candidate at every shifted centre, in batched forward passes.
+
+The screening centre of a small CMB can be a voxel or two off, and the discrimination CNN was trained on blocks
+centred on the lesion (patches whose centre misses it are hard negatives). Each candidate is therefore scored
+at ``(2s+1)^3`` centres (``s = plans["inference"]["discrimination_shift_vox"]``, 27 for s = 1), the scores are
+aggregated per candidate (max by default) and the candidate moves to its best centre. The reference code
+re-padded the whole volume for every border shift and ran one forward pass per candidate; here the volume is
+padded once and all (candidate, shift) blocks go through the network in batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmbunet.utilities.patches import extract_patches
+
+
+@dataclass(frozen=True)
+class PaddedVolume:
+    """A ``(C, X, Y, Z)`` volume padded once by ``margin`` voxels per side, so any block whose centre is within
+    ``margin - B//2`` of the volume can be cut without further padding."""
+
+    array: np.ndarray
+    margin: np.ndarray  # (3,) int
+    shape: tuple[int, int, int]  # unpadded spatial shape
+
+    @classmethod
+    def create(cls, volume: np.ndarray, margin: Sequence[int], pad_value: float = 0.0) -> "PaddedVolume":
+        m = np.asarray(margin, dtype=np.int64).reshape(3)
+        arr = np.pad(np.asarray(volume, dtype=np.float32), [(0, 0)] + [(int(a), int(a)) for a in m], constant_values=pad_value)
+        return cls(arr, m, tuple(int(s) for s in volume.shape[1:]))
+
+    def patches(self, centres: np.ndarray, size: Sequence[int]) -> np.ndarray:
+        """Blocks ``(N, C, *size)`` centred at ``centres`` (unpadded voxel coordinates)."""
+        return extract_patches(self.array, np.asarray(centres, dtype=np.int64).reshape(-1, 3) + self.margin, size)
+
+
+def shift_offsets(shift_vox: int) -> np.ndarray:
+    """All integer offsets in ``[-s, s]^3`` as ``(S, 3)``, the zero offset first so ties keep the centre."""
+    r = np.arange(-int(shift_vox), int(shift_vox) + 1)
+    grid = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    zero_first = np.argsort(np.abs(grid).sum(axis=1), kind="stable")
+    return grid[zero_first]
+
+
+def autocast_context(device: torch.device, cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
+    """Mixed precision where it is safe: fp16 autocast on CUDA, bf16 on CPU only when asked for."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def ensemble_probability(networks: Sequence[nn.Module], batch: torch.Tensor) -> torch.Tensor:
+    """CMB probability (softmax channel 1) averaged over the networks of the chosen folds."""
+    total = None
+    for net in networks:
+        p = torch.softmax(net(batch).float(), dim=1)[:, 1]
+        total = p if total is None else total + p
+    return total / len(networks)
+
+
+def _to_device(patches: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = torch.from_numpy(patches).to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+@torch.inference_mode()
+def shifted_probabilities(
+    networks: Sequence[nn.Module],
+    padded: PaddedVolume,
+    centres: np.ndarray,
+    shifts: np.ndarray,
+    block_size: Sequence[int],
+    device: torch.device,
+    batch_size: int = 256,
+    cpu_bf16: bool = False,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """``(N, S)`` fold-averaged CMB probability of every candidate at every shifted centre."""
+    n, s = len(centres), len(shifts)
+    all_centres = (np.asarray(centres, dtype=np.int64)[:, None, :] + shifts[None]).reshape(-1, 3)
+    out = np.empty(n * s, dtype=np.float32)
+    for start in range(0, n * s, batch_size):
+        x = _to_device(padded.patches(all_centres[start : start + batch_size], block_size), device, channels_last)
+        with autocast_context(device, cpu_bf16):
+            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
+    return out.reshape(n, s)
+
+
+def aggregate_shifts(probs: np.ndarray, centres: np.ndarray, shifts: np.ndarray, how: str = "max",
+                     shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One probability per candidate and its new centre.
+
+    ``max`` (002's reference code) keeps the best shift and moves the candidate there; ``mean`` averages the
+    shifts and leaves the candidate where screening put it. Moved centres are clipped into ``shape``.
+    """
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
+    if len(centres) == 0:
+        return np.zeros(0, dtype=np.float32), centres
+    if how == "max":
+        best = np.argmax(probs, axis=1)  # first maximum: the zero shift wins ties
+        prob = probs[np.arange(len(probs)), best]
+        moved = centres + shifts[best]
+    elif how == "mean":
+        prob, moved = probs.mean(axis=1), centres.copy()
+    else:
+        raise ValueError(f"unknown discrimination_aggregate '{how}'; expected 'max' or 'mean'")
+    if shape is not None:
+        moved = np.clip(moved, 0, np.asarray(shape, dtype=np.int64) - 1)
+    return prob.astype(np.float32), moved
+
+
+def discriminate_candidates(
+    networks: Sequence[nn.Module],
+    volume: np.ndarray,
+    centres: np.ndarray,
+    plans: dict,
+    device: str | torch.device = "cpu",
+    shift_vox: int | None = None,
+    aggregate: str | None = None,
+    batch_size: int = 256,
+    cpu_bf16: bool = False,
+    channels_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Discrimination probability ``(N,)`` and refined centres ``(N, 3)`` of candidates in ``volume`` ``(C, X, Y, Z)``.
+
+    With several networks (folds) the per-shift probabilities are averaged over folds before aggregation, so
+    all folds agree on one refined centre.
+    """
+    device = torch.device(device)
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
+    inf = plans.get("inference", {})
+    shift_vox = int(inf.get("discrimination_shift_vox", 1) if shift_vox is None else shift_vox)
+    aggregate = str(inf.get("discrimination_aggregate", "max") if aggregate is None else aggregate)
+    if len(centres) == 0:
+        return np.zeros(0, dtype=np.float32), centres
+    block = [int(b) for b in plans["discrimination"]["block_size"]]
+    shifts = shift_offsets(shift_vox)
+    pad_value = float(plans.get("normalization", {}).get("background_value", 0.0))
+    padded = PaddedVolume.create(volume, [b // 2 + b % 2 + shift_vox for b in block], pad_value)
+    probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, cpu_bf16, channels_last)
+    return aggregate_shifts(probs, centres, shifts, aggregate, volume.shape[1:])

@@ -1,0 +1,439 @@
+"""The whole prediction of one case, and of a folder of cases: screening -> discrimination -> segmentation.
+
+Per case (in the preprocessed space of training, so the networks see what they were trained on):
+
+1. screening score map of the whole volume (fully convolutional, or an explicit sliding window);
+2. candidates: threshold, 3D non-maximum suppression, exact mapping to input voxels;
+3. discrimination of every candidate at shifted centres; candidates above the threshold are kept and moved to
+   their best centre;
+4. U-Net segmentation of a patch around each kept candidate, merged with Gaussian weights;
+5. with several folds, the folds' probabilities are averaged at each stage;
+6. the probability map goes back to the native grid of the input, then is binarised.
+
+Models are loaded once for all cases, and the next case is read and preprocessed in a background thread
+while the networks run on the current one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+from torch import nn
+from tqdm import tqdm
+
+from cmbunet.errors import CMBUNetError, InputError, MissingStageError
+from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
+from cmbunet.inference.candidates import find_candidates
+from cmbunet.inference.discrimination import autocast_context, discriminate_candidates
+from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
+from cmbunet.inference.screening import screening_score_map
+from cmbunet.inference.segmentation import segment_candidates
+from cmbunet.preprocessing.preprocessor import export_to_native, native_geometry, preprocess_case
+from cmbunet.preprocessing.resampling import map_points_to_new_grid
+from cmbunet.utilities.file_io import atomic_path, load_json
+
+STAGES = ("screening", "discrimination", "segmentation")
+SETTINGS_FILE = "inference_settings.json"
+#: Settings that ``inference_settings.json`` and the command line may change (the rest of the plans may not).
+SETTING_KEYS = ("screening_threshold", "nms_size_vox", "max_candidates", "discrimination_threshold",
+                "discrimination_shift_vox", "discrimination_aggregate", "segmentation_threshold", "tile_size")
+CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
+               "screening_score", "discrimination_score", "segmentation_score"]
+CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
+TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
+STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def load_settings_file(model_dir: Path) -> dict[str, Any]:
+    """Thresholds saved next to a model (e.g. picked on validation data); flat or under an ``inference`` key."""
+    path = Path(model_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = load_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(path, f"is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "must contain a JSON object of inference settings")
+    raw = raw.get("inference", raw) if isinstance(raw.get("inference"), dict) else raw
+    return {k: v for k, v in raw.items() if k in SETTING_KEYS}
+
+
+def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Inference settings: the plans' defaults, then ``inference_settings.json``, then explicit overrides."""
+    settings = dict(plans.get("inference", {}))
+    if model_dir is not None:
+        settings.update(load_settings_file(model_dir))
+    unknown = sorted(set(overrides or {}) - set(SETTING_KEYS))
+    if unknown:
+        raise CMBUNetError(f"unknown inference setting(s) {unknown}; known: {', '.join(SETTING_KEYS)}")
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return settings
+
+
+# ------------------------------------------------------------------------------------------------ model folder
+def stage_checkpoint(model_dir: Path, fold: str, stage: str, which: str) -> Path:
+    return Path(model_dir) / f"fold_{fold}" / stage / f"checkpoint_{which}.pth"
+
+
+def available_folds(model_dir: Path, which: str = "final") -> list[str]:
+    """Every ``fold_*`` folder in which all three stages have a ``checkpoint_<which>.pth``, numeric folds first."""
+    folds = [p.name[len("fold_"):] for p in Path(model_dir).glob("fold_*") if p.is_dir()]
+    complete = [f for f in folds if all(stage_checkpoint(model_dir, f, s, which).is_file() for s in STAGES)]
+    return sorted(complete, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+
+
+def check_folds(model_dir: Path, folds: Sequence[str], which: str) -> None:
+    """Raise :class:`MissingStageError` listing every missing checkpoint of the requested folds."""
+    missing = [str(stage_checkpoint(model_dir, f, s, which)) for f in folds for s in STAGES
+               if not stage_checkpoint(model_dir, f, s, which).is_file()]
+    if missing:
+        raise MissingStageError("cannot predict, checkpoint(s) missing (train these stages first, or choose other "
+                                "folds with -f):\n  " + "\n  ".join(missing))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CMBUNetError("-device cuda was requested but no CUDA GPU is available; use -device cpu")
+    return dev
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+def voxel_to_world(index: np.ndarray, geometry: Mapping[str, Any]) -> np.ndarray:
+    """World positions (mm) of continuous voxel indices ``(N, 3)``: origin + direction @ (index * spacing)."""
+    direction = np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
+    scaled = np.asarray(index, dtype=float).reshape(-1, 3) * np.asarray(geometry["spacing"], dtype=float)
+    return np.asarray(geometry["origin"], dtype=float) + scaled @ direction.T
+
+
+def preprocessed_to_native(points: np.ndarray, properties: Mapping[str, Any]) -> np.ndarray:
+    """Continuous native voxel positions of preprocessed voxels: undo the resampling, then the crop."""
+    pts = map_points_to_new_grid(np.asarray(points, dtype=float).reshape(-1, 3),
+                                 properties["shape_after_resampling"], properties["shape_after_crop"])
+    return pts + np.asarray(properties["crop_bbox"], dtype=float)[:, 0]
+
+
+def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[str, Any],
+              candidates: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per 26-connected CMB of the native binary map.
+
+    Centre = centre of mass (voxel i, j, k rounded; world mm exact). The screening and discrimination scores are
+    those of the kept candidate nearest to the CMB; the segmentation score is the CMB's highest probability.
+    """
+    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
+    if n == 0:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in CMB_COLUMNS})
+    index = np.arange(1, n + 1)
+    com = np.asarray(ndimage.center_of_mass(binary > 0, labels, index), dtype=float).reshape(-1, 3)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    seg_score = np.asarray(ndimage.maximum(probabilities, labels, index), dtype=float).reshape(-1)
+    world = voxel_to_world(com, geometry)
+    spacing = np.asarray(geometry["spacing"], dtype=float)
+    scr = disc = np.full(n, np.nan)
+    if candidates is not None and len(candidates) and "native_i" in candidates:
+        kept = candidates[candidates["kept"]]
+        if len(kept):
+            cpos = kept[["native_i", "native_j", "native_k"]].to_numpy(float) * spacing
+            dist = np.linalg.norm(com[:, None, :] * spacing - cpos[None], axis=2)
+            nearest = dist.argmin(axis=1)
+            scr = kept["screening_score"].to_numpy(float)[nearest]
+            disc = kept["discrimination_score"].to_numpy(float)[nearest]
+    vox = np.rint(com).astype(np.int64)
+    return pd.DataFrame({
+        "id": index, "i": vox[:, 0], "j": vox[:, 1], "k": vox[:, 2],
+        "x_mm": world[:, 0], "y_mm": world[:, 1], "z_mm": world[:, 2],
+        "volume_mm3": counts * float(np.prod(spacing)), "num_voxels": counts,
+        "screening_score": scr, "discrimination_score": disc, "segmentation_score": seg_score,
+    })[CMB_COLUMNS]
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+@dataclass(frozen=True)
+class CaseOutputs:
+    """The files written for one case; the binary prediction is written last and marks a finished case."""
+
+    prediction: Path
+    cmbs: Path
+    probabilities: Path | None
+
+    @classmethod
+    def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool) -> "CaseOutputs":
+        out = Path(output_dir)
+        return cls(out / f"{case.output_stem}.nii.gz", out / f"{case.case}_cmbs.csv",
+                   out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None)
+
+    def finished(self) -> bool:
+        return all(p.is_file() for p in (self.prediction, self.cmbs, self.probabilities) if p is not None)
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """CSV written atomically."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def write_case(result: Mapping[str, Any], outputs: CaseOutputs) -> None:
+    """Probabilities (optional), the CMB table, then the binary map, each atomically."""
+    geometry = result["geometry"]
+    if outputs.probabilities is not None:
+        SimpleITKIO.write(result["probabilities"].astype(np.float32), outputs.probabilities, geometry)
+    write_csv(result["cmbs"], outputs.cmbs)
+    SimpleITKIO.write(result["binary"].astype(np.uint8), outputs.prediction, geometry)
+
+
+def summary_row(case: str, status: str, result: Mapping[str, Any] | None = None, error: str = "") -> dict[str, Any]:
+    """One line of ``summary.csv``."""
+    row: dict[str, Any] = {"case": case, "status": status, "error": error}
+    if result is not None:
+        cmbs = result["cmbs"]
+        row.update(num_cmbs=len(cmbs), total_volume_mm3=float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0,
+                   num_candidates=len(result["candidates"]),
+                   num_kept=int(result["candidates"]["kept"].sum()) if len(result["candidates"]) else 0)
+        timings = result.get("timings", {})
+        row.update({f"seconds_{k}": timings.get(k, np.nan) for k in TIMING_KEYS})
+        row["seconds_total"] = float(sum(timings.get(k, 0.0) for k in TIMING_KEYS))
+    return row
+
+
+def skipped_row(case: InputCase, outputs: CaseOutputs, previous: pd.DataFrame | None) -> dict[str, Any]:
+    """Summary line of a case finished by an earlier run: its earlier line when known, else from its CSV."""
+    if previous is not None and "case" in previous and (previous["case"] == case.case).any():
+        row = previous[previous["case"] == case.case].iloc[-1].to_dict()
+        if row.get("status") == "ok":
+            row["status"] = "skipped (done before)"
+            return row
+    try:
+        cmbs = pd.read_csv(outputs.cmbs)
+        extra = {"num_cmbs": len(cmbs), "total_volume_mm3": float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0}
+    except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
+        extra = {}
+    return {"case": case.case, "status": "skipped (done before)", "error": "", **extra}
+
+
+def summary_name(num_parts: int, part_id: int) -> str:
+    """``summary.csv``, or one file per part so parallel parts never overwrite each other's summary."""
+    return "summary.csv" if num_parts == 1 else f"summary_part{part_id}of{num_parts}.csv"
+
+
+def prefetch(fn: Callable[[InputCase], Any], items: Sequence[InputCase], workers: int) -> Iterator[tuple[InputCase, Future | Any]]:
+    """Yield ``(item, future)`` with up to ``workers`` items prepared ahead in background threads
+    (``workers=0``: run inline). Bounded look-ahead keeps memory at a few cases."""
+    if workers <= 0:
+        for item in items:
+            yield item, _Done(fn, item)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cmbunet-preprocess") as pool:
+        queue: deque[tuple[InputCase, Future]] = deque()
+        it = iter(items)
+        for item in it:
+            queue.append((item, pool.submit(fn, item)))
+            if len(queue) > workers:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+
+class _Done:
+    """Lazy stand-in for a Future when preprocessing runs inline."""
+
+    def __init__(self, fn: Callable[[InputCase], Any], item: InputCase):
+        self.fn, self.item = fn, item
+
+    def result(self) -> Any:
+        return self.fn(self.item)
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+class CMBPredictor:
+    """Trained screening, discrimination and segmentation networks (one or more folds) and their settings."""
+
+    def __init__(self, plans: dict, networks: Mapping[str, Sequence[nn.Module]], device: str | torch.device = "cpu",
+                 mode: str = "fcn", settings: Mapping[str, Any] | None = None, folds: Sequence[str] = (),
+                 model_dir: Path | None = None, discrimination_batch_size: int = 256,
+                 segmentation_batch_size: int = 32, cpu_bf16: bool = False, channels_last: bool = False):
+        if mode not in ("fcn", "sliding"):
+            raise CMBUNetError(f"unknown screening mode '{mode}'; expected fcn or sliding")
+        missing = [s for s in STAGES if not networks.get(s)]
+        if missing:
+            raise MissingStageError(f"no network given for stage(s) {missing}")
+        self.plans = plans
+        self.device = resolve_device(device)
+        self.networks = {s: [n.to(self.device).eval() for n in networks[s]] for s in STAGES}
+        if channels_last:
+            self.networks = {s: [n.to(memory_format=torch.channels_last_3d) for n in nets]
+                             for s, nets in self.networks.items()}
+        self.mode = mode
+        self.settings = resolve_settings(plans, None, None) if settings is None else dict(settings)
+        self.folds = list(folds)
+        self.model_dir = model_dir
+        self.discrimination_batch_size = int(discrimination_batch_size)
+        self.segmentation_batch_size = int(segmentation_batch_size)
+        self.cpu_bf16 = bool(cpu_bf16)
+        self.channels_last = bool(channels_last)
+
+    @classmethod
+    def from_model_folder(cls, model_dir: str | Path, folds: Sequence[int | str] | None = None,
+                          device: str | torch.device = "cpu", checkpoint: str = "final", mode: str = "fcn",
+                          settings_overrides: Mapping[str, Any] | None = None, **options: Any) -> "CMBPredictor":
+        """Load ``plans.json`` and the checkpoints of ``folds`` (default: every complete fold) once."""
+        from cmbunet.plans.plans_io import load_plans
+        from cmbunet.training.checkpoint import load_stage_network
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise InputError(model_dir, "model folder does not exist")
+        plans = load_plans(model_dir / "plans.json")
+        fold_names = [str(f) for f in folds] if folds else available_folds(model_dir, checkpoint)
+        if not fold_names:
+            raise MissingStageError(f"{model_dir}: no fold_* folder has all three stages trained "
+                                    f"(checkpoint_{checkpoint}.pth for screening, discrimination and segmentation)")
+        check_folds(model_dir, fold_names, checkpoint)
+        dev = resolve_device(device)
+        networks = {s: [load_stage_network(model_dir, f, s, plans, dev, checkpoint) for f in fold_names] for s in STAGES}
+        settings = resolve_settings(plans, model_dir, settings_overrides)
+        return cls(plans, networks, dev, mode, settings, fold_names, model_dir, **options)
+
+    @property
+    def channel_names(self) -> dict[str, str]:
+        return dict(self.plans.get("channel_names", {"0": "T2S"}))
+
+    # ---------------------------------------------------------------------------------------- one case
+    def screening(self, data: np.ndarray) -> np.ndarray:
+        """Fold-averaged screening score map."""
+        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.get("tile_size"), self.mode)
+                for net in self.networks["screening"]]
+        return np.mean(maps, axis=0) if len(maps) > 1 else maps[0]
+
+    @torch.inference_mode()
+    def predict_preprocessed(self, data: np.ndarray, properties: Mapping[str, Any]) -> dict[str, Any]:
+        """Predict a preprocessed case ``(C, X, Y, Z)``; maps go back to the native grid described by ``properties``.
+
+        Returns ``probabilities`` and ``binary`` (native), ``probabilities_preprocessed``, ``cmbs`` (one row per
+        CMB), ``candidates`` (every screening candidate, preprocessed voxels), ``geometry`` and ``timings``.
+        """
+        s, t = self.settings, {}
+        data = np.asarray(data, dtype=np.float32)
+        clock = time.perf_counter()
+        with autocast_context(self.device, self.cpu_bf16):
+            score_map = self.screening(data)
+        centres, scores = find_candidates(score_map, self.plans, s.get("screening_threshold"), s.get("nms_size_vox"),
+                                          s.get("max_candidates"))
+        t["screening"], clock = time.perf_counter() - clock, time.perf_counter()
+
+        disc, moved = discriminate_candidates(
+            self.networks["discrimination"], data, centres, self.plans, self.device, s.get("discrimination_shift_vox"),
+            s.get("discrimination_aggregate"), self.discrimination_batch_size, self.cpu_bf16, self.channels_last)
+        kept = disc > float(s.get("discrimination_threshold", 0.5))
+        t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
+
+        prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
+                                      self.segmentation_batch_size, self.cpu_bf16, self.channels_last)
+        t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
+
+        native = np.clip(export_to_native(prob_pre, properties), 0.0, 1.0)
+        binary = (native >= float(s.get("segmentation_threshold", 0.5))).astype(np.uint8)
+        geometry = native_geometry(properties)
+        native_pos = preprocessed_to_native(moved, properties)
+        candidates = pd.DataFrame({
+            "x": moved[:, 0], "y": moved[:, 1], "z": moved[:, 2], "screening_score": scores,
+            "discrimination_score": disc, "kept": kept,
+            "native_i": native_pos[:, 0], "native_j": native_pos[:, 1], "native_k": native_pos[:, 2]})
+        world = voxel_to_world(native_pos, geometry)
+        candidates[["x_mm", "y_mm", "z_mm"]] = world if len(world) else np.zeros((0, 3))
+        cmbs = cmb_table(binary, native, geometry, candidates)
+        t["export"] = time.perf_counter() - clock
+        return {"probabilities": native, "binary": binary, "probabilities_preprocessed": prob_pre, "cmbs": cmbs,
+                "candidates": candidates, "geometry": geometry, "timings": t, "properties": dict(properties)}
+
+    def load_and_preprocess(self, image_paths: Sequence[str | Path], case: str = "") -> tuple[np.ndarray, dict, ImageProperties, dict]:
+        """Read the channel files (one geometry) and preprocess them exactly as for training."""
+        clock = time.perf_counter()
+        images, props = SimpleITKIO.read_images([Path(p) for p in image_paths])
+        t_read = time.perf_counter() - clock
+        data, _, _, properties = preprocess_case(images, props, self.plans, case=case)
+        return data, properties, props, {"read": t_read, "preprocess": time.perf_counter() - clock - t_read}
+
+    def predict_case(self, image_paths: Sequence[str | Path], case: str = "") -> dict[str, Any]:
+        """Read, preprocess and predict one case given its channel files in model channel order."""
+        data, properties, props, t = self.load_and_preprocess(image_paths, case)
+        return self._finish(self.predict_preprocessed(data, properties), props, t)
+
+    @staticmethod
+    def _finish(result: dict[str, Any], props: ImageProperties, timings: Mapping[str, float]) -> dict[str, Any]:
+        """Write geometry = the input's own header (bit-exact), and merge the reading/preprocessing times."""
+        result["geometry"] = dict(props)
+        result["timings"] = {**timings, **result["timings"]}
+        return result
+
+    # ---------------------------------------------------------------------------------------- a folder
+    def predict_folder(self, input_path: str | Path, output_dir: str | Path, save_probabilities: bool = False,
+                       overwrite: bool = False, num_parts: int = 1, part_id: int = 0, num_workers: int = 1,
+                       file_ending: str = ".nii.gz", progress: bool | None = None) -> pd.DataFrame:
+        """Predict every case of ``input_path`` (a VALDO tree, a ``CASE_0000`` folder or one file) into ``output_dir``.
+
+        Failing cases are reported in the returned summary (also ``summary.csv``) and do not stop the others;
+        finished cases are skipped unless ``overwrite``. ``num_parts``/``part_id`` select this machine's share.
+        """
+        output_dir = Path(output_dir)
+        cases = select_part(find_input_cases(input_path, self.channel_names, file_ending), num_parts, part_id)
+        summary_path = output_dir / summary_name(num_parts, part_id)
+        previous = pd.read_csv(summary_path) if summary_path.is_file() else None
+        rows: list[dict[str, Any]] = []
+        todo: list[InputCase] = []
+        for case in cases:
+            outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
+            if not case.ok:
+                rows.append(summary_row(case.case, "failed", error=case.error or ""))
+            elif outputs.finished() and not overwrite:
+                rows.append(skipped_row(case, outputs, previous))
+            else:
+                todo.append(case)
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+        def prepare(case: InputCase) -> tuple[np.ndarray, dict, ImageProperties, dict]:
+            return self.load_and_preprocess(case.images, case.case)
+
+        for case, future in tqdm(prefetch(prepare, todo, num_workers), total=len(todo), desc="predicting",
+                                 unit="case", disable=None if progress is None else not progress):
+            rows.append(self._run_one(case, future, CaseOutputs.for_case(output_dir, case, save_probabilities)))
+            self._write_summary(rows, cases, summary_path)
+        return self._write_summary(rows, cases, summary_path)
+
+    def _run_one(self, case: InputCase, future: Any, outputs: CaseOutputs) -> dict[str, Any]:
+        """Predict and write one case; any error becomes a ``failed`` summary line naming the problem."""
+        try:
+            data, properties, props, timings = future.result()
+            result = self._finish(self.predict_preprocessed(data, properties), props, timings)
+            clock = time.perf_counter()
+            write_case(result, outputs)
+            result["timings"]["write"] = time.perf_counter() - clock
+            return summary_row(case.case, "ok", result)
+        except CMBUNetError as e:
+            print(f"error: case {case.case}: {e}", file=sys.stderr)
+            return summary_row(case.case, "failed", error=str(e))
+        except Exception as e:  # noqa: BLE001 - one broken case must not stop a run over 100 others
+            traceback.print_exc(file=sys.stderr)
+            return summary_row(case.case, "failed", error=f"{type(e).__name__}: {e}")
+
+    @staticmethod
+    def _write_summary(rows: Iterable[dict[str, Any]], cases: Sequence[InputCase], path: Path) -> pd.DataFrame:
+        """Summary in case order, rewritten after every case so a long run shows its progress."""
+        table = pd.DataFrame(list(rows))
+        order = {c.case: i for i, c in enumerate(cases)}
+        table = table.sort_values("case", key=lambda s: s.map(order)).reset_index(drop=True)
+        write_csv(table, path)
+        return table

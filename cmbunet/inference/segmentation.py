@@ -1,0 +1,97 @@
+"""Segmentation of the kept candidates: the U-Net on one patch per candidate, merged into one probability map.
+
+Patches of neighbouring candidates overlap. Their probabilities are merged as in nnU-Net's sliding window:
+each patch is weighted by a Gaussian importance map (sigma = patch/8, highest at the patch centre, where the
+network has the most context), weighted probabilities and weights are accumulated, and the sum is divided
+by the weights. Voxels that no patch covers stay 0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmbunet.inference.discrimination import PaddedVolume, _to_device, autocast_context, ensemble_probability
+
+
+def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """Separable Gaussian weights over a patch, maximum 1 at its centre (strictly positive everywhere)."""
+    axes = []
+    for n in patch_size:
+        x = np.arange(int(n), dtype=np.float64) - (int(n) - 1) / 2.0
+        sigma = max(float(n) * sigma_scale, 1e-6)
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    g = g / g.max()
+    return np.maximum(g, 1e-6).astype(np.float32)
+
+
+@torch.inference_mode()
+def patch_probabilities(
+    networks: Sequence[nn.Module],
+    padded: PaddedVolume,
+    centres: np.ndarray,
+    patch_size: Sequence[int],
+    device: torch.device,
+    batch_size: int = 32,
+    cpu_bf16: bool = False,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """``(N, *patch_size)`` fold-averaged CMB probabilities of the patches centred at ``centres``."""
+    out = np.empty((len(centres), *patch_size), dtype=np.float32)
+    for start in range(0, len(centres), batch_size):
+        x = _to_device(padded.patches(centres[start : start + batch_size], patch_size), device, channels_last)
+        with autocast_context(device, cpu_bf16):
+            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
+    return out
+
+
+def merge_patches(patches: np.ndarray, centres: np.ndarray, shape: Sequence[int], weights: np.ndarray) -> np.ndarray:
+    """Weighted average of overlapping ``(N, *P)`` patches placed at ``centres`` in a volume of ``shape``.
+
+    Accumulates on a grid padded by one patch so border patches need no clipping; 0 where no patch lies.
+    """
+    p = np.asarray(patches.shape[1:], dtype=np.int64)
+    shape = np.asarray(shape, dtype=np.int64)
+    acc = np.zeros(shape + 2 * p, dtype=np.float32)
+    wsum = np.zeros_like(acc)
+    starts = np.asarray(centres, dtype=np.int64).reshape(-1, 3) - p // 2 + p
+    for patch, (x, y, z) in zip(patches, starts):  # one vectorised slice update per patch
+        sl = (slice(x, x + p[0]), slice(y, y + p[1]), slice(z, z + p[2]))
+        acc[sl] += patch * weights
+        wsum[sl] += weights
+    inner = tuple(slice(int(a), int(a + n)) for a, n in zip(p, shape))
+    acc, wsum = acc[inner], wsum[inner]
+    out = np.zeros(tuple(int(s) for s in shape), dtype=np.float32)
+    np.divide(acc, wsum, out=out, where=wsum > 0)
+    return out
+
+
+def segment_candidates(
+    networks: Sequence[nn.Module],
+    volume: np.ndarray,
+    centres: np.ndarray,
+    plans: dict,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    cpu_bf16: bool = False,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """CMB probability map ``(X, Y, Z)`` of ``volume`` ``(C, X, Y, Z)`` from U-Net patches at ``centres``.
+
+    With several networks (folds) each patch's probabilities are averaged over the folds before merging, which
+    equals averaging the folds' merged maps because all folds use the same patches and weights.
+    """
+    device = torch.device(device)
+    shape = tuple(int(s) for s in volume.shape[1:])
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
+    if len(centres) == 0:
+        return np.zeros(shape, dtype=np.float32)
+    patch = [int(s) for s in plans["segmentation"]["patch_size"]]
+    pad_value = float(plans.get("normalization", {}).get("background_value", 0.0))
+    padded = PaddedVolume.create(volume, [s // 2 + s % 2 for s in patch], pad_value)
+    probs = patch_probabilities(networks, padded, centres, patch, device, batch_size, cpu_bf16, channels_last)
+    return merge_patches(probs, centres, shape, gaussian_importance(patch))
