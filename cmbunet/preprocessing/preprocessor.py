@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask
 from scipy import ndimage as ndi
 
 from cmbunet.errors import InputError
@@ -51,8 +50,22 @@ def nonzero_mask(images: np.ndarray) -> np.ndarray:
 
 
 def crop_to_mask(mask: np.ndarray) -> list[list[int]]:
-    """Half-open bounding box ``[[x0, x1], [y0, y1], [z0, z1]]`` of the mask, in original voxels."""
-    return [[int(a), int(b)] for a, b in get_bbox_from_mask(mask)]
+    """Half-open bounding box ``[[x0, x1], [y0, y1], [z0, z1]]`` of a non-empty mask, in original voxels.
+
+    Same convention as ``acvl_utils``' ``get_bbox_from_mask``, computed from the three axis projections; that
+    module imports torch and blosc2 (seconds per worker process), which preprocessing does not otherwise need.
+    """
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=others))
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def bounding_box_to_slice(bbox: list[list[int]]) -> tuple[slice, ...]:
+    """Slices selecting a half-open bounding box."""
+    return tuple(slice(int(a), int(b)) for a, b in bbox)
 
 
 def zscore_foreground(images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:

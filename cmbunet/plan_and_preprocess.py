@@ -1,0 +1,203 @@
+"""``cmbunet_plan_and_preprocess``: fingerprint a raw dataset, derive its plans, preprocess it and split it.
+
+Everything goes to ``CMBUNET_PREPROCESSED/DatasetXXX_Name/``; the raw dataset is only read. A re-run skips the
+cases already preprocessed with the same plans (their ``CASE.json`` records the plans hash), so an interrupted
+run continues where it stopped and a change of plans redoes exactly the affected cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from cmbunet.dataset.raw_dataset import binarise_label, list_training_cases, load_dataset_json, verify_dataset_integrity
+from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
+from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.preprocessing.preprocessor import case_files, preprocess_case, save_preprocessed_case
+from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
+from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.file_io import load_json, save_json
+
+FINGERPRINT_FILE = "dataset_fingerprint.json"
+PLANS_FILE = "plans.json"
+DATA_DIR = "data"
+
+
+def default_num_processes() -> int:
+    """At most 4 workers: each holds a whole volume and its float64 spline coefficients in memory."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cmbunet_plan_and_preprocess",
+        description="Fingerprint a raw dataset, write its plans and preprocess every training case "
+        "(crop, z-score, resample to the target spacing), then write the cross-validation splits.",
+    )
+    p.add_argument("-d", required=True, metavar="ID", help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p.add_argument("--verify_dataset_integrity", action="store_true",
+                   help="check every raw file first and stop, writing nothing, if anything is wrong")
+    p.add_argument("-np", type=int, default=default_num_processes(), metavar="N",
+                   help="worker processes for fingerprinting and preprocessing (default: min(4, CPUs))")
+    p.add_argument("--preset", choices=("auto", "paper", "tiny"), default="auto",
+                   help="auto: derived from the dataset; paper: the published 20x20x16 blocks; tiny: for tests")
+    p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="set plans entries, e.g. target_spacing=[0.5,0.5,0.8] (value parsed as JSON)")
+    p.add_argument("--raw-root", type=Path, default=None, help="raw data root (default: $CMBUNET_RAW)")
+    p.add_argument("--preprocessed-root", type=Path, default=None,
+                   help="preprocessed data root (default: $CMBUNET_PREPROCESSED)")
+    p.add_argument("--clean", action="store_true",
+                   help="recompute the fingerprint and redo every case, ignoring earlier outputs")
+    p.add_argument("--no-preprocess", action="store_true",
+                   help="stop after writing the fingerprint, the plans and the splits")
+    return p
+
+
+def fingerprint_matches(fingerprint_path: Path, cases: list[str]) -> bool:
+    """A saved fingerprint is reusable when it describes exactly the current training cases."""
+    if not fingerprint_path.is_file():
+        return False
+    try:
+        fp = load_json(fingerprint_path)
+        return sorted(r["case"] for r in fp["cases"]) == sorted(cases)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def case_is_done(out_dir: Path, case: str, phash: str) -> bool:
+    """Both files exist and the properties were written under the same plans."""
+    npz, js = case_files(out_dir, case)
+    if not (npz.is_file() and js.is_file()):
+        return False
+    try:
+        return load_json(js).get("plans_hash") == phash
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def preprocess_training_case(case: str, images: list[Path], label: Path, plans: dict, out_dir: Path,
+                             phash: str) -> dict[str, Any]:
+    """Read, preprocess and save one training case; returns a short summary for the report."""
+    data, props = SimpleITKIO.read_images(images)
+    seg, seg_props = SimpleITKIO.read_seg(label)
+    problem = geometry_mismatch(props, seg_props)
+    if problem:
+        raise InputError(label, f"label geometry does not match its image {images[0]}: {problem}")
+    try:
+        data, seg_pp, brain, properties = preprocess_case(data, props, plans, binarise_label(seg), case=case)
+    except InputError as e:
+        raise InputError(images[0], e.problem) from None
+    properties["plans_hash"] = phash
+    save_preprocessed_case(out_dir, case, data, seg_pp, brain, properties)
+    return summary_of(properties)
+
+
+def summary_of(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"case": properties["case"], "cmbs": len(properties["cmbs"]), "vanished": properties["vanished_cmbs"],
+            "shape": properties["shape_after_resampling"]}
+
+
+def _worker(job: tuple) -> dict[str, Any]:
+    """Pool entry point: errors come back as data, because InputError does not survive pickling."""
+    try:
+        return preprocess_training_case(*job)
+    except InputError as e:
+        return {"case": job[0], "error": (e.path, e.problem)}
+    except CMBUNetError as e:
+        return {"case": job[0], "error": (None, str(e))}
+
+
+def preprocess_cases(jobs: list[tuple], num_processes: int) -> list[dict[str, Any]]:
+    """Run the jobs with a process pool (or in-process for one worker) behind a tqdm bar."""
+    bar = {"total": len(jobs), "desc": "preprocessing", "unit": "case", "disable": None}
+    if num_processes > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+            results = list(tqdm(pool.imap_unordered(_worker, jobs), **bar))
+    else:
+        results = [_worker(job) for job in tqdm(jobs, **bar)]
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        path, problem = errors[0]
+        more = f" (and {len(errors) - 1} more failing case(s))" if len(errors) > 1 else ""
+        raise InputError(path, problem + more)
+    return results
+
+
+def format_summary(name: str, out_dir: Path, plans: dict, done: list[dict], skipped: int) -> str:
+    """A few lines a user reads to check the configuration before training."""
+    vanished = sum(s["vanished"] for s in done)
+    cmbs = sum(s["cmbs"] for s in done)
+    return "\n".join([
+        f"{name}: {len(done)} case(s) preprocessed, {skipped} already up to date -> {out_dir}",
+        f"  target spacing (x, y, z) mm: {plans['target_spacing']}",
+        f"  screening block {plans['screening']['block_size']}, discrimination block "
+        f"{plans['discrimination']['block_size']}, segmentation patch {plans['segmentation']['patch_size']}",
+        f"  CMBs in the newly preprocessed cases: {cmbs}; too small for the target grid and kept as one voxel: "
+        f"{vanished}",
+    ])
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.np < 1:
+        raise CMBUNetError(f"-np must be at least 1, got {args.np}")
+    from cmbunet.plans import extract_fingerprint, load_fingerprint, plan_experiment, plans_hash, save_fingerprint
+
+    raw_root = get_root("raw", args.raw_root)
+    pre_root = get_root("preprocessed", args.preprocessed_root)
+    name = resolve_dataset_name(args.d, raw_root)
+    raw_dir = raw_root / name
+    if not raw_dir.is_dir():
+        raise InputError(raw_dir, "raw dataset folder does not exist")
+    if args.verify_dataset_integrity:
+        verify_dataset_integrity(raw_dir, num_processes=args.np)
+        print(f"{name}: dataset integrity check passed")
+    out_dir = pre_root / name
+
+    # Everything that can fail on bad input runs before the first write.
+    dataset_json = load_dataset_json(raw_dir)
+    cases = list_training_cases(raw_dir, dataset_json)
+    if not cases:
+        raise InputError(raw_dir / "imagesTr", "contains no training case")
+    fp_path = out_dir / FINGERPRINT_FILE
+    if not args.clean and fingerprint_matches(fp_path, list(cases)):
+        fingerprint = load_fingerprint(fp_path)
+    else:
+        fingerprint = extract_fingerprint(raw_dir, num_processes=args.np)
+    plans = plan_experiment(fingerprint, dataset_json, preset=args.preset, overrides=args.override,
+                            dataset_name=name)
+    phash = plans_hash(plans)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_fingerprint(fingerprint, fp_path)
+    save_json(plans, out_dir / PLANS_FILE)
+    save_json(dataset_json, out_dir / "dataset.json")
+    if args.clean and (out_dir / DATA_DIR).is_dir():
+        shutil.rmtree(out_dir / DATA_DIR)
+
+    has_cmb = {r["case"]: r.get("num_cmbs", 0) > 0 for r in fingerprint["cases"]}
+    if len(cases) >= 2:
+        load_or_create_splits(out_dir, sorted(cases), has_cmb)
+    else:
+        print(f"only one training case: no {SPLITS_FILE} written; train with fold 'all'")
+    if args.no_preprocess:
+        print(f"{name}: plans written to {out_dir / PLANS_FILE} (preprocessing skipped)")
+        return 0
+
+    todo = [c for c in cases if not case_is_done(out_dir, c, phash)]
+    jobs = [(c, cases[c]["images"], cases[c]["label"], plans, out_dir, phash) for c in todo]
+    done = preprocess_cases(jobs, args.np) if jobs else []
+    print(format_summary(name, out_dir, plans, done, len(cases) - len(todo)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
