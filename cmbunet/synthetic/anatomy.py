@@ -8,6 +8,7 @@ coarse grid for the intensities, a fine grid for the brain mask, and single poin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def sample_anatomy(rng: np.random.Generator, size: str) -> AnatomyParams:
     s = a / ADULT_SEMI_AXES_MM[0]
     harmonics = rng.normal(0.0, 0.035, size=9)
     wavelength = rng.uniform(14.0, 20.0) * max(s, 0.55)
-    n = 14
+    n = 12
     dirs = rng.normal(size=(n, 3))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     wave_k = dirs * (2 * np.pi / (wavelength * rng.uniform(0.8, 1.25, size=(n, 1))))
@@ -97,68 +98,155 @@ def sample_anatomy(rng: np.random.Generator, size: str) -> AnatomyParams:
     )
 
 
-def _monomials(ux: np.ndarray, uy: np.ndarray, uz: np.ndarray) -> list[np.ndarray]:
-    """First- and second-order terms: the low-order 'harmonics' of shape and bias."""
+def _monomials(ux, uy, uz) -> list[np.ndarray]:
+    """First-, second- and one third-order term: the low-order 'harmonics' of shape and bias."""
     return [ux, uy, uz, ux * uy, uy * uz, ux * uz, ux * ux - uy * uy, 2 * uz * uz - ux * ux - uy * uy, ux * uy * uz]
 
 
-def brain_phi(p: AnatomyParams, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> np.ndarray:
+class Coords:
+    """Image-frame mm coordinates, either a sparse grid ((X,1,1), (1,Y,1), (1,1,Z)) or a point list ((N,) each).
+
+    ``tilt`` maps anatomy to image frame (p = tilt @ q). Grids allow local evaluation of small structures on their
+    bounding box only, which keeps the phantom fast on brain-sized volumes.
+    """
+
+    def __init__(self, px: np.ndarray, py: np.ndarray, pz: np.ndarray, tilt: np.ndarray):
+        self.p = tuple(np.asarray(a, dtype=np.float32) for a in (px, py, pz))
+        self.tilt = np.asarray(tilt, dtype=np.float32)
+        self.is_grid = self.p[0].ndim == 3
+        self.shape = np.broadcast_shapes(*(a.shape for a in self.p))
+
+    @cached_property
+    def q(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Anatomy-frame coordinates q = tilt^T p (full arrays)."""
+        t, (px, py, pz) = self.tilt, self.p
+        return tuple(t[0, i] * px + t[1, i] * py + t[2, i] * pz for i in range(3))
+
+    def dot(self, k_anatomy: np.ndarray) -> np.ndarray:
+        """k . q for an anatomy-frame wave vector, computed separably as (tilt k) . p."""
+        kp = self.tilt @ np.asarray(k_anatomy, dtype=np.float32)
+        return kp[0] * self.p[0] + kp[1] * self.p[1] + kp[2] * self.p[2]
+
+    def local(self, centre_q: np.ndarray, radius: float) -> tuple[tuple, "Coords"] | tuple[None, None]:
+        """Index into the full array and sub-coordinates of the box around an anatomy-frame point (grids only)."""
+        if not self.is_grid:
+            return (slice(None),), self
+        c = self.tilt @ np.asarray(centre_q, dtype=np.float32)
+        idx, sub = [], []
+        for ax in range(3):
+            a = self.p[ax].reshape(-1)
+            lo, hi = np.searchsorted(a, [c[ax] - radius, c[ax] + radius])
+            if hi <= lo:
+                return None, None
+            idx.append(slice(int(lo), int(hi)))
+            shape = [1, 1, 1]
+            shape[ax] = int(hi - lo)
+            sub.append(a[lo:hi].reshape(shape))
+        return tuple(idx), Coords(*sub, self.tilt)
+
+
+def _soft(x: np.ndarray) -> np.ndarray:
+    """Partial-volume fraction from a signed distance in voxel units (positive inside)."""
+    return np.clip(np.float32(0.5) + x, 0.0, 1.0)
+
+
+def brain_phi(p: AnatomyParams, co: Coords) -> np.ndarray:
     """Approximate signed distance to the brain surface in mm (negative inside)."""
-    a, b, c = p.semi_axes
+    qx, qy, qz = co.q
+    a, b, c = (np.float32(v) for v in p.semi_axes)
     ux, uy, uz = qx / a, qy / b, qz / c
-    r = np.sqrt(ux * ux + uy * uy + uz * uz) + 1e-6
-    deform = sum(coef * t for coef, t in zip(p.harmonics, _monomials(ux / r, uy / r, uz / r)))
+    r = np.sqrt(ux * ux + uy * uy + uz * uz) + np.float32(1e-6)
+    deform = sum(np.float32(coef) * t for coef, t in zip(p.harmonics, _monomials(ux / r, uy / r, uz / r)))
     # flatter base (skull base / temporal floor): compress the lower half a little
-    flat = 1.0 + 0.12 * np.clip(-uz / r, 0, None) ** 2
-    return ((r * flat / (1.0 + deform)) - 1.0) * float(np.mean(p.semi_axes))
+    flat = 1.0 + np.float32(0.12) * np.clip(-uz / r, 0, None) ** 2
+    return ((r * flat / (1.0 + deform)) - 1.0) * np.float32(np.mean(p.semi_axes))
 
 
-def _ellipsoid_level(qx, qy, qz, centre, semi, bend: float = 0.0) -> np.ndarray:
-    """< 0 inside a (banana-bent) ellipsoid; roughly distance in units of the smallest semi-axis."""
-    dy = (qy - centre[1]) / semi[1]
-    dz = qz - centre[2] + bend * dy * dy
-    return np.sqrt(((qx - centre[0]) / semi[0]) ** 2 + dy * dy + (dz / semi[2]) ** 2) - 1.0
+def _ellipsoid_mm(co: Coords, centre, semi, bend: float = 0.0) -> np.ndarray:
+    """Approximate signed distance (mm, negative inside) to a banana-bent ellipsoid."""
+    qx, qy, qz = co.q
+    dy = (qy - np.float32(centre[1])) / np.float32(semi[1])
+    dz = qz - np.float32(centre[2]) + np.float32(bend) * dy * dy
+    lev = np.sqrt(((qx - np.float32(centre[0])) / np.float32(semi[0])) ** 2 + dy * dy + (dz / np.float32(semi[2])) ** 2)
+    return (lev - 1.0) * np.float32(min(semi))
 
 
-def _waves(k: np.ndarray, phase: np.ndarray, qx, qy, qz) -> np.ndarray:
-    out = np.zeros(np.broadcast_shapes(np.shape(qx), np.shape(qy), np.shape(qz)), dtype=np.float32)
+def _waves(k: np.ndarray, phase: np.ndarray, co: Coords) -> np.ndarray:
+    out = np.zeros(co.shape, dtype=np.float32)
     for kk, ph in zip(k, phase):
-        out += np.cos(kk[0] * qx + kk[1] * qy + kk[2] * qz + ph, dtype=np.float32)
+        out += np.cos(co.dot(kk) + np.float32(ph))
     return out * np.float32(np.sqrt(2.0 / len(k)))
 
 
-def tissue_labels(p: AnatomyParams, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hard tissue codes (CSF/GM/WM/deep GM, 0 outside) and the brain signed distance at the given points."""
-    phi = brain_phi(p, qx, qy, qz).astype(np.float32)
+def tissue_fractions(p: AnatomyParams, co: Coords, voxel_mm: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Partial-volume fractions of CSF, GM and deep GM (WM is the rest) and the brain signed distance (mm).
+
+    ``voxel_mm`` sets the width of the partial-volume transition; ~0 gives hard labels (for point tests).
+    """
+    h = np.float32(max(voxel_mm, 1e-3))
+    phi = brain_phi(p, co)
     depth = -phi
-    fold = _waves(p.wave_k, p.wave_phase, qx, qy, qz)
-    k_mean = float(np.mean(np.linalg.norm(p.wave_k, axis=1)))
-    afold = np.abs(fold)
-    # sulcal depth varies along the surface so sulci are not all equally deep
-    sdepth = p.sulcus_depth_mm * (0.6 + 0.4 * np.cos(fold * 1.7 + 0.5))
-    labels = np.full(phi.shape, WM, dtype=np.uint8)
-    gm = (depth < p.cortex_mm) | ((afold < p.sulcus_csf_halfwidth + p.cortex_mm * k_mean) & (depth < sdepth + p.cortex_mm))
-    labels[gm] = GM
-    for _, centre, semi in p.nuclei:
-        labels[_ellipsoid_level(qx, qy, qz, centre, semi) < 0] = DEEP_GM
-    csf = (depth < 0.6) | ((afold < p.sulcus_csf_halfwidth) & (depth < sdepth))
+    fold = _waves(p.wave_k, p.wave_phase, co)
+    k_mean = np.float32(np.mean(np.linalg.norm(p.wave_k, axis=1)))
+    afold_mm = np.abs(fold) / k_mean  # ~distance to the nearest sulcal mid-plane
+    sdepth = np.float32(p.sulcus_depth_mm) * (0.6 + 0.4 * np.cos(fold * np.float32(1.7) + np.float32(0.5)))
+    half_csf = np.float32(p.sulcus_csf_halfwidth / k_mean)
+    cortex = np.float32(p.cortex_mm)
+    gm = np.maximum(_soft((cortex - depth) / h),
+                    _soft((half_csf + cortex - afold_mm) / h) * _soft((sdepth + cortex - depth) / h))
+    csf = np.maximum(_soft((np.float32(0.6) - depth) / h), _soft((half_csf - afold_mm) / h) * _soft((sdepth - depth) / h))
     a, _, c = p.semi_axes
-    csf |= (np.abs(qx - p.fissure_shift_mm) < 0.9) & (qz > -0.15 * c) & (depth < 0.55 * c)
+    qx, _, qz = co.q
+    fissure = _soft((np.float32(0.9) - np.abs(qx - np.float32(p.fissure_shift_mm))) / h)
+    csf = np.maximum(csf, fissure * _soft((qz + np.float32(0.15 * c)) / h) * _soft((np.float32(0.55 * c) - depth) / h))
+    deep = np.zeros(co.shape, dtype=np.float32)
     for centre, semi, bend in p.ventricles:
-        csf |= _ellipsoid_level(qx, qy, qz, centre, semi, bend) < 0
-    labels[csf] = CSF
-    labels[phi >= 0] = BACKGROUND
-    return labels, phi
+        idx, sub = co.local(centre, float(max(semi) + bend + 2 * h))
+        if idx is not None:
+            csf[idx] = np.maximum(csf[idx], _soft(-_ellipsoid_mm(sub, centre, semi, bend) / h))
+    for _, centre, semi in p.nuclei:
+        idx, sub = co.local(centre, float(max(semi) + 2 * h))
+        if idx is not None:
+            deep[idx] = np.maximum(deep[idx], _soft(-_ellipsoid_mm(sub, centre, semi) / h))
+    deep *= 1.0 - csf
+    gm = np.minimum(gm, 1.0 - csf - deep)
+    return {"csf": csf, "gm": gm, "deep_gm": deep}, phi
 
 
-def white_matter_texture(p: AnatomyParams, qx, qy, qz) -> np.ndarray:
+def tissue_labels(p: AnatomyParams, co: Coords) -> tuple[np.ndarray, np.ndarray]:
+    """Hard tissue codes (0 outside the brain) and the brain signed distance, e.g. to test lesion positions."""
+    frac, phi = tissue_fractions(p, co, voxel_mm=0.0)
+    return labels_from_fractions(frac, phi), phi
+
+
+def labels_from_fractions(frac: dict[str, np.ndarray], phi: np.ndarray) -> np.ndarray:
+    """Dominant tissue per voxel (CSF, then deep GM, then GM against WM), 0 outside the brain."""
+    csf, deep, gm = frac["csf"], frac["deep_gm"], frac["gm"]
+    labels = np.full(np.broadcast_shapes(csf.shape, phi.shape), WM, dtype=np.uint8)
+    labels[gm > 0.5 * (1.0 - csf - deep)] = GM
+    labels[deep >= 0.5] = DEEP_GM
+    labels[csf >= 0.5] = CSF
+    labels[np.broadcast_to(phi >= 0, labels.shape)] = BACKGROUND
+    return labels
+
+
+def intensity(frac: dict[str, np.ndarray], contrast: dict[str, float]) -> np.ndarray:
+    """Signal as the partial-volume mixture of tissue contrasts."""
+    wm = 1.0 - frac["csf"] - frac["gm"] - frac["deep_gm"]
+    out = np.float32(contrast["wm"]) * wm
+    for t in ("csf", "gm", "deep_gm"):
+        out += np.float32(contrast[t]) * frac[t]
+    return out
+
+
+def white_matter_texture(p: AnatomyParams, co: Coords) -> np.ndarray:
     """Small smooth intensity variations (about ±3%) so tissue is not piecewise constant."""
-    return 1.0 + 0.03 * _waves(p.texture_k, p.texture_phase, qx, qy, qz)
+    return 1.0 + np.float32(0.03) * _waves(p.texture_k, p.texture_phase, co)
 
 
-def bias_field(p: AnatomyParams, qx, qy, qz) -> np.ndarray:
+def bias_field(p: AnatomyParams, co: Coords) -> np.ndarray:
     """Smooth multiplicative coil-sensitivity field: exp of a low-order polynomial over the head."""
-    a, b, c = p.semi_axes * 1.2
-    terms = _monomials(qx / a, qy / b, qz / c)
-    log_b = sum(coef * t for coef, t in zip(p.bias_coeffs, terms))
+    a, b, c = (np.float32(v) for v in p.semi_axes * 1.2)
+    qx, qy, qz = co.q
+    log_b = sum(np.float32(coef) * t for coef, t in zip(p.bias_coeffs, _monomials(qx / a, qy / b, qz / c)))
     return np.exp(log_b).astype(np.float32)

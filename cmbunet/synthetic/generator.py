@@ -106,11 +106,6 @@ def _anatomy_grid(grid: Grid) -> tuple[tuple[int, ...], np.ndarray, list[np.ndar
     return cshape, factors, axes
 
 
-def _to_anatomy_frame(tilt: np.ndarray, px, py, pz):
-    """q = tilt^T p: anatomy coordinates of image-frame points (broadcasting)."""
-    return tuple(tilt[0, i] * px + tilt[1, i] * py + tilt[2, i] * pz for i in range(3))
-
-
 def _upsample(arr: np.ndarray, factors: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Trilinear upsampling by integer factors (coarse voxel centres sit at the centre of their fine block)."""
     if np.all(factors == 1):
@@ -146,12 +141,11 @@ def _contrasts(seed: int, modalities: Sequence[str], iron: bool) -> dict[str, di
 class _Placer:
     """Draws candidate positions per region and keeps objects apart."""
 
-    def __init__(self, rng, params: anat.AnatomyParams, tilt, grid: Grid, labels, phi, axes):
-        self.rng, self.params, self.tilt, self.grid = rng, params, tilt, grid
+    def __init__(self, rng, params: anat.AnatomyParams, co: anat.Coords, grid: Grid, labels, phi, axes):
+        self.rng, self.params, self.tilt, self.grid = rng, params, co.tilt, grid
         self.gap = max(2.0, 2.0 * float(grid.spacing.max()))
         self.placed: list[DarkObject] = []
-        px, py, pz = np.meshgrid(*axes, indexing="ij", sparse=True)
-        qx, qy, qz = _to_anatomy_frame(tilt, px, py, pz)
+        qx, qy, qz = co.q
         a, b, c = params.semi_axes
         depth = -phi
         parenchyma = (labels == anat.GM) | (labels == anat.WM)
@@ -178,8 +172,7 @@ class _Placer:
         return p + self.rng.uniform(-0.5, 0.5, 3) * self.spacing_coarse
 
     def tissue_at(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q = _to_anatomy_frame(self.tilt, pts[:, 0], pts[:, 1], pts[:, 2])
-        return anat.tissue_labels(self.params, *q)
+        return anat.tissue_labels(self.params, anat.Coords(pts[:, 0], pts[:, 1], pts[:, 2], self.tilt))
 
     def in_parenchyma(self, pts: np.ndarray, margin_mm: float) -> bool:
         labels, phi = self.tissue_at(pts)
@@ -193,6 +186,28 @@ class _Placer:
 def _shell(centre: np.ndarray, r: float) -> np.ndarray:
     """Centre plus 6 points at distance ``r``: a cheap test that a lesion lies wholly in parenchyma."""
     return centre[None, :] + np.vstack([np.zeros(3), np.eye(3) * r, -np.eye(3) * r])
+
+
+def _acquire(signal: np.ndarray, brain: np.ndarray, sigma: float, scale: float, offset: float,
+             rng: np.random.Generator) -> np.ndarray:
+    """Rician noise (magnitude of complex Gaussian noise), site scale/offset, zero outside the brain.
+
+    Works on the brain voxels only (``signal = image[brain]``): half the work, and background is exactly 0.
+    """
+    noise = rng.standard_normal(signal.shape, dtype=np.float32)
+    noise *= np.float32(sigma)
+    signal += noise
+    np.square(signal, out=signal)
+    rng.standard_normal(out=noise, dtype=np.float32)
+    noise *= np.float32(sigma)
+    np.square(noise, out=noise)
+    signal += noise
+    np.sqrt(signal, out=signal)
+    signal += np.float32(offset)
+    signal *= np.float32(scale)
+    out = np.zeros(brain.shape, dtype=np.float32)
+    out[brain] = signal
+    return out
 
 
 def _make_cmb(placer: _Placer, region: str) -> DarkObject | None:
@@ -357,13 +372,14 @@ def synthesize_case(
 
     # tissue on the anatomy grid
     cshape, factors, axes = _anatomy_grid(grid)
-    px, py, pz = np.meshgrid(*axes, indexing="ij", sparse=True)
-    q = _to_anatomy_frame(tilt, px, py, pz)
-    labels, phi = anat.tissue_labels(params, *q)
-    shading = anat.bias_field(params, *q) * anat.white_matter_texture(params, *q)
+    co = anat.Coords(*np.meshgrid(*axes, indexing="ij", sparse=True), tilt)
+    coarse_mm = float(np.mean(grid.spacing * factors))
+    frac, phi = anat.tissue_fractions(params, co, voxel_mm=coarse_mm)
+    labels = anat.labels_from_fractions(frac, phi)
+    shading = anat.bias_field(params, co) * anat.white_matter_texture(params, co)
 
     # objects
-    placer = _Placer(rng, params, tilt, grid, labels, phi, axes)
+    placer = _Placer(rng, params, co, grid, labels, phi, axes)
     n_target = _num_cmbs(rng) if num_cmbs is None else int(num_cmbs)
     regions = list(CMB_REGIONS)
     probs = np.array(list(CMB_REGIONS.values()))
@@ -394,22 +410,15 @@ def synthesize_case(
     images = {}
     for m in modalities:
         c = contrasts[m]
-        lut = np.array([c["csf"], c["csf"], c["gm"], c["wm"], c["deep_gm"]], dtype=np.float32)
-        img = lut[labels] * shading  # outside filled with CSF so the blur keeps a bright rim
+        img = anat.intensity(frac, c) * shading  # outside is CSF-like, so the blur keeps a bright rim
         img = ndimage.gaussian_filter(img, psf_sigma_vox / factors, mode="nearest")
-        img = _upsample(img, factors, grid.shape).copy()
+        img = _upsample(img, factors, grid.shape)
         for obj, r in rendered:
             if r is not None:
                 sl, dark = r
                 img[sl] *= 1.0 - np.float32(obj.strength[m]) * dark
-        sigma = float(np.float32(c["wm"]) / snr[m])
-        noise_rng = np.random.default_rng([int(seed), 11 + MODALITIES.index(m)])
-        n1 = noise_rng.standard_normal(grid.shape, dtype=np.float32)
-        n2 = noise_rng.standard_normal(grid.shape, dtype=np.float32)
-        img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)  # Rician: magnitude of complex noise
-        img = (img + offset) * scale
-        img[~brain] = 0.0
-        images[m] = img.astype(np.float32, copy=False)
+        images[m] = _acquire(img[brain], brain, sigma=float(c["wm"]) / snr[m], scale=scale, offset=offset,
+                             rng=np.random.default_rng([int(seed), 11 + MODALITIES.index(m)]))
 
     label = np.zeros(grid.shape, dtype=np.uint8)
     props: ImageProperties = {
