@@ -45,7 +45,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def format_per_case(per_case: pd.DataFrame) -> str:
     """Per-case table; missing predictions are flagged in the last column."""
     table = per_case[["case", "n_ref", "n_pred", "tp", "fp", "fn", "f1", "dice", "count_diff", "vol_diff"]].copy()
-    table["vol_diff"] = table["vol_diff"].map(lambda v: _fmt(float(v), 1))
+    table["vol_diff"] = table["vol_diff"].map(lambda v: _fmt(float(v), 2))
     for col in ("f1", "dice"):
         table[col] = table[col].map(lambda v: _fmt(float(v)))
     table["note"] = per_case["missing"].map(lambda m: "NO PREDICTION" if m else "")
@@ -64,7 +64,7 @@ def format_aggregate(agg: dict[str, Any], dist_mm: float) -> str:
     rows = []
     for key, label, over in (("f1", "F1", "cases with CMBs"), ("dice", "Dice", "cases with CMBs"),
                              ("count_diff", "count diff", "all cases"), ("vol_diff", "vol diff (mm3)", "all cases")):
-        digits = 1 if key == "vol_diff" else 3
+        digits = 2 if key == "vol_diff" else 3
         rows.append({"metric": label, "median": _fmt(agg[f"{key}_median"], digits),
                      "mean": _fmt(agg[f"{key}_mean"], digits), "over": over})
     lines.append(pd.DataFrame(rows).to_string(index=False))
