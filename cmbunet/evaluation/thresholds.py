@@ -1,0 +1,289 @@
+"""Choose the operating point (screening and discrimination thresholds, minimum CMB size) on the
+cross-validation predictions, and save it next to the model in ``inference_settings.json``.
+
+The search runs on the saved candidate tables, not on new network outputs. For a pair of thresholds
+``(ts, td)`` a candidate is a detection when ``screening score >= ts`` and ``discrimination probability > td``
+(the predictor's own comparisons). The final CMBs are then approximated by the detections after merging those
+closer than ``merge_mm`` (greedy, highest discrimination probability first), because the U-Net's segmentations
+of two such candidates usually fuse into one component. Detections are scored with the official rule (nearest
+reference within ``dist_mm``; one true positive per reference), pooled over every validation case of every
+fold, and the pair with the highest pooled F1 wins.
+
+The merge is greedy in descending probability, so whether a candidate survives depends only on higher-scored
+candidates; for one ``ts`` a single pass therefore serves every ``td`` at once, and F1 over the whole ``td``
+grid comes from two sorted arrays (as in the FROC).
+
+The minimum CMB size is chosen afterwards on the saved validation masks: predicted components smaller than
+``min_component_voxels`` (native voxels) are dropped and the official F1 is recomputed. It is exact for the
+thresholds the validation ran with and an approximation for other thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, load_components
+from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
+from cmbunet.paths import fold_dir, get_root, resolve_dataset_name
+from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.file_io import load_json, save_json
+
+SETTINGS_FILE = "inference_settings.json"
+DEFAULT_TD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 4)
+DEFAULT_SIZES = (0, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+SWEEP_COLUMNS = ["screening_threshold", "discrimination_threshold", "tp", "fp", "fn", "f1", "sensitivity",
+                 "precision", "fp_per_case"]
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def greedy_merge(positions: np.ndarray, scores: np.ndarray, merge_mm: float) -> np.ndarray:
+    """Keep-mask of greedy suppression: in descending score order (ties: first row first), a candidate is
+    dropped when a kept one lies closer than ``merge_mm``."""
+    n = len(scores)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    pos = np.asarray(positions, dtype=float)[order]
+    close = np.linalg.norm(pos[:, None] - pos[None], axis=-1) < merge_mm
+    suppressed = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if not suppressed[i]:
+            keep[order[i]] = True
+            suppressed |= close[i]
+    return keep
+
+
+def merged_detections(candidates: pd.DataFrame, ts: float, merge_mm: float) -> pd.DataFrame:
+    """Candidates with ``screening_score >= ts`` that survive the per-case greedy merge (valid for every td)."""
+    above = candidates[candidates["screening_score"].to_numpy(float) >= ts]
+    if merge_mm <= 0 or len(above) == 0:
+        return above
+    keep = np.zeros(len(above), dtype=bool)
+    cases = above["case"].astype(str).to_numpy()
+    pos, score = above[POS_COLUMNS].to_numpy(float), above["discrimination_score"].to_numpy(float)
+    for case in np.unique(cases):
+        rows = np.flatnonzero(cases == case)
+        keep[rows] = greedy_merge(pos[rows], score[rows], merge_mm)
+    return above[keep]
+
+
+# ------------------------------------------------------------------------------------------------ counting
+def _link(detections: pd.DataFrame, references: pd.DataFrame, dist_mm: float) -> np.ndarray:
+    """Row index into ``references`` of each detection's linked reference (same case, nearest within dist), -1 if none."""
+    from cmbunet.evaluation.froc import link_to_references
+
+    return link_to_references(detections.reset_index(drop=True), references, dist_mm)
+
+
+def f1_over_td(detections: pd.DataFrame, references: pd.DataFrame, num_cases: int, td_grid: Sequence[float],
+               dist_mm: float) -> pd.DataFrame:
+    """Pooled TP/FP/FN and F1 of the detections with ``discrimination_score > td`` for every ``td``."""
+    td = np.asarray(td_grid, dtype=float)
+    score = detections["discrimination_score"].to_numpy(float)
+    linked = _link(detections, references, dist_mm)
+    best = np.full(len(references), -np.inf)
+    hit = linked >= 0
+    np.maximum.at(best, linked[hit], score[hit])
+    present = len(score) - np.searchsorted(np.sort(score), td, side="right")
+    tp = len(best) - np.searchsorted(np.sort(best), td, side="right")
+    fp, fn = present - tp, len(references) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        sens = np.where(len(references) > 0, tp / max(len(references), 1), np.nan)
+        prec = np.where(present > 0, tp / np.maximum(present, 1), np.nan)
+    return pd.DataFrame({"discrimination_threshold": td, "tp": tp, "fp": fp, "fn": fn, "f1": f1,
+                         "sensitivity": sens, "precision": prec, "fp_per_case": fp / max(num_cases, 1)})
+
+
+def threshold_sweep(candidates: pd.DataFrame, references: pd.DataFrame, num_cases: int,
+                    ts_grid: Sequence[float], td_grid: Sequence[float], dist_mm: float = DEFAULT_DIST_MM,
+                    merge_mm: float = 0.0) -> pd.DataFrame:
+    """Pooled F1 at every ``(ts, td)`` of the two grids."""
+    references = references.reset_index(drop=True)
+    parts = [f1_over_td(merged_detections(candidates, float(ts), merge_mm), references, num_cases, td_grid, dist_mm)
+             .assign(screening_threshold=float(ts)) for ts in ts_grid]
+    return pd.concat(parts, ignore_index=True)[SWEEP_COLUMNS]
+
+
+def best_point(sweep: pd.DataFrame, default: tuple[float, float]) -> pd.Series:
+    """Highest F1; among equals the point nearest the defaults (so a flat optimum keeps familiar values)."""
+    valid = sweep.dropna(subset=["f1"])
+    if valid.empty:
+        raise CMBUNetError("F1 is undefined at every threshold (no reference CMB and no candidate)")
+    dist = np.hypot(valid["screening_threshold"] - default[0], valid["discrimination_threshold"] - default[1])
+    order = np.lexsort((dist.to_numpy(), -valid["f1"].to_numpy()))
+    return valid.iloc[order[0]]
+
+
+def value_at(sweep: pd.DataFrame, ts: float, td: float) -> pd.Series:
+    """The sweep row at (ts, td) (both grids contain the defaults)."""
+    hit = sweep[np.isclose(sweep["screening_threshold"], ts) & np.isclose(sweep["discrimination_threshold"], td)]
+    return hit.iloc[0]
+
+
+# ------------------------------------------------------------------------------------------------ minimum size
+def min_size_sweep(components: pd.DataFrame, sizes: Sequence[int], dist_mm: float = DEFAULT_DIST_MM) -> pd.DataFrame:
+    """Pooled official F1 of the saved masks after dropping predicted components below each size (voxels)."""
+    refs = components[components["kind"] == "ref"]
+    preds = components[components["kind"] == "pred"]
+    rows = []
+    for size in sizes:
+        kept = preds[preds["volume_vox"].to_numpy() >= size]
+        tp = 0
+        for case, ref in refs.groupby("case"):
+            pred = kept[kept["case"] == case]
+            _, _, is_tp = link_components(pred[REF_POS_COLUMNS].to_numpy(float), ref[REF_POS_COLUMNS].to_numpy(float), dist_mm)
+            tp += int(is_tp.sum())
+        fp, fn = len(kept) - tp, len(refs) - tp
+        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else math.nan
+        rows.append({"min_component_voxels": int(size), "tp": tp, "fp": fp, "fn": fn, "f1": f1})
+    return pd.DataFrame(rows)
+
+
+def choose_min_size(table: pd.DataFrame, min_gain: float = 0.0) -> int:
+    """Smallest size with the best F1; 0 unless it beats no filtering by more than ``min_gain``."""
+    valid = table.dropna(subset=["f1"])
+    if valid.empty:
+        return 0
+    base = valid.loc[valid["min_component_voxels"] == valid["min_component_voxels"].min(), "f1"].iloc[0]
+    best = valid.sort_values(["f1", "min_component_voxels"], ascending=[False, True]).iloc[0]
+    return int(best["min_component_voxels"]) if best["f1"] > base + min_gain else 0
+
+
+# ------------------------------------------------------------------------------------------------ model folder
+def default_merge_mm(plans: dict[str, Any]) -> float:
+    """Half the smallest NMS box side in mm: two screening peaks are at least that far apart, so closer
+    candidates only arise when discrimination moved them together."""
+    nms = np.asarray(plans.get("inference", {}).get("nms_size_vox", [0, 0, 0]), dtype=float)
+    spacing = np.asarray(plans.get("target_spacing", [1, 1, 1]), dtype=float)
+    return float(np.min(nms / 2 * spacing))
+
+
+def save_settings(model_dir: Path, chosen: dict[str, Any]) -> Path:
+    """Merge the chosen values into ``inference_settings.json`` atomically (other keys are kept)."""
+    path = Path(model_dir) / SETTINGS_FILE
+    current: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            current = load_json(path)
+        except ValueError as e:
+            raise InputError(path, f"is not valid JSON ({e}); fix or delete it") from None
+        if not isinstance(current, dict):
+            raise InputError(path, "must contain a JSON object")
+    save_json({**current, **chosen}, path)
+    return path
+
+
+def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: float = DEFAULT_DIST_MM,
+                    merge_mm: float | None = None, td_grid: Sequence[float] | None = None,
+                    ts_grid: Sequence[float] | None = None, sizes: Sequence[int] = DEFAULT_SIZES) -> dict[str, Any]:
+    """Sweep the thresholds and the minimum size on the validation outputs of ``validation_dirs``; returns the
+    chosen settings, the F1 at the defaults and the sweep tables (nothing is written)."""
+    from cmbunet.plans.plans_io import load_plans
+
+    plans = load_plans(Path(model_dir) / "plans.json")
+    inference = plans.get("inference", {})
+    used = {}
+    for folder in validation_dirs.values():
+        settings_path = Path(folder) / "validation_settings.json"
+        used = load_json(settings_path) if settings_path.is_file() else used
+    default = (float(used.get("screening_threshold", inference.get("screening_threshold", 0.1))),
+               float(used.get("discrimination_threshold", inference.get("discrimination_threshold", 0.5))))
+    merge_mm = default_merge_mm(plans) if merge_mm is None else float(merge_mm)
+    parts = [fold_inputs(folder) for folder in validation_dirs.values()]
+    candidates, references, per_case = (pd.concat(p, ignore_index=True) for p in zip(*parts))
+    components = pd.concat([load_components(f) for f in validation_dirs.values()], ignore_index=True)
+    components = components[components["case"].isin(per_case["case"])]
+    if ts_grid is None:  # candidates below the validation's screening threshold were never saved
+        ts_grid = np.unique(np.round(np.r_[default[0], np.linspace(default[0], 0.95, 18)], 4))
+    td_grid = np.unique(np.r_[DEFAULT_TD_GRID if td_grid is None else td_grid, default[1]])
+    sweep = threshold_sweep(candidates, references, len(per_case), ts_grid, td_grid, dist_mm, merge_mm)
+    best, at_default = best_point(sweep, default), value_at(sweep, *default)
+    sizes_table = min_size_sweep(components, sizes, dist_mm)
+    min_size = choose_min_size(sizes_table)
+    folds = ", ".join(validation_dirs)
+    chosen = {
+        "screening_threshold": float(best["screening_threshold"]),
+        "discrimination_threshold": float(best["discrimination_threshold"]),
+        "min_component_voxels": min_size,
+        "selected_by": f"maximum pooled F1 over {len(per_case)} validation cases of folds {folds}: candidate sweep, "
+                       f"detections merged within {merge_mm:.2f} mm, linking distance {dist_mm:g} mm",
+        "cv_f1": float(best["f1"]),
+    }
+    return {"settings": chosen, "default": default, "f1_default": float(at_default["f1"]), "best": best,
+            "sweep": sweep, "sizes": sizes_table, "merge_mm": merge_mm,
+            "segmentation_f1": float(sizes_table.loc[sizes_table["min_component_voxels"] == min(sizes), "f1"].iloc[0])
+            if len(sizes_table) else math.nan}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cmbunet_find_thresholds",
+        description="Pick the screening and discrimination thresholds (and a minimum CMB size) that maximise the "
+        "pooled F1 of the cross-validation predictions, and save them in the model folder's "
+        "inference_settings.json, which cmbunet_predict then uses by default.",
+    )
+    p.add_argument("-d", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p.add_argument("--folds", nargs="+", default=None,
+                   help="folds whose validation results to use (default: every fold with fold_F/validation)")
+    p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
+                   help="linking distance in mm, as in cmbunet_evaluate (default %(default)s)")
+    p.add_argument("--merge-mm", type=float, default=None,
+                   help="detections closer than this merge into one CMB (default: half the smallest NMS box side)")
+    p.add_argument("--no-min-size", action="store_true", help="do not search a minimum CMB size (keep 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the choice without writing inference_settings.json")
+    p.add_argument("--results-root", type=Path, default=None, help="default: $CMBUNET_RESULTS")
+    return p
+
+
+def _validation_dirs(model_dir: Path, folds: Sequence[str] | None) -> dict[str, Path]:
+    """``fold_F/validation`` folders that have been evaluated."""
+    from cmbunet.evaluation.evaluate import PER_CASE_CSV
+
+    if folds is None:
+        found = sorted(p.parent.name[len("fold_"):] for p in model_dir.glob(f"fold_*/validation/{PER_CASE_CSV}"))
+    else:
+        found = [str(f) for f in folds]
+    dirs = {f: model_dir / f"fold_{f}" / "validation" for f in found}
+    missing = [str(d) for d in dirs.values() if not (d / PER_CASE_CSV).is_file()]
+    if missing or not dirs:
+        raise CMBUNetError("no evaluated cross-validation predictions in " + (", ".join(missing) or str(model_dir))
+                           + "; run cmbunet_evaluate_cv -d DATASET --predict-missing first")
+    return dirs
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.dist <= 0:
+        raise CMBUNetError(f"--dist must be positive, got {args.dist}")
+    results_root = get_root("results", args.results_root)
+    name = resolve_dataset_name(args.dataset, results_root)
+    model_dir = fold_dir(name, "0", results_root).parent
+    dirs = _validation_dirs(model_dir, args.folds)
+    result = find_thresholds(model_dir, dirs, args.dist, args.merge_mm, sizes=(0,) if args.no_min_size else DEFAULT_SIZES)
+    s, best = result["settings"], result["best"]
+    ts0, td0 = result["default"]
+    print(f"validation cases of folds {', '.join(dirs)}; detections merged within {result['merge_mm']:.2f} mm")
+    print(f"default   screening >= {ts0:g}, discrimination > {td0:g}: candidate F1 {result['f1_default']:.3f}")
+    print(f"chosen    screening >= {s['screening_threshold']:g}, discrimination > {s['discrimination_threshold']:g}: "
+          f"candidate F1 {s['cv_f1']:.3f} (TP {int(best['tp'])}, FP {int(best['fp'])}, FN {int(best['fn'])})")
+    print(f"minimum CMB size: {s['min_component_voxels']} voxels (F1 of the saved masks without it: "
+          f"{result['segmentation_f1']:.3f})")
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    print(f"wrote {save_settings(model_dir, s)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
