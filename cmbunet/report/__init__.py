@@ -1,0 +1,20 @@
+"""Visual quality-control report of a prediction folder: per-case PNG sheets and an offline ``index.html``.
+
+``write_report(pred_dir, image_input, report_dir)`` is what ``cmbunet_report`` and ``cmbunet_predict --report``
+run; see ``documentation/report.md`` for how to read the sheets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["write_report"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported lazily: importing cmbunet.report should not load matplotlib for callers that never report
+    if name == "write_report":
+        from cmbunet.report.cli import write_report
+
+        return write_report
+    raise AttributeError(name)
