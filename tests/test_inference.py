@@ -17,7 +17,7 @@ from cmbunet.imageio import SimpleITKIO
 from cmbunet.inference.discrimination import (PaddedVolume, aggregate_shifts, discriminate_candidates,
                                               shift_offsets, shifted_probabilities)
 from cmbunet.inference.input_cases import find_input_cases, select_part
-from cmbunet.inference.predictor import CMBPredictor, resolve_settings, voxel_to_world
+from cmbunet.inference.predictor import CMBPredictor, drop_small_components, resolve_settings, voxel_to_world
 from cmbunet.inference.segmentation import gaussian_importance, merge_patches, segment_candidates
 from cmbunet.networks import build_network
 from cmbunet.plans.planner import plan_experiment
@@ -251,6 +251,19 @@ def test_fcn_and_sliding_window_give_the_same_prediction(plans, tmp_path):
     np.testing.assert_allclose(fcn["candidates"]["screening_score"], sliding["candidates"]["screening_score"], atol=1e-5)
     np.testing.assert_allclose(fcn["probabilities"], sliding["probabilities"], atol=1e-5)
     assert fcn["probabilities"].max() > 0  # segmentation ran around the kept candidates
+
+
+def test_min_component_voxels_drops_small_cmbs_from_both_maps(plans, planted):
+    binary = np.zeros((10, 10, 10), np.uint8)
+    binary[1:3, 1:3, 1:3] = 1  # 8 voxels
+    binary[6, 6, 6] = binary[7, 7, 7] = 1  # 2 voxels, 26-connected
+    prob = binary * np.float32(0.9)
+    kept, kept_prob = drop_small_components(binary, prob, 3)
+    assert kept.sum() == 8 and kept[6, 6, 6] == 0 and kept_prob[7, 7, 7] == 0 and kept_prob[1, 1, 1] == np.float32(0.9)
+    folder, _ = planted
+    s = resolve_settings(plans, None, {"min_component_voxels": 1000})
+    result = standin_predictor(plans, settings=s).predict_case([folder / "case_0000.nii.gz"])
+    assert len(result["cmbs"]) == 0 and result["binary"].sum() == 0 and result["probabilities"].max() < 0.5
 
 
 def test_cpu_bf16_stays_close_to_fp32(plans, planted):

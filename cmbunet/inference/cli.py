@@ -44,10 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-part_id", "--part_id", type=int, default=0, help="which share this run does (0-based)")
     p.add_argument("-npp", "--npp", type=int, default=1,
                    help="background threads reading and preprocessing the next cases (0: no background work)")
-    p.add_argument("--screening-threshold", type=float, default=None)
-    p.add_argument("--discrimination-threshold", type=float, default=None)
-    p.add_argument("--segmentation-threshold", type=float, default=None)
+    p.add_argument("--screening-threshold", type=float, default=None,
+                   help="default: inference_settings.json of the model, else the plans (0.1)")
+    p.add_argument("--discrimination-threshold", type=float, default=None,
+                   help="default: inference_settings.json of the model, else the plans (0.5)")
+    p.add_argument("--segmentation-threshold", type=float, default=None, help="binarisation of the probabilities (0.5)")
     p.add_argument("--max-candidates", type=int, default=None)
+    p.add_argument("--min-component-voxels", type=int, default=None,
+                   help="drop predicted CMBs smaller than this many voxels of the input image")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--cpu-bf16", action="store_true",
@@ -66,7 +70,8 @@ def model_folder(args: argparse.Namespace) -> Path:
 
 def settings_overrides(args: argparse.Namespace) -> dict:
     return {"screening_threshold": args.screening_threshold, "discrimination_threshold": args.discrimination_threshold,
-            "segmentation_threshold": args.segmentation_threshold, "max_candidates": args.max_candidates}
+            "segmentation_threshold": args.segmentation_threshold, "max_candidates": args.max_candidates,
+            "min_component_voxels": args.min_component_voxels}
 
 
 def dataset_file_ending(model_dir: Path) -> str:

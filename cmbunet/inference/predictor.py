@@ -47,7 +47,8 @@ STAGES = ("screening", "discrimination", "segmentation")
 SETTINGS_FILE = "inference_settings.json"
 #: Settings that ``inference_settings.json`` and the command line may change (the rest of the plans may not).
 SETTING_KEYS = ("screening_threshold", "nms_size_vox", "max_candidates", "discrimination_threshold",
-                "discrimination_shift_vox", "discrimination_aggregate", "segmentation_threshold", "tile_size")
+                "discrimination_shift_vox", "discrimination_aggregate", "segmentation_threshold", "tile_size",
+                "min_component_voxels")
 CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
                "screening_score", "discrimination_score", "segmentation_score"]
 CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
@@ -125,6 +126,20 @@ def preprocessed_to_native(points: np.ndarray, properties: Mapping[str, Any]) ->
     pts = map_points_to_new_grid(np.asarray(points, dtype=float).reshape(-1, 3),
                                  properties["shape_after_resampling"], properties["shape_after_crop"])
     return pts + np.asarray(properties["crop_bbox"], dtype=float)[:, 0]
+
+
+def drop_small_components(binary: np.ndarray, probabilities: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove CMBs (26-connected) of fewer than ``min_voxels`` native voxels from the binary map and zero their
+    probabilities, so both outputs keep agreeing (``min_component_voxels``, chosen on validation data)."""
+    if min_voxels <= 1 or not binary.any():
+        return binary, probabilities
+    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
+    small = np.bincount(labels.ravel(), minlength=n + 1) < int(min_voxels)
+    small[0] = False
+    drop = small[labels]
+    binary, probabilities = binary.copy(), probabilities.copy()
+    binary[drop], probabilities[drop] = 0, 0.0
+    return binary, probabilities
 
 
 def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[str, Any],
@@ -346,6 +361,7 @@ class CMBPredictor:
 
         native = np.clip(export_to_native(prob_pre, properties), 0.0, 1.0)
         binary = (native >= float(s.get("segmentation_threshold", 0.5))).astype(np.uint8)
+        binary, native = drop_small_components(binary, native, int(s.get("min_component_voxels") or 0))
         geometry = native_geometry(properties)
         native_pos = preprocessed_to_native(moved, properties)
         candidates = pd.DataFrame({
