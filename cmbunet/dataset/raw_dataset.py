@@ -14,6 +14,7 @@ that one set of naming rules holds everywhere.
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import re
@@ -192,6 +193,68 @@ def binarise_label(arr: np.ndarray) -> np.ndarray:
         return (np.round(a.astype(np.float64, copy=False), 1) >= 0.5).astype(np.uint8)
 
 
+# ----------------------------------------------------------------------------------------------- NaN/inf
+
+
+#: NIfTI datatype codes of the float types that can hold NaN/inf.
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _nifti_header(head: bytes) -> tuple[str, int, int, list[int]] | None:
+    """(byte order, datatype, vox_offset, dims) of a NIfTI-1 or NIfTI-2 header, or None if it is not one."""
+    # field offsets: (sizeof_hdr, dim type, dim offset, datatype offset, vox_offset type, vox_offset offset)
+    layouts = {348: ("i2", 40, 70, "f4", 108), 540: ("i8", 16, 12, "i8", 168)}
+    for order in "<>":
+        if len(head) < 4:
+            return None
+        size = int(np.frombuffer(head, f"{order}i4", 1, 0)[0])
+        if size not in layouts or len(head) < size:
+            continue
+        dim_t, dim_at, type_at, off_t, off_at = layouts[size]
+        dim = np.frombuffer(head, f"{order}{dim_t}", 8, dim_at)
+        datatype = int(np.frombuffer(head, f"{order}i2", 1, type_at)[0])
+        offset = int(np.frombuffer(head, f"{order}{off_t}", 1, off_at)[0])
+        return order, datatype, offset, [int(d) for d in dim[1:1 + max(0, min(int(dim[0]), 7))]]
+    return None
+
+
+def count_nonfinite_nifti(path: str | Path) -> int | None:
+    """Count NaN/inf voxels stored in a float NIfTI file by reading its raw voxel bytes.
+
+    Needed because SimpleITK's NIfTI reader silently turns NaN and inf into 0, so they cannot be seen in the
+    array it returns. Returns None for files that are not NIfTI (their reader keeps NaN, count the array) or
+    cannot be parsed, and 0 for integer data, which cannot hold NaN.
+    """
+    path = Path(path)
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        return None
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError):
+        return None
+    header = _nifti_header(raw[:540])
+    if header is None:
+        return None
+    order, datatype, offset, dims = header
+    if datatype not in _NIFTI_FLOAT_TYPES:
+        return 0
+    dtype = np.dtype(f"{order}{_NIFTI_FLOAT_TYPES[datatype]}")
+    count = int(np.prod(dims)) if dims else 0
+    if count <= 0 or offset + count * dtype.itemsize > len(raw):
+        return None
+    return int(np.count_nonzero(~np.isfinite(np.frombuffer(raw, dtype, count, offset))))
+
+
+def count_nonfinite(path: str | Path, arr: np.ndarray) -> int:
+    """NaN/inf voxels of an image file: from the raw bytes for NIfTI, else from the array as read."""
+    n = count_nonfinite_nifti(path)
+    if n is not None:
+        return n
+    return int(np.count_nonzero(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
+
+
 # ----------------------------------------------------------------------------------------------- integrity
 
 
@@ -206,17 +269,16 @@ def _read(path: Path, as_label: bool) -> tuple[np.ndarray | None, ImagePropertie
 
 def _check_image(path: Path, arr: np.ndarray) -> list[Problem]:
     problems: list[Problem] = []
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        if bad:
-            problems.append((str(path), f"contains {bad} NaN/inf voxel(s); replace them (cmbunet_convert_valdo sets them to 0)"))
+    bad = count_nonfinite(path, arr)
+    if bad:
+        problems.append((str(path), f"contains {bad} NaN/inf voxel(s); replace them (cmbunet_convert_valdo sets them to 0)"))
     if not np.any(arr):
         problems.append((str(path), "image is all zero"))
     return problems
 
 
 def _check_label(path: Path, arr: np.ndarray) -> list[Problem]:
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+    if count_nonfinite(path, arr):
         return [(str(path), "label contains NaN/inf; labels must contain only 0 and 1")]
     values = np.unique(arr)
     extra = values[(values != 0) & (values != 1)]

@@ -1,0 +1,283 @@
+"""``cmbunet_convert_valdo``: turn a VALDO 2021 task-2 tree into a cmbunet raw dataset.
+
+Input (never modified)::
+
+    VALDO_DIR/sub-XXX/sub-XXX_space-T2S_desc-masked_{T1,T2,T2S}.nii.gz
+    VALDO_DIR/sub-XXX/sub-XXX_space-T2S_CMB.nii.gz          (absent for test subjects)
+
+Output: ``RAW/DatasetIDD_NAME`` with ``imagesTr``/``labelsTr`` (subjects with a label) and ``imagesTs``
+(subjects without one), channels in the order asked for, case id ``sub-XXX``. NaN/inf voxels become 0 (VALDO
+images are skull-masked, so 0 is the background value) and labels are binarised with
+:func:`cmbunet.dataset.raw_dataset.binarise_label`. Each file keeps its exact geometry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
+from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label, count_nonfinite, verify_dataset_integrity
+from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
+from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.file_io import load_json, save_json
+
+VALDO_MODALITIES = ("T2S", "T1", "T2")
+FILE_ENDING = ".nii.gz"
+
+
+def valdo_image_name(subject: str, modality: str) -> str:
+    return f"{subject}_space-T2S_desc-masked_{modality}{FILE_ENDING}"
+
+
+def valdo_label_name(subject: str) -> str:
+    return f"{subject}_space-T2S_CMB{FILE_ENDING}"
+
+
+@dataclass(frozen=True)
+class SubjectJob:
+    """Everything needed to convert one subject: where its files are and where they go."""
+
+    case: str
+    images: tuple[Path, ...]
+    label: Path | None
+    out_images: tuple[Path, ...]
+    out_label: Path | None
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return self.out_images + ((self.out_label,) if self.out_label else ())
+
+    @property
+    def split(self) -> str:
+        return "train" if self.label else "test"
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def find_subjects(valdo_dir: Path, out_dir: Path, modalities: Sequence[str]) -> list[SubjectJob]:
+    """List the subjects to convert, checking every requested file exists before anything is written."""
+    if not valdo_dir.is_dir():
+        raise InputError(valdo_dir, "VALDO input folder does not exist")
+    subjects = sorted(p for p in valdo_dir.iterdir() if p.is_dir() and p.name.startswith("sub-"))
+    if not subjects:
+        raise InputError(valdo_dir, "contains no sub-* subject folders; expected the VALDO task-2 layout sub-XXX/sub-XXX_space-T2S_...")
+    jobs: list[SubjectJob] = []
+    missing: list[Path] = []
+    for sub in subjects:
+        case = sub.name
+        images = tuple(sub / valdo_image_name(case, m) for m in modalities)
+        missing += [p for p in images if not p.is_file()]
+        label = sub / valdo_label_name(case)
+        has_label = label.is_file()
+        img_dir = out_dir / ("imagesTr" if has_label else "imagesTs")
+        jobs.append(SubjectJob(
+            case=case,
+            images=images,
+            label=label if has_label else None,
+            out_images=tuple(img_dir / f"{case}_{c:04d}{FILE_ENDING}" for c in range(len(modalities))),
+            out_label=out_dir / "labelsTr" / f"{case}{FILE_ENDING}" if has_label else None,
+        ))
+    if missing:
+        more = f" (and {len(missing) - 1} more missing file(s))" if len(missing) > 1 else ""
+        raise InputError(missing[0], f"requested modality file is missing{more}")
+    return jobs
+
+
+def replace_nonfinite(arr: np.ndarray) -> np.ndarray:
+    """Set NaN/inf voxels to 0, the background value of skull-masked VALDO images.
+
+    SimpleITK's NIfTI reader already returns them as 0; this keeps the rule explicit for any other reader.
+    """
+    bad = ~np.isfinite(arr)
+    return np.where(bad, np.float32(0), arr) if bad.any() else arr
+
+
+def convert_subject(job: SubjectJob, overwrite: bool = False) -> dict[str, Any]:
+    """Convert one subject; skip it when all its outputs exist (each was written atomically) unless ``overwrite``."""
+    report: dict[str, Any] = {"case": job.case, "split": job.split, "skipped": False,
+                              "nonfinite_replaced": 0, "label_voxels_changed": 0, "label_values": [0, 1], "cmb_voxels": None}
+    if not overwrite and all(p.is_file() for p in job.outputs):
+        report["skipped"] = True
+        return report
+    images, props = SimpleITKIO.read_images(job.images)  # checks that the channels share one geometry
+    for path, channel, out in zip(job.images, images, job.out_images):
+        report["nonfinite_replaced"] += count_nonfinite(path, channel)  # from the file: the reader hides NaN
+        SimpleITKIO.write(replace_nonfinite(channel).astype(np.float32, copy=False), out, props)
+    if job.label is not None and job.out_label is not None:
+        label, label_props = SimpleITKIO.read_seg(job.label)
+        mismatch = geometry_mismatch(props, label_props)
+        if mismatch:
+            raise InputError(job.label, f"label geometry does not match {job.images[0].name}: {mismatch}")
+        binary = binarise_label(label)
+        with np.errstate(invalid="ignore"):
+            report["label_voxels_changed"] = int(np.count_nonzero(binary != label))
+        report["label_values"] = np.unique(label).tolist()[:10]  # the first few distinct values, for the summary
+        report["cmb_voxels"] = int(np.count_nonzero(binary))
+        SimpleITKIO.write(binary, job.out_label, label_props)
+    return report
+
+
+def _convert_subject_safe(args: tuple[SubjectJob, bool]) -> dict[str, Any]:
+    """Pool worker: return user errors as data, because InputError does not survive pickling across processes."""
+    try:
+        return convert_subject(*args)
+    except InputError as e:
+        return {"error": (e.path, e.problem)}
+
+
+def _stale_outputs(out_dir: Path, jobs: list[SubjectJob]) -> list[Path]:
+    """Files in the output's image/label folders that this conversion would not produce (an earlier, different one)."""
+    expected = {p.resolve() for job in jobs for p in job.outputs}
+    found = [f for sub in ("imagesTr", "labelsTr", "imagesTs") if (out_dir / sub).is_dir()
+             for f in sorted((out_dir / sub).iterdir()) if not f.name.startswith(".")]
+    return [f for f in found if f.resolve() not in expected]
+
+
+def _dataset_json(name: str, modalities: Sequence[str], num_training: int, num_test: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": "VALDO 2021 task 2 (cerebral microbleeds), converted by cmbunet_convert_valdo",
+        "channel_names": {str(i): m for i, m in enumerate(modalities)},
+        "labels": dict(EXPECTED_LABELS),
+        "numTraining": num_training,
+        "numTest": num_test,
+        "file_ending": FILE_ENDING,
+    }
+
+
+def _check_output_folder(valdo_dir: Path, out_dir: Path, jobs: list[SubjectJob], modalities: Sequence[str], overwrite: bool) -> None:
+    """Refuse to write into the input tree or over a different earlier conversion (unless ``overwrite``)."""
+    if _is_within(out_dir, valdo_dir):
+        raise InputError(out_dir, f"output folder lies inside the VALDO input folder {valdo_dir}; the input tree is never modified")
+    if overwrite:
+        for f in _stale_outputs(out_dir, jobs):
+            if f.is_file():
+                f.unlink()
+        return
+    old_json = out_dir / "dataset.json"
+    if old_json.is_file():
+        old = load_json(old_json).get("channel_names")
+        new = {str(i): m for i, m in enumerate(modalities)}
+        if old != new:
+            raise InputError(old_json, f"this dataset was converted with channels {old}, now {new} was asked for; "
+                                       "pass --overwrite to rebuild it or choose another dataset id")
+    stale = _stale_outputs(out_dir, jobs)
+    if stale:
+        raise InputError(stale[0], f"file does not belong to this conversion ({len(stale)} such file(s)); "
+                                   "pass --overwrite to rebuild the dataset or choose another dataset id")
+
+
+def convert_valdo(
+    valdo_dir: str | Path,
+    out_dir: str | Path,
+    modalities: Sequence[str] = ("T2S",),
+    num_processes: int = 1,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Convert a VALDO task-2 tree into the raw dataset folder ``out_dir``; return a per-case report.
+
+    Idempotent: cases whose files all exist are skipped unless ``overwrite`` (which also removes files of an
+    earlier, different conversion from imagesTr/labelsTr/imagesTs). ``dataset.json`` is written last.
+    """
+    valdo_dir, out_dir = Path(valdo_dir), Path(out_dir)
+    modalities = tuple(modalities)
+    bad = [m for m in modalities if m not in VALDO_MODALITIES]
+    if bad or not modalities or len(set(modalities)) != len(modalities):
+        raise InputError(None, f"modalities must be distinct names among {', '.join(VALDO_MODALITIES)}; got {list(modalities)}")
+    jobs = find_subjects(valdo_dir, out_dir, modalities)
+    _check_output_folder(valdo_dir, out_dir, jobs, modalities, overwrite)
+    args = [(job, overwrite) for job in jobs]
+    bar = dict(total=len(jobs), desc="converting VALDO", unit="case", disable=None)
+    if num_processes > 1 and len(jobs) > 1:
+        with multiprocessing.Pool(min(num_processes, len(jobs))) as pool:
+            results = list(tqdm(pool.imap(_convert_subject_safe, args), **bar))
+    else:
+        results = [_convert_subject_safe(a) for a in tqdm(args, **bar)]
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise InputError(*errors[0])
+    cases = {r["case"]: r for r in results}
+    n_train = sum(r["split"] == "train" for r in results)
+    n_test = len(results) - n_train
+    save_json(_dataset_json(out_dir.name, modalities, n_train, n_test), out_dir / "dataset.json")
+    return {
+        "dataset_dir": str(out_dir),
+        "modalities": list(modalities),
+        "num_training": n_train,
+        "num_test": n_test,
+        "num_skipped": sum(r["skipped"] for r in results),
+        "nonfinite_replaced": sum(r["nonfinite_replaced"] for r in results),
+        "labels_binarised": sum(r["label_voxels_changed"] > 0 for r in results),
+        "cases": cases,
+    }
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """Human-readable summary: totals plus one line per case that needed NaN replacement or binarisation."""
+    lines = [
+        f"wrote {report['dataset_dir']} (channels: {', '.join(report['modalities'])})",
+        f"  training cases: {report['num_training']}, test cases (no label, in imagesTs): {report['num_test']}, "
+        f"skipped as already converted: {report['num_skipped']}",
+        f"  NaN/inf voxels replaced by 0: {report['nonfinite_replaced']}",
+        f"  labels binarised (values other than 0/1 found): {report['labels_binarised']}",
+    ]
+    for case, r in report["cases"].items():
+        if r["nonfinite_replaced"]:
+            lines.append(f"    {case}: {r['nonfinite_replaced']} NaN/inf voxel(s) set to 0")
+        if r["label_voxels_changed"]:
+            lines.append(f"    {case}: label values {r['label_values']} binarised, {r['label_voxels_changed']} voxel(s) changed")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cmbunet_convert_valdo",
+        description="Convert a VALDO 2021 task-2 folder (sub-XXX/...) into a cmbunet raw dataset "
+                    "RAW/DatasetXXX_NAME. The input folder is never modified.",
+    )
+    p.add_argument("-i", "--input", required=True, type=Path, help="VALDO task-2 folder holding the sub-XXX folders")
+    p.add_argument("-d", "--dataset-id", required=True, type=int, help="integer id of the new dataset (e.g. 1 -> Dataset001_NAME)")
+    p.add_argument("-n", "--name", default="VALDO", help="dataset name (default VALDO)")
+    p.add_argument("--modalities", nargs="+", default=["T2S"], choices=VALDO_MODALITIES,
+                   help="channels in order (default: T2S only, as in the reference method)")
+    p.add_argument("--raw-root", type=Path, default=None, help="raw data root (default: $CMBUNET_RAW)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="reconvert cases that already exist and remove files of an earlier conversion")
+    p.add_argument("--skip-verify", action="store_true", help="do not run the dataset integrity check after converting")
+    return p
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.dataset_id <= 999:
+        raise CMBUNetError(f"dataset id must be between 0 and 999, got {args.dataset_id}")
+    name = f"{dataset_name_from_id(args.dataset_id)}_{args.name}"
+    if not is_dataset_name(name):
+        raise CMBUNetError(f"dataset name '{args.name}' may only contain letters, digits, '_' and '-'")
+    out_dir = get_root("raw", args.raw_root) / name
+    report = convert_valdo(args.input, out_dir, args.modalities, max(1, args.num_processes), args.overwrite)
+    print(format_summary(report))
+    if not args.skip_verify:
+        verify_dataset_integrity(out_dir, num_processes=max(1, args.num_processes))
+        print("  dataset integrity check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
