@@ -86,14 +86,25 @@ def label_components(seg: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(n)
 
 
+def component_centers(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of mass ``(n, 3)`` and voxel counts ``(n,)`` of labelled components.
+
+    Works on the labelled voxels only (bincount over their coordinates), which on a whole scan is far faster
+    than ``ndimage.center_of_mass``, whose cost grows with the full volume for every component.
+    """
+    coords = np.nonzero(labels)
+    lab = labels[coords]
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    sums = np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] for c in coords], axis=1)
+    return sums / np.maximum(counts, 1)[:, None], counts
+
+
 def describe_cmbs(seg: np.ndarray) -> list[dict[str, Any]]:
     """Centre of mass, half-open bbox and voxel count of every 26-connected CMB, in one labelling pass."""
     labels, n = label_components(seg)
     if n == 0:
         return []
-    index = np.arange(1, n + 1)
-    centers = ndi.center_of_mass(labels > 0, labels, index)
-    volumes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    centers, volumes = component_centers(labels, n)
     boxes = ndi.find_objects(labels)
     return [
         {
@@ -126,7 +137,7 @@ def resample_label(seg: np.ndarray, new_shape: list[int]) -> tuple[np.ndarray, i
     kept[owners] = True
     lost = np.flatnonzero(~kept[1:]) + 1
     if len(lost):
-        centers = np.asarray(ndi.center_of_mass(binary, labels, lost), dtype=float).reshape(-1, 3)
+        centers = component_centers(labels, n)[0][lost - 1]
         target = np.rint(map_points_to_new_grid(centers, seg.shape, new_shape)).astype(np.int64)
         target = np.clip(target, 0, np.asarray(new_shape) - 1)
         out[target[:, 0], target[:, 1], target[:, 2]] = True

@@ -9,6 +9,7 @@ makes a prediction land on the voxels it was made for.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -59,14 +60,37 @@ def separate_axis(
     return 2 if force else None
 
 
+@functools.lru_cache(maxsize=64)
+def interpolation_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
+    """``(n_out, n_in)`` matrix of 1D spline resampling (prefilter included), read off ``ndimage.zoom``.
+
+    A tensor-product spline is separable, so resampling a volume is one small matrix product per axis. That
+    runs through BLAS on all cores, instead of ``zoom``'s single-threaded 64-tap 3D kernel, with identical
+    values (same convention, same boundary handling).
+    """
+    eye = np.eye(n_in, dtype=np.float64)
+    m = ndi.zoom(eye, (n_out / n_in, 1.0), order=order, mode="nearest", grid_mode=True)
+    assert m.shape == (n_out, n_in), (m.shape, n_out, n_in)
+    m = m.astype(np.float32)
+    m.setflags(write=False)  # cached and shared: must not be modified
+    return m
+
+
+def resample_axis(arr: np.ndarray, axis: int, n_out: int, order: int) -> np.ndarray:
+    """Resample one axis of an array to ``n_out`` voxels; float32."""
+    m = interpolation_matrix(int(arr.shape[axis]), int(n_out), int(order))
+    out = np.tensordot(m, arr, axes=([1], [axis]))  # one BLAS call; the resampled axis comes first
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis), dtype=np.float32)
+
+
 def resample_array(arr: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
     """Resample one ``(X, Y, Z)`` array to ``new_shape`` with a spline of ``order``; returns float32."""
-    arr = np.asarray(arr, dtype=np.float32)
-    if tuple(arr.shape) == tuple(new_shape):
-        return arr.copy()
-    factors = [n / o for n, o in zip(new_shape, arr.shape)]
-    out = ndi.zoom(arr, factors, order=order, mode="nearest", grid_mode=True, output=np.float32)
-    assert out.shape == tuple(new_shape), (out.shape, new_shape)
+    out = np.asarray(arr, dtype=np.float32)
+    if tuple(out.shape) == tuple(new_shape):
+        return out.copy()
+    for axis, n in enumerate(new_shape):
+        if out.shape[axis] != n:
+            out = resample_axis(out, axis, int(n), order)
     return out
 
 
