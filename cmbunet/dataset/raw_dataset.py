@@ -53,7 +53,7 @@ def validate_dataset_json(dataset_json: Any, path: str | Path = "dataset.json") 
     if "channel_names" in dataset_json:
         if not isinstance(channels, dict) or not channels:
             problems.append((p, "channel_names must be a non-empty object such as {\"0\": \"T2S\"}"))
-        elif sorted(channels, key=lambda k: int(k) if str(k).isdigit() else -1) != [str(i) for i in range(len(channels))]:
+        elif set(channels) != {str(i) for i in range(len(channels))}:
             problems.append((p, f"channel_names keys must be \"0\"..\"{len(channels) - 1}\", got {sorted(channels)}"))
     if "labels" in dataset_json and dataset_json.get("labels") != EXPECTED_LABELS:
         problems.append((p, f"labels must be {json.dumps(EXPECTED_LABELS)}, got {json.dumps(dataset_json.get('labels'))}"))
