@@ -216,11 +216,12 @@ def _make_cmb(placer: _Placer, region: str) -> DarkObject | None:
     c = placer.point_in(region) if region in placer.regions else None
     if c is None:
         return None
-    bloom = r * rng.uniform(1.1, 1.4)  # susceptibility blooming: the dark spot outgrows the deposit
+    # susceptibility blooming: the dark spot outgrows the deposit, relatively more for small ones
+    bloom = r * rng.uniform(1.05, 1.3) + rng.uniform(0.2, 0.5)
     sigma = 0.2 + 0.15 * r
     if not placer.in_parenchyma(_shell(c, bloom + 0.5), margin_mm=r + 1.0):
         return None
-    depth = rng.uniform(0.55, 0.9)
+    depth = rng.uniform(0.6, 0.95)
     return DarkObject(
         kind="cmb",
         parts=[Part(c, bloom + 3.5 * sigma, sphere_profile(c, bloom, sigma))],
