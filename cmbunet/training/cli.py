@@ -1,0 +1,125 @@
+"""``cmbunet_train DATASET FOLD``: train the screening FCN, the discrimination CNN and the segmentation U-Net."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+
+from cmbunet.errors import CMBUNetError, PlansMismatchError
+from cmbunet.paths import fold_dir, get_root, resolve_dataset_name
+from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.file_io import atomic_path
+
+STAGE_CHOICES = ("screening", "discrimination", "segmentation", "all")
+MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+
+
+def default_num_workers() -> int:
+    """Data-loading workers: leave one core to the training process, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cmbunet_train",
+        description="Train the three cmbunet stages (screening FCN -> discrimination CNN -> segmentation U-Net) "
+        "on one cross-validation fold of a preprocessed dataset.",
+    )
+    p.add_argument("dataset", help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p.add_argument("fold", help="cross-validation fold (0-4) or 'all' to train on every case")
+    p.add_argument("-s", "--stage", choices=STAGE_CHOICES, default="all",
+                   help="stage to train (default all: the three stages in order)")
+    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
+    p.add_argument("--c", "--continue", dest="resume", action="store_true",
+                   help="continue from checkpoint_latest.pth; finished stages are skipped")
+    p.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                   help="train with N DistributedDataParallel processes (GPUs with -device cuda, CPU processes otherwise)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for weights and sampling; with a seed, a resumed run ends with the same weights as an "
+                   "uninterrupted one (on CPU)")
+    p.add_argument("--preprocessed-root", type=Path, default=None, help="default: $CMBUNET_PREPROCESSED")
+    p.add_argument("--results-root", type=Path, default=None, help="default: $CMBUNET_RESULTS")
+    p.add_argument("-npp", type=int, default=default_num_workers(), metavar="N",
+                   help="data-loading worker processes per training process (0: build batches in the training "
+                   "process; default: min(4, CPUs - 1))")
+    return p
+
+
+def parse_fold(text: str) -> int | str:
+    """``0``..``N`` or ``all``; anything else is a clear error."""
+    if text == "all":
+        return "all"
+    if not text.isdigit():
+        raise CMBUNetError(f"fold must be a number (0-4) or 'all', got '{text}'")
+    return int(text)
+
+
+def stages_to_run(choice: str) -> list[str]:
+    from cmbunet.training.stages import STAGE_ORDER
+
+    return list(STAGE_ORDER) if choice == "all" else [choice]
+
+
+def prepare_model_folder(preprocessed_dir: Path, model_dir: Path, plans_hash: str) -> None:
+    """Copy plans.json, dataset.json and dataset_fingerprint.json next to the folds; refuse other plans."""
+    from cmbunet.plans.plans_io import load_plans, plans_hash as hash_of
+
+    existing = model_dir / "plans.json"
+    if existing.is_file() and hash_of(load_plans(existing)) != plans_hash:
+        raise PlansMismatchError(
+            f"{model_dir} holds models trained with other plans than {preprocessed_dir / 'plans.json'}; "
+            f"move or delete {model_dir} to train with the new plans"
+        )
+    for name in MODEL_FILES:
+        src = preprocessed_dir / name
+        if src.is_file():
+            with atomic_path(model_dir / name) as tmp:
+                tmp.write_bytes(src.read_bytes())
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cmbunet.plans.plans_io import load_plans, plans_hash
+    from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
+    from cmbunet.training import distributed as D
+    from cmbunet.training.checkpoint import checkpoint_path, stage_dir
+    from cmbunet.training.loop import TrainConfig, require_stages, run_stages
+    from cmbunet.training.stages import STAGES
+
+    if args.num_gpus < 1:
+        raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")
+    if args.npp < 0:
+        raise CMBUNetError(f"-npp must be 0 or more, got {args.npp}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CMBUNetError("-device cuda was requested but no CUDA GPU is available; use -device cpu")
+        if args.num_gpus > torch.cuda.device_count():
+            raise CMBUNetError(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} GPU(s) are visible")
+    fold = parse_fold(args.fold)
+    pre_root = get_root("preprocessed", args.preprocessed_root)
+    name = resolve_dataset_name(args.dataset, pre_root)
+    pre_dir = pre_root / name
+    plans = load_plans(pre_dir / "plans.json")
+    phash = plans_hash(plans)
+    train_cases, val_cases = get_fold_cases(load_splits(pre_dir / SPLITS_FILE), fold)
+    model_dir = fold_dir(name, fold, get_root("results", args.results_root)).parent
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+
+    configs = [TrainConfig(stage=s, fold=fold, plans=plans, plans_hash=phash, preprocessed_dir=pre_dir,
+                           model_dir=model_dir, train_cases=train_cases, val_cases=val_cases, device=args.device,
+                           seed=seed, resume=args.resume, num_workers=args.npp)
+               for s in stages_to_run(args.stage)]
+    # refuse early, before any process starts: the first stage's prerequisites must already be trained
+    first = configs[0]
+    if not (first.resume and checkpoint_path(stage_dir(model_dir, fold, first.stage), "final").is_file()):
+        require_stages(first, STAGES[first.stage])
+    prepare_model_folder(pre_dir, model_dir, phash)
+    print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
+          f"{len(val_cases)} validation cases -> {model_dir / f'fold_{fold}'}")
+    D.launch(run_stages, args.num_gpus, args.device, configs)
+    return 0

@@ -1,0 +1,439 @@
+"""The one training loop shared by the screening, discrimination and segmentation stages.
+
+Per epoch: set the poly learning rate, redraw the epoch's samples (fixed counts and proportions, RNG derived
+from (seed, rank, epoch)), train on batches built by data-loading workers, validate on a fixed set of
+patches, mine screening false positives when the schedule says so, and write ``checkpoint_latest.pth``
+(plus ``checkpoint_best.pth`` on a new best), the log line and ``progress.png``. After the last epoch the
+screening stage is also validated on whole volumes (candidate sensitivity, false positives per case), and
+``checkpoint_final.pth`` is written last, so its presence means the stage is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cmbunet.errors import CMBUNetError, MissingStageError
+from cmbunet.training import distributed as D
+from cmbunet.training.augmentation import AugmentationParams
+from cmbunet.training.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint, load_stage_network,
+                                         restore_rng_state, save_checkpoint, stage_dir)
+from cmbunet.training.losses import as_class_logits, build_loss
+from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
+                                      load_false_positives, merge_false_positives, mine_false_positives,
+                                      save_false_positives)
+from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
+                                     screening_validation)
+from cmbunet.utilities.file_io import atomic_path, save_json
+
+#: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
+#: batch of hard samples.
+GRAD_CLIP_NORM = 12.0
+FALSE_POSITIVES_FILE = "false_positives.json"
+VALIDATION_FP_FILE = "validation_false_positives.json"
+VALIDATION_CANDIDATES_FILE = "validation_candidates.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one stage of one fold needs; built by the command line."""
+
+    stage: str
+    fold: int | str
+    plans: dict
+    plans_hash: str
+    preprocessed_dir: Path
+    model_dir: Path  # results/DatasetXXX_Name/cmbunet
+    train_cases: list[str]
+    val_cases: list[str]
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    num_workers: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return stage_dir(self.model_dir, self.fold, self.stage)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small pieces
+# ----------------------------------------------------------------------------------------------------------
+def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """``lr * (1 - epoch/epochs)^0.9`` for the 0-based ``epoch``; the last epoch runs at ``lr * (1/epochs)^0.9 > 0``."""
+    return float(base_lr) * (1.0 - int(epoch) / int(epochs)) ** float(exponent)
+
+
+def build_optimizer(network: nn.Module, schedule: dict) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or Adam, as the schedule says."""
+    name = schedule.get("optimizer", "sgd")
+    lr, wd = float(schedule["lr"]), float(schedule.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(network.parameters(), lr=lr, momentum=float(schedule.get("momentum", 0.99)),
+                               nesterov=bool(schedule.get("nesterov", True)), weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(network.parameters(), lr=lr, weight_decay=wd)
+    raise CMBUNetError(f"unknown optimizer '{name}' in the training schedule; expected sgd or adam")
+
+
+def batches_per_rank(schedule: dict, world_size: int) -> int:
+    """Whole batches per rank so that all ranks together see about ``samples_per_epoch`` samples."""
+    return max(1, round(int(schedule["samples_per_epoch"]) / (int(schedule["batch_size"]) * world_size)))
+
+
+def autocast(device: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA only; CPU training stays in fp32 so a resumed run is bit-identical."""
+    return torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+class TrainingLog:
+    """Appends timestamped lines to ``training_log.txt`` and echoes them (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        tqdm.write(line)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def plot_progress(history: dict[str, list], path: Path, monitor: str) -> None:
+    """``progress.png``: losses, validation metrics and learning rate per epoch (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.asarray(history["epoch"]) + 1
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    axes[0].plot(epochs, history["train_loss"], label="train loss")
+    axes[0].plot(epochs, history["val_loss"], label="validation loss")
+    for key in ("val_sensitivity", "val_precision", "val_auc", "val_dice", f"val_{monitor}"):
+        if key in history and not all(v is None for v in history[key]):
+            axes[1].plot(epochs, [np.nan if v is None else v for v in history[key]], label=key[4:])
+    axes[2].plot(epochs, history["lr"], label="learning rate")
+    for ax in axes:
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[2].set_xlabel("epoch")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(network: nn.Module, stage: Stage, plans: dict, bank: SampleBank, rows: np.ndarray, batch_size: int,
+             device: str, loss_fn: Any) -> dict[str, float]:
+    """Loss and metrics on a fixed set of unaugmented patches."""
+    was_training = network.training
+    network.eval()
+    batches = EpochBatches(stage, plans, bank, rows, batch_size, None, 0, 0, 0)
+    loss_sum, probs, labels = 0.0, [], []
+    inter = pred_sum = ref_sum = 0.0
+    for i in range(len(batches)):
+        b = batches[i]
+        x, y = b["data"].to(device), b["target"].to(device)
+        with autocast(device):
+            out = network(x)
+        loss_sum += float(loss_fn(out, y)) * len(x)
+        if stage.classifier:
+            probs.append(torch.softmax(as_class_logits(out).float(), 1)[:, 1].cpu().numpy())
+            labels.append(y.cpu().numpy())
+        else:
+            pred = torch.softmax(out.float(), 1)[:, 1] >= 0.5
+            ref = y > 0
+            inter += float((pred & ref).sum())
+            pred_sum += float(pred.sum())
+            ref_sum += float(ref.sum())
+    network.train(was_training)
+    metrics = {"loss": loss_sum / max(1, len(rows))}
+    if stage.classifier:
+        metrics.update(classification_metrics(np.concatenate(probs), np.concatenate(labels)))
+    else:
+        metrics.update(dice_metrics(inter, pred_sum, ref_sum))
+    return metrics
+
+
+def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: dict, threshold: float,
+                   epoch_tag: int) -> int:
+    """Mine false positives over the bank's volumes (cases split across ranks) and merge them into every rank's bank."""
+    indices = list(range(info.rank, len(bank.cases), info.world_size))
+    rows, scores = mine_false_positives(network, bank, plans, threshold, info.device, indices)
+    gathered = D.all_gather_objects(info, (rows, scores))
+    rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
+    scores = np.concatenate([g[1] for g in gathered])
+    return merge_false_positives(bank, rows, scores, epoch_tag)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stage data
+# ----------------------------------------------------------------------------------------------------------
+def require_stages(cfg: TrainConfig, stage: Stage) -> None:
+    """Refuse to start a stage whose prerequisite has no final checkpoint."""
+    for needed in stage.requires:
+        path = checkpoint_path(stage_dir(cfg.model_dir, cfg.fold, needed), "final")
+        if not path.is_file():
+            raise MissingStageError(
+                f"the {stage.name} stage of fold {cfg.fold} needs a trained {needed} stage, but {path} is missing; "
+                f"run cmbunet_train DATASET {cfg.fold} -s {needed} first (or -s all)"
+            )
+
+
+def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBank, file_name: str,
+                              log: TrainingLog) -> None:
+    """Load the screening stage's FP list into ``bank``; if it is missing, mine it with the final screening model."""
+    scr_dir = stage_dir(cfg.model_dir, cfg.fold, "screening")
+    path = scr_dir / file_name
+    if path.is_file():
+        n = load_false_positives(path, bank)
+        log(f"loaded {n} screening false positives for {len(bank.cases)} cases from {path}")
+        return
+    log(f"{path} is missing: mining false positives with the final screening model")
+    net = load_stage_network(cfg.model_dir, cfg.fold, "screening", cfg.plans, info.device)
+    threshold = D.broadcast_object(info, _mining_threshold(cfg))
+    n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1)
+    if info.is_main:
+        save_false_positives(path, bank, threshold)
+    log(f"mined {n} false positives")
+
+
+def _mining_threshold(cfg: TrainConfig) -> float:
+    from cmbunet.plans.plans_io import schedule_for
+
+    return float(schedule_for(cfg.plans, "screening", cfg.device).get("mining_threshold", 0.1))
+
+
+def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: TrainingLog) -> tuple[SampleBank, SampleBank]:
+    """Training and validation banks (the same bank for fold ``all``), with FPs for discrimination/segmentation."""
+    bank = build_bank(cfg.preprocessed_dir, cfg.train_cases)
+    val_bank = build_bank(cfg.preprocessed_dir, cfg.val_cases) if cfg.val_cases else bank
+    log(f"{len(bank.cases)} training cases with {len(bank.positives)} CMBs; "
+        + (f"{len(val_bank.cases)} validation cases with {len(val_bank.positives)} CMBs" if val_bank is not bank
+           else "no validation cases (fold all): validating on a fixed subset of TRAINING patches"))
+    if not stage.mines:
+        screening_false_positives(info, cfg, bank, FALSE_POSITIVES_FILE, log)
+        if val_bank is not bank:
+            screening_false_positives(info, cfg, val_bank, VALIDATION_FP_FILE, log)
+    return bank, val_bank
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------------------
+def _empty_history() -> dict[str, list]:
+    return {"epoch": [], "lr": [], "train_loss": [], "val_loss": [], "epoch_seconds": [], "false_positives": []}
+
+
+def _record(history: dict[str, list], values: dict[str, Any]) -> None:
+    for k, v in values.items():
+        history.setdefault(k, [None] * (len(history["epoch"]) - (0 if k == "epoch" else 1)))
+        history[k].append(None if isinstance(v, float) and not np.isfinite(v) else v)
+
+
+def _checkpoint(stage: Stage, epoch: int, net: nn.Module, opt: torch.optim.Optimizer, scheduler: dict,
+                cfg: TrainConfig, best: float | None, history: dict, seed: int) -> dict:
+    rng = capture_rng_state()
+    rng["seed"] = int(seed)
+    return {"stage": stage.name, "epoch": int(epoch), "weights": net.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": scheduler, "plans_hash": cfg.plans_hash, "best_metric": best, "history": history,
+            "rng": rng}
+
+
+def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
+    """Train one stage of one fold; returns the history. Collective calls keep the ranks in step."""
+    from cmbunet.networks import build_network
+    from cmbunet.plans.plans_io import schedule_for
+
+    stage = STAGES[cfg.stage]
+    schedule = schedule_for(cfg.plans, stage.name, cfg.device)
+    out = cfg.out_dir
+    log = TrainingLog(out / "training_log.txt", info.is_main)
+    require_stages(cfg, stage)
+    epochs, batch_size = int(schedule["epochs"]), int(schedule["batch_size"])
+    mining_epochs = {int(e) for e in schedule.get("mining_epochs", [])}
+    device = info.device
+
+    latest = checkpoint_path(out, "latest")
+    ckpt = load_checkpoint(latest, cfg.plans_hash) if cfg.resume and latest.is_file() else None
+    seed = int(ckpt["rng"].get("seed", cfg.seed)) if ckpt else int(cfg.seed)
+    if info.is_main and ckpt is None:
+        for stale in (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, VALIDATION_CANDIDATES_FILE, "training_log.txt"):
+            (out / stale).unlink(missing_ok=True)
+    D.barrier(info)
+    log(f"=== {stage.name} stage, fold {cfg.fold}, device {device}, {info.world_size} process(es), seed {seed}"
+        + (f", resuming after epoch {ckpt['epoch'] + 1}" if ckpt else "") + " ===")
+    log(f"schedule: {schedule}")
+
+    bank, val_bank = prepare_banks(info, cfg, stage, log)
+    proportions = schedule["proportions"]
+    val_rows = draw_fixed_samples(val_bank, int(schedule.get("val_samples", 200)), proportions, seed)
+    log(f"validation set: {len(val_rows)} fixed patches "
+        f"({', '.join(f'{k}={int((val_rows[:, 4] == i).sum())}' for k, i in (('positive', 0), ('negative', 1), ('false_positive', 2)))})")
+
+    torch.manual_seed(seed)
+    net = build_network(stage.name, cfg.plans).to(device)
+    opt = build_optimizer(net, schedule)
+    scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
+    loss_fn = build_loss(schedule)
+    augmentation = AugmentationParams.from_plans(cfg.plans)
+    history, best, start = _empty_history(), None, 0
+    torch.manual_seed(seed * 1009 + info.rank + 1)  # dropout differs between ranks
+
+    if ckpt is not None:
+        net.load_state_dict(ckpt["weights"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and "grad_scaler" in ckpt["scheduler"]:
+            scaler.load_state_dict(ckpt["scheduler"]["grad_scaler"])
+        history, best, start = ckpt["history"], ckpt["best_metric"], int(ckpt["epoch"]) + 1
+        restore_rng_state(ckpt["rng"])
+        if stage.mines and (out / FALSE_POSITIVES_FILE).is_file():
+            n = load_false_positives(out / FALSE_POSITIVES_FILE, bank, max_epoch=start)
+            log(f"restored {n} mined false positives")
+
+    model: nn.Module = net
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[int(device.split(":")[1])]
+                                                    if device.startswith("cuda") else None)
+    n_batches = batches_per_rank(schedule, info.world_size)
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        lr = poly_lr(schedule["lr"], epoch, epochs, schedule.get("poly_exponent", 0.9))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        rows = draw_epoch_samples(bank, n_batches * batch_size, proportions, epoch_rng(seed, info.rank, epoch))
+        train_loss = _train_one_epoch(model, stage, cfg, bank, rows, batch_size, augmentation, seed, info, epoch,
+                                      epochs, opt, scaler, loss_fn)
+        train_loss = D.mean_across_ranks(info, train_loss)
+        val = evaluate(net, stage, cfg.plans, val_bank, val_rows, batch_size, device, loss_fn) if info.is_main else {}
+        mined = 0
+        if stage.mines and (epoch + 1) in mining_epochs and epoch + 1 < epochs:
+            mined = mine_into_bank(info, net, bank, cfg.plans, float(schedule.get("mining_threshold", 0.1)), epoch + 1)
+            if info.is_main:
+                save_false_positives(out / FALSE_POSITIVES_FILE, bank, float(schedule.get("mining_threshold", 0.1)))
+        if info.is_main:
+            metric = val.get(stage.monitor, float("nan"))
+            improved = np.isfinite(metric) and (best is None or metric > best)
+            best = float(metric) if improved else best
+            _record(history, {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"],
+                              "epoch_seconds": time.time() - t0, "false_positives": len(bank.false_positives),
+                              **{f"val_{k}": v for k, v in val.items() if k != "loss"}})
+            scheduler = {"kind": "poly", "base_lr": float(schedule["lr"]), "epochs": epochs,
+                         "exponent": float(schedule.get("poly_exponent", 0.9)), "next_epoch": epoch + 1}
+            if scaler is not None:
+                scheduler["grad_scaler"] = scaler.state_dict()
+            ckpt_now = _checkpoint(stage, epoch, net, opt, scheduler, cfg, best, history, seed)
+            save_checkpoint(latest, ckpt_now)
+            if improved:
+                save_checkpoint(checkpoint_path(out, "best"), ckpt_now)
+            plot_progress(history, out / "progress.png", stage.monitor)
+            log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
+                         len(bank.false_positives), time.time() - t0))
+        D.barrier(info)
+
+    if stage.mines:
+        _after_screening(info, cfg, net, bank, val_bank, schedule, epochs, log)
+    if info.is_main:
+        final = load_checkpoint(latest, cfg.plans_hash) if latest.is_file() else None
+        if final is None:
+            raise CMBUNetError(f"{latest} is missing after training; cannot write the final checkpoint")
+        save_checkpoint(checkpoint_path(out, "final"), final)
+        log(f"{stage.name} finished: best validation {stage.monitor} = {best}")
+    D.barrier(info)
+    return history
+
+
+def _train_one_epoch(model: nn.Module, stage: Stage, cfg: TrainConfig, bank: SampleBank, rows: np.ndarray,
+                     batch_size: int, augmentation: AugmentationParams, seed: int, info: D.DistInfo, epoch: int,
+                     epochs: int, opt: torch.optim.Optimizer, scaler: Any, loss_fn: Any) -> float:
+    """One pass over the epoch's batches, built in the background by ``cfg.num_workers`` worker processes."""
+    device = info.device
+    dataset = EpochBatches(stage, cfg.plans, bank, rows, batch_size, augmentation, seed, info.rank, epoch)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+        pin_memory=device.startswith("cuda"), prefetch_factor=2 if cfg.num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed + epoch),
+    )
+    model.train()
+    losses = []
+    bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{epochs}", leave=False, disable=None if info.is_main else True)
+    for batch in bar:
+        x = batch["data"].to(device, non_blocking=True)
+        y = batch["target"].to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        with autocast(device):
+            loss = loss_fn(model(x), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+            opt.step()
+        losses.append(loss.detach())
+        bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
+    return float(torch.stack(losses).mean()) if losses else float("nan")
+
+
+def _summary(epoch: int, epochs: int, lr: float, train_loss: float, val: dict, monitor: str, improved: bool,
+             mined: int, num_fp: int, seconds: float) -> str:
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float) and np.isfinite(v))
+    extra = f" mined={mined} (total FPs {num_fp})" if mined else ""
+    return (f"epoch {epoch + 1}/{epochs} lr={lr:.2e} train_loss={train_loss:.4f} val: {metrics}"
+            f"{' *best ' + monitor if improved else ''}{extra} [{seconds:.1f}s]")
+
+
+def _after_screening(info: D.DistInfo, cfg: TrainConfig, net: nn.Module, bank: SampleBank, val_bank: SampleBank,
+                     schedule: dict, epochs: int, log: TrainingLog) -> None:
+    """Final FP mining on the training volumes, then candidate sensitivity and FPs/case on the validation volumes."""
+    out = cfg.out_dir
+    threshold = float(schedule.get("mining_threshold", 0.1))
+    n = mine_into_bank(info, net, bank, cfg.plans, threshold, epochs)
+    if info.is_main:
+        save_false_positives(out / FALSE_POSITIVES_FILE, bank, threshold)
+        log(f"final mining: {n} new false positives, {len(bank.false_positives)} in all "
+            f"({len(bank.false_positives) / max(1, len(bank.cases)):.1f} per training case)")
+        inf_threshold = float(cfg.plans.get("inference", {}).get("screening_threshold", threshold))
+        result = screening_validation(net, val_bank, cfg.plans, inf_threshold, info.device)
+        where = "validation" if val_bank is not bank else "TRAINING (fold all has no validation cases)"
+        log(f"screening on whole {where} volumes at threshold {inf_threshold}: candidate sensitivity "
+            f"{result['sensitivity']:.3f}, {result['false_positives_per_case']:.1f} false positives per case")
+        if val_bank is not bank:
+            val_bank.false_positives, val_bank.fp_scores = result["fp_rows"], result["fp_scores"]
+            val_bank.fp_epochs = np.full(len(result["fp_rows"]), epochs, np.int64)
+            save_false_positives(out / VALIDATION_FP_FILE, val_bank, inf_threshold)
+        save_json({k: v for k, v in result.items() if k not in ("fp_rows", "fp_scores")} | {"volumes": where},
+                  out / VALIDATION_CANDIDATES_FILE)
+    D.barrier(info)
+
+
+def run_stages(info: D.DistInfo, configs: Iterable[TrainConfig]) -> None:
+    """Entry point of every process: the stages in order."""
+    for cfg in configs:
+        cfg = TrainConfig(**{**cfg.__dict__, "device": info.device})
+        if cfg.resume and checkpoint_path(cfg.out_dir, "final").is_file():
+            if info.is_main:
+                print(f"{cfg.stage} stage of fold {cfg.fold} is already trained ({cfg.out_dir}); skipping")
+            continue
+        train_stage(info, cfg)
