@@ -181,7 +181,7 @@ def load_case(case: str, mask_path: Path, csv_path: Path, image_case: Any | None
 
 def _summary_fields(row: dict[str, Any] | None) -> dict[str, Any]:
     if not row:
-        return {"status": "no summary.csv line"}
+        return {"status": "not in summary.csv"}
     error = row.get("error")
     seconds = row.get("seconds_total")
     return {"status": str(row.get("status", "")), "error": "" if pd.isna(error) else str(error),

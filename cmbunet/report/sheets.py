@@ -246,17 +246,24 @@ def choose_overview_slices(z_range: tuple[int, int], cmb_slices: Sequence[int], 
 
 
 def _foreground_box(image: np.ndarray | None, mask: np.ndarray, margin: int = 3) -> list[tuple[int, int]]:
-    """Inclusive index range per axis of the brain plus the mask, with a small margin; the whole volume
-    without an image, so that mask-only overviews still show where in the field of view the CMBs lie."""
+    """Inclusive index range per axis of the brain plus the mask, with an in-plane margin; the whole volume
+    without an image, so that mask-only overviews still show where in the field of view the CMBs lie.
+
+    Along z only slices holding at least a tenth of the largest brain cross-section count, so the mosaic
+    does not spend panels on the noise-only caps of the scan."""
     if image is None:
         return [(0, s - 1) for s in mask.shape]
-    fg = brain_mask(image) | mask
+    brain = brain_mask(image)
+    fg = brain | mask
     if not fg.any():
         return [(0, s - 1) for s in mask.shape]
     box = []
-    for axis in range(3):
+    for axis in range(2):
         nz = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append((max(int(nz[0]) - margin, 0), min(int(nz[-1]) + margin, mask.shape[axis] - 1)))
+    area = brain.sum(axis=(0, 1))
+    nz = np.flatnonzero((area >= 0.1 * area.max()) | mask.any(axis=(0, 1)))
+    box.append((int(nz[0]), int(nz[-1])))
     return box
 
 
@@ -393,7 +400,7 @@ def render_sheets(vol: CaseVolumes, out_dir: str | Path, max_per_sheet: int = 8,
     box = _foreground_box(vol.image, vol.mask)
     ov_aspect = ((box[1][1] - box[1][0] + 1) * vol.geometry["spacing"][1]) / ((box[0][1] - box[0][0] + 1) * vol.geometry["spacing"][0])
     ov_rows = math.ceil(min(num_slices, box[2][1] - box[2][0] + 1) / 4)
-    ov_height = ov_rows * (FIG_WIDTH_IN / 4) * ov_aspect + 0.4 * ov_rows + 0.5
+    ov_height = ov_rows * (FIG_WIDTH_IN / 4) * ov_aspect + 0.4 * ov_rows + 0.6
     row_height = FIG_WIDTH_IN / 4 + 0.55
     total = num_sheets(len(vol.cmbs), max_per_sheet)
     paths = []
@@ -414,7 +421,7 @@ def render_sheets(vol: CaseVolumes, out_dir: str | Path, max_per_sheet: int = 8,
         subs = [fig.add_subfigure(grid[n + 1, 0]) for n in range(len(heights))]
         if sheet == 0:
             draw_overview(subs[0], vol, window, num_slices)
-            subs[0].subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / ov_height, wspace=0.04, hspace=0.12)
+            subs[0].subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / ov_height, wspace=0.04, hspace=0.12)
         for n, (sub, (_, row)) in enumerate(zip(subs[1 if sheet == 0 else 0:], rows.iterrows())):
             draw_cmb_row(sub, vol, row, window, with_letters=(n == 0))
             sub.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.5 / row_height, wspace=0.05)
