@@ -188,7 +188,7 @@ def froc_for_folds(validation_dirs: dict[str, Path], dist_mm: float = DEFAULT_DI
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     """A table written atomically."""
     with atomic_path(path, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+        table.to_csv(tmp, index=False, float_format="%.8g")
     return Path(path)
 
 

@@ -249,7 +249,8 @@ def _validation_dirs(model_dir: Path, folds: Sequence[str] | None) -> dict[str, 
     from cmbunet.evaluation.evaluate import PER_CASE_CSV
 
     if folds is None:
-        found = sorted(p.parent.name[len("fold_"):] for p in model_dir.glob(f"fold_*/validation/{PER_CASE_CSV}"))
+        found = sorted((p.parent.parent.name[len("fold_"):] for p in model_dir.glob(f"fold_*/validation/{PER_CASE_CSV}")),
+                       key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
     else:
         found = [str(f) for f in folds]
     dirs = {f: model_dir / f"fold_{f}" / "validation" for f in found}
