@@ -195,3 +195,18 @@ def test_cv_cli_reports_missing_validation_clearly(project, capsys):
     captured = capsys.readouterr()
     assert code == 2 and "no fold of Dataset042_CV has validation results" in captured.err
     assert "fold 0: not evaluated (0 of 1 validation cases predicted); no model folder" in captured.out
+
+
+def test_validation_ignores_tuned_inference_settings(project):
+    """A tuned inference_settings.json must not change the validation predictions it was tuned on."""
+    model_dir = project["model_dir"]
+    (model_dir / "inference_settings.json").write_text(json.dumps(
+        {"screening_threshold": 0.99999, "discrimination_threshold": 0.99, "min_component_voxels": 50}))
+    val = cv.validate_fold(project["name"], 1, project["pre"], project["res"], raw_root=project["raw"], overwrite=True)
+    used = json.loads((val / "validation_settings.json").read_text())
+    plans = json.loads((model_dir / "plans.json").read_text())["inference"]
+    assert used["screening_threshold"] == plans["screening_threshold"]
+    assert used["discrimination_threshold"] == plans["discrimination_threshold"]
+    assert not used.get("min_component_voxels")
+    cand = pd.concat(pd.read_csv(p) for p in val.glob("*_candidates.csv"))
+    assert len(cand) > 0 and cand["screening_score"].max() < 0.99999  # the tuned threshold would leave none

@@ -72,26 +72,19 @@ def candidate_table(candidates: pd.DataFrame, properties: dict[str, Any]) -> pd.
     return table
 
 
-def validation_settings(plans: dict[str, Any]) -> dict[str, Any]:
-    """The plans' inference defaults: validation never uses a tuned ``inference_settings.json``, so the saved
-    candidates stay comparable across runs and the threshold search does not select on its own output."""
-    from cmbunet.inference.predictor import SETTING_KEYS
-
-    return {k: v for k, v in plans.get("inference", {}).items() if k in SETTING_KEYS}
-
-
 def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[str], preprocessed_dir: Path,
                              validation_dir: Path, device: str = "cpu", overwrite: bool = False) -> list[str]:
     """Predict the unfinished ``cases`` with fold ``fold``'s networks; returns the cases predicted now."""
-    from cmbunet.inference.predictor import CMBPredictor
-    from cmbunet.plans.plans_io import load_plans
+    from cmbunet.inference.predictor import CMBPredictor, resolve_settings
     from cmbunet.preprocessing.preprocessor import load_preprocessed_case
 
     todo = [c for c in cases if overwrite or not case_finished(validation_dir, c)]
     if not todo:
         return []
-    settings = validation_settings(load_plans(model_dir / "plans.json"))
-    predictor = CMBPredictor.from_model_folder(model_dir, folds=[fold], device=device, settings_overrides=settings)
+    predictor = CMBPredictor.from_model_folder(model_dir, folds=[fold], device=device)
+    # the plans' defaults only: a tuned inference_settings.json must not shape the data it was tuned on, and
+    # the saved candidates stay comparable between runs
+    predictor.settings = resolve_settings(predictor.plans)
     save_json(predictor.settings, validation_dir / SETTINGS_USED_JSON)
     for case in tqdm(todo, desc=f"validating fold {fold}", unit="case", disable=None):
         data, _, _, properties = load_preprocessed_case(preprocessed_dir, case)

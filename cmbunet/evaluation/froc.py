@@ -222,7 +222,7 @@ def plot_froc(curves: pd.DataFrame, stages: pd.DataFrame, path: str | Path, titl
     ax.set_ylim(0, 1.02)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "FROC over the discrimination threshold")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
