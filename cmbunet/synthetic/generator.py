@@ -143,7 +143,8 @@ class _Placer:
 
     def __init__(self, rng, params: anat.AnatomyParams, co: anat.Coords, grid: Grid, labels, phi, axes):
         self.rng, self.params, self.tilt, self.grid = rng, params, co.tilt, grid
-        self.gap = max(2.0, 2.0 * float(grid.spacing.max()))
+        # bloom-to-bloom clearance that keeps labels apart under 26-connectivity, even for one-voxel labels
+        self.gap = max(2.0, 1.5 * float(np.linalg.norm(grid.spacing)))
         self.placed: list[DarkObject] = []
         qx, qy, qz = co.q
         a, b, c = params.semi_axes
@@ -151,7 +152,7 @@ class _Placer:
         parenchyma = (labels == anat.GM) | (labels == anat.WM)
         rnorm = np.sqrt((qx / a) ** 2 + (qy / b) ** 2 + (qz / c) ** 2)
         self.regions = {
-            "lobar": parenchyma & (depth > 0.5 * params.cortex_mm) & (depth < params.cortex_mm + 6.0 * max(params.scale, 0.5))
+            "lobar": parenchyma & (depth > 0.5 * params.cortex_mm) & (depth < params.cortex_mm + 4.0 + 6.0 * max(params.scale, 0.5))
             & (qz > -0.35 * c),
             "deep": (labels == anat.DEEP_GM) | ((labels == anat.WM) & (rnorm < 0.45)),
             "infratentorial": parenchyma & (qz < -0.45 * c) & (depth > 1.5),
@@ -219,7 +220,7 @@ def _make_cmb(placer: _Placer, region: str) -> DarkObject | None:
     # susceptibility blooming: the dark spot outgrows the deposit, relatively more for small ones
     bloom = r * rng.uniform(1.05, 1.3) + rng.uniform(0.2, 0.5)
     sigma = 0.2 + 0.15 * r
-    if not placer.in_parenchyma(_shell(c, bloom + 0.5), margin_mm=r + 1.0):
+    if not placer.in_parenchyma(_shell(c, bloom + 0.5), margin_mm=0.3):
         return None
     depth = rng.uniform(0.6, 0.95)
     return DarkObject(
@@ -386,10 +387,12 @@ def synthesize_case(
     probs = np.array(list(CMB_REGIONS.values()))
     cmb_objs: list[DarkObject] = []
     for _ in range(n_target):
-        obj = _place(placer, lambda: _make_cmb(placer, str(rng.choice(regions, p=probs))), attempts=60)
-        if obj is None:
-            break
-        cmb_objs.append(obj)
+        region = str(rng.choice(regions, p=probs))
+        obj = _place(placer, lambda: _make_cmb(placer, region), attempts=60)
+        if obj is None:  # region full or too small in this brain: anywhere in the parenchyma
+            obj = _place(placer, lambda: _make_cmb(placer, "parenchyma"), attempts=60)
+        if obj is not None:
+            cmb_objs.append(obj)
     if num_cmbs is not None and len(cmb_objs) < num_cmbs:
         raise ValueError(f"could only place {len(cmb_objs)} of {num_cmbs} microbleeds in the brain of seed {seed}")
     mimic_objs: list[DarkObject] = []
