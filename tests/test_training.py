@@ -1,0 +1,293 @@
+"""Training: samples, labels, proportions, augmentation, schedule, checkpoints, resume, DDP and the CLI.
+
+Everything runs on a few small synthetic cases preprocessed with the ``tiny`` preset, with schedules cut down
+further through plan overrides so each training run takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmbunet.errors import MissingStageError, PlansMismatchError
+from cmbunet.plans.plans_io import load_plans, plans_hash
+from cmbunet.training import cli as train_cli
+from cmbunet.training import loop
+from cmbunet.training.augmentation import AugmentationParams, cut_patches, make_patches, rotate_and_crop
+from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, load_stage_network
+from cmbunet.training.losses import soft_dice_loss, weighted_cross_entropy
+from cmbunet.training.samples import (FALSE_POSITIVE, NEGATIVE, POSITIVE, SampleBank, build_bank,
+                                      draw_epoch_samples, draw_fixed_samples, epoch_counts, merge_false_positives,
+                                      split_counts, touches_cmb)
+from cmbunet.training.stages import STAGES, candidate_hits, rank_auc
+from cmbunet.utilities.patches import central_label
+
+DATASET = "Dataset701_TrainTiny"
+OVERRIDES = [
+    "training.cpu.screening.epochs=3", "training.cpu.screening.samples_per_epoch=32",
+    "training.cpu.screening.batch_size=16", "training.cpu.screening.val_samples=16",
+    "training.cpu.screening.mining_epochs=[1]",
+    "training.cpu.discrimination.epochs=1", "training.cpu.discrimination.samples_per_epoch=32",
+    "training.cpu.discrimination.batch_size=16", "training.cpu.discrimination.val_samples=16",
+    "segmentation.patch_size=[16,16,16]",
+    "training.cpu.segmentation.epochs=1", "training.cpu.segmentation.samples_per_epoch=16",
+    "training.cpu.segmentation.batch_size=8", "training.cpu.segmentation.val_samples=8",
+]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> dict[str, Path]:
+    """Five small synthetic cases, planned with the tiny preset and preprocessed."""
+    from cmbunet.plan_and_preprocess import main as plan_main
+    from cmbunet.synthetic import write_dataset
+
+    base = tmp_path_factory.mktemp("training")
+    raw, pre = base / "raw", base / "preprocessed"
+    write_dataset(raw / DATASET, 5, seed=11, size="small")
+    assert plan_main(["-d", DATASET, "--preset", "tiny", "--raw-root", str(raw), "--preprocessed-root", str(pre),
+                      "-np", "1", "--override", *OVERRIDES]) == 0
+    return {"raw": raw, "pre": pre, "base": base}
+
+
+def _train(roots: dict[str, Path], results: Path, *extra: str) -> int:
+    return train_cli.main([DATASET, *extra, "--preprocessed-root", str(roots["pre"]), "--results-root", str(results)])
+
+
+def _splits(roots) -> list[dict]:
+    return json.loads((roots["pre"] / DATASET / "splits_final.json").read_text())
+
+
+def _bank(roots, fold: int = 0) -> SampleBank:
+    return build_bank(roots["pre"] / DATASET, _splits(roots)[fold]["train"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# samples, labels, proportions
+# --------------------------------------------------------------------------------------------------------------
+def test_positives_are_the_cmbs_of_the_training_cases(roots):
+    bank = _bank(roots)
+    expected = sum(len(json.loads((roots["pre"] / DATASET / "data" / f"{c}.json").read_text())["cmbs"])
+                   for c in bank.names)
+    assert expected > 0 and len(bank.positives) == expected
+    # every positive centre lies on (or within one voxel of) its CMB: the central rule labels it positive
+    for ci in np.unique(bank.positives[:, 0]):
+        rows = bank.positives[bank.positives[:, 0] == ci]
+        assert touches_cmb(bank.cases[ci].seg, rows[:, 1:4]).all()
+
+
+def test_split_counts_keep_proportions_and_fill_missing_false_positives():
+    assert split_counts(100, {"positive": 1, "negative": 2, "false_positive": 1}) == \
+        {"positive": 25, "negative": 50, "false_positive": 25}
+    assert sum(split_counts(7, {"positive": 1, "negative": 2, "false_positive": 1}).values()) == 7
+    before_mining = epoch_counts(40, {"positive": 1, "negative": 2, "false_positive": 1}, num_false_positives=0)
+    assert before_mining == {"positive": 10, "negative": 30}
+    assert epoch_counts(40, {"positive": 1, "false_positive": 1}, num_false_positives=5) == \
+        {"positive": 20, "false_positive": 20}
+
+
+def test_epoch_draw_proportions_labels_and_negatives_inside_brain(roots):
+    bank = _bank(roots)
+    rng = np.random.default_rng(0)
+    rows = draw_epoch_samples(bank, 64, {"positive": 1, "negative": 2, "false_positive": 1}, rng)
+    assert np.bincount(rows[:, 4], minlength=3).tolist() == [16, 48, 0]  # no FPs mined yet
+    neg = rows[rows[:, 4] == NEGATIVE]
+    for ci in np.unique(neg[:, 0]):
+        case = bank.cases[ci]
+        centres = neg[neg[:, 0] == ci, 1:4]
+        assert np.asarray(case.brain)[tuple(centres.T)].all()
+        assert not touches_cmb(case.seg, centres, clearance=2).any()
+    # with mined false positives the 1:2:1 mix is exact
+    merge_false_positives(bank, np.array([[0, 5, 5, 5], [0, 6, 6, 6]]), np.array([0.3, 0.4]), epoch=1)
+    rows = draw_epoch_samples(bank, 64, {"positive": 1, "negative": 2, "false_positive": 1}, rng)
+    assert np.bincount(rows[:, 4], minlength=3).tolist() == [16, 32, 16]
+    # labels after cutting and augmenting: positives keep their CMB in the central 2x2x2 block
+    size = STAGES["screening"].patch_size(load_plans(roots["pre"] / DATASET / "plans.json"))
+    _, seg = make_patches(bank, rows, size, AugmentationParams(), rng)
+    labels = STAGES["screening"].targets(seg)
+    assert labels[rows[:, 4] == POSITIVE].all()
+    assert not labels[rows[:, 4] == NEGATIVE].any()
+    # segmentation targets are the label patches themselves
+    assert np.array_equal(STAGES["segmentation"].targets(seg), (seg > 0).astype(np.int64))
+
+
+def test_fixed_validation_set_is_reproducible(roots):
+    bank = _bank(roots)
+    a = draw_fixed_samples(bank, 20, {"positive": 1, "negative": 2}, seed=4)
+    b = draw_fixed_samples(bank, 20, {"positive": 1, "negative": 2}, seed=4)
+    assert np.array_equal(a, b) and len(np.unique(a, axis=0)) == len(a)
+
+
+def test_merge_false_positives_dedupes_and_keeps_first_epoch():
+    bank = SampleBank([], np.zeros((0, 4), np.int64))
+    assert merge_false_positives(bank, np.array([[0, 1, 2, 3], [1, 1, 2, 3], [0, 1, 2, 3]]), np.array([.5, .6, .7]), 1) == 2
+    assert merge_false_positives(bank, np.array([[1, 1, 2, 3], [0, 9, 9, 9]]), np.array([.9, .2]), 2) == 1
+    assert bank.false_positives.tolist() == [[0, 1, 2, 3], [1, 1, 2, 3], [0, 9, 9, 9]]
+    assert bank.fp_epochs.tolist() == [1, 1, 2] and np.allclose(bank.fp_scores, [.5, .6, .2])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# augmentation
+# --------------------------------------------------------------------------------------------------------------
+def test_augmentation_without_rotation_or_flip_is_an_exact_cut(roots):
+    bank = _bank(roots)
+    rows = draw_epoch_samples(bank, 24, {"positive": 1, "negative": 1}, np.random.default_rng(1))
+    plain = AugmentationParams(max_translation_vox=0, rotation_probability=0.0, flip_probability=0.0)
+    d1, s1 = make_patches(bank, rows, (10, 10, 8), plain, np.random.default_rng(2))
+    d2, s2 = cut_patches(bank, rows, (10, 10, 8))
+    assert np.array_equal(d1, d2) and np.array_equal(s1, s2)
+    flip = AugmentationParams(max_translation_vox=0, rotation_probability=0.0, flip_probability=1.0)
+    d3, s3 = make_patches(bank, rows, (10, 10, 8), flip, np.random.default_rng(2))
+    assert np.array_equal(d3, d2[:, :, ::-1]) and np.array_equal(s3, s2[:, ::-1])
+
+
+def test_rotation_keeps_centre_and_moves_corners():
+    big = np.zeros((1, 1, 21, 21, 21), np.float32)
+    big[0, 0, 10, 10, 10] = 1.0  # the centre voxel
+    big[0, 0, 10, 16, 10] = 1.0  # 6 voxels along y
+    seg = (big[:, 0] > 0).astype(np.uint8)
+    params = AugmentationParams(max_rotation_deg=10.0, rotation_probability=1.0)
+    d, s = rotate_and_crop(big, seg, (15, 15, 15), params, np.random.default_rng(0))
+    assert d[0, 0, 7, 7, 7] == pytest.approx(1.0, abs=1e-5) and s[0, 7, 7, 7] == 1
+    assert d[0, 0, 7, 13, 7] < 0.9  # the off-centre voxel moved
+    assert d.shape == (1, 1, 15, 15, 15)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# schedule, losses, metrics
+# --------------------------------------------------------------------------------------------------------------
+def test_poly_lr_decays_and_never_reaches_zero():
+    lrs = [loop.poly_lr(0.01, e, 10) for e in range(10)]
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[-1] == pytest.approx(0.01 * 0.1 ** 0.9) and lrs[-1] > 0
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[5] == pytest.approx(0.01 * 0.5 ** 0.9)
+
+
+def test_losses():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]]).reshape(2, 2, 1, 1, 1)
+    target = torch.tensor([1, 1])
+    ce = weighted_cross_entropy([0.25, 0.75])(logits, target)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(2, 2), target)
+    assert float(ce) == pytest.approx(float(expected))  # same class in both: weights cancel
+    perfect = torch.zeros(1, 2, 4, 4, 4)
+    tgt = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    tgt[0, 1:3, 1:3, 1:3] = 1
+    perfect[:, 1] = 20 * (2 * tgt.float() - 1)
+    assert float(soft_dice_loss(perfect, tgt)) < 1e-4
+    assert float(soft_dice_loss(-perfect, tgt)) > 0.99
+
+
+def test_rank_auc_matches_pair_counting():
+    rng = np.random.default_rng(3)
+    scores, labels = rng.integers(0, 5, 40).astype(float), rng.random(40) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert rank_auc(scores, labels) == pytest.approx(pairs)
+    assert rank_auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0
+    assert np.isnan(rank_auc(np.array([0.1, 0.9]), np.array([1, 1])))
+
+
+def test_candidate_hits():
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[5:7, 5:7, 5:7] = 1
+    seg[14, 14, 14] = 1
+    detected, is_fp, n = candidate_hits(seg, np.array([[6, 6, 6], [10, 10, 10], [16, 16, 16]]), tolerance=1)
+    assert n == 2 and detected.tolist() == [1, 2] and is_fp.tolist() == [False, True, False]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the command line, checkpoints, resume, DDP
+# --------------------------------------------------------------------------------------------------------------
+def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
+    assert _train(roots, tmp_path, "0", "--seed", "1", "-npp", "1") == 0
+    model_dir = tmp_path / DATASET / "cmbunet"
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        assert (model_dir / name).is_file()
+    plans = load_plans(model_dir / "plans.json")
+    for stage in ("screening", "discrimination", "segmentation"):
+        folder = model_dir / "fold_0" / stage
+        for f in ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth", "training_log.txt",
+                  "progress.png"):
+            assert (folder / f).is_file(), f"{stage}/{f}"
+        ckpt = torch.load(folder / "checkpoint_final.pth", weights_only=True)
+        assert set(CHECKPOINT_KEYS) <= set(ckpt) and ckpt["stage"] == stage
+        assert ckpt["plans_hash"] == plans_hash(plans)
+        epochs = plans["training"]["cpu"][stage]["epochs"]
+        assert ckpt["epoch"] == epochs - 1 and len(ckpt["history"]["train_loss"]) == epochs
+        assert all(np.isfinite(ckpt["history"]["train_loss"]))
+        net = load_stage_network(model_dir, 0, stage, plans)
+        assert not net.training
+    scr = model_dir / "fold_0" / "screening"
+    fps = json.loads((scr / "false_positives.json").read_text())
+    assert fps["num_false_positives"] == len(fps["false_positives"]) > 0
+    assert {f["case"] for f in fps["false_positives"]} <= set(_splits(roots)[0]["train"])
+    val = json.loads((scr / "validation_candidates.json").read_text())
+    assert 0.0 <= val["sensitivity"] <= 1.0 and val["false_positives_per_case"] >= 0
+    log = (scr / "training_log.txt").read_text()
+    assert "epoch 3/3" in log and "candidate sensitivity" in log
+    # a checkpoint from other plans is refused
+    with pytest.raises(PlansMismatchError):
+        load_checkpoint(scr / "checkpoint_final.pth", expected_plans_hash="0" * 16)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(roots, tmp_path, monkeypatch):
+    args = ("0", "-s", "screening", "--seed", "5", "-npp", "0")
+    assert _train(roots, tmp_path / "straight", *args) == 0
+
+    original = loop.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_interrupt(path, ckpt):
+        original(path, ckpt)
+        calls["n"] += 1
+        if Path(path).name == "checkpoint_latest.pth" and ckpt["epoch"] == 0:
+            raise KeyboardInterrupt  # Ctrl-C right after the first epoch was saved
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    assert _train(roots, tmp_path / "resumed", *args) == 130
+    folder = tmp_path / "resumed" / DATASET / "cmbunet" / "fold_0" / "screening"
+    assert load_checkpoint(folder / "checkpoint_latest.pth")["epoch"] == 0
+    assert not (folder / "checkpoint_final.pth").exists()
+    monkeypatch.setattr(loop, "save_checkpoint", original)
+    assert _train(roots, tmp_path / "resumed", *args[:-1], "1", "--c") == 0  # another worker count, too
+
+    a = load_checkpoint(tmp_path / "straight" / DATASET / "cmbunet" / "fold_0" / "screening" / "checkpoint_final.pth")
+    b = load_checkpoint(folder / "checkpoint_final.pth")
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["weights"]:
+        assert torch.equal(a["weights"][k], b["weights"][k]), k
+    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    fp_a = json.loads((tmp_path / "straight" / DATASET / "cmbunet" / "fold_0" / "screening" /
+                       "false_positives.json").read_text())
+    assert fp_a == json.loads((folder / "false_positives.json").read_text())
+    # continuing a finished stage does nothing
+    assert _train(roots, tmp_path / "resumed", *args, "--c") == 0
+
+
+def test_ddp_with_two_cpu_processes(roots, tmp_path):
+    assert _train(roots, tmp_path, "0", "-s", "screening", "--seed", "2", "--num-gpus", "2", "-npp", "0") == 0
+    folder = tmp_path / DATASET / "cmbunet" / "fold_0" / "screening"
+    ckpt = torch.load(folder / "checkpoint_final.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and all(np.isfinite(ckpt["history"]["train_loss"]))
+    assert not any(k.startswith("module.") for k in ckpt["weights"])
+    assert "2 process(es)" in (folder / "training_log.txt").read_text()
+
+
+def test_stage_without_its_prerequisite_is_refused(roots, tmp_path, capsys):
+    assert _train(roots, tmp_path, "0", "-s", "discrimination") == 2
+    err = capsys.readouterr().err
+    assert "needs a trained screening stage" in err and "checkpoint_final.pth" in err
+    assert not (tmp_path / DATASET / "cmbunet" / "fold_0" / "discrimination").exists()
+    plans = load_plans(roots["pre"] / DATASET / "plans.json")
+    with pytest.raises(MissingStageError, match="checkpoint_final.pth"):
+        load_stage_network(tmp_path / DATASET / "cmbunet", 0, "segmentation", plans)
+
+
+@pytest.mark.parametrize("fold, message", [("9", "fold 9 does not exist"), ("x", "fold must be")])
+def test_bad_fold_is_a_clear_error(roots, tmp_path, capsys, fold, message):
+    assert _train(roots, tmp_path, fold) == 2
+    assert message in capsys.readouterr().err
