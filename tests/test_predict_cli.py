@@ -119,7 +119,7 @@ def test_rerun_skips_finished_cases_and_overwrite_redoes_them(valdo, results_roo
                  "--save_probabilities"]) == 0
     summary = pd.read_csv(out / "summary.csv")
     assert summary["status"].str.startswith("skipped").all() and target.stat().st_mtime_ns == before
-    assert summary["num_cmbs"].notna().all()  # the earlier results stay in the summary
+    assert summary["num_cmbs"].notna().all() and summary["seconds_total"].notna().all()  # earlier results kept
     (out / "sub-103_cmbs.csv").unlink()  # an unfinished case is redone
     assert main(["-i", str(valdo), "-o", str(out), "-d", "Dataset001_Synth", "--results-root", str(results_root),
                  "--save_probabilities"]) == 0

@@ -228,7 +228,7 @@ def skipped_row(case: InputCase, outputs: CaseOutputs, previous: pd.DataFrame | 
     """Summary line of a case finished by an earlier run: its earlier line when known, else from its CSV."""
     if previous is not None and "case" in previous and (previous["case"] == case.case).any():
         row = previous[previous["case"] == case.case].iloc[-1].to_dict()
-        if row.get("status") == "ok":
+        if row.get("status") == "ok" or str(row.get("status", "")).startswith("skipped"):
             row["status"] = "skipped (done before)"
             return row
     try:
