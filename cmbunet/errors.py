@@ -17,6 +17,9 @@ class InputError(CMBUNetError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self):  # survive pickling, e.g. when raised in a multiprocessing worker
+        return (self.__class__, (self.path, self.problem))
+
 
 class DatasetIntegrityError(CMBUNetError):
     """A raw dataset failed verification. ``problems`` lists every (file, problem) found, not only the first."""
@@ -25,6 +28,9 @@ class DatasetIntegrityError(CMBUNetError):
         self.problems = problems
         lines = "\n".join(f"  - {f}: {p}" for f, p in problems)
         super().__init__(f"dataset integrity check failed with {len(problems)} problem(s):\n{lines}")
+
+    def __reduce__(self):
+        return (self.__class__, (self.problems,))
 
 
 class MissingStageError(CMBUNetError):

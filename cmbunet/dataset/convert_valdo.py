@@ -115,14 +115,16 @@ def convert_subject(job: SubjectJob, overwrite: bool = False) -> dict[str, Any]:
         report["skipped"] = True
         return report
     images, props = SimpleITKIO.read_images(job.images)  # checks that the channels share one geometry
-    for path, channel, out in zip(job.images, images, job.out_images):
-        report["nonfinite_replaced"] += count_nonfinite(path, channel)  # from the file: the reader hides NaN
-        SimpleITKIO.write(replace_nonfinite(channel).astype(np.float32, copy=False), out, props)
-    if job.label is not None and job.out_label is not None:
+    label = label_props = None
+    if job.label is not None and job.out_label is not None:  # checked before anything of this subject is written
         label, label_props = SimpleITKIO.read_seg(job.label)
         mismatch = geometry_mismatch(props, label_props)
         if mismatch:
             raise InputError(job.label, f"label geometry does not match {job.images[0].name}: {mismatch}")
+    for path, channel, out in zip(job.images, images, job.out_images):
+        report["nonfinite_replaced"] += count_nonfinite(path, channel)  # from the file: the reader hides NaN
+        SimpleITKIO.write(replace_nonfinite(channel).astype(np.float32, copy=False), out, props)
+    if label is not None:
         binary = binarise_label(label)
         with np.errstate(invalid="ignore"):
             report["label_voxels_changed"] = int(np.count_nonzero(binary != label))

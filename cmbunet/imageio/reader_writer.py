@@ -10,6 +10,10 @@ written back with the input's exact header.
 
 from __future__ import annotations
 
+import gzip
+import math
+import struct
+import zlib
 from pathlib import Path
 from typing import Sequence, TypedDict
 
@@ -48,6 +52,57 @@ def geometry_mismatch(a: ImageProperties, b: ImageProperties) -> str | None:
     return None
 
 
+def _nifti_expected_size(head: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file must hold (header + voxels) according to its header, or None if unparsable."""
+    for order in "<>":
+        if len(head) < 4:
+            return None
+        sizeof = struct.unpack(order + "i", head[:4])[0]
+        if sizeof == 348 and len(head) >= 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = struct.unpack(order + "f", head[108:112])[0]
+        elif sizeof == 540 and len(head) >= 540:
+            dims = struct.unpack(order + "8q", head[16:80])
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            offset = struct.unpack(order + "q", head[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or not math.isfinite(offset):
+            return None
+        return int(offset) + math.prod(max(0, int(d)) for d in dims[1:1 + dims[0]]) * int(bitpix) // 8
+    return None
+
+
+def nifti_truncation_problem(path: str | Path) -> str | None:
+    """Why a NIfTI file is incomplete, or None. SimpleITK reads a truncated ``.nii``/``.nii.gz`` without any
+    complaint and returns the missing voxels as 0, so the gzip stream and the size the header announces are
+    checked here (this decompresses the file once more)."""
+    path = Path(path)
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        return None
+    with open(path, "rb") as f:
+        is_gzip = f.read(2) == b"\x1f\x8b"
+    head, total = b"", 0
+    if is_gzip:
+        try:
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    if len(head) < 540:
+                        head += chunk[: 540 - len(head)]
+                    total += len(chunk)
+        except (EOFError, OSError, zlib.error) as e:  # truncated stream, bad CRC, not gzip
+            return f"is a truncated or corrupt gzip file ({e})"
+    else:
+        with open(path, "rb") as f:
+            head = f.read(540)
+        total = path.stat().st_size
+    expected = _nifti_expected_size(head)
+    if expected is not None and total < expected:
+        return f"is truncated: its header announces {expected} bytes but it holds {total}"
+    return None
+
+
 class SimpleITKIO:
     """Read and write 3D medical images (NIfTI, NRRD, MHA) with SimpleITK, keeping exact geometry."""
 
@@ -63,6 +118,9 @@ class SimpleITKIO:
         except RuntimeError as e:  # corrupt gzip, truncated file, not an image
             first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
             raise InputError(path, f"cannot be read as an image (corrupt or truncated file?): {first}") from None
+        truncated = nifti_truncation_problem(path)
+        if truncated:
+            raise InputError(path, f"cannot be read as an image: {truncated}")
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar 3D image")
         if img.GetDimension() != 3:

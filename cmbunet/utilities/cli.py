@@ -10,7 +10,8 @@ from cmbunet.errors import CMBUNetError
 
 
 def run_cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Decorator for CLI entry points: turn :class:`CMBUNetError` into ``error: ...`` on stderr and exit code 2."""
+    """Decorator for CLI entry points: turn :class:`CMBUNetError` and ``OSError`` (e.g. an unwritable output folder)
+    into ``error: ...`` on stderr and exit code 2."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -18,6 +19,10 @@ def run_cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
             code = main(argv)
         except CMBUNetError as e:
             print(f"error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # unwritable output folder, a path through a regular file, disk full, ...
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{e.strerror or e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted; finished outputs are kept and a re-run continues where this one stopped", file=sys.stderr)
