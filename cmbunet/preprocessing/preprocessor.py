@@ -8,13 +8,15 @@ from the same pre-resampling mask, and image voxels outside the resampled brain 
 
 from __future__ import annotations
 
+import functools
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from cmbunet.errors import InputError
+from cmbunet.errors import InputError, PlansMismatchError
 from cmbunet.imageio.reader_writer import ImageProperties
 from cmbunet.preprocessing.resampling import (
     compute_new_shape,
@@ -281,6 +283,34 @@ def load_preprocessed_case(
     try:
         with np.load(npz) as z:
             data, seg, brain = z["data"], z["seg"], z["brain"]
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(npz, f"cannot be read as a preprocessed case ({e}); re-run with --clean") from None
-    return data, seg, brain, load_json(js)
+    try:
+        properties = load_json(js)
+    except ValueError as e:
+        raise InputError(js, f"cannot be read as JSON ({e}); re-run with --clean") from None
+    _check_case_plans(Path(preprocessed_dataset_dir), js, properties)
+    return data, seg, brain, properties
+
+
+@functools.lru_cache(maxsize=8)
+def _plans_hash_of_file(path: str, mtime_ns: int, size: int) -> str:
+    from cmbunet.plans.plans_io import load_plans, plans_hash
+
+    return plans_hash(load_plans(path))
+
+
+def _check_case_plans(preprocessed_dataset_dir: Path, case_json: Path, properties: Any) -> None:
+    """Refuse a case preprocessed under other plans than the dataset's current ``plans.json`` (e.g. re-planned
+    with ``--no-preprocess``): its spacing or crop would silently disagree with what the plans promise."""
+    plans_file = preprocessed_dataset_dir / "plans.json"
+    recorded = properties.get("plans_hash") if isinstance(properties, dict) else None
+    if recorded is None or not plans_file.is_file():
+        return
+    st = plans_file.stat()
+    current = _plans_hash_of_file(str(plans_file), st.st_mtime_ns, st.st_size)
+    if recorded != current:
+        raise PlansMismatchError(
+            f"{case_json} was preprocessed with plans {recorded} but {plans_file} hashes to {current}; "
+            "re-run cmbunet_plan_and_preprocess (without --no-preprocess) to preprocess the cases again"
+        )
