@@ -446,9 +446,6 @@ def test_train_refuses_truncated_preprocessed_case(env, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------- prediction
-@pytest.mark.xfail(strict=True, reason="cmbunet/inference/predictor.py predict_folder: a single input file without a "
-                   "channel suffix (scan.nii.gz) predicted with -o set to its own folder is overwritten by its "
-                   "prediction scan.nii.gz; outputs that coincide with an input file must be refused")
 def test_predict_never_overwrites_its_input(env, tmp_path, capsys):
     folder = tmp_path / "scans"
     folder.mkdir()

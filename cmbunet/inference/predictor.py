@@ -195,6 +195,18 @@ class CaseOutputs:
         return all(p.is_file() for p in (self.prediction, self.cmbs, self.probabilities) if p is not None)
 
 
+def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save_probabilities: bool,
+                              summary_path: Path) -> None:
+    """Stop before writing anything when an output file would replace one of the input images."""
+    inputs = {Path(p).resolve() for case in cases for p in case.images}
+    for case in cases:
+        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
+        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, summary_path):
+            if path is not None and path.resolve() in inputs:
+                raise InputError(path, "is an input image and would be overwritten by the prediction; "
+                                       "choose another output folder")
+
+
 def write_csv(table: pd.DataFrame, path: Path) -> None:
     """CSV written atomically."""
     with atomic_path(path, suffix=".csv") as tmp:
@@ -407,6 +419,7 @@ class CMBPredictor:
         output_dir = Path(output_dir)
         cases = select_part(find_input_cases(input_path, self.channel_names, file_ending), num_parts, part_id)
         summary_path = output_dir / summary_name(num_parts, part_id)
+        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path)
         previous = pd.read_csv(summary_path) if summary_path.is_file() else None
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
