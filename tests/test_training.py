@@ -20,11 +20,10 @@ from cmbunet.training import loop
 from cmbunet.training.augmentation import AugmentationParams, cut_patches, make_patches, rotate_and_crop
 from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, load_stage_network
 from cmbunet.training.losses import soft_dice_loss, weighted_cross_entropy
-from cmbunet.training.samples import (FALSE_POSITIVE, NEGATIVE, POSITIVE, SampleBank, build_bank,
+from cmbunet.training.samples import (NEGATIVE, POSITIVE, SampleBank, build_bank,
                                       draw_epoch_samples, draw_fixed_samples, epoch_counts, merge_false_positives,
                                       split_counts, touches_cmb)
 from cmbunet.training.stages import STAGES, candidate_hits, rank_auc
-from cmbunet.utilities.patches import central_label
 
 DATASET = "Dataset701_TrainTiny"
 OVERRIDES = [

@@ -9,7 +9,6 @@ overrides only; the whole test takes about 3 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
