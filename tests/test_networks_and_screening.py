@@ -135,3 +135,17 @@ def test_candidates_threshold_nms_and_exact_mapping():
     assert len(find_candidates(flat, plans)[0]) == 1
     c, s = find_candidates(np.zeros((5, 5, 5), np.float32), plans)
     assert c.shape == (0, 3) and s.shape == (0,)
+
+
+def test_nms_footprint_one_keeps_neighbouring_distinct_peaks_and_breaks_ties():
+    """A 1-voxel NMS window must not merge adjacent voxels of different scores into one candidate."""
+    plans = tiny_plans()
+    score = np.zeros((8, 8, 8), np.float32)
+    score[3, 3, 3], score[4, 3, 3] = 0.9, 0.8
+    centres, scores = find_candidates(score, plans, nms_size=[1, 1, 1])
+    assert centres.tolist() == [[6, 6, 6], [8, 6, 6]] and np.allclose(scores, [0.9, 0.8])
+    # a saturated plateau inside one NMS window gives one candidate, whatever its shape
+    sat = np.zeros((12, 12, 12), np.float32)
+    sat[4:7, 5, 5] = 1.0
+    sat[5, 4:7, 5] = 1.0
+    assert len(find_candidates(sat, plans, nms_size=[7, 7, 7])[0]) == 1

@@ -88,7 +88,7 @@ def test_paper_numbers_from_fingerprint(auto_plans):
     assert screening_output(s["block_size"], [5, 5, 3], [2, 2, 2]) == [1, 1, 1]
     assert discrimination_output(d["block_size"], [5, 5, 3]) == [4, 4, 4]  # 002 Table 2: 128 x 4x4x4
     inf = p["inference"]
-    assert inf["nms_size_vox"] == [10, 10, 8] and inf["tile_size"] == [160, 160, 80]
+    assert inf["nms_size_vox"] == [5, 5, 5] and inf["tile_size"] == [160, 160, 80]
     assert inf["screening_threshold"] == 0.1 and inf["discrimination_shift_vox"] == 1
     assert p["resampling"]["separate_z"] is False and p["resampling"]["image_order"] == 3
     assert p["normalization"] == {"scheme": "zscore_foreground_per_case", "background_value": 0.0}
@@ -115,10 +115,10 @@ def test_gpu_schedule_is_002(auto_plans):
     assert (disc["epochs"], disc["samples_per_epoch"]) == (80, 100_000)
     assert disc["proportions"] == {"positive": 1, "false_positive": 1} and "mining_epochs" not in disc
     assert (seg["epochs"], seg["samples_per_epoch"], seg["batch_size"]) == (100, 8000, 64)
-    assert (seg["optimizer"], seg["lr"], seg["loss"]) == ("adam", 0.001, "dice")
+    assert (seg["optimizer"], seg["lr"], seg["loss"]) == ("adam", 0.001, "dice_ce")
     cpu = auto_plans["training"]["cpu"]
-    assert (cpu["screening"]["epochs"], cpu["screening"]["samples_per_epoch"]) == (30, 2000)
-    assert cpu["screening"]["mining_epochs"] == [10, 20]
+    assert (cpu["screening"]["epochs"], cpu["screening"]["samples_per_epoch"]) == (20, 1500)
+    assert cpu["screening"]["mining_epochs"] == [7, 14]
 
 
 # --------------------------------------------------------------------------------------- other data
@@ -247,7 +247,7 @@ def test_override_block_rederives_dependents(auto_plans):
     assert screening_output(s["block_size"], s["network"]["first_kernels"], s["network"]["last_kernel"]) == [1, 1, 1]
     assert p["discrimination"]["block_size"] == [26, 26, 22]
     assert p["segmentation"]["patch_size"] == [40, 40, 32]
-    assert p["inference"]["nms_size_vox"] == [11, 11, 9] and p["inference"]["tile_size"] == [160, 160, 80]
+    assert p["inference"]["nms_size_vox"] == [5, 5, 5] and p["inference"]["tile_size"] == [160, 160, 80]
     # an explicit dependent value wins over the re-derived one; list items can be set by index
     p = apply_overrides(auto_plans, ["screening.block_size.2=18", "segmentation.patch_size=[32,32,24]"])
     assert p["screening"]["block_size"] == [20, 20, 18] and p["segmentation"]["patch_size"] == [32, 32, 24]
@@ -336,9 +336,9 @@ def test_schedule_for(auto_plans):
     assert schedule_for(auto_plans, "screening", "cuda")["epochs"] == 150
     assert schedule_for(auto_plans, "screening", "cuda:1")["epochs"] == 150
     cpu = schedule_for(auto_plans, "screening", "cpu")
-    assert cpu["epochs"] == 30
+    assert cpu["epochs"] == 20
     cpu["epochs"] = 1
-    assert auto_plans["training"]["cpu"]["screening"]["epochs"] == 30
+    assert auto_plans["training"]["cpu"]["screening"]["epochs"] == 20
     with pytest.raises(CMBUNetError, match="unknown stage"):
         schedule_for(auto_plans, "detection", "cpu")
 

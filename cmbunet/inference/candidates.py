@@ -18,7 +18,7 @@ def find_candidates(
     """Local maxima of ``score_map`` above ``threshold``, as input-voxel centres ``(N, 3)`` and scores ``(N,)``.
 
     NMS keeps a voxel when it is the maximum of its neighbourhood of ``nms_size`` input voxels (converted to
-    score voxels with the FCN stride); a plateau of equal maxima yields one candidate. Candidates are sorted by
+    score voxels with the FCN stride); within a neighbourhood, a plateau of equal maxima yields one candidate. Candidates are sorted by
     descending score and capped at ``max_candidates``. Nothing above the threshold gives empty arrays (the
     reference code returned a spurious centre candidate instead).
     """
@@ -33,10 +33,11 @@ def find_candidates(
     above = score_map >= threshold
     if not above.any():
         return np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.float32)
-    local_max = ndimage.maximum_filter(score_map, size=footprint, mode="constant", cval=-np.inf)
-    peaks = above & (score_map == local_max)
-    labels, n = ndimage.label(peaks, structure=np.ones((3, 3, 3)))
-    positions = np.asarray(ndimage.maximum_position(score_map, labels, np.arange(1, n + 1)), dtype=np.int64).reshape(-1, 3)
+    # Ties (e.g. saturated plateaus of 1.0) are broken by position with a perturbation far below the float32
+    # resolution of the scores, so exactly one voxel of a plateau survives and distinct values keep their order.
+    key = score_map.astype(np.float64) - 1e-12 * (np.arange(score_map.size).reshape(score_map.shape) / score_map.size)
+    local_max = ndimage.maximum_filter(key, size=footprint, mode="constant", cval=-np.inf)
+    positions = np.argwhere(above & (key == local_max)).astype(np.int64)
     scores = score_map[tuple(positions.T)].astype(np.float32)
     order = np.argsort(-scores, kind="stable")[:max_candidates]
     return score_voxels_to_input(positions[order], plans), scores[order]

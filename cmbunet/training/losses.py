@@ -1,4 +1,5 @@
-"""Losses named by the schedule: ``weighted_ce`` (screening, discrimination) and ``dice`` (segmentation)."""
+"""Losses named by the schedule: ``weighted_ce`` (screening, discrimination), ``dice`` and ``dice_ce``
+(segmentation)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1.0 - (2.0 * intersection + smooth) / (prob.sum() + tgt.sum() + smooth)
 
 
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Batch soft Dice plus voxel-wise cross-entropy (nnU-Net's default): CE gives every voxel a gradient from
+    the first step, Dice keeps the tiny CMB class from being drowned by background."""
+    return soft_dice_loss(logits, target) + F.cross_entropy(logits.float(), (target > 0).long())
+
+
 def build_loss(schedule: dict) -> Loss:
     """The loss named by ``schedule["loss"]``."""
     name = schedule.get("loss", "weighted_ce")
@@ -53,4 +60,6 @@ def build_loss(schedule: dict) -> Loss:
         return weighted_cross_entropy(None)
     if name == "dice":
         return soft_dice_loss
-    raise CMBUNetError(f"unknown loss '{name}' in the training schedule; expected weighted_ce, ce or dice")
+    if name == "dice_ce":
+        return dice_ce_loss
+    raise CMBUNetError(f"unknown loss '{name}' in the training schedule; expected weighted_ce, ce, dice or dice_ce")
