@@ -431,9 +431,6 @@ def test_truncated_preprocessed_case_is_an_input_error(env, tmp_path):
         load_preprocessed_case(pre / BASE, npz.stem)
 
 
-@pytest.mark.xfail(strict=True, reason="cmbunet/training/samples.py build_bank(mmap='auto') -> _npz_uncompressed_bytes "
-                   "opens every CASE.npz with zipfile.ZipFile, whose BadZipFile escapes as a traceback (exit 1) instead "
-                   "of an InputError naming the file; catch zipfile.BadZipFile/OSError there")
 def test_train_refuses_truncated_preprocessed_case(env, tmp_path, capsys):
     pre = _copy_preprocessed(env, tmp_path)
     splits = json.loads((pre / BASE / "splits_final.json").read_text())

@@ -79,6 +79,21 @@ def prepare_model_folder(preprocessed_dir: Path, model_dir: Path, plans_hash: st
                 tmp.write_bytes(src.read_bytes())
 
 
+def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str) -> None:
+    """Refuse, before anything is written, preprocessed cases that are missing or were made with other plans."""
+    from cmbunet.utilities.file_io import load_json
+
+    for case in cases:
+        props_path = pre_dir / "data" / f"{case}.json"
+        if not props_path.is_file() or not (pre_dir / "data" / f"{case}.npz").is_file():
+            raise CMBUNetError(f"{props_path.with_suffix('.npz')}: preprocessed case is missing; run "
+                               "cmbunet_plan_and_preprocess first")
+        recorded = load_json(props_path).get("plans_hash")
+        if recorded is not None and recorded != phash:
+            raise PlansMismatchError(f"{props_path}: was preprocessed with plans {recorded} but plans.json hashes to "
+                                     f"{phash}; re-run cmbunet_plan_and_preprocess")
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     first = configs[0]
     if not (first.resume and checkpoint_path(stage_dir(model_dir, fold, first.stage), "final").is_file()):
         require_stages(first, STAGES[first.stage])
+    check_preprocessed_cases(pre_dir, train_cases + val_cases, phash)
     prepare_model_folder(pre_dir, model_dir, phash)
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model_dir / f'fold_{fold}'}")

@@ -68,8 +68,12 @@ class SampleBank:
 # loading
 # ----------------------------------------------------------------------------------------------------------
 def _npz_uncompressed_bytes(npz: Path) -> int:
-    with zipfile.ZipFile(npz) as z:
-        return sum(i.file_size for i in z.infolist())
+    try:
+        with zipfile.ZipFile(npz) as z:
+            return sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(npz, f"cannot be read as a preprocessed case ({e}); re-run cmbunet_plan_and_preprocess "
+                              "with --clean") from None
 
 
 def unpack_case(preprocessed_dir: str | Path, case: str) -> dict[str, Path]:
