@@ -231,6 +231,11 @@ def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
     # a checkpoint from other plans is refused
     with pytest.raises(PlansMismatchError):
         load_checkpoint(scr / "checkpoint_final.pth", expected_plans_hash="0" * 16)
+    # the finished fold's validation cases were predicted and scored with the whole pipeline
+    validation = model_dir / "fold_0" / "validation"
+    summary = json.loads((validation / "summary.json").read_text())
+    assert set(summary["per_case"]) == set(_splits(roots)[0]["val"])
+    assert all((validation / f"{case}_probabilities.nii.gz").is_file() for case in summary["per_case"])
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(roots, tmp_path, monkeypatch):

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "uninterrupted one (on CPU)")
     p.add_argument("--preprocessed-root", type=Path, default=None, help="default: $CMBUNET_PREPROCESSED")
     p.add_argument("--results-root", type=Path, default=None, help="default: $CMBUNET_RESULTS")
+    p.add_argument("--no-validation", action="store_true",
+                   help="do not predict and evaluate the fold's validation cases after training")
+    p.add_argument("--raw-root", type=Path, default=None,
+                   help="raw data root holding the reference labels for validation (default: $CMBUNET_RAW)")
     p.add_argument("-npp", type=int, default=default_num_workers(), metavar="N",
                    help="data-loading worker processes per training process (0: build batches in the training "
                    "process; default: min(4, CPUs - 1))")
@@ -138,4 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model_dir / f'fold_{fold}'}")
     D.launch(run_stages, args.num_gpus, args.device, configs)
+    if fold != "all" and val_cases and not args.no_validation and configs[-1].stage == "segmentation":
+        # the fold is complete: predict its validation cases with the whole pipeline and score them (fold_F/validation)
+        from cmbunet.evaluation.cross_validation import validate_fold
+
+        out = validate_fold(name, fold, pre_root, get_root("results", args.results_root), args.device, args.raw_root)
+        print(f"validation predictions and metrics of fold {fold}: {out}")
     return 0
