@@ -1,0 +1,317 @@
+"""cmbunet against nnU-Net v2 (3d_fullres) on the same synthetic T2* dataset, on the CPU.
+
+(a) prediction seconds per case: nnU-Net with and without test-time mirroring, cmbunet (FCN screening ->
+    discrimination -> segmentation);
+(b) detection F1, sensitivity, FP per case and Dice from ``cmbunet_evaluate`` when both are trained on the same
+    cases with the same wall-clock budget.
+
+nnU-Net is installed into its own virtualenv ``benchmarks/.nnunet_venv``: ``torch==2.13.0`` first (the CPU build),
+then ``nnunetv2`` with a constraints file holding ``torch==2.13.0`` so that pip cannot replace that build.
+nnU-Net trains with ``nnUNetTrainerCMBBench``, a subclass of ``nnUNetTrainer`` written by this script into the
+installed package: the default 3d_fullres plans, loss and augmentation, but it stops after the first epoch that
+ends past the budget (``--budget-min``) and saves ``checkpoint_final.pth`` (``--iters-per-epoch`` iterations per
+epoch, 2 validation iterations). cmbunet trains all three stages with its ``auto`` plans and the CPU schedule's
+epochs scaled to the same budget (``--override training.cpu.<stage>.epochs=...``, from the measured length of the
+default schedule in ``training_throughput.py``: about 100 minutes for full-width networks on 2 cores). Both use
+fold ``all`` (every training case), and both are evaluated on the test cases with ``cmbunet_evaluate``.
+
+Phases (each resumable; ``all`` runs them in order; each skips what is already done):
+
+    setup       virtualenv + nnunetv2
+    data        synthetic dataset (raw nnU-Net v2 layout, shared by both tools), ``--cases`` + ``--test-cases``
+    preprocess  nnUNetv2_plan_and_preprocess -c 3d_fullres; cmbunet_plan_and_preprocess
+    train       both trainings (``--budget-min`` each)
+    predict     timed prediction of the test cases (nnU-Net with/without mirroring, cmbunet)
+    evaluate    cmbunet_evaluate on every prediction folder; table
+
+    python benchmarks/vs_nnunet.py --phase all --budget-min 20 --out benchmarks/results/vs_nnunet.json
+    python benchmarks/vs_nnunet.py --quick          # setup + data + preprocess + 1-minute trainings, predict 1 case
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".nnunet_venv"
+WORK = HERE / ".nnunet_work"
+DATASET_ID = 501
+DATASET = f"Dataset{DATASET_ID:03d}_CMBBench"
+TRAINER = "nnUNetTrainerCMBBench"
+#: length of cmbunet's default CPU schedule for full-width networks on this machine (training_throughput.py, and
+#: documentation/training.md: about 1 h 40 min), used to scale its epochs to the budget.
+CMBUNET_DEFAULT_SCHEDULE_MIN = 100.0
+CMBUNET_DEFAULT_EPOCHS = {"screening": 20, "discrimination": 15, "segmentation": 10}
+
+TRAINER_CODE = '''
+import time
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainerCMBBench(nnUNetTrainer):
+    """nnUNetTrainer that stops after the first epoch ending past a wall-clock budget (cmbunet benchmark)."""
+
+    BUDGET_S = float(__import__("os").environ.get("CMBBENCH_BUDGET_S", "1200"))
+    ITERS = int(__import__("os").environ.get("CMBBENCH_ITERS", "25"))
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda"), **kwargs):
+        super().__init__(plans, configuration, fold, dataset_json, device=device, **kwargs)
+        self.num_iterations_per_epoch = self.ITERS
+        self.num_val_iterations_per_epoch = 2
+        self.num_epochs = 1000
+
+    def run_training(self):
+        start = time.time()
+        self.on_train_start()
+        for epoch in range(self.current_epoch, self.num_epochs):
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(outs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                vals = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(vals)
+            self.on_epoch_end()
+            if time.time() - start > self.BUDGET_S:
+                self.print_to_log_file(f"CMBBench: wall-clock budget reached after {epoch + 1} epochs")
+                break
+        self.on_train_end()
+'''
+
+DRIVER_CODE = '''
+import sys, time, json, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+torch.set_num_threads(int(sys.argv[3]))
+t = time.time()
+trainer = get_trainer_from_args(sys.argv[1], "3d_fullres", "all", sys.argv[2], "nnUNetPlans", device=torch.device("cpu"))
+trainer.run_training()
+print("RESULT " + json.dumps({"seconds": time.time() - t, "epochs": trainer.current_epoch}))
+'''
+
+
+def sh(cmd: list[str], env: dict | None = None, timeout: float | None = None, log: Path | None = None) -> float:
+    """Run a command, return its wall time; raise with the output tail on failure."""
+    t = time.perf_counter()
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stdout + "\n" + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
+def env_paths() -> dict[str, str]:
+    return {"nnUNet_raw": str(WORK / "raw"), "nnUNet_preprocessed": str(WORK / "nnunet_preprocessed"),
+            "nnUNet_results": str(WORK / "nnunet_results"), "CMBUNET_RAW": str(WORK / "raw"),
+            "CMBUNET_PREPROCESSED": str(WORK / "cmbunet_preprocessed"), "CMBUNET_RESULTS": str(WORK / "cmbunet_results"),
+            "nnUNet_n_proc_DA": "1", "nnUNet_compile": "false", "OMP_NUM_THREADS": "2"}
+
+
+def vbin(name: str) -> str:
+    return str(VENV / "bin" / name)
+
+
+def cbin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+# ------------------------------------------------------------------------------------------------ phases
+def phase_setup(a) -> dict:
+    if (VENV / "bin" / "nnUNetv2_predict").exists():
+        print("# setup: nnU-Net venv exists")
+    else:
+        py = shutil.which("python3.11") or sys.executable
+        sh([py, "-m", "venv", str(VENV)])
+        sh([vbin("python"), "-m", "pip", "install", "-q", "torch==2.13.0"], timeout=1800)
+        cons = VENV / "constraints.txt"
+        cons.write_text("torch==2.13.0\n")
+        sh([vbin("python"), "-m", "pip", "install", "-q", "-c", str(cons), "nnunetv2"], timeout=3000)
+    out = subprocess.run([vbin("python"), "-c", "import torch, nnunetv2, importlib.metadata as m, os;"
+                          "print(torch.__version__, m.version('nnunetv2'), os.path.dirname(nnunetv2.__file__))"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    tv, nv, pkg = out
+    variants = Path(pkg) / "training" / "nnUNetTrainer" / "variants" / "cmbbench"
+    variants.mkdir(parents=True, exist_ok=True)
+    (variants / "__init__.py").write_text("")
+    (variants / f"{TRAINER}.py").write_text(TRAINER_CODE)
+    (WORK / "train_nnunet.py").parent.mkdir(parents=True, exist_ok=True)
+    (WORK / "train_nnunet.py").write_text(DRIVER_CODE)
+    print(f"# nnU-Net venv: torch {tv}, nnunetv2 {nv}")
+    if not tv.endswith("+cpu"):
+        print("# WARNING: the nnU-Net venv's torch is not the CPU build")
+    return {"nnunet_torch": tv, "nnunetv2": nv}
+
+
+def phase_data(a) -> dict:
+    ds = WORK / "raw" / DATASET
+    if (ds / "dataset.json").exists():
+        print("# data: exists")
+    else:
+        sh([cbin("cmbunet_synthetic"), "-o", str(ds), "--cases", str(a.cases), "--test-cases", str(a.test_cases),
+            "--size", a.size, "--seed", "7"], timeout=1800)
+    return {"dataset": str(ds), "cases": a.cases, "test_cases": a.test_cases, "size": a.size}
+
+
+def phase_preprocess(a) -> dict:
+    e, r = env_paths(), {}
+    if not (WORK / "nnunet_preprocessed" / DATASET / "nnUNetPlans.json").exists():
+        r["nnunet_preprocess_s"] = sh([vbin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
+                                       "-np", "2", "--verify_dataset_integrity"], env=e, timeout=3000,
+                                      log=WORK / "logs" / "nnunet_preprocess.txt")
+    if not (WORK / "cmbunet_preprocessed" / DATASET / "plans.json").exists() and \
+            not any((WORK / "cmbunet_preprocessed").glob(f"{DATASET}*/**/plans.json")):
+        r["cmbunet_preprocess_s"] = sh([cbin("cmbunet_plan_and_preprocess"), "-d", str(DATASET_ID),
+                                        "--verify_dataset_integrity", "-np", "2"], env=e, timeout=3000,
+                                       log=WORK / "logs" / "cmbunet_preprocess.txt")
+    return r
+
+
+def phase_train(a) -> dict:
+    e, r = env_paths(), {}
+    budget_s = a.budget_min * 60
+    nn_final = WORK / "nnunet_results" / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
+    if not nn_final.exists():
+        t = time.perf_counter()
+        proc = subprocess.run([vbin("python"), str(WORK / "train_nnunet.py"), str(DATASET_ID), TRAINER, "2"],
+                              env={**os.environ, **e, "CMBBENCH_BUDGET_S": str(budget_s),
+                                   "CMBBENCH_ITERS": str(a.iters_per_epoch)},
+                              capture_output=True, text=True)
+        (WORK / "logs").mkdir(parents=True, exist_ok=True)
+        (WORK / "logs" / "nnunet_train.txt").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nnU-Net training failed:\n{proc.stderr[-3000:]}")
+        r["nnunet_train_s"] = time.perf_counter() - t
+        r.update(next((json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")), {}))
+    model = WORK / "cmbunet_results" / DATASET / "cmbunet"
+    if not (model / "fold_all" / "segmentation" / "checkpoint_final.pth").exists():
+        over = cmbunet_budget_overrides(a.budget_min)
+        sh([cbin("cmbunet_plan_and_preprocess"), "-d", str(DATASET_ID), "--no-preprocess", "--override", *over], env=e,
+           timeout=600, log=WORK / "logs" / "cmbunet_replan.txt")
+        r["cmbunet_overrides"] = over
+        r["cmbunet_train_s"] = sh([cbin("cmbunet_train"), str(DATASET_ID), "all", "-device", "cpu", "--no-validation"],
+                                  env=e, log=WORK / "logs" / "cmbunet_train.txt")
+    r["budget_min"] = a.budget_min
+    return r
+
+
+def cmbunet_budget_overrides(budget_min: float) -> list[str]:
+    """Scale cmbunet's default CPU schedule (about CMBUNET_DEFAULT_SCHEDULE_MIN minutes) to ``budget_min``: the
+    samples of every stage shrink by the same factor (fewer epochs first, then fewer samples per epoch)."""
+    from cmbunet.plans.planner import cpu_schedules
+
+    f = min(1.0, budget_min / CMBUNET_DEFAULT_SCHEDULE_MIN)
+    over = []
+    for stage, sch in cpu_schedules().items():
+        total = sch["epochs"] * sch["samples_per_epoch"] * f
+        epochs = max(1, round(sch["epochs"] * f))
+        samples = max(sch["batch_size"], round(total / epochs))
+        over += [f"training.cpu.{stage}.epochs={epochs}", f"training.cpu.{stage}.samples_per_epoch={samples}",
+                 f"training.cpu.{stage}.val_samples={max(16, round(sch['val_samples'] * f))}"]
+        if stage == "screening":
+            mining = sorted({m for m in (max(1, round(e * f)) for e in sch["mining_epochs"]) if m < epochs})
+            over.append(f"training.cpu.screening.mining_epochs={json.dumps(mining)}")
+    return over
+
+
+def phase_predict(a) -> dict:
+    e, r = env_paths(), {}
+    ds = WORK / "raw" / DATASET
+    inp = ds / "imagesTs"
+    n = len(list(inp.glob("*_0000.nii.gz")))
+    if a.quick:
+        inp = WORK / "imagesTs_one"
+        inp.mkdir(parents=True, exist_ok=True)
+        first = sorted((ds / "imagesTs").glob("*_0000.nii.gz"))[0]
+        shutil.copy(first, inp / first.name)
+        n = 1
+    runs = {
+        "nnU-Net 3d_fullres, mirroring": [vbin("nnUNetv2_predict"), "-i", str(inp), "-o", str(WORK / "pred_nnunet_tta"),
+                                          "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "all", "-tr", TRAINER,
+                                          "-device", "cpu", "-npp", "1", "-nps", "1"],
+        "nnU-Net 3d_fullres, no mirroring": [vbin("nnUNetv2_predict"), "-i", str(inp), "-o", str(WORK / "pred_nnunet"),
+                                             "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "all", "-tr", TRAINER,
+                                             "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"],
+        "cmbunet": [cbin("cmbunet_predict"), "-i", str(inp), "-o", str(WORK / "pred_cmbunet"), "-d", str(DATASET_ID),
+                    "-f", "all", "-device", "cpu", "--overwrite"],
+    }
+    for name, cmd in runs.items():
+        out_dir = Path(cmd[cmd.index("-o") + 1])
+        shutil.rmtree(out_dir, ignore_errors=True)
+        load = C.loadavg()
+        secs = sh(cmd, env=e, log=WORK / "logs" / f"predict_{out_dir.name}.txt")
+        r[name] = {"seconds_total": secs, "cases": n, "seconds_per_case": secs / n, "load_start": load,
+                   "load_end": C.loadavg(), "pred_dir": str(out_dir)}
+        print(f"# {name}: {secs / n:.1f} s per case ({n} cases, command wall time incl. model loading), load {load}")
+    return r
+
+
+def phase_evaluate(a, predict: dict) -> dict:
+    ref = WORK / "raw" / DATASET / "labelsTs"
+    r = {}
+    for name, info in predict.items():
+        if not isinstance(info, dict) or "pred_dir" not in info:
+            continue
+        out = Path(info["pred_dir"] + "_eval")
+        sh([cbin("cmbunet_evaluate"), "-ref", str(ref), "-pred", info["pred_dir"], "-o", str(out)],
+           log=WORK / "logs" / f"eval_{out.name}.txt")
+        s = json.loads((out / "summary.json").read_text())
+        agg = s.get("aggregate", s)
+        r[name] = {k: agg.get(k) for k in ("f1_mean", "f1_pooled", "sensitivity", "fp_per_case", "dice_mean",
+                                           "num_cases", "num_missing_predictions")}
+    return r
+
+
+def main() -> None:
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--phase", nargs="+", default=["all"],
+                   choices=["all", "setup", "data", "preprocess", "train", "predict", "evaluate"])
+    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--test-cases", type=int, default=5)
+    p.add_argument("--size", choices=["small", "realistic"], default="small")
+    p.add_argument("--budget-min", type=float, default=20.0, help="training wall-clock budget of each tool (minutes)")
+    p.add_argument("--iters-per-epoch", type=int, default=25, help="nnU-Net iterations per (short) epoch")
+    a = p.parse_args()
+    if a.quick:
+        a.cases, a.test_cases, a.budget_min, a.iters_per_epoch = min(a.cases, 6), min(a.test_cases, 2), 1.0, 2
+    info = C.machine_info()
+    C.print_machine(info)
+    phases = ["setup", "data", "preprocess", "train", "predict", "evaluate"] if "all" in a.phase else a.phase
+    state_file = WORK / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    for ph in phases:
+        t = time.perf_counter()
+        if ph == "evaluate":
+            state["evaluate"] = phase_evaluate(a, state.get("predict", {}))
+        else:
+            state[ph] = {**state.get(ph, {}), **globals()[f"phase_{ph}"](a)}
+        state.setdefault("phase_seconds", {})[ph] = time.perf_counter() - t
+        WORK.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state, indent=2))
+    rows = []
+    for name, pr in state.get("predict", {}).items():
+        ev = state.get("evaluate", {}).get(name, {})
+        rows.append({"method": name, "s per case": pr["seconds_per_case"], "cases": pr["cases"],
+                     "F1 (mean)": ev.get("f1_mean", float("nan")), "sensitivity": ev.get("sensitivity", float("nan")),
+                     "FP/case": ev.get("fp_per_case", float("nan")), "Dice (mean)": ev.get("dice_mean", float("nan")),
+                     "load": pr["load_start"]})
+    if rows:
+        C.print_table(rows)
+    print(f"# training: {json.dumps(state.get('train', {}))}")
+    C.write_json(a.out, {"script": "vs_nnunet", "machine": info, "argv": sys.argv, "state": state, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
