@@ -8,7 +8,7 @@
 nnU-Net is installed into its own virtualenv ``benchmarks/.nnunet_venv``: ``torch==2.13.0`` first (the CPU build),
 then ``nnunetv2`` with a constraints file holding ``torch==2.13.0`` so that pip cannot replace that build.
 nnU-Net trains with ``nnUNetTrainerCMBBench``, a subclass of ``nnUNetTrainer`` written by this script into the
-installed package: the default 3d_fullres plans, loss and augmentation, but it stops after the first epoch that
+installed package (``nnunetv2/training/nnUNetTrainer/nnUNetTrainerCMBBench.py``): the default 3d_fullres plans, loss and augmentation, but it stops after the first epoch that
 ends past the budget (``--budget-min``) and saves ``checkpoint_final.pth`` (``--iters-per-epoch`` iterations per
 epoch, 2 validation iterations). cmbunet trains all three stages with its ``auto`` plans and the CPU schedule's
 epochs scaled to the same budget (``--override training.cpu.<stage>.epochs=...``, from the measured length of the
@@ -143,10 +143,10 @@ def phase_setup(a) -> dict:
                           "print(torch.__version__, m.version('nnunetv2'), os.path.dirname(nnunetv2.__file__))"],
                          capture_output=True, text=True, check=True).stdout.split()
     tv, nv, pkg = out
-    variants = Path(pkg) / "training" / "nnUNetTrainer" / "variants" / "cmbbench"
-    variants.mkdir(parents=True, exist_ok=True)
-    (variants / "__init__.py").write_text("")
-    (variants / f"{TRAINER}.py").write_text(TRAINER_CODE)
+    # nnU-Net finds trainers by importing every module under training/nnUNetTrainer, top-level modules first:
+    # a top-level file is found before the subpackages, some of which import timm/torchvision, whose PyPI build
+    # does not load against the CPU build of torch ("operator torchvision::nms does not exist").
+    (Path(pkg) / "training" / "nnUNetTrainer" / f"{TRAINER}.py").write_text(TRAINER_CODE)
     (WORK / "train_nnunet.py").parent.mkdir(parents=True, exist_ok=True)
     (WORK / "train_nnunet.py").write_text(DRIVER_CODE)
     print(f"# nnU-Net venv: torch {tv}, nnunetv2 {nv}")
