@@ -209,7 +209,8 @@ def test_planted_cmb_is_found_at_its_world_position(plans, planted):
     assert cmbs["segmentation_score"].iloc[0] > 0.9
     # the planted sphere (r = 1.6 mm) has a volume of about 4/3 pi r^3 = 17 mm^3
     assert 8 < cmbs["volume_mm3"].iloc[0] < 40
-    assert (result["candidates"]["kept"]).sum() == 1
+    # NMS over a quarter block may keep a few neighbouring candidates on one CMB; they merge into one component
+    assert 1 <= (result["candidates"]["kept"]).sum() <= 4
     _, props = SimpleITKIO.read_images([folder / "case_0000.nii.gz"])
     assert result["geometry"] == props and result["binary"].shape == tuple(props["shape"])
     assert set(np.unique(result["binary"])) == {0, 1}
