@@ -19,6 +19,19 @@ from typing import Callable
 from cmbunet.errors import CMBUNetError
 from cmbunet.utilities.cli import run_cli
 
+#: The demo's CPU budget: the self-configured plans with quarter-width networks and a short schedule, so
+#: that training fits in minutes on two cores. ``--override`` adds to (and wins over) these.
+DEMO_OVERRIDES = [
+    "screening.network.features=[16,16,32,32,64]",
+    "discrimination.network.features=[16,16,32,32]",
+    "discrimination.network.fc_features=128",
+    "segmentation.network.features=[8,16,32,64]",
+    "training.cpu.screening.epochs=12", "training.cpu.screening.samples_per_epoch=1024",
+    "training.cpu.screening.mining_epochs=[4,8]",
+    "training.cpu.discrimination.epochs=12", "training.cpu.discrimination.samples_per_epoch=768",
+    "training.cpu.segmentation.epochs=8", "training.cpu.segmentation.samples_per_epoch=256",
+    "training.cpu.segmentation.lr=0.01",
+]
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SyntheticDemo"
 STAGES = ("screening", "discrimination", "segmentation")
@@ -45,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("auto", "paper", "tiny"), default="auto",
                    help="planner preset (default auto: self-configured, CPU budget schedule)")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="plan overrides passed to cmbunet_plan_and_preprocess")
+                   help="plan overrides passed to cmbunet_plan_and_preprocess, after the demo's own budget overrides")
+    p.add_argument("--full-size-networks", action="store_true",
+                   help="train the self-configured full-width networks and CPU schedule instead of the demo budget")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-report", action="store_true", help="skip the visual report")
     return p
@@ -77,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         "-i", str(valdo_train), "-d", str(DEMO_DATASET_ID), "-n", DEMO_DATASET_NAME, "--raw-root", str(raw)])
     plan_argv = ["-d", str(DEMO_DATASET_ID), "--raw-root", str(raw), "--preprocessed-root", str(pre),
                  "--verify_dataset_integrity", "--preset", args.preset, "-np", "2"]
-    if args.override:
-        plan_argv += ["--override", *args.override]
+    overrides = ([] if args.full_size_networks or args.preset != "auto" else DEMO_OVERRIDES) + args.override
+    if overrides:
+        plan_argv += ["--override", *overrides]
     times["plan_and_preprocess"] = _step("3/7 fingerprint, plan and preprocess", "cmbunet_plan_and_preprocess", plan_main, plan_argv)
 
     model_dir = res / dataset / "cmbunet"

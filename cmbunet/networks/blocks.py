@@ -30,3 +30,17 @@ def init_weights(module: nn.Module, negative_slope: float = 0.01) -> None:
             nn.init.kaiming_normal_(m.weight, a=negative_slope)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def valid_trunk(
+    in_channels: int, features: Sequence[int], first_kernels: Sequence[int], negative_slope: float = 0.01
+) -> nn.Sequential:
+    """C1(BN) C2(BN) M1 C3(BN) C4(BN): the valid-convolution trunk shared by 002's Tables 1 and 2."""
+    f1, f2, f3, f4 = features[:4]
+    return nn.Sequential(
+        conv_bn_act(in_channels, f1, tuple(first_kernels), negative_slope),
+        conv_bn_act(f1, f2, tuple(first_kernels), negative_slope),
+        nn.MaxPool3d(2, 2),
+        conv_bn_act(f2, f3, 3, negative_slope),
+        conv_bn_act(f3, f4, 3, negative_slope),
+    )

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cmbunet.networks.blocks import conv_bn_act, init_weights
+from cmbunet.networks.blocks import init_weights, valid_trunk
 
 
 class DiscriminationCNN(nn.Module):
@@ -28,14 +28,8 @@ class DiscriminationCNN(nn.Module):
         negative_slope: float = 0.01,
     ):
         super().__init__()
-        f1, f2, f3, f4 = features
-        self.features = nn.Sequential(
-            conv_bn_act(in_channels, f1, tuple(first_kernels), negative_slope),
-            conv_bn_act(f1, f2, tuple(first_kernels), negative_slope),
-            nn.MaxPool3d(2, 2),
-            conv_bn_act(f2, f3, 3, negative_slope),
-            conv_bn_act(f3, f4, 3, negative_slope),
-        )
+        f4 = features[3]
+        self.features = valid_trunk(in_channels, features, first_kernels, negative_slope)
         trunk = [((b - 2 * (k - 1)) // 2) - 4 for b, k in zip(block_size, first_kernels)]
         if min(trunk) < 1:
             raise ValueError(f"discrimination block {tuple(block_size)} is too small for kernels {tuple(first_kernels)}")

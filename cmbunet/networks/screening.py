@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cmbunet.networks.blocks import conv_bn_act, init_weights
+from cmbunet.networks.blocks import init_weights, valid_trunk
 
 
 class ScreeningFCN(nn.Module):
@@ -28,14 +28,8 @@ class ScreeningFCN(nn.Module):
         negative_slope: float = 0.01,
     ):
         super().__init__()
-        f1, f2, f3, f4, f5 = features
-        self.features = nn.Sequential(
-            conv_bn_act(in_channels, f1, tuple(first_kernels), negative_slope),
-            conv_bn_act(f1, f2, tuple(first_kernels), negative_slope),
-            nn.MaxPool3d(2, 2),
-            conv_bn_act(f2, f3, 3, negative_slope),
-            conv_bn_act(f3, f4, 3, negative_slope),
-        )
+        f4, f5 = features[3], features[4]
+        self.features = valid_trunk(in_channels, features, first_kernels, negative_slope)
         # C5 and C6 carry no batch norm; LeakyReLU only between them (002 Table 1).
         self.head = nn.Sequential(
             nn.Conv3d(f4, f5, tuple(last_kernel)),
