@@ -64,8 +64,9 @@ class nnUNetTrainerCMBBench(nnUNetTrainer):
     BUDGET_S = float(__import__("os").environ.get("CMBBENCH_BUDGET_S", "1200"))
     ITERS = int(__import__("os").environ.get("CMBBENCH_ITERS", "25"))
 
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda"), **kwargs):
-        super().__init__(plans, configuration, fold, dataset_json, device=device, **kwargs)
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        # same signature as nnUNetTrainer: it saves its init arguments by inspecting the signature
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_iterations_per_epoch = self.ITERS
         self.num_val_iterations_per_epoch = 2
         self.num_epochs = 1000
