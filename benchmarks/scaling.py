@@ -45,7 +45,7 @@ def main() -> None:
     repeats = 1 if a.quick else a.repeats
     if a.quick:
         a.candidates, a.kept = 4, 1
-    sizes = [[int(v) for v in s.split("x")] for s in (["32x32x24", "48x48x32"] if a.quick else a.sizes)]
+    sizes = [[int(v) for v in s.split("x")] for s in (["24x24x16", "32x32x24"] if a.quick else a.sizes)]
     plans = C.make_plans("paper")
     net = C.build_networks(plans)["screening"]
     case = C.realistic_case(a.seed)
