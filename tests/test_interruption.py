@@ -23,20 +23,12 @@ from cmbunet.inference.cli import main as predict_main
 from cmbunet.plan_and_preprocess import main as plan_main
 from cmbunet.synthetic.writer import write_dataset
 from cmbunet.training.cli import main as train_main
+from tiny_schedule import TINY_TRAINING_OVERRIDES
 
 DATASET = "Dataset803_Interrupt"
 STAGES = ("screening", "discrimination", "segmentation")
 BIN = Path(sys.executable).parent
-OVERRIDES = [
-    "training.cpu.screening.epochs=3", "training.cpu.screening.samples_per_epoch=32",
-    "training.cpu.screening.batch_size=16", "training.cpu.screening.val_samples=16",
-    "training.cpu.screening.mining_epochs=[1]",
-    "training.cpu.discrimination.epochs=1", "training.cpu.discrimination.samples_per_epoch=32",
-    "training.cpu.discrimination.batch_size=16", "training.cpu.discrimination.val_samples=16",
-    "segmentation.patch_size=[16,16,16]",
-    "training.cpu.segmentation.epochs=1", "training.cpu.segmentation.samples_per_epoch=16",
-    "training.cpu.segmentation.batch_size=8", "training.cpu.segmentation.val_samples=8",
-]
+OVERRIDES = TINY_TRAINING_OVERRIDES
 PREDICT_OPTIONS = ["--max-candidates", "8", "-npp", "0"]
 
 

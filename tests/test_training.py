@@ -24,18 +24,10 @@ from cmbunet.training.samples import (NEGATIVE, POSITIVE, SampleBank, build_bank
                                       draw_epoch_samples, draw_fixed_samples, epoch_counts, merge_false_positives,
                                       split_counts, touches_cmb)
 from cmbunet.training.stages import STAGES, candidate_hits, rank_auc
+from tiny_schedule import TINY_TRAINING_OVERRIDES
 
 DATASET = "Dataset701_TrainTiny"
-OVERRIDES = [
-    "training.cpu.screening.epochs=3", "training.cpu.screening.samples_per_epoch=32",
-    "training.cpu.screening.batch_size=16", "training.cpu.screening.val_samples=16",
-    "training.cpu.screening.mining_epochs=[1]",
-    "training.cpu.discrimination.epochs=1", "training.cpu.discrimination.samples_per_epoch=32",
-    "training.cpu.discrimination.batch_size=16", "training.cpu.discrimination.val_samples=16",
-    "segmentation.patch_size=[16,16,16]",
-    "training.cpu.segmentation.epochs=1", "training.cpu.segmentation.samples_per_epoch=16",
-    "training.cpu.segmentation.batch_size=8", "training.cpu.segmentation.val_samples=8",
-]
+OVERRIDES = TINY_TRAINING_OVERRIDES
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,12 @@
+"""The shortest training schedule that still runs every step (mining, all three stages); shared by tests."""
+
+TINY_TRAINING_OVERRIDES = [
+    "training.cpu.screening.epochs=3", "training.cpu.screening.samples_per_epoch=32",
+    "training.cpu.screening.batch_size=16", "training.cpu.screening.val_samples=16",
+    "training.cpu.screening.mining_epochs=[1]",
+    "training.cpu.discrimination.epochs=1", "training.cpu.discrimination.samples_per_epoch=32",
+    "training.cpu.discrimination.batch_size=16", "training.cpu.discrimination.val_samples=16",
+    "segmentation.patch_size=[16,16,16]",
+    "training.cpu.segmentation.epochs=1", "training.cpu.segmentation.samples_per_epoch=16",
+    "training.cpu.segmentation.batch_size=8", "training.cpu.segmentation.val_samples=8",
+]
