@@ -140,24 +140,34 @@ def test_aggregate_moves_candidate_to_best_shift_and_ties_keep_centre():
     np.testing.assert_allclose(prob, [0.3 + 0.6 / 27, 0.3], rtol=1e-6)
 
 
-def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans):
+@pytest.mark.parametrize("shift_vox", [1, 2])
+def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_vox):
+    """Both the shared-trunk pass and the plain batched pass equal 27 (125) independent forward passes."""
     torch.manual_seed(0)
     net = build_network("discrimination", plans).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
     rng = np.random.default_rng(1)
     vol = rng.normal(size=(1, 30, 28, 16)).astype(np.float32)
-    centres = np.array([[0, 0, 0], [15, 14, 8], [29, 27, 15]])  # two corners need padding
+    centres = np.array([[0, 0, 0], [15, 14, 8], [29, 27, 15], [3, 25, 1]])  # corners need padding
     block = plans["discrimination"]["block_size"]
-    padded = PaddedVolume.create(vol, [b // 2 + 1 + 1 for b in block])
-    shifts = shift_offsets(1)
-    batched = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=10)
+    padded = PaddedVolume.create(vol, [b // 2 + 1 + shift_vox for b in block])
+    shifts = shift_offsets(shift_vox)
+    shared = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=60)
+    plain = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=10,
+                                  share_trunk=False)
     # reference: explicit zero padding and slicing of every (candidate, shift) block
     big = np.pad(vol, [(0, 0)] + [(40, 40)] * 3)
     lo = (centres[:, None] + shifts[None] - np.asarray(block) // 2 + 40).reshape(-1, 3)
     blocks = np.stack([big[:, a:a + block[0], b:b + block[1], c:c + block[2]] for a, b, c in lo])
     with torch.inference_mode():
-        ref = torch.softmax(net(torch.from_numpy(blocks)), 1)[:, 1].numpy().reshape(3, 27)
-    np.testing.assert_allclose(batched, ref, atol=1e-5)
-    prob, moved = discriminate_candidates([net], vol, centres, plans, batch_size=7)
+        ref = torch.softmax(net(torch.from_numpy(blocks)), 1)[:, 1].numpy().reshape(len(centres), len(shifts))
+    assert ref.std() > 1e-3  # the probabilities differ between shifts, so a wrong window would show
+    np.testing.assert_allclose(plain, ref, atol=1e-5)
+    np.testing.assert_allclose(shared, ref, atol=1e-5)
+    prob, moved = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, batch_size=7)
     np.testing.assert_allclose(prob, ref.max(axis=1), atol=1e-5)
     assert (moved >= 0).all() and (moved < np.array(vol.shape[1:])).all()
 

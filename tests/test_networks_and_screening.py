@@ -63,6 +63,18 @@ def test_discrimination_and_unet_shapes_from_plans():
         build_network("nonsense", PAPER_PLANS)
 
 
+@pytest.mark.parametrize("prior", [3e-4, 1e-2])
+def test_unet_starts_at_the_planned_foreground_prior(prior):
+    """The U-Net's first prediction is "CMB with probability ``prior`` everywhere", whatever the input."""
+    plans = {**PAPER_PLANS, "segmentation": {"patch_size": [32, 32, 24],
+                                             "network": {"features": [4, 8, 8, 16], "foreground_prior": prior}}}
+    torch.manual_seed(0)
+    unet = build_network("segmentation", plans).eval()
+    with torch.no_grad():
+        p = torch.softmax(unet(torch.randn(2, 1, 32, 32, 24)), dim=1)[:, 1]
+    assert float(p.mean()) == pytest.approx(prior, rel=0.05) and float(p.max()) < 1.5 * prior
+
+
 def test_multichannel_input_from_plans():
     plans = tiny_plans()
     plans["num_input_channels"] = 3

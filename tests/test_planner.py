@@ -21,7 +21,8 @@ def make_fingerprint(extents_vox, spacing=VALDO_SPACING, n_cases=10, shape=(400,
     cases = [{"case": f"c{i:02d}", "spacing": list(spacing), "shape": list(shape), "shape_after_crop": list(shape),
               "num_cmbs": 0} for i in range(n_cases)]
     cmbs = [{"case": "c00", "extent_vox": list(map(int, e)), "extent_mm": (np.asarray(e) * sp).tolist(),
-             "volume_vox": int(np.prod(e))} for e in extents_vox]
+             "volume_vox": int(np.prod(e)), "volume_mm3": float(np.pi / 6 * np.prod(e) * np.prod(sp))}
+            for e in extents_vox]
     return {"fingerprint_version": 1, "cases": cases, "cmbs": cmbs}
 
 
@@ -85,6 +86,9 @@ def test_paper_numbers_from_fingerprint(auto_plans):
     assert d["network"] == {"in_channels": 1, "features": [64, 64, 128, 128], "first_kernels": [5, 5, 3],
                             "fc_features": 512, "dropout": 0.5, "num_classes": 2, "negative_slope": 0.01}
     assert g["patch_size"] == [32, 32, 24] and g["network"]["features"] == [32, 64, 128, 256]
+    median_vox = np.median([np.pi / 6 * np.prod(e) for e in valdo_like_extents()])
+    assert p["cmb_box"]["median_cmb_voxels"] == pytest.approx(median_vox, rel=1e-3)
+    assert g["network"]["foreground_prior"] == pytest.approx(0.5 * median_vox / (32 * 32 * 24), rel=1e-3)
     assert screening_output(s["block_size"], [5, 5, 3], [2, 2, 2]) == [1, 1, 1]
     assert discrimination_output(d["block_size"], [5, 5, 3]) == [4, 4, 4]  # 002 Table 2: 128 x 4x4x4
     inf = p["inference"]
@@ -247,6 +251,8 @@ def test_override_block_rederives_dependents(auto_plans):
     assert screening_output(s["block_size"], s["network"]["first_kernels"], s["network"]["last_kernel"]) == [1, 1, 1]
     assert p["discrimination"]["block_size"] == [26, 26, 22]
     assert p["segmentation"]["patch_size"] == [40, 40, 32]
+    prior = auto_plans["segmentation"]["network"]["foreground_prior"]  # same expected CMB mass, larger patch
+    assert p["segmentation"]["network"]["foreground_prior"] == pytest.approx(prior * (32 * 32 * 24) / (40 * 40 * 32), rel=1e-3)
     assert p["inference"]["nms_size_vox"] == [5, 5, 5] and p["inference"]["tile_size"] == [160, 160, 80]
     # an explicit dependent value wins over the re-derived one; list items can be set by index
     p = apply_overrides(auto_plans, ["screening.block_size.2=18", "segmentation.patch_size=[32,32,24]"])

@@ -6,6 +6,11 @@ at ``(2s+1)^3`` centres (``s = plans["inference"]["discrimination_shift_vox"]``,
 aggregated per candidate (max by default) and the candidate moves to its best centre. The reference code
 re-padded the whole volume for every border shift and ran one forward pass per candidate; here the volume is
 padded once and all (candidate, shift) blocks go through the network in batches.
+
+The first two layers of the discrimination CNN are stride-1 valid convolutions, so they commute with shifting
+the block: they run once on a block grown by ``2s`` per axis, and each shift takes its window of their output
+into the rest of the network. For 27 shifts this needs about 9x fewer operations than 27 full passes and gives
+the same probabilities up to float rounding.
 """
 
 from __future__ import annotations
@@ -72,6 +77,23 @@ def _to_device(patches: np.ndarray, device: torch.device, channels_last: bool) -
     return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
 
 
+def _shares_trunk(networks: Sequence[nn.Module]) -> bool:
+    return all(hasattr(net, "shift_invariant_features") and hasattr(net, "forward_from_shared") for net in networks)
+
+
+def _shared_trunk_probability(net: nn.Module, grown: torch.Tensor, shifts: np.ndarray, reach: int,
+                              channels_last: bool) -> torch.Tensor:
+    """``(n, S)`` CMB probability of ``n`` candidates at every shift, from blocks grown by ``reach`` per side."""
+    y = net.shift_invariant_features(grown)
+    inner = [d - 2 * reach for d in y.shape[2:]]
+    windows = torch.stack([y[:, :, reach + a : reach + a + inner[0], reach + b : reach + b + inner[1],
+                             reach + c : reach + c + inner[2]] for a, b, c in shifts.tolist()], dim=1)
+    windows = windows.reshape(-1, *windows.shape[2:])
+    if channels_last:
+        windows = windows.contiguous(memory_format=torch.channels_last_3d)
+    return torch.softmax(net.forward_from_shared(windows).float(), dim=1)[:, 1].reshape(len(grown), len(shifts))
+
+
 @torch.inference_mode()
 def shifted_probabilities(
     networks: Sequence[nn.Module],
@@ -83,9 +105,26 @@ def shifted_probabilities(
     batch_size: int = 256,
     cpu_bf16: bool = False,
     channels_last: bool = False,
+    share_trunk: bool = True,
 ) -> np.ndarray:
-    """``(N, S)`` fold-averaged CMB probability of every candidate at every shifted centre."""
+    """``(N, S)`` fold-averaged CMB probability of every candidate at every shifted centre.
+
+    ``batch_size`` counts (candidate, shift) blocks. Networks that expose a shift-invariant trunk (the
+    discrimination CNN) compute it once per candidate unless ``share_trunk`` is False; any other network sees
+    every shifted block.
+    """
     n, s = len(centres), len(shifts)
+    if share_trunk and _shares_trunk(networks) and n:
+        reach = int(np.abs(shifts).max())
+        grown_size = [int(b) + 2 * reach for b in block_size]
+        out = np.empty((n, s), dtype=np.float32)
+        per_batch = max(1, batch_size // s)
+        for start in range(0, n, per_batch):
+            x = _to_device(padded.patches(centres[start : start + per_batch], grown_size), device, channels_last)
+            with autocast_context(device, cpu_bf16):
+                total = sum(_shared_trunk_probability(net, x, shifts, reach, channels_last) for net in networks)
+            out[start : start + len(x)] = (total / len(networks)).cpu().numpy()
+        return out
     all_centres = (np.asarray(centres, dtype=np.int64)[:, None, :] + shifts[None]).reshape(-1, 3)
     out = np.empty(n * s, dtype=np.float32)
     for start in range(0, n * s, batch_size):

@@ -42,4 +42,5 @@ def build_network(stage: str, plans: dict) -> nn.Module:
         features=cfg["features"],
         num_classes=cfg.get("num_classes", 2),
         negative_slope=cfg.get("negative_slope", 0.01),
+        foreground_prior=cfg.get("foreground_prior", 0.01),
     )

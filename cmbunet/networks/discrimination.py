@@ -43,5 +43,18 @@ class DiscriminationCNN(nn.Module):
         )
         init_weights(self, negative_slope)
 
+    #: C1 and C2 (stride-1 valid convolutions before the first pooling) commute with shifts of the block, so one
+    #: pass over a block grown by ``2 s`` serves every block shifted by up to ``s`` voxels; they hold about 90%
+    #: of the network's FLOPs.
+    num_shared_layers = 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def shift_invariant_features(self, x: torch.Tensor) -> torch.Tensor:
+        """C1 and C2 on ``x``: the part of the network that is computed once for all shifted blocks."""
+        return self.features[: self.num_shared_layers](x)
+
+    def forward_from_shared(self, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the network on a window of :meth:`shift_invariant_features` (same as ``forward``)."""
+        return self.classifier(self.features[self.num_shared_layers :](y))

@@ -27,6 +27,7 @@ MID_CONVS = 2  # C3, C4: two 3x3x3 valid convs after the pool, each removes 2 vo
 MIN_FIRST_KERNEL, MAX_FIRST_KERNEL = 3, 5
 DISCRIMINATION_EXTRA_VOX = 4  # 002: 20x20x16 -> 24x24x20
 SEGMENTATION_FACTOR = 1.5  # 002: 20x20x16 -> 32x32x24
+SEGMENTATION_POSITIVE_FRACTION = 0.5  # segmentation samples are positives and screening FPs, 1:1
 NOMINAL_TILE = (160, 160, 80)  # 002 reference code's tile, in voxels
 MAX_TRANSLATION_VOX = 3  # 002: "translation (< 4 voxels)"
 
@@ -205,6 +206,20 @@ def segmentation_patch_size(screening_block: Sequence[int], num_levels: int = 4)
     return [int(divisor * math.ceil(SEGMENTATION_FACTOR * b / divisor - 1e-9)) for b in screening_block]
 
 
+def segmentation_foreground_prior(median_cmb_voxels: float, patch_size: Sequence[int],
+                                  positive_fraction: float = SEGMENTATION_POSITIVE_FRACTION) -> float:
+    """Expected CMB fraction of a segmentation training patch, the U-Net output layer's starting probability.
+
+    Half of the training patches hold one CMB (the others are screening false positives), so the expected
+    fraction is ``0.5 * median CMB voxels / patch voxels``: about 3e-4 for 002's patch. Starting the output
+    there rather than at a generic 1% matters for the batch Dice: 1% of every patch voxel outweighs the CMB
+    voxels about 50 times, and the U-Net then spends its first epochs shrinking background mass before Dice
+    sees a lesion at all. Clipped to [1e-5, 1e-2].
+    """
+    fraction = positive_fraction * max(float(median_cmb_voxels), 1.0) / float(np.prod(patch_size))
+    return float(np.clip(fraction, 1e-5, 1e-2))
+
+
 def tile_size(screening_block: Sequence[int], nominal: Sequence[int] = NOMINAL_TILE) -> list[int]:
     """Whole-volume FCN tile near ``nominal`` with ``tile - block`` a multiple of the stride, so tile outputs abut.
 
@@ -315,6 +330,9 @@ RULES = {
     "screening.network.last_kernel": "k5 = (block - 2*(k1-1))/2 - 4, so the block maps to 1x1x1",
     "discrimination.block_size": "screening block + 4 per axis (002: 20x20x16 -> 24x24x20)",
     "segmentation.patch_size": "smallest multiple of 8 (three 2x downsamplings) >= 1.5x the screening block",
+    "segmentation.network.foreground_prior": "0.5 * cmb_box.median_cmb_voxels / patch voxels (half the training "
+                                             "patches hold a CMB), clipped to [1e-5, 1e-2]: the output layer's "
+                                             "starting CMB probability",
     "inference.nms_size_vox": "screening block // 4 made odd, at least 3: one candidate per CMB while neighbouring "
                               "CMBs a few voxels apart stay separate candidates (each is segmented in its own patch)",
     "inference.tile_size": "near 160x160x80 with (tile - block) even so FCN tile outputs abut; >= 2x block",
@@ -354,6 +372,9 @@ def plan_experiment(
     if preset not in PRESETS:
         raise CMBUNetError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     spacings, shapes, extents_mm = _fingerprint_arrays(fingerprint)
+    # a fingerprint without voxel counts (hand-written) gets the volume of the ellipsoid in each CMB's box
+    cmb_volumes_mm3 = np.array([c.get("volume_mm3", np.pi / 6 * np.prod(c["extent_mm"])) for c in fingerprint.get("cmbs", [])],
+                               dtype=float)
     if len(extents_mm) == 0:
         raise CMBUNetError(
             "the training set contains no CMB (every label map is empty after binarisation); cmbunet needs "
@@ -374,6 +395,7 @@ def plan_experiment(
     widths = WIDTHS["tiny" if preset == "tiny" else "full"]
     disc_block = [b + DISCRIMINATION_EXTRA_VOX for b in block]
     seg_patch = segmentation_patch_size(block, len(widths["segmentation"]))
+    median_cmb_voxels = float(np.median(cmb_volumes_mm3) / np.prod(target))
 
     rules = dict(RULES)
     if preset == "paper":
@@ -403,6 +425,7 @@ def plan_experiment(
             "extent_vox": extent_box,
             "coverage": coverage,
             "context_vox": MAX_TRANSLATION_VOX,
+            "median_cmb_voxels": round(median_cmb_voxels, 3),
             "rule": (
                 f"smallest box, grown along the per-axis order statistics of the CMB extents (voxels at the "
                 f"target spacing), that holds >= {cmb_quantile:g} of the CMBs in all three axes "
@@ -441,6 +464,7 @@ def plan_experiment(
                 "features": list(widths["segmentation"]),
                 "num_classes": 2,
                 "negative_slope": 0.01,
+                "foreground_prior": segmentation_foreground_prior(median_cmb_voxels, seg_patch),
             },
         },
         "augmentation": {
@@ -508,6 +532,10 @@ def rederive(plans: dict, explicit: set[str]) -> dict:
             inf["nms_size_vox"] = nms_size(block)
         if not _touched(explicit, "inference.tile_size"):
             inf["tile_size"] = tile_size(block)
+    median_vox = p.get("cmb_box", {}).get("median_cmb_voxels")
+    patch_changed = _touched(explicit, "segmentation.patch_size") or _touched(explicit, "screening.block_size")
+    if median_vox is not None and patch_changed and not _touched(explicit, "segmentation.network.foreground_prior"):
+        seg["network"]["foreground_prior"] = segmentation_foreground_prior(median_vox, seg["patch_size"])
     if _touched(explicit, "target_spacing") and not _touched(explicit, "resampling.separate_z"):
         p["resampling"]["separate_z"] = needs_separate_z(p["target_spacing"], p["resampling"]["anisotropy_threshold"])
     check_plans(p)
