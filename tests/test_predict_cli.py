@@ -180,3 +180,23 @@ def test_model_folder_problems_are_clear_errors(valdo, tmp_path, capsys):
     from cmbunet.inference.predictor import CMBPredictor
 
     assert CMBPredictor.from_model_folder(model).folds == ["0"]
+
+
+def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
+    from cmbunet.inference.cli import cpu_has_bf16
+
+    plain, amx = tmp_path / "plain", tmp_path / "amx"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert cpu_has_bf16(plain) is False and cpu_has_bf16(amx) is True
+    assert cpu_has_bf16(tmp_path / "missing") is None
+
+
+def test_cpu_bf16_without_bf16_instructions_warns(valdo, results_root, tmp_path, capsys, monkeypatch):
+    import cmbunet.inference.cli as cli
+
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: False)
+    code = main(["-i", str(valdo / "sub-101"), "-o", str(tmp_path), "-d", "1", "--results-root", str(results_root),
+                 "-npp", "0", "--cpu-bf16"])
+    assert code == 0 and "without bfloat16 instructions" in capsys.readouterr().err
+    assert len(list(tmp_path.glob("*_prediction.nii.gz"))) == 1

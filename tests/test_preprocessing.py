@@ -12,6 +12,7 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO
 from cmbunet.preprocessing.preprocessor import (
     describe_cmbs,
+    export_segmentation,
     export_to_native,
     load_preprocessed_case,
     native_geometry,
@@ -217,6 +218,31 @@ def test_round_trip_oblique_anisotropic(tmp_path):
     np.testing.assert_allclose(written["origin"], origin, atol=1e-5)
     np.testing.assert_allclose(written["direction"], direction, atol=1e-6)
     assert written["shape"] == list(shape)
+
+
+def test_export_keeps_every_predicted_cmb():
+    """A one-voxel prediction on a finer preprocessed grid falls below 0.5 at every original voxel after linear
+    interpolation; the export keeps it at the original voxel nearest its centre, with its probability."""
+    props = {"case": "x", "shape_after_resampling": [30, 30, 30], "shape_after_crop": [20, 20, 13],
+             "original_shape": [24, 22, 15], "crop_bbox": [[2, 22], [1, 21], [1, 14]]}
+    prob = np.zeros((30, 30, 30), np.float32)
+    prob[7, 7, 7] = 0.9  # a lone voxel between original voxel centres: lost by plain interpolation
+    prob[18:24, 18:24, 18:24] = 0.95  # a large one survives on its own
+    plain = export_to_native(prob, props)
+    assert ndi.label(plain >= 0.5)[1] == 1
+    native, binary, rescued = export_segmentation(prob, props, 0.5)
+    assert rescued == 1 and ndi.label(binary, np.ones((3, 3, 3)))[1] == 2
+    np.testing.assert_array_equal(binary, native >= 0.5)
+    # the kept voxel: the lone voxel's centre mapped to the cropped original grid, then shifted by the crop
+    expect = [int(np.rint((7 + 0.5) * c / 30 - 0.5)) + b[0] for c, b in zip([20, 20, 13], props["crop_bbox"])]
+    assert binary[tuple(expect)] == 1 and native[tuple(expect)] == pytest.approx(0.9)
+    # nothing else changed
+    changed = native != np.clip(plain, 0, 1)
+    assert changed.sum() == 1 and changed[tuple(expect)]
+    # no prediction, nothing to keep; same grid, nothing lost
+    assert export_segmentation(np.zeros((30, 30, 30), np.float32), props)[2] == 0
+    same = {**props, "shape_after_resampling": [20, 20, 13]}
+    assert export_segmentation(np.full((20, 20, 13), 0.7, np.float32), same)[1].sum() == 20 * 20 * 13
 
 
 def test_export_rejects_wrong_shape():

@@ -10,6 +10,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--cpu-bf16", action="store_true",
-                   help="bfloat16 autocast on CPU (about twice as fast; probabilities differ slightly from fp32)")
+                   help="bfloat16 autocast on CPU: faster only on CPUs with bfloat16 instructions (AMX, AVX-512 BF16), "
+                        "many times slower elsewhere; probabilities differ slightly from fp32")
     return p
 
 
@@ -85,6 +87,19 @@ def dataset_file_ending(model_dir: Path) -> str:
         return ".nii.gz"
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether the CPU advertises bfloat16 instructions; None where ``/proc/cpuinfo`` cannot tell (not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    flags = {f for line in text.splitlines() if line.startswith(("flags", "Features")) for f in line.split(":", 1)[1].split()}
+    return bool(flags & set(BF16_CPU_FLAGS))
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -92,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         raise CMBUNetError("--batch-size must be >= 1 and -npp >= 0")
     from cmbunet.inference.predictor import CMBPredictor
 
+    if args.cpu_bf16 and args.device == "cpu" and cpu_has_bf16() is False:
+        print(f"warning: --cpu-bf16 on a CPU without bfloat16 instructions (none of {', '.join(BF16_CPU_FLAGS)} in "
+              "/proc/cpuinfo): PyTorch emulates them and prediction runs many times slower than float32 "
+              "(about 90x for the convolutions on such a CPU; documentation/benchmarks.md)", file=sys.stderr)
     model_dir = model_folder(args)
     predictor = CMBPredictor.from_model_folder(
         model_dir, folds=args.folds, device=args.device, checkpoint=args.checkpoint, mode=args.mode,

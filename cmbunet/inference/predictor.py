@@ -39,7 +39,7 @@ from cmbunet.inference.discrimination import autocast_context, discriminate_cand
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
 from cmbunet.inference.screening import screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.preprocessing.preprocessor import export_to_native, native_geometry, preprocess_case
+from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
 from cmbunet.utilities.file_io import atomic_path, load_json
 
@@ -371,8 +371,7 @@ class CMBPredictor:
                                       self.segmentation_batch_size, self.cpu_bf16, self.channels_last)
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
 
-        native = np.clip(export_to_native(prob_pre, properties), 0.0, 1.0)
-        binary = (native >= float(s.get("segmentation_threshold", 0.5))).astype(np.uint8)
+        native, binary, _ = export_segmentation(prob_pre, properties, float(s.get("segmentation_threshold", 0.5)))
         binary, native = drop_small_components(binary, native, int(s.get("min_component_voxels") or 0))
         geometry = native_geometry(properties)
         native_pos = preprocessed_to_native(moved, properties)

@@ -118,6 +118,27 @@ def describe_cmbs(seg: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
+def rescue_vanished_components(old_labels: np.ndarray, n: int, new_binary: np.ndarray) -> np.ndarray:
+    """Components of ``old_labels`` (``n`` of them) that own no voxel of ``new_binary`` after a linear resampling.
+
+    Returns ``(k, 4)`` int rows ``(component id, x, y, z)``: for every vanished component, the new-grid voxel
+    nearest its centre of mass, which the caller sets. Ownership follows :func:`linear_owner`.
+    """
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    new_shape = new_binary.shape
+    owners = linear_owner(old_labels, np.argwhere(new_binary), new_shape)
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[owners] = True
+    lost = np.flatnonzero(~kept[1:]) + 1
+    if not len(lost):
+        return np.zeros((0, 4), dtype=np.int64)
+    centers = component_centers(old_labels, n)[0][lost - 1]
+    target = np.rint(map_points_to_new_grid(centers, old_labels.shape, new_shape)).astype(np.int64)
+    target = np.clip(target, 0, np.asarray(new_shape) - 1)
+    return np.column_stack([lost, target])
+
+
 def resample_label(seg: np.ndarray, new_shape: list[int]) -> tuple[np.ndarray, int]:
     """Linear interpolation of the binary label, threshold 0.5, keeping every CMB.
 
@@ -131,19 +152,9 @@ def resample_label(seg: np.ndarray, new_shape: list[int]) -> tuple[np.ndarray, i
         return binary.astype(np.uint8), 0
     out = resample_mask(binary, new_shape)
     labels, n = label_components(binary)
-    if n == 0:
-        return out.astype(np.uint8), 0
-    points = np.argwhere(out)
-    owners = linear_owner(labels, points, new_shape)
-    kept = np.zeros(n + 1, dtype=bool)
-    kept[owners] = True
-    lost = np.flatnonzero(~kept[1:]) + 1
-    if len(lost):
-        centers = component_centers(labels, n)[0][lost - 1]
-        target = np.rint(map_points_to_new_grid(centers, seg.shape, new_shape)).astype(np.int64)
-        target = np.clip(target, 0, np.asarray(new_shape) - 1)
-        out[target[:, 0], target[:, 1], target[:, 2]] = True
-    return out.astype(np.uint8), int(len(lost))
+    rescued = rescue_vanished_components(labels, n, out)
+    out[rescued[:, 1], rescued[:, 2], rescued[:, 3]] = True
+    return out.astype(np.uint8), int(len(rescued))
 
 
 def preprocess_case(
@@ -248,6 +259,34 @@ def export_to_native(probabilities: np.ndarray, properties: dict[str, Any]) -> n
     out = np.zeros(properties["original_shape"], dtype=np.float32)
     out[bounding_box_to_slice(properties["crop_bbox"])] = cropped
     return out
+
+
+def export_segmentation(probabilities: np.ndarray, properties: dict[str, Any],
+                        threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
+    """Probabilities and binary segmentation on the original grid, keeping every predicted CMB.
+
+    The probability map goes back by :func:`export_to_native` and is thresholded there. A CMB predicted over
+    one or two preprocessed voxels can fall below the threshold at every original voxel when the original grid
+    is coarser or shifted (linear interpolation lowers a small peak), and would be lost between a confident
+    prediction and the written mask. As when the labels were resampled for training, each preprocessed
+    component (probability >= ``threshold``) that owns no original foreground voxel keeps the original voxel
+    nearest its centre, with the component's highest probability. Returns ``(probabilities, binary uint8,
+    number of rescued CMBs)``; ``binary == probabilities >= threshold`` holds everywhere.
+    """
+    native = np.clip(export_to_native(probabilities, properties), 0.0, 1.0)
+    binary = native >= threshold
+    pre_binary = np.asarray(probabilities) >= threshold
+    if tuple(pre_binary.shape) == tuple(properties["shape_after_crop"]):
+        return native, binary.astype(np.uint8), 0
+    labels, n = label_components(pre_binary)
+    crop = bounding_box_to_slice(properties["crop_bbox"])
+    rescued = rescue_vanished_components(labels, n, binary[crop])
+    if len(rescued):
+        peak = ndi.maximum(np.asarray(probabilities, dtype=np.float32), labels, rescued[:, 0])
+        idx = tuple(rescued[:, 1 + a] + crop[a].start for a in range(3))
+        native[idx] = np.maximum(native[idx], np.asarray(peak, dtype=np.float32))
+        binary[idx] = True
+    return native, binary.astype(np.uint8), int(len(rescued))
 
 
 def case_files(preprocessed_dataset_dir: str | Path, case: str) -> tuple[Path, Path]:
