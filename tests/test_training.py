@@ -112,6 +112,15 @@ def test_fixed_validation_set_is_reproducible(roots):
     assert np.array_equal(a, b) and len(np.unique(a, axis=0)) == len(a)
 
 
+def test_mining_subsets_rotate_through_all_cases():
+    passes = [loop.mining_cases(10, 4, k, seed=3) for k in range(3)]
+    assert all(len(p) == 4 and len(set(p)) == 4 for p in passes)
+    assert set(passes[0]) | set(passes[1]) | set(passes[2]) == set(range(10))  # 12 draws cover all 10 cases
+    assert not set(passes[0]) & set(passes[1])  # no case twice before every case came round once
+    assert passes == [loop.mining_cases(10, 4, k, seed=3) for k in range(3)]  # resume mines the same cases
+    assert loop.mining_cases(10, None, 0, 3) == list(range(10)) == loop.mining_cases(10, 16, 1, 3)
+
+
 def test_merge_false_positives_dedupes_and_keeps_first_epoch():
     bank = SampleBank([], np.zeros((0, 4), np.int64))
     assert merge_false_positives(bank, np.array([[0, 1, 2, 3], [1, 1, 2, 3], [0, 1, 2, 3]]), np.array([.5, .6, .7]), 1) == 2
@@ -216,6 +225,9 @@ def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
     fps = json.loads((scr / "false_positives.json").read_text())
     assert fps["num_false_positives"] == len(fps["false_positives"]) > 0
     assert {f["case"] for f in fps["false_positives"]} <= set(_splits(roots)[0]["train"])
+    # the pass after epoch 1 screened the schedule's 2 cases (mining_cases), the final pass all of them
+    assert len({f["case"] for f in fps["false_positives"] if f["epoch"] == 1}) <= 2
+    assert "screened 2 of" in (scr / "training_log.txt").read_text()
     val = json.loads((scr / "validation_candidates.json").read_text())
     assert 0.0 <= val["sensitivity"] <= 1.0 and val["false_positives_per_case"] >= 0
     log = (scr / "training_log.txt").read_text()

@@ -3,7 +3,7 @@
 TINY_TRAINING_OVERRIDES = [
     "training.cpu.screening.epochs=3", "training.cpu.screening.samples_per_epoch=32",
     "training.cpu.screening.batch_size=16", "training.cpu.screening.val_samples=16",
-    "training.cpu.screening.mining_epochs=[1]",
+    "training.cpu.screening.mining_epochs=[1]", "training.cpu.screening.mining_cases=2",
     "training.cpu.discrimination.epochs=1", "training.cpu.discrimination.samples_per_epoch=32",
     "training.cpu.discrimination.batch_size=16", "training.cpu.discrimination.val_samples=16",
     "segmentation.patch_size=[16,16,16]",

@@ -27,6 +27,9 @@ MID_CONVS = 2  # C3, C4: two 3x3x3 valid convs after the pool, each removes 2 vo
 MIN_FIRST_KERNEL, MAX_FIRST_KERNEL = 3, 5
 DISCRIMINATION_EXTRA_VOX = 4  # 002: 20x20x16 -> 24x24x20
 SEGMENTATION_FACTOR = 1.5  # 002: 20x20x16 -> 32x32x24
+#: Cases screened by each intermediate mining pass of the CPU schedule (the final pass screens all): whole-volume
+#: screening of every training case dominates CPU training on VALDO-sized scans.
+CPU_MINING_CASES = 16
 SEGMENTATION_POSITIVE_FRACTION = 0.5  # segmentation samples are positives and screening FPs, 1:1
 NOMINAL_TILE = (160, 160, 80)  # 002 reference code's tile, in voxels
 MAX_TRANSLATION_VOX = 3  # 002: "translation (< 4 voxels)"
@@ -244,6 +247,7 @@ def _schedule(
     val_samples: int,
     mining_epochs: Sequence[int] = (),
     segmentation_loss: str = "dice_ce",
+    mining_cases: int | None = None,
 ) -> dict:
     """One stage's schedule; optimiser, loss and proportions follow 002 for the stage.
 
@@ -264,6 +268,7 @@ def _schedule(
         sched["proportions"] = {"positive": 1, "negative": 2, "false_positive": 1}
         sched["mining_epochs"] = [int(e) for e in mining_epochs]
         sched["mining_threshold"] = 0.1
+        sched["mining_cases"] = mining_cases
     else:
         sched["proportions"] = {"positive": 1, "false_positive": 1}
     sched["val_samples"] = val_samples
@@ -292,7 +297,7 @@ def cpu_schedules() -> dict:
     segmentation 2k ~ 12 min.
     """
     return {
-        "screening": _schedule(20, 1500, 32, "screening", 200, (7, 14)),
+        "screening": _schedule(20, 1500, 32, "screening", 200, (7, 14), mining_cases=CPU_MINING_CASES),
         "discrimination": _schedule(15, 800, 32, "discrimination", 200),
         "segmentation": _schedule(10, 200, 16, "segmentation", 64),
     }

@@ -14,7 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -173,10 +173,26 @@ def evaluate(network: nn.Module, stage: Stage, plans: dict, bank: SampleBank, ro
     return metrics
 
 
+def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: int) -> list[int]:
+    """Cases that intermediate mining pass ``pass_index`` screens: all of them, or ``per_pass`` of them.
+
+    A subset is a window moving through one seeded permutation of the cases, so successive passes screen
+    different cases and every case comes round before any is screened twice. Depends on nothing but its
+    arguments, so a resumed run mines the same cases.
+    """
+    if not per_pass or int(per_pass) >= num_cases:
+        return list(range(num_cases))
+    order = np.random.default_rng(int(seed) + 7919).permutation(num_cases)
+    start = int(pass_index) * int(per_pass)
+    return sorted(int(order[(start + k) % num_cases]) for k in range(int(per_pass)))
+
+
 def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: dict, threshold: float,
-                   epoch_tag: int) -> int:
-    """Mine false positives over the bank's volumes (cases split across ranks) and merge them into every rank's bank."""
-    indices = list(range(info.rank, len(bank.cases), info.world_size))
+                   epoch_tag: int, cases: Sequence[int] | None = None) -> int:
+    """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
+    into every rank's bank."""
+    cases = list(range(len(bank.cases))) if cases is None else list(cases)
+    indices = cases[info.rank::info.world_size]
     rows, scores = mine_false_positives(network, bank, plans, threshold, info.device, indices)
     gathered = D.all_gather_objects(info, (rows, scores))
     rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
@@ -326,9 +342,15 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
         val = evaluate(net, stage, cfg.plans, val_bank, val_rows, batch_size, device, loss_fn) if info.is_main else {}
         mined = 0
         if stage.mines and (epoch + 1) in mining_epochs and epoch + 1 < epochs:
-            mined = mine_into_bank(info, net, bank, cfg.plans, float(schedule.get("mining_threshold", 0.1)), epoch + 1)
+            subset = mining_cases(len(bank.cases), schedule.get("mining_cases"),
+                                  sorted(mining_epochs).index(epoch + 1), seed)
+            mined = mine_into_bank(info, net, bank, cfg.plans, float(schedule.get("mining_threshold", 0.1)), epoch + 1,
+                                   subset)
             if info.is_main:
                 save_false_positives(out / FALSE_POSITIVES_FILE, bank, float(schedule.get("mining_threshold", 0.1)))
+                if len(subset) < len(bank.cases):
+                    log(f"mining after epoch {epoch + 1} screened {len(subset)} of {len(bank.cases)} training cases "
+                        f"(schedule mining_cases)")
         if info.is_main:
             metric = val.get(stage.monitor, float("nan"))
             improved = np.isfinite(metric) and (best is None or metric > best)
