@@ -10,7 +10,7 @@ and ``max_candidates`` = 100, i.e. the 100 most probable local maxima of the sco
 (x 27 shifted centres = 2700 blocks); the 15 candidates with the best discrimination probabilities are kept and
 segmented. Every stage calls the same functions as ``CMBPredictor.predict_preprocessed`` (screening with the
 predictor's tile size and autocast, ``find_candidates``, ``discriminate_candidates``, ``segment_candidates``,
-``export_to_native`` + ``cmb_table``, ``write_case``); only the discrimination threshold is replaced by the top-15 rule.
+``export_segmentation`` + ``cmb_table``, ``write_case``); only the discrimination threshold is replaced by the top-15 rule.
 
 Each run is a fresh child process; its peak memory is its own ru_maxrss (read at exit).
 
@@ -52,7 +52,7 @@ def child(args: dict) -> None:
     from cmbunet.inference.predictor import CMBPredictor, CaseOutputs, cmb_table, resolve_settings, write_case
     from cmbunet.inference.input_cases import find_input_cases
     from cmbunet.inference.segmentation import segment_candidates
-    from cmbunet.preprocessing.preprocessor import export_to_native, native_geometry
+    from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
 
     torch.set_num_threads(int(args["threads"]))
     plans = C.make_plans("paper")
@@ -82,8 +82,7 @@ def child(args: dict) -> None:
         prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,
                                       pred.segmentation_batch_size, pred.cpu_bf16)
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
-        native = np.clip(export_to_native(prob_pre, properties), 0.0, 1.0)
-        binary = (native >= float(settings["segmentation_threshold"])).astype(np.uint8)
+        native, binary, _ = export_segmentation(prob_pre, properties, float(settings["segmentation_threshold"]))
         cmbs = cmb_table(binary, native, native_geometry(properties), None)
         t["export"], clock = time.perf_counter() - clock, time.perf_counter()
         case = find_input_cases(args["image"], plans["channel_names"], ".nii.gz")[0]

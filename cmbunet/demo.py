@@ -19,17 +19,17 @@ from typing import Callable
 from cmbunet.errors import CMBUNetError
 from cmbunet.utilities.cli import run_cli
 
-#: The demo's CPU budget: the self-configured plans with quarter-width networks and a short schedule, so
-#: that training fits in minutes on two cores. ``--override`` adds to (and wins over) these.
+#: The demo's CPU budget: the self-configured plans with quarter-width networks and a schedule that trains in
+#: about 10 minutes on two idle cores. ``--override`` adds to (and wins over) these.
 DEMO_OVERRIDES = [
     "screening.network.features=[16,16,32,32,64]",
     "discrimination.network.features=[16,16,32,32]",
     "discrimination.network.fc_features=128",
     "segmentation.network.features=[8,16,32,64]",
-    "training.cpu.screening.epochs=12", "training.cpu.screening.samples_per_epoch=1024",
-    "training.cpu.screening.mining_epochs=[4,8]",
-    "training.cpu.discrimination.epochs=12", "training.cpu.discrimination.samples_per_epoch=768",
-    "training.cpu.segmentation.epochs=8", "training.cpu.segmentation.samples_per_epoch=256",
+    "training.cpu.screening.epochs=10", "training.cpu.screening.samples_per_epoch=1024",
+    "training.cpu.screening.mining_epochs=[3,6]",
+    "training.cpu.discrimination.epochs=30", "training.cpu.discrimination.samples_per_epoch=1024",
+    "training.cpu.segmentation.epochs=24", "training.cpu.segmentation.samples_per_epoch=256",
     "training.cpu.segmentation.lr=0.01",
 ]
 DEMO_DATASET_ID = 990
@@ -52,8 +52,8 @@ def _step(title: str, command: str, main: Callable[[list[str]], int], argv: list
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cmbunet_demo", description=__doc__.splitlines()[0])
     p.add_argument("-o", "--output", type=Path, default=Path("cmbunet_demo_output"), help="folder for everything the demo writes")
-    p.add_argument("--cases", type=int, default=24, help="synthetic training cases (default 24)")
-    p.add_argument("--test-cases", type=int, default=8, help="synthetic test cases (default 8)")
+    p.add_argument("--cases", type=int, default=60, help="synthetic training cases (default 60)")
+    p.add_argument("--test-cases", type=int, default=16, help="synthetic test cases (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--preset", choices=("auto", "paper", "tiny"), default="auto",
                    help="planner preset (default auto: self-configured, CPU budget schedule)")
