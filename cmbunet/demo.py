@@ -29,7 +29,7 @@ DEMO_OVERRIDES = [
     "training.cpu.screening.epochs=10", "training.cpu.screening.samples_per_epoch=1024",
     "training.cpu.screening.mining_epochs=[3,6]",
     "training.cpu.discrimination.epochs=30", "training.cpu.discrimination.samples_per_epoch=1024",
-    "training.cpu.segmentation.epochs=24", "training.cpu.segmentation.samples_per_epoch=256",
+    "training.cpu.segmentation.epochs=36", "training.cpu.segmentation.samples_per_epoch=256",
     "training.cpu.segmentation.lr=0.01",
 ]
 DEMO_DATASET_ID = 990
