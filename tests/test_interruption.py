@@ -90,6 +90,8 @@ def test_killed_training_resumes_and_finishes(roots, killed_and_resumed_training
     run = killed_and_resumed_training
     fold, after_kill = run["fold"], run["after_kill"]
     assert after_kill["latest"]["epoch"] == 0
+    if after_kill["latest"]["best_metric"] is not None:  # a latest that names a best comes after that best
+        assert "screening/checkpoint_best.pth" in after_kill["files"]
     assert "screening/checkpoint_final.pth" not in after_kill["files"]
     assert not any(f.startswith(("discrimination/", "segmentation/")) for f in after_kill["files"])
     assert run["code"] == 0

@@ -363,9 +363,11 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             if scaler is not None:
                 scheduler["grad_scaler"] = scaler.state_dict()
             ckpt_now = _checkpoint(stage, epoch, net, opt, scheduler, cfg, best, history, seed)
-            save_checkpoint(latest, ckpt_now)
+            # best before latest: a run killed between the two writes resumes from the previous latest and
+            # repeats this epoch, instead of resuming with a best metric whose checkpoint was never written
             if improved:
                 save_checkpoint(checkpoint_path(out, "best"), ckpt_now)
+            save_checkpoint(latest, ckpt_now)
             plot_progress(history, out / "progress.png", stage.monitor)
             log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
                          len(bank.false_positives), time.time() - t0))
