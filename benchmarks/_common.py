@@ -288,6 +288,16 @@ def base_parser(description: str):
     return p
 
 
+def start(parser) -> tuple[Any, dict[str, Any], int]:
+    """Parse the arguments, set torch's threads and print the machine: ``(args, machine info, repeats)``, where
+    ``--quick`` means one repetition."""
+    args = parser.parse_args()
+    setup_threads(args.threads)
+    info = machine_info()
+    print_machine(info)
+    return args, info, 1 if args.quick else args.repeats
+
+
 def setup_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(int(n))

@@ -28,14 +28,10 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=50, help="screening candidates to discriminate (default 50)")
     p.add_argument("--shift", type=int, default=1, help="discrimination_shift_vox (default 1: 27 centres)")
     p.add_argument("--batch-size", type=int, default=256, help="(candidate, shift) blocks per forward pass")
-    a = p.parse_args()
-    C.setup_threads(a.threads)
+    a, info, repeats = C.start(p)
     from cmbunet.inference.discrimination import PaddedVolume, shift_offsets, shifted_probabilities
 
-    repeats = 1 if a.quick else a.repeats
     n_cand = 8 if a.quick else a.candidates
-    info = C.machine_info()
-    C.print_machine(info)
     plans = C.make_plans("paper")
     net = C.build_networks(plans)["discrimination"]
     torch.manual_seed(1)

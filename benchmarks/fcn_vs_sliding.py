@@ -38,13 +38,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=C.REALISTIC_SEED)
     p.add_argument("--crop", type=int, nargs=3, default=[32, 32, 24], help="sliding-window crop (voxels)")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass of the sliding window")
-    a = p.parse_args()
-    C.setup_threads(a.threads)
+    a, info, repeats = C.start(p)
     from cmbunet.inference.screening import score_map_shape, screening_score_map
 
-    repeats = 1 if a.quick else a.repeats
-    info = C.machine_info()
-    C.print_machine(info)
     plans = C.make_plans("paper")
     net = C.build_networks(plans)["screening"]
     load_start = C.loadavg()

@@ -35,14 +35,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=C.REALISTIC_SEED)
     p.add_argument("--candidates", type=int, default=20, help="fixed number of candidates of the end-to-end runs")
     p.add_argument("--kept", type=int, default=5, help="fixed number of segmented candidates")
-    a = p.parse_args()
-    C.setup_threads(a.threads)
+    a, info, repeats = C.start(p)
     from cmbunet.inference.screening import screening_score_map
     from cmbunet.preprocessing.preprocessor import preprocess_case
 
-    info = C.machine_info()
-    C.print_machine(info)
-    repeats = 1 if a.quick else a.repeats
     if a.quick:
         a.candidates, a.kept = 4, 1
     sizes = [[int(v) for v in s.split("x")] for s in (["24x24x16", "32x32x24"] if a.quick else a.sizes)]

@@ -94,11 +94,7 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["auto", "tiny"])
     p.add_argument("--steps", type=int, default=2, help="optimiser steps per timed repetition")
     p.add_argument("--train-cases", type=int, default=58, help="training cases of a fold (VALDO task 2: 72 x 4/5)")
-    a = p.parse_args()
-    C.setup_threads(a.threads)
-    info = C.machine_info()
-    C.print_machine(info)
-    repeats = 1 if a.quick else a.repeats
+    a, info, repeats = C.start(p)
     steps = 1 if a.quick else a.steps
     load_start = C.loadavg()
     print(f"# load {load_start}")
