@@ -30,6 +30,7 @@ setup(
         "scipy>=1.10",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "nilearn>=0.10",  # ships the MNI152 template used for real anatomy in synthetic data
     ],
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2"]},
     entry_points={"console_scripts": [f"{name}={target}" for name, target in COMMANDS.items()]},

@@ -14,6 +14,7 @@ from cmbunet.errors import InputError
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.synthetic import synthesize_case, write_dataset
 from cmbunet.synthetic.cli import main as cli_main
+from cmbunet.synthetic.sites import SITES
 
 STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 SEEDS = range(12)
@@ -167,7 +168,9 @@ def test_realistic_case():
     case = synthesize_case(1, size="realistic")
     elapsed = time.perf_counter() - t0
     sp = np.array(case.props["spacing"])
-    assert 0.45 <= sp[0] <= 1.0 * 1.05 and 0.7 <= sp[2] <= 3.0
+    site = SITES[case.meta["site"]]
+    assert case.meta["anatomy"] == "template"
+    assert site.inplane_mm[0] <= sp[0] <= site.inplane_mm[1] and site.slice_mm[0] <= sp[2] <= site.slice_mm[1]
     extent_mm = np.array(case.props["shape"]) * sp
     assert np.all(extent_mm[:2] > 130) and extent_mm[2] > 110
     assert _components(case.label)[1] == len(case.cmbs)
@@ -229,3 +232,41 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
         write_dataset(tmp_path / "x", 0)
     assert cli_main(["-o", str(tmp_path / "y"), "--cases", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("site", sorted(SITES))
+def test_each_site_draws_its_own_acquisition(site):
+    case = synthesize_case(40, sites=[site], num_cmbs=3)
+    sp = np.array(case.props["spacing"])
+    s = SITES[site]
+    assert case.meta["site"] == site
+    assert s.inplane_mm[0] <= sp[0] <= s.inplane_mm[1] and s.slice_mm[0] <= sp[2] <= s.slice_mm[1]
+    assert _components(case.label)[1] == 3
+
+
+def test_unknown_site_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown site"):
+        synthesize_case(0, sites=["nowhere"])
+    with pytest.raises(InputError, match="unknown site"):
+        write_dataset(tmp_path / "x", 1, sites=["nowhere"])
+
+
+def test_template_anatomy_is_real_and_differs_between_subjects():
+    """Warped MNI152 brains: ventricles (bright CSF) near the middle, darker cortex, and no two brains alike."""
+    a = synthesize_case(5, anatomy="template", sites=["iso3T"], num_cmbs=4)
+    b = synthesize_case(6, anatomy="template", sites=["iso3T"], num_cmbs=4)
+    assert a.meta["anatomy"] == "template"
+    img, brain = a.images["T2S"], a.brain
+    centre = tuple(int(round(c)) for c in np.argwhere(brain).mean(axis=0))
+    core = img[tuple(slice(c - 6, c + 6) for c in centre)]
+    # CSF is the brightest tissue on T2*: the ventricles make the core brighter than the median brain voxel
+    assert np.percentile(core[core > 0], 95) > 1.2 * np.median(img[brain])
+    assert a.props["shape"] != b.props["shape"] or not np.array_equal(a.brain, b.brain)
+    assert _components(a.label)[1] == 4 and not np.any(a.label & ~brain)
+
+
+def test_multi_site_world_has_the_hard_mimics():
+    kinds = set()
+    for seed in range(6):
+        kinds |= {m["kind"] for m in synthesize_case(60 + seed, sites="all").mimics}
+    assert {"flow_void", "faint_spot", "vein"} <= kinds

@@ -51,6 +51,13 @@ class AnatomyParams:
     def scale(self) -> float:
         return float(self.semi_axes[0] / ADULT_SEMI_AXES_MM[0])
 
+    def tissue_fractions(self, co: "Coords", voxel_mm: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The brain-model interface shared with :class:`~cmbunet.synthetic.template.TemplateBrain`."""
+        return tissue_fractions(self, co, voxel_mm)
+
+    def tissue_labels(self, co: "Coords") -> tuple[np.ndarray, np.ndarray]:
+        return tissue_labels(self, co)
+
 
 def sample_anatomy(rng: np.random.Generator, size: str) -> AnatomyParams:
     """Draw a brain: overall size, shape harmonics, folding, ventricle size (atrophy) and deep nuclei."""

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from cmbunet.paths import dataset_name_from_id
-from cmbunet.synthetic.generator import MODALITIES, SIZES
+from cmbunet.synthetic.generator import ANATOMIES, MODALITIES, SIZES
+from cmbunet.synthetic.sites import SITES
 from cmbunet.synthetic.writer import LAYOUTS, TRUTH_FILE, write_dataset
 from cmbunet.utilities.cli import run_cli
 
@@ -31,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="dataset name (default Synthetic)")
     p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=["T2S"],
                    help="channels of the raw layout, in order (the valdo layout always writes T1, T2 and T2S)")
+    p.add_argument("--anatomy", choices=ANATOMIES, default="auto",
+                   help="brain model: warped MNI152 template (real anatomy), parametric phantom, or auto "
+                   "(template for realistic cases, phantom for small ones; default auto)")
+    p.add_argument("--sites", nargs="+", default=None, metavar="SITE",
+                   help="acquisition sites each case is drawn from, or 'all'. Sites: "
+                   + "; ".join(f"{s.name}: {s.description}" for s in SITES.values())
+                   + ". Default: all for realistic cases, the quick-test world for small ones")
     return p
 
 
@@ -41,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.layout == "raw" and args.dataset_id is not None:
         out = out / f"{dataset_name_from_id(args.dataset_id)}_{args.name or 'Synthetic'}"
     folder = write_dataset(out, args.cases, layout=args.layout, seed=args.seed, size=args.size,
-                           num_test_cases=args.test_cases, modalities=args.modalities, dataset_name=args.name)
+                           num_test_cases=args.test_cases, modalities=args.modalities, dataset_name=args.name,
+                           anatomy=args.anatomy, sites=args.sites)
     print(f"wrote {args.cases} training + {args.test_cases} test cases to {folder} (truth: {folder / TRUTH_FILE})")
     return 0
 

@@ -8,6 +8,7 @@ Rician noise, and zero outside the brain. Everything follows from one integer se
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -17,6 +18,8 @@ from scipy import ndimage
 
 from cmbunet.imageio import ImageProperties
 from cmbunet.synthetic import anatomy as anat
+from cmbunet.synthetic.sites import SITES, parse_sites
+from cmbunet.synthetic.template import sample_template_brain
 from cmbunet.synthetic.lesions import (
     DarkObject,
     Grid,
@@ -31,6 +34,8 @@ from cmbunet.synthetic.lesions import (
 )
 
 SIZES = ("small", "realistic")
+#: Brain models: the parametric phantom, the warped MNI152 template, or by size (template for realistic cases).
+ANATOMIES = ("auto", "phantom", "template")
 MODALITIES = ("T2S", "T1", "T2")
 MAX_CMBS = 15
 #: Fraction of cases drawn without any microbleed (VALDO: 22 of 72 training scans).
@@ -41,14 +46,6 @@ CMB_RADIUS_MEAN_MM, CMB_RADIUS_SD_MM, CMB_RADIUS_RANGE_MM = 1.5, 0.46, (0.7, 3.5
 CMB_REGIONS = {"lobar": 0.6, "deep": 0.25, "infratentorial": 0.15}
 #: Anatomy is evaluated on a grid at most this fine (mm), then linearly upsampled: it is smooth anyway.
 ANATOMY_RESOLUTION_MM = 1.5
-
-# acquisition profiles of "realistic" cases: (in-plane range, slice range), loosely after VALDO's three cohorts
-_SITES = {
-    "3T_thick": ((0.45, 0.55), (2.5, 3.0)),
-    "1.5T_thin": ((0.45, 0.55), (0.7, 0.9)),
-    "3T_coarse": ((0.8, 1.0), (2.5, 3.0)),
-    "mixed": ((0.45, 1.0), (0.8, 3.0)),
-}
 
 
 @dataclass
@@ -75,15 +72,11 @@ def _random_rotation(rng: np.random.Generator, max_deg: float, min_deg: float = 
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def _sample_spacing(rng: np.random.Generator, size: str) -> tuple[np.ndarray, str]:
-    if size == "small":
-        inplane, slc, site = rng.uniform(0.8, 1.3), rng.uniform(1.0, 2.5), "small"
-    else:
-        site = str(rng.choice(list(_SITES), p=[0.3, 0.3, 0.25, 0.15]))
-        (a, b), (c, d) = _SITES[site]
-        inplane, slc = rng.uniform(a, b), rng.uniform(c, d)
+def _small_spacing(rng: np.random.Generator) -> np.ndarray:
+    """Spacing of the quick-test world (no named site): 0.8-1.3 mm pixels, 1-2.5 mm slices."""
+    inplane, slc = rng.uniform(0.8, 1.3), rng.uniform(1.0, 2.5)
     y = inplane * (rng.uniform(0.95, 1.05) if rng.random() < 0.2 else 1.0)  # rare non-square pixels
-    return np.array([inplane, y, slc]), site
+    return np.array([inplane, y, slc])
 
 
 def _grid_shape(semi: np.ndarray, tilt: np.ndarray, spacing: np.ndarray, size: str) -> tuple[int, int, int]:
@@ -106,6 +99,33 @@ def _anatomy_grid(grid: Grid) -> tuple[tuple[int, ...], np.ndarray, list[np.ndar
     return cshape, factors, axes
 
 
+def _tissue_on_grid(params, axes: list[np.ndarray], tilt: np.ndarray, voxel_mm: np.ndarray,
+                    coarse_mm: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Tissue fractions of the coarse anatomy voxels.
+
+    The template is sampled at points, so a thick voxel (a 3 mm slice) is averaged over sub-samples about 1 mm
+    apart across its extent: partial volume across the slice is what makes thick-slice scans look different.
+    The phantom's fractions already carry a partial-volume width.
+    """
+    if isinstance(params, anat.AnatomyParams):
+        return params.tissue_fractions(anat.Coords(*np.meshgrid(*axes, indexing="ij", sparse=True), tilt), coarse_mm)
+    counts = [int(np.ceil(v / 1.0)) if v > 1.2 else 1 for v in voxel_mm]
+    offsets = [((np.arange(n) + 0.5) / n - 0.5) * v for n, v in zip(counts, voxel_mm)]
+    total_frac: dict[str, np.ndarray] | None = None
+    total_phi = None
+    for d in itertools.product(*offsets):
+        co = anat.Coords(*np.meshgrid(*[a + np.float32(o) for a, o in zip(axes, d)], indexing="ij", sparse=True), tilt)
+        frac, phi = params.tissue_fractions(co, coarse_mm)
+        if total_frac is None:
+            total_frac, total_phi = frac, phi
+        else:
+            for t in total_frac:
+                total_frac[t] += frac[t]
+            total_phi += phi
+    n = float(np.prod(counts))
+    return {t: v / np.float32(n) for t, v in total_frac.items()}, total_phi / np.float32(n)
+
+
 def _upsample(arr: np.ndarray, factors: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Trilinear upsampling by integer factors (coarse voxel centres sit at the centre of their fine block)."""
     if np.all(factors == 1):
@@ -121,12 +141,16 @@ def _modality_rng(seed: int, modality: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), 1 + MODALITIES.index(modality)])
 
 
-def _contrasts(seed: int, modalities: Sequence[str], iron: bool) -> dict[str, dict[str, float]]:
+def _contrasts(seed: int, modalities: Sequence[str], iron: bool, gm_wm_gain: float = 1.0) -> dict[str, dict[str, float]]:
+    """Tissue contrasts per modality; ``gm_wm_gain`` scales the grey/white difference (field strength, TE)."""
     out = {}
     for m in modalities:
         rng = _modality_rng(seed, m)
         base = anat.BASE_CONTRAST[m]
         c = {t: base[t] * rng.uniform(0.93, 1.07) for t in anat.TISSUES}
+        if gm_wm_gain != 1.0:
+            for t in ("gm", "deep_gm"):
+                c[t] = c["wm"] + (c[t] - c["wm"]) * gm_wm_gain
         if m == "T2S" and iron:
             c["deep_gm"] = c["wm"] * rng.uniform(0.55, 0.8)  # iron-laden nuclei: darker than white matter
         elif m == "T2" and iron:
@@ -141,8 +165,10 @@ def _contrasts(seed: int, modalities: Sequence[str], iron: bool) -> dict[str, di
 class _Placer:
     """Draws candidate positions per region and keeps objects apart."""
 
-    def __init__(self, rng, params: anat.AnatomyParams, co: anat.Coords, grid: Grid, labels, phi, axes):
+    def __init__(self, rng, params, co: anat.Coords, grid: Grid, labels, phi, axes, appearance: dict | None = None):
         self.rng, self.params, self.tilt, self.grid = rng, params, co.tilt, grid
+        #: site-dependent look of microbleeds (blooming, darkening); None keeps the quick-test world's defaults
+        self.appearance = appearance
         # bloom-to-bloom clearance that keeps labels apart under 26-connectivity, even for one-voxel labels
         self.gap = max(2.0, 1.5 * float(np.linalg.norm(grid.spacing)))
         self.placed: list[DarkObject] = []
@@ -159,6 +185,8 @@ class _Placer:
             "white_matter": (labels == anat.WM) & (depth > 4.0 * max(params.scale, 0.5)),
             "near_deep_gm": (labels == anat.DEEP_GM),
             "parenchyma": parenchyma | (labels == anat.DEEP_GM),
+            # cortex touching sulcal CSF: where cortical vessels cut across a slice look like dots
+            "sulcal": (labels == anat.GM) & ndimage.binary_dilation(labels == anat.CSF) & (depth > 1.0),
         }
         self.axes = axes
         self.spacing_coarse = np.array([ax[1] - ax[0] if len(ax) > 1 else 1.0 for ax in axes])
@@ -173,7 +201,7 @@ class _Placer:
         return p + self.rng.uniform(-0.5, 0.5, 3) * self.spacing_coarse
 
     def tissue_at(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return anat.tissue_labels(self.params, anat.Coords(pts[:, 0], pts[:, 1], pts[:, 2], self.tilt))
+        return self.params.tissue_labels(anat.Coords(pts[:, 0], pts[:, 1], pts[:, 2], self.tilt))
 
     def in_parenchyma(self, pts: np.ndarray, margin_mm: float) -> bool:
         labels, phi = self.tissue_at(pts)
@@ -218,11 +246,12 @@ def _make_cmb(placer: _Placer, region: str) -> DarkObject | None:
     if c is None:
         return None
     # susceptibility blooming: the dark spot outgrows the deposit, relatively more for small ones
-    bloom = r * rng.uniform(1.05, 1.3) + rng.uniform(0.2, 0.5)
+    look = placer.appearance or {}
+    bloom = (r * rng.uniform(1.05, 1.3) + rng.uniform(0.2, 0.5)) * look.get("bloom_gain", 1.0)
     sigma = 0.2 + 0.15 * r
     if not placer.in_parenchyma(_shell(c, bloom + 0.5), margin_mm=0.3):
         return None
-    depth = rng.uniform(0.6, 0.95)
+    depth = rng.uniform(*look.get("cmb_depth", (0.6, 0.95)))
     return DarkObject(
         kind="cmb",
         parts=[Part(c, bloom + 3.5 * sigma, sphere_profile(c, bloom, sigma))],
@@ -323,6 +352,72 @@ def _make_spot(placer: _Placer, flat: bool) -> DarkObject | None:
     )
 
 
+def _make_flow_void(placer: _Placer) -> DarkObject | None:
+    """A cortical vessel cut across the slice in a sulcus: a small round dark dot, the classic CMB mimic."""
+    rng = placer.rng
+    c = placer.point_in("sulcal")
+    if c is None:
+        return None
+    r = rng.uniform(0.5, 1.3)
+    labels, phi = placer.tissue_at(c[None, :])
+    if not phi[0] < -r - 0.3:
+        return None
+    # a short straight vessel through the slice, so it is round in-plane and spans one to three slices
+    axis = np.array([0.0, 0.0, 1.0]) + rng.normal(0, 0.35, 3)
+    axis /= np.linalg.norm(axis)
+    half = rng.uniform(1.0, 4.0)
+    pts = c + np.linspace(-half, half, 7)[:, None] * axis
+    sigma = 0.2 + 0.15 * r
+    depth = rng.uniform(0.45, 0.9)
+    return DarkObject(
+        kind="flow_void", parts=[Part(c, half + r + 3.5 * sigma, tube_profile(pts, r, sigma))],
+        strength={"T2S": depth, "T2": depth * rng.uniform(0.5, 0.9), "T1": depth * rng.uniform(0.1, 0.4)},
+        collision=[(p, r) for p in pts[::2]],
+        info={"radius_mm": float(r), "length_mm": float(2 * half)},
+    )
+
+
+def _make_faint_spot(placer: _Placer) -> DarkObject | None:
+    """A small, faint dark spot (partial volume of a tiny vessel, noise clump): darker than tissue, not a CMB."""
+    rng = placer.rng
+    c = placer.point_in("parenchyma")
+    if c is None:
+        return None
+    r = rng.uniform(0.4, 1.0)
+    if not placer.in_parenchyma(_shell(c, r + 0.5), margin_mm=0.5):
+        return None
+    sigma = 0.3
+    depth = rng.uniform(0.2, 0.45)
+    return DarkObject(
+        kind="faint_spot", parts=[Part(c, r + 3.5 * sigma, sphere_profile(c, r, sigma))],
+        strength={"T2S": depth, "T2": depth * 0.3, "T1": depth * 0.1},
+        collision=[(c, r)], info={"radius_mm": float(r), "contrast": float(depth)},
+    )
+
+
+def _make_susceptibility_artefact(placer: _Placer) -> DarkObject | None:
+    """Signal loss at the skull base (air in the sinuses, petrous bone): a flat dark smear at the brain's lower
+    surface, frontal or temporal."""
+    rng = placer.rng
+    a, b, cz = placer.params.semi_axes
+    side = rng.choice([-1.0, 1.0])
+    q = (np.array([rng.uniform(-0.25, 0.25) * a, 0.6 * b, -0.35 * cz]) if rng.random() < 0.5
+         else np.array([side * 0.55 * a, 0.1 * b, -0.45 * cz]))
+    c = placer.tilt @ q
+    semi = np.array([rng.uniform(5.0, 11.0), rng.uniform(4.0, 9.0), rng.uniform(1.2, 2.5)])
+    labels, phi = placer.tissue_at(c[None, :])
+    if labels[0] == anat.BACKGROUND:
+        return None
+    rot = placer.tilt @ _random_rotation(rng, 20.0)
+    sigma = 1.2
+    depth = rng.uniform(0.3, 0.7)
+    return DarkObject(
+        kind="susceptibility_artefact", parts=[Part(c, float(semi.max()) + 3.5 * sigma, ellipsoid_profile(c, rot, semi, sigma))],
+        strength={"T2S": depth, "T2": depth * 0.3, "T1": depth * 0.1},
+        collision=[(c, float(semi.max()))], info={"semi_axes_mm": semi.round(3).tolist()},
+    )
+
+
 def _num_cmbs(rng: np.random.Generator) -> int:
     """0 in about a quarter of cases, otherwise a skewed count (most cases few, some many) up to 15."""
     if rng.random() < P_NO_CMB:
@@ -347,41 +442,68 @@ def synthesize_case(
     size: str = "small",
     num_cmbs: int | None = None,
     modalities: Sequence[str] = ("T2S",),
+    anatomy: str = "auto",
+    sites: Sequence[str] | str | None = None,
 ) -> SyntheticCase:
-    """Generate one case from ``seed`` (same seed, same arrays). ``num_cmbs`` forces the microbleed count."""
+    """Generate one case from ``seed`` (same seed, same arrays). ``num_cmbs`` forces the microbleed count.
+
+    ``anatomy``: ``phantom`` (parametric), ``template`` (warped MNI152) or ``auto`` (template for realistic
+    cases, phantom for small ones). ``sites``: acquisition sites to draw from (:mod:`cmbunet.synthetic.sites`);
+    realistic cases default to the whole catalogue. Small cases without named sites keep the quick-test world
+    (0.8-1.3 mm pixels, 1-2.5 mm slices, fewer mimic kinds) that the test suite's learning bars were set on.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
     if num_cmbs is not None and not 0 <= num_cmbs <= MAX_CMBS:
         raise ValueError(f"num_cmbs must lie in [0, {MAX_CMBS}], got {num_cmbs}")
+    site_names = None if (sites is None and size == "small") else parse_sites(sites)
+    if anatomy == "auto":
+        anatomy = "template" if size == "realistic" else "phantom"
     rng = np.random.default_rng(seed)
 
     # acquisition and anatomy
-    params = anat.sample_anatomy(rng, size)
-    spacing, site = _sample_spacing(rng, size)
+    params = sample_template_brain(rng, size) if anatomy == "template" else anat.sample_anatomy(rng, size)
+    if site_names is None:
+        site, acq = "small", None
+        spacing = _small_spacing(rng)
+    else:
+        site = str(site_names[int(rng.integers(len(site_names)))])
+        acq = SITES[site].draw(rng)
+        spacing = acq["spacing"]
     tilt = _random_rotation(rng, 10.0)  # head position in the scanner
     grid = Grid(_grid_shape(params.semi_axes, tilt, spacing, size), spacing)
-    direction = _random_rotation(rng, 20.0, min_deg=3.0)  # oblique acquisition
+    lo_deg, hi_deg = acq["oblique_deg"] if acq else (3.0, 20.0)
+    direction = _random_rotation(rng, hi_deg, min_deg=lo_deg)  # oblique acquisition
     origin = -direction @ grid.centre_mm + rng.normal(0, 15.0, 3)
     iron = bool(rng.random() < 0.35)
-    contrasts = _contrasts(seed, modalities, iron)
+    contrasts = _contrasts(seed, modalities, iron, acq["gm_wm_gain"] if acq else 1.0)
     scale = float(10 ** rng.uniform(1.5, 3.3))
     offset = float(rng.uniform(0.0, 0.05))
-    snr = {m: float(_modality_rng(seed, m).uniform(12.0, 40.0)) for m in MODALITIES}
-    psf_sigma_vox = rng.uniform(0.3, 0.6)
+    if acq:  # the site sets the SNR; contrasts differ a little around it
+        snr = {m: acq["snr"] * float(_modality_rng(seed, m).uniform(0.85, 1.15)) for m in MODALITIES}
+        psf_sigma_vox = acq["psf_sigma_vox"]
+    else:
+        snr = {m: float(_modality_rng(seed, m).uniform(12.0, 40.0)) for m in MODALITIES}
+        psf_sigma_vox = rng.uniform(0.3, 0.6)
 
     # tissue on the anatomy grid
     cshape, factors, axes = _anatomy_grid(grid)
     co = anat.Coords(*np.meshgrid(*axes, indexing="ij", sparse=True), tilt)
     coarse_mm = float(np.mean(grid.spacing * factors))
-    frac, phi = anat.tissue_fractions(params, co, voxel_mm=coarse_mm)
+    frac, phi = _tissue_on_grid(params, axes, tilt, grid.spacing * factors, coarse_mm)
     labels = anat.labels_from_fractions(frac, phi)
-    shading = anat.bias_field(params, co) * anat.white_matter_texture(params, co)
+    bias = anat.bias_field(params, co)
+    if acq:
+        bias = bias ** np.float32(acq["bias_scale"])
+    shading = bias * anat.white_matter_texture(params, co)
 
     # objects
-    placer = _Placer(rng, params, co, grid, labels, phi, axes)
+    placer = _Placer(rng, params, co, grid, labels, phi, axes, appearance=acq)
     n_target = _num_cmbs(rng) if num_cmbs is None else int(num_cmbs)
     regions = list(CMB_REGIONS)
     probs = np.array(list(CMB_REGIONS.values()))
@@ -401,6 +523,10 @@ def synthesize_case(
     makers = [lambda: _make_vein(placer)] * n_veins
     makers += [lambda: _make_calcification(placer)] * int(rng.random() < 0.4) * int(rng.integers(1, 3))
     makers += [lambda: _make_spot(placer, flat=bool(rng.random() < 0.5))] * int(rng.poisson(1.0 + 2.0 * s))
+    if acq:  # the multi-site world: the mimics that fool detectors on real scans
+        makers += [lambda: _make_flow_void(placer)] * int(rng.poisson(1.0 + 3.0 * s))
+        makers += [lambda: _make_faint_spot(placer)] * int(rng.poisson(1.0 + 2.0 * s))
+        makers += [lambda: _make_susceptibility_artefact(placer)] * int(rng.random() < 0.5)
     for make in makers:
         obj = _place(placer, make, attempts=20)
         if obj is not None:
@@ -449,6 +575,6 @@ def synthesize_case(
             if name == "lentiform":
                 p = tilt @ centre
                 mimics.append({"kind": "iron_deep_gm", "center_world_mm": world(p), "center_voxel": grid.to_voxel(p).tolist()})
-    meta = {"seed": int(seed), "size": size, "site": site, "snr": {m: snr[m] for m in modalities}, "intensity_scale": scale,
+    meta = {"seed": int(seed), "size": size, "site": site, "anatomy": anatomy, "snr": {m: snr[m] for m in modalities}, "intensity_scale": scale,
             "iron_deep_gm": iron, "head_tilt": tilt.round(6).tolist()}
     return SyntheticCase(images=images, label=label, props=props, cmbs=cmbs, mimics=mimics, brain=brain, meta=meta)

@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from cmbunet.errors import InputError
 from cmbunet.imageio import SimpleITKIO
-from cmbunet.synthetic.generator import MODALITIES, SIZES, SyntheticCase, synthesize_case
+from cmbunet.synthetic.generator import ANATOMIES, MODALITIES, SIZES, SyntheticCase, synthesize_case
+from cmbunet.synthetic.sites import parse_sites
 from cmbunet.utilities.file_io import save_json
 
 LAYOUTS = ("raw", "valdo")
@@ -54,7 +55,7 @@ def _with_nans(img: np.ndarray, brain: np.ndarray, seed: int) -> np.ndarray:
 
 def _truth_entry(case: SyntheticCase, split: str, index: int) -> dict:
     return {"split": split, "index": index, "seed": case.meta["seed"], "spacing": case.props["spacing"],
-            "shape": case.props["shape"], "site": case.meta["site"], "num_cmbs": len(case.cmbs),
+            "shape": case.props["shape"], "site": case.meta["site"], "anatomy": case.meta["anatomy"], "num_cmbs": len(case.cmbs),
             "cmbs": case.cmbs, "mimics": case.mimics}
 
 
@@ -84,12 +85,15 @@ def write_dataset(
     num_test_cases: int = 0,
     modalities: Sequence[str] = ("T2S",),
     dataset_name: str | None = None,
+    anatomy: str = "auto",
+    sites: Sequence[str] | str | None = None,
 ) -> Path:
     """Generate and write a dataset; returns the folder written (``out_dir``).
 
     ``raw``: ``out_dir`` is the dataset folder (dataset.json, imagesTr/labelsTr, imagesTs/labelsTs).
     ``valdo``: ``out_dir/sub-XXX/...`` with all three contrasts; test subjects go to the sibling ``<out_dir>_test``.
-    Either way ``out_dir/synthetic_truth.json`` lists every microbleed and mimic of every case.
+    Either way ``out_dir/synthetic_truth.json`` lists every microbleed and mimic of every case, with its site.
+    ``anatomy`` and ``sites`` are passed to :func:`~cmbunet.synthetic.generator.synthesize_case`.
     """
     out = Path(out_dir)
     if layout not in LAYOUTS:
@@ -102,6 +106,12 @@ def write_dataset(
     bad = [m for m in modalities if m not in MODALITIES] + (["(none)"] if not modalities else [])
     if bad or len(set(modalities)) != len(modalities):
         raise InputError(out, f"modalities must be distinct names among {', '.join(MODALITIES)}; got {list(modalities)}")
+    if anatomy not in ANATOMIES:
+        raise InputError(out, f"unknown anatomy {anatomy!r}; choose one of {', '.join(ANATOMIES)}")
+    try:
+        sites = None if sites is None else parse_sites(sites)
+    except ValueError as e:
+        raise InputError(out, str(e)) from None
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
     render = MODALITIES if layout == "valdo" else modalities
@@ -110,12 +120,13 @@ def write_dataset(
     test_dir = out.parent / f"{out.name}_test"
     nan_idx = _nan_cases(seed, len(all_ids)) if layout == "valdo" else set()
     truth: dict = {"generator": {"seed": seed, "size": size, "layout": layout, "modalities": list(render),
+                                 "anatomy": anatomy, "sites": None if sites is None else list(sites),
                                  "coordinates": "center_voxel is (x, y, z) in voxel indices; center_world_mm "
                                                 "is the physical point (origin + direction * index * spacing)"},
                    "cases": {}}
     for i, cid in enumerate(tqdm(all_ids, desc="synthesising", unit="case", disable=None)):
         split = "train" if i < num_cases else "test"
-        case = synthesize_case(case_seed(seed, i), size=size, modalities=render)
+        case = synthesize_case(case_seed(seed, i), size=size, modalities=render, anatomy=anatomy, sites=sites)
         if layout == "raw":
             _write_raw_case(case, out, cid, split, modalities)
         else:
