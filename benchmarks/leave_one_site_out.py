@@ -1,0 +1,173 @@
+"""Leave-one-site-out: train on all sites but one, test on the one left out, for every site in turn.
+
+A detector is used on scanners it never saw, so this, not a split of one synthetic world, is the figure that
+matters. For each held-out site the script builds a raw dataset whose ``imagesTr`` holds the other sites'
+subjects and whose ``imagesTs``/``labelsTs`` hold the held-out site's, then runs cmbunet's own commands as a
+user would: ``cmbunet_plan_and_preprocess`` (planned on the training sites only) -> ``cmbunet_train D all``
+-> ``cmbunet_predict`` -> ``cmbunet_evaluate`` (VALDO rule, 5 mm). It reports pooled F1, sensitivity, precision,
+FP per subject and Dice per held-out site, and pooled over all of them.
+
+Every step is skipped when its output exists, so an interrupted run continues where it stopped.
+
+    python benchmarks/leave_one_site_out.py --work /tmp/loso --sites iso3T mid15T swi3T --cases-per-site 12
+    python benchmarks/leave_one_site_out.py --work /tmp/loso --config fast --size small   # quicker proxy
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import base_parser, loadavg, machine_info, print_machine, print_table, write_json  # noqa: E402
+
+#: Plan overrides per configuration. ``default``: the planner's own CPU plan, as a user gets it.
+#: ``fast``: quarter-width networks and a short schedule (the demo's budget), for quick comparisons.
+CONFIGS: dict[str, list[str]] = {"default": []}
+
+
+def _configs() -> dict[str, list[str]]:
+    from cmbunet.demo import DEMO_OVERRIDES
+
+    return {**CONFIGS, "fast": list(DEMO_OVERRIDES)}
+
+
+def _run(title: str, main, argv: list[str]) -> float:
+    print(f"\n## {title}\n$ {main.__module__} {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    code = main(argv)
+    if code != 0:
+        raise SystemExit(f"step '{title}' failed with exit code {code}")
+    return time.perf_counter() - t0
+
+
+def generate_sites(work: Path, sites: list[str], n: int, seed: int, size: str, anatomy: str) -> dict[str, Path]:
+    """One raw-layout folder of ``n`` labelled subjects per site (seeded per site, so adding a site changes none)."""
+    from cmbunet.synthetic import write_dataset
+
+    folders = {}
+    for k, site in enumerate(sites):
+        folder = work / "sites" / site
+        if not (folder / "synthetic_truth.json").is_file():
+            write_dataset(folder, n, layout="raw", seed=seed * 1000 + sum(map(ord, site)), size=size,
+                          anatomy=anatomy, sites=[site], dataset_name=f"site_{site}")
+        folders[site] = folder
+    return folders
+
+
+def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: dict[str, Path]) -> str:
+    """``DatasetXXX_LOSO<site>``: training sites in imagesTr/labelsTr, the held-out site in imagesTs/labelsTs."""
+    from cmbunet.utilities.file_io import save_json
+
+    name = f"Dataset{dataset_id:03d}_LOSO{held_out}"
+    out = raw_root / name
+    if (out / "dataset.json").is_file():
+        return name
+    tmp = raw_root / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    n_train = n_test = 0
+    for site, folder in folders.items():
+        test = site == held_out
+        for img in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
+            case = img.name[: -len("_0000.nii.gz")]
+            dst_img, dst_lab = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
+            (tmp / dst_img).mkdir(parents=True, exist_ok=True)
+            (tmp / dst_lab).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(img, tmp / dst_img / f"{site}_{case}_0000.nii.gz")
+            shutil.copy2(folder / "labelsTr" / f"{case}.nii.gz", tmp / dst_lab / f"{site}_{case}.nii.gz")
+            n_test, n_train = n_test + test, n_train + (not test)
+    save_json({"name": name, "description": f"leave-one-site-out fold: test site {held_out}",
+               "channel_names": {"0": "T2S"}, "labels": {"background": 0, "CMB": 1},
+               "numTraining": n_train, "numTest": n_test, "file_ending": ".nii.gz"}, tmp / "dataset.json")
+    tmp.rename(out)
+    return name
+
+
+def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path], overrides: list[str],
+             seed: int, num_processes: int) -> dict:
+    from cmbunet.evaluation.cli import main as evaluate_main
+    from cmbunet.inference.cli import main as predict_main
+    from cmbunet.plan_and_preprocess import main as plan_main
+    from cmbunet.training.cli import main as train_main
+
+    raw, pre, res = work / "raw", work / "preprocessed", work / "results"
+    name = build_fold_dataset(raw, dataset_id, held_out, folders)
+    times = {}
+    plan = ["-d", name, "--raw-root", str(raw), "--preprocessed-root", str(pre), "-np", str(num_processes)]
+    if overrides:
+        plan += ["--override", *overrides]
+    if not (pre / name / "plans.json").is_file():
+        times["plan_and_preprocess"] = _run(f"{held_out}: plan and preprocess", plan_main, plan)
+    model = res / name / "cmbunet"
+    final = [model / "fold_all" / s / "checkpoint_final.pth" for s in ("screening", "discrimination", "segmentation")]
+    if not all(p.is_file() for p in final):
+        train = [name, "all", "--preprocessed-root", str(pre), "--results-root", str(res), "--seed", str(seed),
+                 "-device", "cpu"]
+        if (model / "fold_all" / "screening" / "checkpoint_latest.pth").is_file():
+            train.append("--c")
+        times["train"] = _run(f"{held_out}: train on the other sites", train_main, train)
+    pred = work / "predictions" / held_out
+    times["predict"] = _run(f"{held_out}: predict the held-out site", predict_main,
+                            ["-i", str(raw / name / "imagesTs"), "-o", str(pred), "-m", str(model), "-f", "all"])
+    _run(f"{held_out}: evaluate", evaluate_main, ["-ref", str(raw / name / "labelsTs"), "-pred", str(pred),
+                                                  "-o", str(pred / "evaluation")])
+    summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+    logs = sorted((model / "fold_all").glob("*/training_log.txt"))
+    return {"held_out": held_out, "train_sites": [s for s in folders if s != held_out], **summary["aggregate"],
+            "seconds": times, "training_logs": [str(p) for p in logs]}
+
+
+def pooled(rows: list[dict]) -> dict:
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    n = sum(r["num_cases"] for r in rows)
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    return {"held_out": "pooled", "num_cases": n, "tp": tp, "fp": fp, "fn": fn,
+            "f1_pooled": ratio(2 * tp, 2 * tp + fp + fn), "sensitivity": ratio(tp, tp + fn),
+            "precision": ratio(tp, tp + fp), "fp_per_case": ratio(fp, n),
+            "dice_mean": ratio(sum(r["dice_mean"] * r["num_cases_with_cmb"] for r in rows if r["dice_mean"] == r["dice_mean"]),
+                               sum(r["num_cases_with_cmb"] for r in rows if r["dice_mean"] == r["dice_mean"]))}
+
+
+def main() -> None:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, required=True, help="working folder (data, models, predictions)")
+    p.add_argument("--sites", nargs="+", default=["iso3T", "mid15T", "swi3T"],
+                   help="sites of the cohort; each is held out once (see cmbunet_synthetic --help)")
+    p.add_argument("--hold-out", nargs="+", default=None, help="hold out only these sites (default: every site)")
+    p.add_argument("--cases-per-site", type=int, default=12)
+    p.add_argument("--size", choices=("small", "realistic"), default="realistic")
+    p.add_argument("--anatomy", choices=("auto", "phantom", "template"), default="template")
+    p.add_argument("--config", choices=("default", "fast"), default="default",
+                   help="default: the planner's CPU plan as a user gets it; fast: the demo's quarter-width budget")
+    p.add_argument("--override", nargs="+", default=[], help="extra plan overrides (after the configuration's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    p.add_argument("--dataset-id", type=int, default=960, help="first dataset id (one per held-out site)")
+    p.add_argument("-np", "--num-processes", type=int, default=2)
+    args = p.parse_args()
+    info = machine_info()
+    print_machine(info)
+    work = args.work.resolve()
+    t0 = time.perf_counter()
+    folders = generate_sites(work, args.sites, args.cases_per_site, args.seed, args.size, args.anatomy)
+    overrides = _configs()[args.config] + args.override
+    rows = []
+    for k, site in enumerate(args.sites):
+        if args.hold_out and site not in args.hold_out:
+            continue
+        rows.append(run_fold(work, args.dataset_id + k, site, folders, overrides, args.seed, args.num_processes))
+    table = rows + ([pooled(rows)] if len(rows) > 1 else [])
+    print(f"\n# leave-one-site-out, {args.cases_per_site} {args.size} subjects per site, config {args.config}, "
+          f"data seed {args.seed}")
+    print_table(table, ["held_out", "num_cases", "tp", "fp", "fn", "f1_pooled", "sensitivity", "precision",
+                        "fp_per_case", "dice_mean"])
+    write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "args": {k: str(v) for k, v in vars(args).items()},
+                          "overrides": overrides, "folds": rows, "pooled": pooled(rows) if rows else None,
+                          "seconds": time.perf_counter() - t0})
+
+
+if __name__ == "__main__":
+    main()
