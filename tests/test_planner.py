@@ -9,7 +9,7 @@ import pytest
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.plans import apply_overrides, load_plans, plan_experiment, plans_hash, save_plans, schedule_for
-from cmbunet.plans.planner import first_kernel_sizes, quantile_box, target_spacing_from_cases
+from cmbunet.plans.planner import INTENSITY_AUGMENTATION, first_kernel_sizes, quantile_box, target_spacing_from_cases
 
 DATASET_JSON = {"channel_names": {"0": "T2S"}, "labels": {"background": 0, "CMB": 1}, "numTraining": 10, "file_ending": ".nii.gz"}
 VALDO_SPACING = [0.49, 0.49, 0.8]
@@ -96,7 +96,9 @@ def test_paper_numbers_from_fingerprint(auto_plans):
     assert inf["screening_threshold"] == 0.1 and inf["discrimination_shift_vox"] == 1
     assert p["resampling"]["separate_z"] is False and p["resampling"]["image_order"] == 3
     assert p["normalization"] == {"scheme": "zscore_foreground_per_case", "background_value": 0.0}
-    assert p["augmentation"] == {"max_translation_vox": 3, "max_rotation_deg": 10.0, "flip_axes": [0], "flip_probability": 0.5}
+    assert p["augmentation"] == {"max_translation_vox": 3, "max_rotation_deg": 10.0, "flip_axes": [0], "flip_probability": 0.5,
+                                 "rotation_probability": 0.5, "intensity": INTENSITY_AUGMENTATION}
+    assert p["augmentation"]["intensity"]["low_resolution_zoom"][2][0] < p["augmentation"]["intensity"]["low_resolution_zoom"][0][0]
     assert p["overrides"] == [] and "rule" in p["cmb_box"] and p["target_spacing_rule"]
 
 

@@ -34,6 +34,25 @@ SEGMENTATION_POSITIVE_FRACTION = 0.5  # segmentation samples are positives and s
 NOMINAL_TILE = (160, 160, 80)  # 002 reference code's tile, in voxels
 MAX_TRANSLATION_VOX = 3  # 002: "translation (< 4 voxels)"
 
+#: ``plans["augmentation"]["intensity"]`` (:mod:`cmbunet.training.intensity_augmentation`): nnU-Net's intensity
+#: set, with the
+#: low-resolution simulation allowed down to a third of the resolution across slices (2.5-3 mm slices seen from
+#: a ~1 mm plan) and noise bounded for z-scored data.
+INTENSITY_AUGMENTATION = {
+    "low_resolution_zoom": [[0.5, 1.0], [0.5, 1.0], [0.3, 1.0]],
+    "low_resolution_probability": 0.3,
+    "blur_sigma": [0.4, 1.1],
+    "blur_probability": 0.2,
+    "noise_variance": [0.0, 0.06],
+    "noise_probability": 0.2,
+    "brightness": [0.75, 1.25],
+    "brightness_probability": 0.2,
+    "contrast": [0.65, 1.5],
+    "contrast_probability": 0.3,
+    "gamma": [0.7, 1.5],
+    "gamma_probability": 0.3,
+}
+
 PAPER_BLOCK = [20, 20, 16]
 PAPER_FIRST_KERNELS = [5, 5, 3]
 
@@ -477,6 +496,8 @@ def plan_experiment(
             "max_rotation_deg": 10.0,
             "flip_axes": [0],
             "flip_probability": 0.5,
+            "rotation_probability": 0.5,
+            "intensity": copy.deepcopy(INTENSITY_AUGMENTATION),
         },
         "training": training_schedules(preset),
         "inference": {

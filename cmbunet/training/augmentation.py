@@ -1,4 +1,5 @@
-"""Cutting a batch of patches and augmenting it: translation, small rotations, lateral flips.
+"""Cutting a batch of patches and augmenting it: translation, small rotations, lateral flips, then intensity and
+resolution (:mod:`cmbunet.training.intensity_augmentation`).
 
 Patches are cut in one vectorised step per case (:func:`extract_patches`), slightly larger than needed so that
 a rotation never pulls in padding, then rotated and centre-cropped for the whole batch at once with
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
+from cmbunet.training.intensity_augmentation import IntensityParams, augment_intensity
 from cmbunet.training.samples import POSITIVE, SampleBank, touches_cmb
 from cmbunet.utilities.patches import extract_patches
 
@@ -35,11 +37,15 @@ class AugmentationParams:
     flip_axes: tuple[int, ...] = (0,)
     flip_probability: float = 0.5
     rotation_probability: float = 0.5
+    #: intensity and resolution transforms (:mod:`cmbunet.training.intensity_augmentation`); None: off, as in
+    #: plans written before they existed
+    intensity: IntensityParams | None = None
 
     @classmethod
     def from_plans(cls, plans: dict) -> "AugmentationParams":
         a = plans.get("augmentation", {})
         return cls(
+            intensity=IntensityParams.from_dict(a["intensity"]) if a.get("intensity") is not None else None,
             max_translation_vox=int(a.get("max_translation_vox", 3)),
             max_rotation_deg=float(a.get("max_rotation_deg", 10.0)),
             flip_axes=tuple(int(x) for x in a.get("flip_axes", [0])),
@@ -154,5 +160,8 @@ def make_patches(bank: SampleBank, rows: np.ndarray, size: Sequence[int], params
     data, seg = cut_patches(bank, rows, big)
     if (big != np.asarray(size)).any():
         data, seg = rotate_and_crop(data, seg, size, params, rng)
-    return random_flips(np.ascontiguousarray(data), np.ascontiguousarray(seg), params.flip_axes,
-                        params.flip_probability, rng)
+    data, seg = random_flips(np.ascontiguousarray(data), np.ascontiguousarray(seg), params.flip_axes,
+                             params.flip_probability, rng)
+    if params.intensity is not None:
+        data = augment_intensity(data, params.intensity, rng)
+    return data, seg
