@@ -210,3 +210,23 @@ def test_validation_ignores_tuned_inference_settings(project):
     assert not used.get("min_component_voxels")
     cand = pd.concat(pd.read_csv(p) for p in val.glob("*_candidates.csv"))
     assert len(cand) > 0 and cand["screening_score"].max() < 0.99999  # the tuned threshold would leave none
+
+
+def test_thresholds_are_chosen_automatically_once_every_fold_is_validated(project, capsys):
+    model_dir = project["model_dir"]
+    for fold in (0, 1):
+        cv.validate_fold(project["name"], fold, project["pre"], project["res"], raw_root=project["raw"])
+    settings = model_dir / "inference_settings.json"
+    hand = {"screening_threshold": 0.3, "discrimination_threshold": 0.7}
+    settings.write_text(json.dumps(hand))
+    assert thresholds.thresholds_after_cross_validation(model_dir, 2) is None  # hand-set values are kept
+    assert json.loads(settings.read_text()) == hand and "hand-set" in capsys.readouterr().out
+    settings.unlink()
+    assert thresholds.thresholds_after_cross_validation(model_dir, 3) is None  # fold 2 has no validation yet
+    assert not settings.exists()
+    result = thresholds.thresholds_after_cross_validation(model_dir, 2)
+    chosen = json.loads(settings.read_text())
+    assert result is not None and chosen == result["settings"] and "folds 0, 1" in chosen["selected_by"]
+    assert "all 2 folds validated" in capsys.readouterr().out
+    # an automatic choice is replaced by the next automatic one (it is not a hand-set value)
+    assert thresholds.thresholds_after_cross_validation(model_dir, 2) is not None

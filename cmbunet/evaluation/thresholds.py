@@ -224,6 +224,41 @@ def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: 
             if len(sizes_table) else math.nan}
 
 
+def thresholds_after_cross_validation(model_dir: Path, num_folds: int, dist_mm: float = DEFAULT_DIST_MM
+                                      ) -> dict[str, Any] | None:
+    """Once every fold ``0..num_folds-1`` has evaluated validation predictions, choose the thresholds on all of
+    them pooled and save them, unless ``inference_settings.json`` holds values a user set by hand.
+
+    Why: the defaults (0.1 / 0.5) are the paper's; the operating point that maximises F1 depends on the data,
+    and cross-validation predictions are the only unbiased place to read it. Returns the result of
+    :func:`find_thresholds` when it ran, else ``None``.
+    """
+    from cmbunet.evaluation.evaluate import PER_CASE_CSV
+
+    model_dir = Path(model_dir)
+    dirs = {str(f): model_dir / f"fold_{f}" / "validation" for f in range(int(num_folds))}
+    if num_folds < 2 or not all((d / PER_CASE_CSV).is_file() for d in dirs.values()):
+        return None
+    path = model_dir / SETTINGS_FILE
+    if path.is_file():
+        try:
+            current = load_json(path)
+        except ValueError:
+            current = {}
+        if isinstance(current, dict) and current and "selected_by" not in current:
+            print(f"{path} holds hand-set values: thresholds are not chosen automatically (run cmbunet_find_thresholds "
+                  "to replace them)")
+            return None
+    result = find_thresholds(model_dir, dirs, dist_mm)
+    save_settings(model_dir, result["settings"])
+    s = result["settings"]
+    print(f"all {num_folds} folds validated: thresholds chosen on their pooled predictions -> {path}\n"
+          f"  screening >= {s['screening_threshold']:g}, discrimination > {s['discrimination_threshold']:g}, "
+          f"minimum size {s['min_component_voxels']} voxels: candidate F1 {result['f1_default']:.3f} at the defaults, "
+          f"{s['cv_f1']:.3f} chosen")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmbunet_find_thresholds",

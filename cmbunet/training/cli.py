@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-root", type=Path, default=None, help="default: $CMBUNET_RESULTS")
     p.add_argument("--no-validation", action="store_true",
                    help="do not predict and evaluate the fold's validation cases after training")
+    p.add_argument("--no-thresholds", action="store_true",
+                   help="when the last of the folds is validated, do not choose the thresholds on the pooled "
+                   "validation predictions (cmbunet_find_thresholds) automatically")
     p.add_argument("--raw-root", type=Path, default=None,
                    help="raw data root holding the reference labels for validation (default: $CMBUNET_RAW)")
     p.add_argument("-npp", type=int, default=default_num_workers(), metavar="N",
@@ -148,4 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
         out = validate_fold(name, fold, pre_root, get_root("results", args.results_root), args.device, args.raw_root)
         print(f"validation predictions and metrics of fold {fold}: {out}")
+        if not args.no_thresholds:
+            from cmbunet.evaluation.thresholds import thresholds_after_cross_validation
+            thresholds_after_cross_validation(model_dir, len(load_splits(pre_dir / SPLITS_FILE)))
     return 0
