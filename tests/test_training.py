@@ -20,9 +20,9 @@ from cmbunet.training import loop
 from cmbunet.training.augmentation import AugmentationParams, cut_patches, make_patches, rotate_and_crop
 from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, load_stage_network
 from cmbunet.training.losses import soft_dice_loss, weighted_cross_entropy
-from cmbunet.training.samples import (NEGATIVE, POSITIVE, SampleBank, build_bank,
-                                      draw_epoch_samples, draw_fixed_samples, epoch_counts, merge_false_positives,
-                                      split_counts, touches_cmb)
+from cmbunet.training.samples import (NEGATIVE, POSITIVE, CaseArrays, SampleBank, build_bank, draw_epoch_samples,
+                                      draw_fixed_samples, epoch_counts, load_false_positives, merge_false_positives,
+                                      retire_easy_false_positives, save_false_positives, split_counts, touches_cmb)
 from cmbunet.training.stages import STAGES, candidate_hits, rank_auc
 from tiny_schedule import TINY_TRAINING_OVERRIDES
 
@@ -127,6 +127,31 @@ def test_merge_false_positives_dedupes_and_keeps_first_epoch():
     assert merge_false_positives(bank, np.array([[1, 1, 2, 3], [0, 9, 9, 9]]), np.array([.9, .2]), 2) == 1
     assert bank.false_positives.tolist() == [[0, 1, 2, 3], [1, 1, 2, 3], [0, 9, 9, 9]]
     assert bank.fp_epochs.tolist() == [1, 1, 2] and np.allclose(bank.fp_scores, [.5, .6, .2])
+
+
+def test_hard_mining_retires_easy_fps_in_place_and_resume_restores_the_pool(tmp_path):
+    bank = SampleBank([CaseArrays("a", np.zeros((1, 4, 4, 4)), np.zeros((4, 4, 4), np.uint8), np.ones((4, 4, 4), bool),
+                                  np.zeros((0, 3), np.int64), np.array([[0, 0, 0], [4, 4, 4]])),
+                       CaseArrays("b", np.zeros((1, 4, 4, 4)), np.zeros((4, 4, 4), np.uint8), np.ones((4, 4, 4), bool),
+                                  np.zeros((0, 3), np.int64), np.array([[0, 0, 0], [4, 4, 4]]))],
+                      np.zeros((0, 4), np.int64))
+    merge_false_positives(bank, np.array([[0, 1, 1, 1], [0, 2, 2, 2], [1, 3, 3, 3]]), np.array([.5, .6, .7]), 1)
+    # the model now scores the first FP 0.05 (< 0.1): retired; the third was not re-scored (NaN): kept
+    assert retire_easy_false_positives(bank, np.array([0.05, 0.4, np.nan]), 0.1, epoch=2) == 1
+    assert bank.active_false_positives.tolist() == [[0, 2, 2, 2], [1, 3, 3, 3]]
+    assert bank.false_positives.tolist()[0] == [0, 1, 1, 1]  # stays in place: the order never changes
+    draw = draw_epoch_samples(bank, 400, {"false_positive": 1}, np.random.default_rng(0))
+    assert {tuple(r) for r in draw[:, :4]} == {(0, 2, 2, 2), (1, 3, 3, 3)}
+    save_false_positives(tmp_path / "fp.json", bank, 0.1)
+    content = json.loads((tmp_path / "fp.json").read_text())
+    assert content["num_false_positives"] == 2 and content["num_retired"] == 1 and content["per_case"] == {"a": 1, "b": 1}
+    # resuming before the retirement (after epoch 1) restores the pool of that time, in the same order
+    assert load_false_positives(tmp_path / "fp.json", bank, max_epoch=1) == 3
+    assert bank.active_false_positives.tolist() == [[0, 1, 1, 1], [0, 2, 2, 2], [1, 3, 3, 3]]
+    assert load_false_positives(tmp_path / "fp.json", bank, max_epoch=2) == 2
+    # found again by a later pass: back in use, keeping its first epoch and score
+    assert merge_false_positives(bank, np.array([[0, 1, 1, 1]]), np.array([.9]), 3) == 0
+    assert len(bank.active_false_positives) == 3 and bank.fp_epochs[0] == 1 and np.isclose(bank.fp_scores[0], .5)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -267,6 +267,7 @@ def _schedule(
     mining_epochs: Sequence[int] = (),
     segmentation_loss: str = "dice_ce",
     mining_cases: int | None = None,
+    mining_keep: str = "all",
 ) -> dict:
     """One stage's schedule; optimiser, loss and proportions follow 002 for the stage.
 
@@ -288,6 +289,7 @@ def _schedule(
         sched["mining_epochs"] = [int(e) for e in mining_epochs]
         sched["mining_threshold"] = 0.1
         sched["mining_cases"] = mining_cases
+        sched["mining_keep"] = mining_keep
     else:
         sched["proportions"] = {"positive": 1, "false_positive": 1}
     sched["val_samples"] = val_samples

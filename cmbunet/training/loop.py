@@ -29,7 +29,7 @@ from cmbunet.training.checkpoint import (capture_rng_state, checkpoint_path, loa
 from cmbunet.training.losses import as_class_logits, build_loss
 from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
                                       load_false_positives, merge_false_positives, mine_false_positives,
-                                      save_false_positives)
+                                      retire_easy_false_positives, save_false_positives)
 from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
                                      screening_validation)
 from cmbunet.utilities.file_io import atomic_path, save_json
@@ -188,15 +188,21 @@ def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: in
 
 
 def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: dict, threshold: float,
-                   epoch_tag: int, cases: Sequence[int] | None = None) -> int:
+                   epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all") -> int:
     """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
-    into every rank's bank."""
+    into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``."""
     cases = list(range(len(bank.cases))) if cases is None else list(cases)
     indices = cases[info.rank::info.world_size]
-    rows, scores = mine_false_positives(network, bank, plans, threshold, info.device, indices)
-    gathered = D.all_gather_objects(info, (rows, scores))
+    rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices)
+    gathered = D.all_gather_objects(info, (rows, scores, current))
     rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
     scores = np.concatenate([g[1] for g in gathered])
+    if keep == "hard":  # each pool FP was re-scored by one rank at most; the others hold NaN for it
+        stacked = np.stack([g[2] for g in gathered])
+        current = np.where(np.isnan(stacked).all(axis=0), np.nan, np.nanmax(np.nan_to_num(stacked, nan=-np.inf), axis=0))
+        retire_easy_false_positives(bank, current, threshold, epoch_tag)
+    elif keep != "all":
+        raise CMBUNetError(f"unknown mining_keep '{keep}' in the screening schedule; expected 'all' or 'hard'")
     return merge_false_positives(bank, rows, scores, epoch_tag)
 
 
@@ -345,7 +351,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             subset = mining_cases(len(bank.cases), schedule.get("mining_cases"),
                                   sorted(mining_epochs).index(epoch + 1), seed)
             mined = mine_into_bank(info, net, bank, cfg.plans, float(schedule.get("mining_threshold", 0.1)), epoch + 1,
-                                   subset)
+                                   subset, schedule.get("mining_keep", "all"))
             if info.is_main:
                 save_false_positives(out / FALSE_POSITIVES_FILE, bank, float(schedule.get("mining_threshold", 0.1)))
                 if len(subset) < len(bank.cases):
@@ -356,7 +362,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             improved = np.isfinite(metric) and (best is None or metric > best)
             best = float(metric) if improved else best
             _record(history, {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"],
-                              "epoch_seconds": time.time() - t0, "false_positives": len(bank.false_positives),
+                              "epoch_seconds": time.time() - t0, "false_positives": len(bank.active_false_positives),
                               **{f"val_{k}": v for k, v in val.items() if k != "loss"}})
             scheduler = {"kind": "poly", "base_lr": float(schedule["lr"]), "epochs": epochs,
                          "exponent": float(schedule.get("poly_exponent", 0.9)), "next_epoch": epoch + 1}
@@ -370,7 +376,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             save_checkpoint(latest, ckpt_now)
             plot_progress(history, out / "progress.png", stage.monitor)
             log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
-                         len(bank.false_positives), time.time() - t0))
+                         len(bank.active_false_positives), time.time() - t0))
         D.barrier(info)
 
     if stage.mines:
@@ -433,11 +439,15 @@ def _after_screening(info: D.DistInfo, cfg: TrainConfig, net: nn.Module, bank: S
     """Final FP mining on the training volumes, then candidate sensitivity and FPs/case on the validation volumes."""
     out = cfg.out_dir
     threshold = float(schedule.get("mining_threshold", 0.1))
-    n = mine_into_bank(info, net, bank, cfg.plans, threshold, epochs)
+    retired_before = int((bank.fp_dropped >= 0).sum())
+    n = mine_into_bank(info, net, bank, cfg.plans, threshold, epochs, keep=schedule.get("mining_keep", "all"))
     if info.is_main:
         save_false_positives(out / FALSE_POSITIVES_FILE, bank, threshold)
-        log(f"final mining: {n} new false positives, {len(bank.false_positives)} in all "
-            f"({len(bank.false_positives) / max(1, len(bank.cases)):.1f} per training case)")
+        in_use, retired = len(bank.active_false_positives), int((bank.fp_dropped >= 0).sum())
+        log(f"final mining: {n} new false positives, {in_use} in use "
+            f"({in_use / max(1, len(bank.cases)):.1f} per training case)"
+            + (f"; {retired - retired_before} retired that the final model scores below {threshold}"
+               if retired > retired_before else ""))
         inf_threshold = float(cfg.plans.get("inference", {}).get("screening_threshold", threshold))
         result = screening_validation(net, val_bank, cfg.plans, inf_threshold, info.device)
         where = "validation" if val_bank is not bank else "TRAINING (fold all has no validation cases)"
@@ -446,6 +456,7 @@ def _after_screening(info: D.DistInfo, cfg: TrainConfig, net: nn.Module, bank: S
         if val_bank is not bank:
             val_bank.false_positives, val_bank.fp_scores = result["fp_rows"], result["fp_scores"]
             val_bank.fp_epochs = np.full(len(result["fp_rows"]), epochs, np.int64)
+            val_bank.fp_dropped = np.full(len(result["fp_rows"]), -1, np.int64)
             save_false_positives(out / VALIDATION_FP_FILE, val_bank, inf_threshold)
         save_json({k: v for k, v in result.items() if k not in ("fp_rows", "fp_scores")} | {"volumes": where},
                   out / VALIDATION_CANDIDATES_FILE)

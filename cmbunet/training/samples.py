@@ -7,7 +7,11 @@ only when a batch is made, so samples can be redrawn every epoch at no I/O cost.
 - **Positives** are the CMB components listed in each case's properties (``properties["cmbs"]``).
 - **Random negatives** are brain voxels whose neighbourhood holds no CMB voxel (rejection sampling, vectorised).
 - **False positives** are screening candidates without a CMB voxel in their central 2x2x2 block, mined by
-  running the screening FCN over the fold's training volumes; they accumulate over the mining epochs.
+  running the screening FCN over the fold's training volumes. With ``mining_keep="all"`` they accumulate over
+  the mining passes (002's code). With ``"hard"`` each pass also re-scores the pool on the volumes it screens
+  and retires the FPs the current model no longer scores above the mining threshold: the early passes of a weak
+  model find thousands of easy FPs per case, which would otherwise crowd out the mimics the final model still
+  fires on, and those are what discrimination meets at inference.
 """
 
 from __future__ import annotations
@@ -58,6 +62,16 @@ class SampleBank:
     false_positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     fp_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     fp_epochs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # epochs completed when mined
+    #: epoch at which ``mining_keep="hard"`` retired each FP, -1 while it is in use. Retired rows stay in place, so
+    #: the order of the pool, and with it a resumed run's draws, never changes.
+    fp_dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def active_false_positives(self) -> np.ndarray:
+        """The FP rows training draws from (all of them unless some were retired)."""
+        if len(self.fp_dropped) != len(self.false_positives):
+            return self.false_positives
+        return self.false_positives[self.fp_dropped < 0]
 
     @property
     def names(self) -> list[str]:
@@ -213,7 +227,7 @@ def epoch_counts(n: int, proportions: dict[str, float], num_false_positives: int
 
 def draw_epoch_samples(bank: SampleBank, n: int, proportions: dict[str, float], rng: np.random.Generator) -> np.ndarray:
     """``n`` shuffled rows ``[case, x, y, z, kind]``: positives and false positives drawn with replacement."""
-    counts = epoch_counts(n, proportions, len(bank.false_positives))
+    counts = epoch_counts(n, proportions, len(bank.active_false_positives))
     parts = []
     for kind, k in counts.items():
         if k == 0:
@@ -221,7 +235,7 @@ def draw_epoch_samples(bank: SampleBank, n: int, proportions: dict[str, float], 
         if kind == "negative":
             rows = draw_random_negatives(bank, k, rng)
         else:
-            pool = bank.positives if kind == "positive" else bank.false_positives
+            pool = bank.positives if kind == "positive" else bank.active_false_positives
             if len(pool) == 0:
                 raise CMBUNetError(f"no {kind.replace('_', ' ')} samples in cases {bank.names[:5]}...; "
                                    "training needs at least one CMB in the training cases")
@@ -252,46 +266,81 @@ def screening_candidates(network: nn.Module, case: CaseArrays, plans: dict, thre
 
 def mine_false_positives(network: nn.Module, bank: SampleBank, plans: dict, threshold: float,
                          device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores."""
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
+    current score of every FP already in the bank (NaN for FPs of cases not screened now)."""
+    from cmbunet.inference.candidates import find_candidates
+    from cmbunet.inference.screening import screening_score_map
+
     rows, scores = [], []
+    current = np.full(len(bank.false_positives), np.nan, dtype=np.float32)
+    stride = np.asarray(plans["screening"].get("fcn_stride", [2, 2, 2]), dtype=np.int64)
     indices = range(len(bank.cases)) if case_indices is None else case_indices
     for i in indices:
         case = bank.cases[i]
-        centres, s = screening_candidates(network, case, plans, threshold, device)
+        score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
+        centres, s = find_candidates(score_map, plans, threshold=threshold)
         fp = ~touches_cmb(case.seg, centres) if len(centres) else np.zeros(0, bool)
         rows.append(np.column_stack([np.full(int(fp.sum()), i), centres[fp]]))
         scores.append(s[fp])
+        mine = np.flatnonzero(bank.false_positives[:, 0] == i)
+        if len(mine):  # score voxel j is the block centred at input voxel stride * j
+            j = np.clip(np.rint(bank.false_positives[mine, 1:] / stride).astype(np.int64), 0,
+                        np.asarray(score_map.shape) - 1)
+            current[mine] = score_map[tuple(j.T)]
     if not rows:
-        return np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
-    return np.concatenate(rows).astype(np.int64).reshape(-1, 4), np.concatenate(scores).astype(np.float32)
+        return np.zeros((0, 4), np.int64), np.zeros(0, np.float32), current
+    return (np.concatenate(rows).astype(np.int64).reshape(-1, 4), np.concatenate(scores).astype(np.float32),
+            current)
+
+
+def retire_easy_false_positives(bank: SampleBank, current: np.ndarray, threshold: float, epoch: int) -> int:
+    """Retire the bank's FPs in use whose current score is below ``threshold`` (NaN: not re-scored, kept);
+    returns how many."""
+    if len(bank.fp_dropped) != len(bank.false_positives):
+        bank.fp_dropped = np.full(len(bank.false_positives), -1, np.int64)
+    easy = (np.nan_to_num(np.asarray(current, dtype=np.float32), nan=np.inf) < threshold) & (bank.fp_dropped < 0)
+    bank.fp_dropped[easy] = int(epoch)
+    return int(easy.sum())
 
 
 def merge_false_positives(bank: SampleBank, rows: np.ndarray, scores: np.ndarray, epoch: int) -> int:
     """Add newly mined rows to the bank, dropping exact duplicates (sort-based, O(N log N)); returns how many were new.
 
-    A duplicate keeps its first mining epoch and score, so the list only ever grows.
+    A duplicate keeps its first mining epoch and score, so the list only ever grows; a retired FP found again is
+    back in use.
     """
     before = len(bank.false_positives)
-    all_rows = np.concatenate([bank.false_positives, rows.astype(np.int64).reshape(-1, 4)])
+    rows = rows.astype(np.int64).reshape(-1, 4)
+    dropped = bank.fp_dropped if len(bank.fp_dropped) == before else np.full(before, -1, np.int64)
+    all_rows = np.concatenate([bank.false_positives, rows])
     all_scores = np.concatenate([bank.fp_scores, scores.astype(np.float32)])
     all_epochs = np.concatenate([bank.fp_epochs, np.full(len(rows), int(epoch), np.int64)])
-    _, first = np.unique(all_rows, axis=0, return_index=True)
+    all_dropped = np.concatenate([dropped, np.full(len(rows), -1, np.int64)])
+    _, first, inverse = np.unique(all_rows, axis=0, return_index=True, return_inverse=True)
+    found_again = np.zeros(len(first), bool)
+    found_again[inverse.reshape(-1)[before:]] = True
+    all_dropped[first[found_again]] = -1
     first = np.sort(first)  # keep the order of discovery
     bank.false_positives, bank.fp_scores, bank.fp_epochs = all_rows[first], all_scores[first], all_epochs[first]
+    bank.fp_dropped = all_dropped[first]
     return len(first) - before
 
 
 def save_false_positives(path: str | Path, bank: SampleBank, threshold: float) -> None:
-    """``false_positives.json``: each mined FP with its case, centre, score and the epochs completed when mined."""
+    """``false_positives.json``: each mined FP with its case, centre, score and the epochs completed when mined;
+    retired FPs (``mining_keep="hard"``) follow with the epoch they were retired at."""
     names = bank.names
+    dropped = bank.fp_dropped if len(bank.fp_dropped) == len(bank.false_positives) else \
+        np.full(len(bank.false_positives), -1, np.int64)
     fps = [{"case": names[r[0]], "center": r[1:].tolist(), "score": float(s), "epoch": int(e)}
-           for r, s, e in zip(bank.false_positives, bank.fp_scores, bank.fp_epochs)]
+           | ({"retired": int(d)} if d >= 0 else {})
+           for r, s, e, d in zip(bank.false_positives, bank.fp_scores, bank.fp_epochs, dropped)]
     per_case = {n: 0 for n in names}
     for f in fps:
-        per_case[f["case"]] += 1
-    save_json({"mining_threshold": float(threshold), "num_false_positives": len(fps),
-               "per_case": per_case, "false_positives": fps}, path)
+        per_case[f["case"]] += "retired" not in f
+    save_json({"mining_threshold": float(threshold), "num_false_positives": len(fps) - int((dropped >= 0).sum()),
+               "num_retired": int((dropped >= 0).sum()), "per_case": per_case, "false_positives": fps}, path)
 
 
 def load_false_positives(path: str | Path, bank: SampleBank, max_epoch: int | None = None) -> int:
@@ -308,4 +357,7 @@ def load_false_positives(path: str | Path, bank: SampleBank, max_epoch: int | No
     bank.false_positives = rows
     bank.fp_scores = np.array([f["score"] for f in keep], dtype=np.float32)
     bank.fp_epochs = np.array([f["epoch"] for f in keep], dtype=np.int64)
-    return len(rows)
+    # an FP retired after max_epoch was still in use then (exact resume)
+    bank.fp_dropped = np.array([int(f.get("retired", -1)) if max_epoch is None or int(f.get("retired", -1)) <= max_epoch
+                                else -1 for f in keep], dtype=np.int64)
+    return int((bank.fp_dropped < 0).sum())
