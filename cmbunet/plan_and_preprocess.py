@@ -23,7 +23,7 @@ from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.preprocessing.preprocessor import case_files, preprocess_case, save_preprocessed_case
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from cmbunet.utilities.cli import run_cli
-from cmbunet.utilities.file_io import load_json, save_json
+from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 PLANS_FILE = "plans.json"
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     phash = plans_hash(plans)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / DATA_DIR):
+        remove_stale_temp_files(folder)  # left by a killed run
     save_fingerprint(fingerprint, fp_path)
     save_json(plans, out_dir / PLANS_FILE)
     save_json(dataset_json, out_dir / "dataset.json")

@@ -28,7 +28,7 @@ from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
 from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label, count_nonfinite, verify_dataset_integrity
 from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
 from cmbunet.utilities.cli import run_cli
-from cmbunet.utilities.file_io import load_json, save_json
+from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 VALDO_MODALITIES = ("T2S", "T1", "T2")
 FILE_ENDING = ".nii.gz"
@@ -203,6 +203,8 @@ def convert_valdo(
         raise InputError(None, f"modalities must be distinct names among {', '.join(VALDO_MODALITIES)}; got {list(modalities)}")
     jobs = find_subjects(valdo_dir, out_dir, modalities)
     _check_output_folder(valdo_dir, out_dir, jobs, modalities, overwrite)
+    for folder in (out_dir, out_dir / "imagesTr", out_dir / "labelsTr", out_dir / "imagesTs"):
+        remove_stale_temp_files(folder)  # left by a killed run
     args = [(job, overwrite) for job in jobs]
     bar = dict(total=len(jobs), desc="converting VALDO", unit="case", disable=None)
     if num_processes > 1 and len(jobs) > 1:

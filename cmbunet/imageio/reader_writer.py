@@ -103,6 +103,30 @@ def nifti_truncation_problem(path: str | Path) -> str | None:
     return None
 
 
+def written_image_problem(path: str | Path) -> str | None:
+    """Why a just-written image file is unusable, or None: SimpleITK's NIfTI writer reports neither a full disk
+    nor a file size limit, so the header must parse and the file must hold every voxel it announces; other
+    formats must at least have a readable header."""
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as f:
+                head = f.read(540)
+        except (EOFError, OSError, zlib.error) as e:
+            return f"has an unreadable header ({e})"
+        if _nifti_expected_size(head) is None:
+            return "has no valid NIfTI header"
+        return nifti_truncation_problem(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return "has no readable image header"
+    return None
+
+
 class SimpleITKIO:
     """Read and write 3D medical images (NIfTI, NRRD, MHA) with SimpleITK, keeping exact geometry."""
 
@@ -180,8 +204,12 @@ class SimpleITKIO:
         path = Path(path)
         img = cls.to_sitk(array, props)
         suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
-        with atomic_path(path, suffix=suffix) as tmp:
-            sitk.WriteImage(img, str(tmp), useCompression=compress)
+        with atomic_path(path, suffix=suffix, verify=written_image_problem) as tmp:
+            try:
+                sitk.WriteImage(img, str(tmp), useCompression=compress)
+            except RuntimeError as e:  # e.g. the NRRD writer on a full disk
+                last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
+                raise InputError(path, f"could not be written ({last}); nothing was replaced") from None
 
     write_seg = write
     write_image = write

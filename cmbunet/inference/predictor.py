@@ -41,7 +41,7 @@ from cmbunet.inference.screening import screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
-from cmbunet.utilities.file_io import atomic_path, load_json
+from cmbunet.utilities.file_io import atomic_path, load_json, remove_stale_temp_files
 
 STAGES = ("screening", "discrimination", "segmentation")
 SETTINGS_FILE = "inference_settings.json"
@@ -431,6 +431,7 @@ class CMBPredictor:
             else:
                 todo.append(case)
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(output_dir)  # left by a killed run; never mistaken for outputs, but clutter
 
         def prepare(case: InputCase) -> tuple[np.ndarray, dict, ImageProperties, dict]:
             return self.load_and_preprocess(case.images, case.case)

@@ -10,7 +10,7 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, PlansMismatchError
 from cmbunet.paths import fold_dir, get_root, resolve_dataset_name
 from cmbunet.utilities.cli import run_cli
-from cmbunet.utilities.file_io import atomic_path
+from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
 STAGE_CHOICES = ("screening", "discrimination", "segmentation", "all")
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         require_stages(first, STAGES[first.stage])
     check_preprocessed_cases(pre_dir, train_cases + val_cases, phash)
     prepare_model_folder(pre_dir, model_dir, phash)
+    remove_stale_temp_files(model_dir / f"fold_{fold}", recursive=True)  # checkpoints a killed run left half-written
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model_dir / f'fold_{fold}'}")
     D.launch(run_stages, args.num_gpus, args.device, configs)
