@@ -132,3 +132,71 @@ def test_a_write_that_fails_verification_replaces_nothing(tmp_path):
             tmp.write_bytes(gzip.compress(b"a,b\n1,2\n" * 100)[:-10])
     assert target.read_bytes() == b"old"
     assert not hidden_files(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- 2. every input
+def test_predict_accounts_for_every_entry_of_the_input(env, tmp_path, capsys):
+    """BIDS sessions, non-ASCII subject ids and ``.nii`` files are predicted; everything else is listed with the
+    reason, in summary.csv and on the terminal."""
+    src = env["ds"] / "imagesTs"
+    inp = tmp_path / "input"
+    bids = inp / "sub-101" / "ses-2" / "anat"
+    bids.mkdir(parents=True)
+    shutil.copy(src / "synth_003_0000.nii.gz", bids / "sub-101_ses-2_space-T2S_desc-masked_T2S.nii.gz")
+    (inp / "sub-Ünal").mkdir()
+    shutil.copy(src / "synth_004_0000.nii.gz", inp / "sub-Ünal" / "sub-Ünal_space-T2S_desc-masked_T2S.nii.gz")
+    sitk.WriteImage(read(src / "synth_005_0000.nii.gz"), str(inp / "plain_0000.nii"), False)
+    shutil.copy(inp / "plain_0000.nii", inp / "dup_0000.nii")
+    shutil.copy(src / "synth_005_0000.nii.gz", inp / "dup_0000.nii.gz")
+    shutil.copy(src / "synth_005_0000.nii.gz", inp / "scan.nii.gz")
+    (inp / "notes.txt").write_text("scanner notes")
+    (inp / "derivatives").mkdir()
+    out = tmp_path / "out"
+    before = tree_state(inp)
+    capsys.readouterr()
+    assert predict_main(["-i", str(inp), "-o", str(out), "-m", str(env["model"]), "-npp", "0"]) == 1
+    printed = capsys.readouterr().out
+    assert tree_state(inp) == before
+    summary = pd.read_csv(out / "summary.csv").set_index("case")
+    assert summary["status"].to_dict() == {
+        "dup": "failed", "plain": "ok", "sub-101_ses-2": "ok", "sub-Ünal": "ok",
+        "derivatives": "ignored", "notes.txt": "ignored", "scan.nii.gz": "ignored"}
+    assert "2 files for channel 0000 of dup" in summary.loc["dup", "error"]
+    assert "4-digit channel suffix" in summary.loc["scan.nii.gz", "error"]
+    for name in ("derivatives", "notes.txt", "scan.nii.gz"):
+        assert f"ignored: {name}: {summary.loc[name, 'error']}" in printed
+    assert "3 case(s) predicted, 0 skipped (already done), 1 failed, 3 input entries ignored" in printed
+    for stem, image in (("sub-101_ses-2_space-T2S_prediction", "synth_003"), ("sub-Ünal_space-T2S_prediction", "synth_004"),
+                        ("plain", "synth_005")):
+        assert sitk.ReadImage(str(out / f"{stem}.nii.gz")).GetSize() == read(src / f"{image}_0000.nii.gz").GetSize()
+
+
+def test_convert_valdo_reads_nii_sessions_and_non_ascii_subjects(tmp_path, capsys):
+    valdo = write_dataset(tmp_path / "valdo", 3, layout="valdo", seed=3)
+    subjects = sorted(p.name for p in valdo.iterdir() if p.is_dir())
+    # subject 1: .nii files; subject 2: a BIDS session folder; subject 3: a non-ASCII id
+    for f in (valdo / subjects[0]).iterdir():
+        sitk.WriteImage(read(f), str(f)[:-3], False)
+        f.unlink()
+    ses = valdo / subjects[1] / "ses-1" / "anat"
+    ses.mkdir(parents=True)
+    for f in list((valdo / subjects[1]).glob("*.nii.gz")):
+        f.rename(ses / f.name.replace(subjects[1], f"{subjects[1]}_ses-1"))
+    (valdo / subjects[2]).rename(valdo / "sub-Ünal")
+    for f in (valdo / "sub-Ünal").iterdir():
+        f.rename(f.with_name(f.name.replace(subjects[2], "sub-Ünal")))
+    raw = tmp_path / "raw"
+    before = tree_state(valdo)
+    assert convert_main(["-i", str(valdo), "-d", "6", "--raw-root", str(raw)]) == 0, capsys.readouterr().err
+    assert tree_state(valdo) == before
+    ds = raw / "Dataset006_VALDO"
+    assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == sorted(
+        [f"{subjects[0]}.nii.gz", f"{subjects[1]}_ses-1.nii.gz", "sub-Ünal.nii.gz"])
+    converted = read(ds / "imagesTr" / f"{subjects[0]}_0000.nii.gz")
+    original = read(valdo / subjects[0] / f"{subjects[0]}_space-T2S_desc-masked_T2S.nii")
+    assert np.array_equal(sitk.GetArrayFromImage(converted), sitk.GetArrayFromImage(original).astype(np.float32))
+    # a subject with both a .nii and a .nii.gz of one modality is refused, naming both
+    shutil.copy(ses / f"{subjects[1]}_ses-1_space-T2S_desc-masked_T2S.nii.gz",
+                ses / f"{subjects[1]}_ses-1_space-T2S_desc-masked_T2S.nii")
+    run_and_check(capsys, convert_main, ["-i", str(valdo), "-d", "8", "--raw-root", str(raw)], inputs=[valdo],
+                  outputs=[raw], expect=[f"{subjects[1]}_ses-1_space-T2S_desc-masked_T2S.nii", "second file for T2S"])

@@ -24,9 +24,10 @@ from cmbunet.errors import InputError
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
+from cmbunet.inference.input_cases import SUBJECT_PATTERN
 from cmbunet.utilities.file_io import atomic_path, save_json
 
-VALDO_REFERENCE_RE = re.compile(r"^(sub-[A-Za-z0-9]+)_space-T2S_CMB\.nii(?:\.gz)?$")
+VALDO_REFERENCE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")  # BIDS entities kept
 VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
 
 #: Per-case columns, in the order of the CSV and of the printed table.
@@ -52,7 +53,7 @@ def find_reference_cases(ref_dir: str | Path) -> dict[str, Path]:
         raise InputError(ref_dir, "reference folder does not exist" if not ref_dir.exists() else "reference must be a folder")
     if (ref_dir / "labelsTr").is_dir():
         ref_dir = ref_dir / "labelsTr"
-    valdo = sorted(list(ref_dir.glob("sub-*_space-T2S_CMB.nii*")) + list(ref_dir.glob("sub-*/sub-*_space-T2S_CMB.nii*")))
+    valdo = sorted(list(ref_dir.glob("sub-*_space-T2S_CMB.nii*")) + list(ref_dir.glob("sub-*/**/sub-*_space-T2S_CMB.nii*")))
     found: dict[str, Path] = {}
     for path in valdo:
         m = VALDO_REFERENCE_RE.match(path.name)

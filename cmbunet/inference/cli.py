@@ -120,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
                                        num_workers=args.npp, file_ending=dataset_file_ending(model_dir))
     failed = summary[summary["status"] == "failed"]
+    ignored = summary[summary["status"] == "ignored"]
     done = int((summary["status"] == "ok").sum())
     skipped = int(summary["status"].str.startswith("skipped").sum())
-    print(f"{done} case(s) predicted, {skipped} skipped (already done), {len(failed)} failed; outputs in {args.output}")
+    print(f"{done} case(s) predicted, {skipped} skipped (already done), {len(failed)} failed, {len(ignored)} input "
+          f"entr{'y' if len(ignored) == 1 else 'ies'} ignored; outputs in {args.output}")
     for _, row in failed.iterrows():
         print(f"  failed: {row['case']}: {row['error']}")
+    for _, row in ignored.iterrows():
+        print(f"  ignored: {row['case']}: {row['error']}")
     return 1 if len(failed) else 0
 
 

@@ -413,10 +413,12 @@ class CMBPredictor:
         """Predict every case of ``input_path`` (a VALDO tree, a ``CASE_0000`` folder or one file) into ``output_dir``.
 
         Failing cases are reported in the returned summary (also ``summary.csv``) and do not stop the others;
+        entries of the input that are not input images are listed there as ``ignored``, with the reason;
         finished cases are skipped unless ``overwrite``. ``num_parts``/``part_id`` select this machine's share.
         """
         output_dir = Path(output_dir)
-        cases = select_part(find_input_cases(input_path, self.channel_names, file_ending), num_parts, part_id)
+        cases = select_part(find_input_cases(input_path, self.channel_names, file_ending, with_ignored=True),
+                            num_parts, part_id)
         summary_path = output_dir / summary_name(num_parts, part_id)
         refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path)
         previous = pd.read_csv(summary_path) if summary_path.is_file() else None
@@ -424,7 +426,9 @@ class CMBPredictor:
         todo: list[InputCase] = []
         for case in cases:
             outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
-            if not case.ok:
+            if case.ignored is not None:  # every entry of the input is accounted for, with its reason
+                rows.append(summary_row(case.case, "ignored", error=case.ignored))
+            elif not case.ok:
                 rows.append(summary_row(case.case, "failed", error=case.error or ""))
             elif outputs.finished() and not overwrite:
                 rows.append(skipped_row(case, outputs, previous))
