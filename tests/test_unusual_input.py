@@ -200,3 +200,41 @@ def test_convert_valdo_reads_nii_sessions_and_non_ascii_subjects(tmp_path, capsy
                 ses / f"{subjects[1]}_ses-1_space-T2S_desc-masked_T2S.nii")
     run_and_check(capsys, convert_main, ["-i", str(valdo), "-d", "8", "--raw-root", str(raw)], inputs=[valdo],
                   outputs=[raw], expect=[f"{subjects[1]}_ses-1_space-T2S_desc-masked_T2S.nii", "second file for T2S"])
+
+
+# ---------------------------------------------------------------------------------------------------- 3. geometry
+def test_evaluate_checks_the_whole_geometry(env, tmp_path, capsys):
+    """Same voxels, other orientation or origin: refused naming the file and the difference; with --resample a
+    prediction that is the reference in another orientation scores F1 1, as it should."""
+    from cmbunet.evaluation.cli import main as evaluate_main
+
+    labels = env["ds"] / "labelsTs"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in labels.iterdir():
+        shutil.copy(f, pred / f.name)
+    reoriented = pred / "synth_004.nii.gz"
+    img = read(reoriented)
+    flipped = sitk.DICOMOrient(img, "LPI" if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
+        img.GetDirection()) != "LPI" else "RAS")
+    assert flipped.GetDirection() != img.GetDirection()
+    write(flipped, reoriented)
+    run_and_check(capsys, evaluate_main, ["-ref", str(labels), "-pred", str(pred)], inputs=[labels],
+                  outputs=[pred], expect=["synth_004.nii.gz", "geometry differs from the reference", "direction",
+                                          "--resample"])
+    capsys.readouterr()
+    assert evaluate_main(["-ref", str(labels), "-pred", str(pred), "--resample"]) == 0
+    printed = capsys.readouterr().out
+    assert "resampled onto the reference grid: synth_004" in printed
+    per_case = pd.read_csv(pred / "evaluation" / "metrics_per_case.csv").set_index("case")
+    assert per_case.loc["synth_004", "fn"] == 0 and per_case.loc["synth_004", "fp"] == 0
+    assert per_case.loc["synth_004", "n_ref"] > 0
+    shutil.rmtree(pred / "evaluation")
+    shutil.copy(labels / "synth_004.nii.gz", reoriented)
+
+    moved = pred / "synth_005.nii.gz"
+    img = read(moved)
+    img.SetOrigin([o + 3.0 for o in img.GetOrigin()])
+    write(img, moved)
+    run_and_check(capsys, evaluate_main, ["-ref", str(labels), "-pred", str(pred)], inputs=[labels],
+                  outputs=[pred], expect=["synth_005.nii.gz", "origin"])

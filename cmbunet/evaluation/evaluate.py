@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 from tqdm import tqdm
 
 from cmbunet.errors import InputError
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
-from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
+from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS, ImageProperties, geometry_mismatch
 from cmbunet.inference.input_cases import SUBJECT_PATTERN
 from cmbunet.utilities.file_io import atomic_path, save_json
 
@@ -105,23 +106,43 @@ def pair_cases(ref_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, Pat
     return pairs
 
 
-def evaluate_case(case: str, ref_path: Path, pred_path: Path | None, dist_mm: float = DEFAULT_DIST_MM) -> dict[str, Any]:
-    """One row of the per-case table; a missing prediction is scored as an empty one."""
+def resample_to_reference(pred_path: Path, ref_props: ImageProperties) -> np.ndarray:
+    """The prediction resampled (nearest neighbour, in world coordinates) onto the reference grid; voxels of the
+    reference grid outside the prediction's extent are 0."""
+    reference = SimpleITKIO.to_sitk(np.zeros(ref_props["shape"], dtype=np.uint8), ref_props)
+    moved = sitk.Resample(sitk.ReadImage(str(pred_path)), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    return sitk.GetArrayFromImage(moved).transpose(2, 1, 0)
+
+
+def evaluate_case(case: str, ref_path: Path, pred_path: Path | None, dist_mm: float = DEFAULT_DIST_MM,
+                  resample: bool = False) -> dict[str, Any]:
+    """One row of the per-case table; a missing prediction is scored as an empty one.
+
+    The voxel arrays are compared only when both files share one grid (shape, spacing, origin and direction):
+    a prediction of another orientation or origin would otherwise be scored voxel by voxel against the wrong
+    anatomy. Such a prediction is refused, or with ``resample`` resampled onto the reference grid.
+    """
     reference, props = SimpleITKIO.read_seg(ref_path)
+    resampled = False
     if pred_path is None:
         prediction = np.zeros(reference.shape, dtype=np.float32)
     else:
         prediction, pred_props = SimpleITKIO.read_seg(pred_path)
-        if prediction.shape != reference.shape:
-            raise InputError(pred_path, f"shape {prediction.shape} differs from the reference {ref_path} "
-                                        f"with shape {reference.shape}")
+        problem = geometry_mismatch(props, pred_props)
+        if problem and not resample:
+            raise InputError(pred_path, f"geometry differs from the reference {ref_path}: {problem}; write the "
+                                        "prediction on the reference grid, or pass --resample to resample it "
+                                        "onto that grid (nearest neighbour)")
+        if problem:
+            prediction, resampled = resample_to_reference(pred_path, props), True
     metrics = case_metrics(reference, prediction, tuple(props["spacing"]), dist_mm)
     row: dict[str, Any] = {"case": case, **{k: metrics[k] for k in METRIC_COLUMNS}}
-    row.update(missing=pred_path is None, reference=str(ref_path), prediction="" if pred_path is None else str(pred_path))
+    row.update(missing=pred_path is None, reference=str(ref_path), prediction="" if pred_path is None else str(pred_path),
+               resampled=resampled)
     return row
 
 
-def _evaluate_case_job(args: tuple[str, Path, Path | None, float]) -> tuple[dict | None, tuple[str | None, str] | None]:
+def _evaluate_case_job(args: tuple) -> tuple[dict | None, tuple[str | None, str] | None]:
     """Worker wrapper: return the error as data, because InputError does not survive pickling."""
     try:
         return evaluate_case(*args), None
@@ -168,14 +189,18 @@ def aggregate_metrics(per_case: pd.DataFrame) -> dict[str, Any]:
 
 
 def evaluate_folders(
-    ref_dir: str | Path, pred_dir: str | Path, dist_mm: float = DEFAULT_DIST_MM, num_processes: int = 1
+    ref_dir: str | Path, pred_dir: str | Path, dist_mm: float = DEFAULT_DIST_MM, num_processes: int = 1,
+    resample: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Score every reference case; returns the per-case table (one row per case) and the aggregates."""
+    """Score every reference case; returns the per-case table (one row per case) and the aggregates.
+
+    With ``resample``, predictions on another grid than their reference are resampled onto it (else refused);
+    the aggregates then list them under ``resampled_predictions``."""
     if dist_mm <= 0:
         raise InputError(None, f"the linking distance must be positive, got {dist_mm}")
     if num_processes < 1:
         raise InputError(None, f"the number of processes must be at least 1, got {num_processes}")
-    jobs = [(case, ref, pred, float(dist_mm)) for case, ref, pred in pair_cases(ref_dir, pred_dir)]
+    jobs = [(case, ref, pred, float(dist_mm), resample) for case, ref, pred in pair_cases(ref_dir, pred_dir)]
     workers = min(num_processes, len(jobs))
     bar = dict(total=len(jobs), desc="evaluating", unit="case", disable=None)
     if workers == 1:
@@ -187,7 +212,11 @@ def evaluate_folders(
         if error is not None:
             raise InputError(*error)
     per_case = pd.DataFrame([row for row, _ in results], columns=CASE_COLUMNS)
-    return per_case, aggregate_metrics(per_case)
+    aggregate = aggregate_metrics(per_case)
+    resampled = [row["case"] for row, _ in results if row.get("resampled")]
+    if resampled:
+        aggregate["resampled_predictions"] = resampled
+    return per_case, aggregate
 
 
 def summary_dict(per_case: pd.DataFrame, aggregate: dict[str, Any], dist_mm: float) -> dict[str, Any]:

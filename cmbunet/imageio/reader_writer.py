@@ -39,17 +39,23 @@ class ImageProperties(TypedDict):
     shape: list[int]  # (X, Y, Z)
 
 
+def _fmt(values: Sequence[float], digits: int) -> str:
+    return "(" + ", ".join(f"{float(v):.{digits}f}".rstrip("0").rstrip(".") for v in values) + ")"
+
+
 def geometry_mismatch(a: ImageProperties, b: ImageProperties) -> str | None:
-    """Return a sentence describing how two geometries differ, or ``None`` when they agree within tolerance."""
+    """Return a sentence describing every way two geometries differ (shape, spacing, origin, direction), or
+    ``None`` when they agree within tolerance."""
     if list(a["shape"]) != list(b["shape"]):
         return f"shape {tuple(b['shape'])} differs from {tuple(a['shape'])}"
+    problems = []
     if not np.allclose(a["spacing"], b["spacing"], rtol=SPACING_RTOL, atol=0):
-        return f"spacing {tuple(np.round(b['spacing'], 5))} differs from {tuple(np.round(a['spacing'], 5))}"
+        problems.append(f"spacing {_fmt(b['spacing'], 5)} differs from {_fmt(a['spacing'], 5)}")
     if not np.allclose(a["origin"], b["origin"], rtol=0, atol=ORIGIN_ATOL_MM):
-        return f"origin {tuple(np.round(b['origin'], 4))} differs from {tuple(np.round(a['origin'], 4))}"
+        problems.append(f"origin {_fmt(b['origin'], 4)} differs from {_fmt(a['origin'], 4)}")
     if not np.allclose(a["direction"], b["direction"], rtol=0, atol=DIRECTION_ATOL):
-        return "direction cosines differ"
-    return None
+        problems.append("direction cosines differ")
+    return "; ".join(problems) or None
 
 
 def _nifti_expected_size(head: bytes) -> int | None:
