@@ -238,3 +238,76 @@ def test_evaluate_checks_the_whole_geometry(env, tmp_path, capsys):
     write(img, moved)
     run_and_check(capsys, evaluate_main, ["-ref", str(labels), "-pred", str(pred)], inputs=[labels],
                   outputs=[pred], expect=["synth_005.nii.gz", "origin"])
+
+
+# ---------------------------------------------------------------------------------------------------- 4. values
+@pytest.mark.parametrize("override, expect", [
+    ("inference.max_candidates=1e3", "inference.max_candidates = 1000.0: must be an integer >= 1"),
+    ("training.cpu.screening.batch_size=0", "training.cpu.screening.batch_size = 0: must be an integer >= 1"),
+    ("training.cpu.discrimination.epochs=0", "training.cpu.discrimination.epochs = 0: must be an integer >= 1"),
+    ("inference.screening_threshold=-0.2", "inference.screening_threshold = -0.2: must be a number >= 0 and <= 1"),
+    ("training.gpu.segmentation.optimizer=adamw", "training.gpu.segmentation.optimizer = \"adamw\": must be one of sgd, adam"),
+])
+def test_overrides_with_unusable_values_are_refused(env, tmp_path, capsys, override, expect):
+    from cmbunet.plan_and_preprocess import main as plan_main
+
+    pre = tmp_path / "pre"
+    run_and_check(capsys, plan_main, ["-d", BASE, "--raw-root", str(env["raw"]), "--preprocessed-root", str(pre),
+                                      "-np", "1", "--preset", "tiny", "--override", override],
+                  inputs=[env["ds"]], outputs=[tmp_path], expect=[f"overrides ['{override}']", expect])
+    assert not pre.exists()
+
+
+def _edited_plans(env, tmp_path, key: str, value) -> Path:
+    """A copy of the preprocessed dataset whose plans.json was edited by hand."""
+    pre = tmp_path / "pre"
+    shutil.copytree(env["pre"], pre)
+    plans_file = pre / BASE / "plans.json"
+    plans = json.loads(plans_file.read_text())
+    node = plans
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    plans_file.write_text(json.dumps(plans))
+    return pre
+
+
+@pytest.mark.parametrize("key, value, expect", [
+    ("training.cpu.screening.epochs", 0, "training.cpu.screening.epochs = 0: must be an integer >= 1"),
+    ("training.cpu.screening.batch_size", 0, "training.cpu.screening.batch_size = 0: must be an integer >= 1"),
+    ("training.cpu.screening.lr", "0.01", "training.cpu.screening.lr = \"0.01\": must be a number > 0"),
+])
+def test_train_refuses_hand_edited_plans_naming_key_and_file(env, tmp_path, capsys, key, value, expect):
+    from cmbunet.training.cli import main as train_main
+
+    pre = _edited_plans(env, tmp_path, key, value)
+    res = tmp_path / "res"
+    run_and_check(capsys, train_main, [BASE, "0", "-s", "screening", "-npp", "0", "--preprocessed-root", str(pre),
+                                       "--results-root", str(res)],
+                  inputs=[pre], outputs=[tmp_path], expect=[str(pre / BASE / "plans.json"), expect])
+    assert not res.exists()
+
+
+@pytest.mark.parametrize("settings, expect", [
+    ({"screening_threshold": "0.1"}, 'screening_threshold = "0.1": must be a number >= 0 and <= 1'),
+    ({"max_candidates": 1e3}, "max_candidates = 1000.0: must be an integer >= 1"),
+    ({"discrimination_aggregate": "median"}, 'discrimination_aggregate = "median": must be one of max, mean'),
+])
+def test_predict_refuses_bad_inference_settings_naming_key_and_file(env, tmp_path, capsys, settings, expect):
+    model = write_fake_model(tmp_path / "model", env["plans"])
+    (model / "inference_settings.json").write_text(json.dumps(settings))
+    out = tmp_path / "out"
+    run_and_check(capsys, predict_main, ["-i", str(env["ds"] / "imagesTs"), "-o", str(out), "-m", str(model)],
+                  inputs=[env["ds"], model], outputs=[tmp_path],
+                  expect=[str(model / "inference_settings.json"), expect])
+    assert not out.exists()
+
+
+def test_predict_refuses_bad_command_line_settings(env, tmp_path, capsys):
+    out = tmp_path / "out"
+    run_and_check(capsys, predict_main, ["-i", str(env["ds"] / "imagesTs"), "-o", str(out), "-m", str(env["model"]),
+                                         "--segmentation-threshold", "0", "--max-candidates", "0"],
+                  inputs=[env["ds"], env["model"]], outputs=[tmp_path],
+                  expect=["segmentation_threshold = 0.0: must be a number > 0 and <= 1",
+                          "max_candidates = 0: must be an integer >= 1"])

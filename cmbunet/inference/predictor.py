@@ -39,6 +39,7 @@ from cmbunet.inference.discrimination import autocast_context, discriminate_cand
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
 from cmbunet.inference.screening import screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
+from cmbunet.plans.validation import validate_settings
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
 from cmbunet.utilities.file_io import atomic_path, load_json, remove_stale_temp_files
@@ -69,7 +70,9 @@ def load_settings_file(model_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError(path, "must contain a JSON object of inference settings")
     raw = raw.get("inference", raw) if isinstance(raw.get("inference"), dict) else raw
-    return {k: v for k, v in raw.items() if k in SETTING_KEYS}
+    settings = {k: v for k, v in raw.items() if k in SETTING_KEYS}
+    validate_settings(settings, path)
+    return settings
 
 
 def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
@@ -81,7 +84,9 @@ def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
     unknown = sorted(set(overrides or {}) - set(SETTING_KEYS))
     if unknown:
         raise CMBUNetError(f"unknown inference setting(s) {unknown}; known: {', '.join(SETTING_KEYS)}")
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    validate_settings(given, "command-line inference settings")
+    settings.update(given)
     return settings
 
 
