@@ -101,7 +101,7 @@ def preprocess_training_case(case: str, images: list[Path], label: Path, plans: 
 
 def summary_of(properties: dict[str, Any]) -> dict[str, Any]:
     return {"case": properties["case"], "cmbs": len(properties["cmbs"]), "vanished": properties["vanished_cmbs"],
-            "shape": properties["shape_after_resampling"]}
+            "shape": properties["shape_after_resampling"], "outside": properties.get("cmbs_outside_nonzero_box", 0)}
 
 
 def _worker(job: tuple) -> dict[str, Any]:
@@ -141,7 +141,9 @@ def format_summary(name: str, out_dir: Path, plans: dict, done: list[dict], skip
         f"{plans['discrimination']['block_size']}, segmentation patch {plans['segmentation']['patch_size']}",
         f"  CMBs in the newly preprocessed cases: {cmbs}; too small for the target grid and kept as one voxel: "
         f"{vanished}",
-    ])
+    ] + [f"  warning: {s['case']}: {s['outside']} labelled CMB(s) lie outside the image's non-zero region; the crop "
+         "was enlarged to keep them (check the label and the skull stripping of this case)"
+         for s in done if s.get("outside")])
 
 
 @run_cli

@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from cmbunet.dataset.convert_valdo import main as convert_main
 from cmbunet.inference.cli import main as predict_main
 from cmbunet.synthetic.writer import write_dataset
 from cmbunet.utilities import file_io
-from test_bad_input import BASE, BIN, env, like, read, run_and_check, tree_state, write, write_fake_model  # noqa: F401
+from test_bad_input import BASE, BIN, bad_raw, env, like, read, run_and_check, tree_state, write, write_fake_model  # noqa: F401
 
 
 def hidden_files(folder: Path) -> list[str]:
@@ -311,3 +312,50 @@ def test_predict_refuses_bad_command_line_settings(env, tmp_path, capsys):
                   inputs=[env["ds"], env["model"]], outputs=[tmp_path],
                   expect=["segmentation_threshold = 0.0: must be a number > 0 and <= 1",
                           "max_candidates = 0: must be an integer >= 1"])
+
+
+# ---------------------------------------------------------------------------------------------------- 5. training data
+def test_cmb_labelled_outside_the_nonzero_box_is_kept_and_reported(bad_raw, tmp_path, capsys):
+    """A CMB labelled on background beyond the brain's bounding box is not cropped away: the case keeps all its
+    CMBs and the summary names the subject."""
+    from cmbunet.plan_and_preprocess import main as plan_main
+
+    label = bad_raw / "labelsTr" / "synth_000.nii.gz"
+    img = read(label)
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x)
+    pre_count = ndimage.label(arr > 0, structure=np.ones((3, 3, 3)))[1]
+    arr[1:3, 1:3, 1:3] = 1  # a corner far outside the skull-stripped brain
+    write(like(img, arr), label)
+    pre = tmp_path / "pre"
+    capsys.readouterr()
+    assert plan_main(["-d", "802", "--raw-root", str(bad_raw.parent), "--preprocessed-root", str(pre), "-np", "1",
+                      "--preset", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: synth_000: 1 labelled CMB(s) lie outside the image's non-zero region" in printed
+    props = json.loads((pre / "Dataset802_Bad" / "data" / "synth_000.json").read_text())
+    assert pre_count > 0 and len(props["cmbs"]) == pre_count + 1
+    assert props["crop_bbox"][0][0] <= 1 and props["cmbs_outside_nonzero_box"] == 1
+
+
+def test_corrupted_preprocessed_case_names_the_file(env, tmp_path, capsys):
+    """Not truncated but corrupted inside its compressed stream (zlib error): the file is named and the fix said."""
+    import struct
+    import zipfile
+
+    from cmbunet.training.cli import main as train_main
+
+    pre = tmp_path / "pre"
+    shutil.copytree(env["pre"], pre)
+    splits = json.loads((pre / BASE / "splits_final.json").read_text())
+    npz = pre / BASE / "data" / f"{splits[0]['train'][0]}.npz"
+    with zipfile.ZipFile(npz) as z:
+        head = z.getinfo("data.npy").header_offset
+    blob = bytearray(npz.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", blob[head + 26: head + 30])
+    start = head + 30 + name_len + extra_len
+    blob[start: start + 32] = b"\xff" * 32  # an invalid deflate block, same length
+    npz.write_bytes(bytes(blob))
+    run_and_check(capsys, train_main, [BASE, "0", "-s", "screening", "-npp", "0", "--preprocessed-root", str(pre),
+                                       "--results-root", str(tmp_path / "res")],
+                  inputs=[pre / BASE / "data"], outputs=[pre / BASE / "data"],
+                  expect=[str(npz), "corrupt compressed data", "re-run cmbunet_plan_and_preprocess with --clean"])
