@@ -359,3 +359,15 @@ def test_corrupted_preprocessed_case_names_the_file(env, tmp_path, capsys):
                                        "--results-root", str(tmp_path / "res")],
                   inputs=[pre / BASE / "data"], outputs=[pre / BASE / "data"],
                   expect=[str(npz), "corrupt compressed data", "re-run cmbunet_plan_and_preprocess with --clean"])
+
+
+# ---------------------------------------------------------------------------------------------------- 6. output folder
+@pytest.mark.parametrize("where", ["imagesTs", "predictions", ".", "pre"])
+def test_predict_refuses_an_output_folder_inside_a_dataset(env, tmp_path, capsys, where):
+    base = env["pre"] / BASE if where == "pre" else env["ds"]
+    out = base if where in (".", "pre") else base / where
+    kind = "preprocessed" if where == "pre" else "raw"
+    run_and_check(capsys, predict_main, ["-i", str(env["ds"] / "imagesTs"), "-o", str(out), "-m", str(env["model"])],
+                  inputs=[env["ds"], env["pre"], env["model"]], outputs=[env["ds"], env["pre"]],
+                  expect=[str(out), f"output folder lies inside the {kind} dataset {base.resolve()}"])
+    assert where in (".", "imagesTs", "pre") or not out.exists()
