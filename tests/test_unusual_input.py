@@ -371,3 +371,51 @@ def test_predict_refuses_an_output_folder_inside_a_dataset(env, tmp_path, capsys
                   inputs=[env["ds"], env["pre"], env["model"]], outputs=[env["ds"], env["pre"]],
                   expect=[str(out), f"output folder lies inside the {kind} dataset {base.resolve()}"])
     assert where in (".", "imagesTs", "pre") or not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 7. Ctrl-C
+def test_ctrl_c_in_training_says_that_only_continue_resumes(env, tmp_path, capsys, monkeypatch):
+    from cmbunet.training import loop
+    from cmbunet.training.cli import main as train_main
+
+    original = loop.save_checkpoint
+
+    def save_then_interrupt(path, ckpt):
+        original(path, ckpt)
+        if Path(path).name == "checkpoint_latest.pth":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    argv = [BASE, "0", "-s", "screening", "-npp", "0", "--seed", "1", "--preprocessed-root", str(env["pre"]),
+            "--results-root", str(tmp_path / "res")]
+    capsys.readouterr()
+    assert train_main(argv) == 130
+    err = capsys.readouterr().err
+    assert "run the same command with --c to continue" in err.lower()
+    assert "without --c every requested stage is trained again from scratch" in err
+    assert "a re-run continues where this one stopped" not in err
+    monkeypatch.setattr(loop, "save_checkpoint", original)
+    assert train_main(argv + ["--c"]) == 0  # what the message says works
+    latest = tmp_path / "res" / BASE / "cmbunet" / "fold_0" / "screening" / "checkpoint_final.pth"
+    assert latest.is_file()
+
+
+def test_ctrl_c_in_prediction_keeps_finished_cases_for_the_rerun(env, tmp_path, capsys, monkeypatch):
+    from cmbunet.inference import predictor
+
+    original, calls = predictor.write_case, []
+
+    def write_then_interrupt(result, outputs):
+        original(result, outputs)
+        calls.append(outputs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predictor, "write_case", write_then_interrupt)
+    argv = ["-i", str(env["ds"] / "imagesTs"), "-o", str(tmp_path / "out"), "-m", str(env["model"]), "-npp", "0"]
+    capsys.readouterr()
+    assert predict_main(argv) == 130
+    assert "a re-run continues where this one stopped" in capsys.readouterr().err
+    monkeypatch.setattr(predictor, "write_case", original)
+    assert predict_main(argv) == 0
+    status = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("case")["status"].to_dict()
+    assert status == {"synth_003": "skipped (done before)", "synth_004": "ok", "synth_005": "ok"}

@@ -98,7 +98,13 @@ def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str) -> Non
                                      f"{phash}; re-run cmbunet_plan_and_preprocess")
 
 
-@run_cli
+#: Ctrl-C: a plain re-run starts the interrupted stage from scratch; only --c continues from checkpoint_latest.pth.
+INTERRUPTED = ("interrupted; the checkpoints saved so far are kept. Run the same command with --c to continue where "
+               "training stopped (finished stages are skipped); without --c every requested stage is trained again "
+               "from scratch")
+
+
+@run_cli(interrupted=INTERRUPTED)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cmbunet.plans.plans_io import load_plans, plans_hash
