@@ -189,6 +189,7 @@ def test_convert_valdo_reads_nii_sessions_and_non_ascii_subjects(tmp_path, capsy
     raw = tmp_path / "raw"
     before = tree_state(valdo)
     assert convert_main(["-i", str(valdo), "-d", "6", "--raw-root", str(raw)]) == 0, capsys.readouterr().err
+    assert "ignored: synthetic_truth.json: not a sub-* subject folder" in capsys.readouterr().out
     assert tree_state(valdo) == before
     ds = raw / "Dataset006_VALDO"
     assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == sorted(
@@ -419,3 +420,48 @@ def test_ctrl_c_in_prediction_keeps_finished_cases_for_the_rerun(env, tmp_path, 
     assert predict_main(argv) == 0
     status = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("case")["status"].to_dict()
     assert status == {"synth_003": "skipped (done before)", "synth_004": "ok", "synth_005": "ok"}
+
+
+# ---------------------------------------------------------------------------------------------------- more unusual inputs
+def test_predict_on_a_folder_of_unusual_scans(env, tmp_path, capsys):
+    """One folder, many oddities: each is predicted or reported with a reason naming its file."""
+    src = env["ds"] / "imagesTs" / "synth_003_0000.nii.gz"
+    img = read(src)
+    arr = sitk.GetArrayFromImage(img)
+    inp = tmp_path / "input"
+    inp.mkdir()
+    sitk.WriteImage(sitk.JoinSeries([img]), str(inp / "t1_0000.nii.gz"))  # 4D with one time point: fine
+    sitk.WriteImage(sitk.JoinSeries([img, img]), str(inp / "t2_0000.nii.gz"))  # 4D with two: refused
+    sitk.WriteImage(img, str(inp / "nrrd_0000.nrrd"))  # other formats are read too
+    sitk.WriteImage(img, str(inp / "mha_0000.mha"))
+    sitk.WriteImage(sitk.RealAndImaginaryToComplex(img, img), str(inp / "complex_0000.nii.gz"))
+    (inp / "empty_0000.nii.gz").write_bytes(b"")
+    write(like(img, np.full(arr.shape, np.nan, np.float32)), inp / "nan_0000.nii.gz")
+    shutil.copy(src, inp / "UPPER_0000.NII.GZ")
+    os.symlink(src, inp / "linked_0000.nii.gz")
+    os.symlink(tmp_path / "nowhere_0000.nii.gz", inp / "broken_0000.nii.gz")
+    tiny = sitk.GetImageFromArray(np.random.default_rng(0).random((4, 4, 4), dtype=np.float32) + 1)
+    tiny.SetSpacing(img.GetSpacing())
+    sitk.WriteImage(tiny, str(inp / "tiny_0000.nii.gz"))  # smaller than every network block
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert predict_main(["-i", str(inp), "-o", str(out), "-m", str(env["model"]), "-npp", "0"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("case")  # a case named "nan"
+    status, error = summary["status"].to_dict(), summary["error"].fillna("").to_dict()
+    assert {c for c, s in status.items() if s == "ok"} == {"t1", "nrrd", "mha", "linked", "tiny"}
+    expected = {
+        "t2": ("failed", "t2_0000.nii.gz: is 4D"),
+        "complex": ("failed", "complex_0000.nii.gz: has complex-valued voxels"),
+        "empty": ("failed", "empty_0000.nii.gz: is an empty file (0 bytes)"),
+        "nan": ("failed", "nan_0000.nii.gz: image is entirely zero"),
+        "UPPER_0000.NII.GZ": ("ignored", "upper-case file ending"),
+        "broken_0000.nii.gz": ("ignored", "not a file (broken link?)"),
+    }
+    for case, (want_status, want_error) in expected.items():
+        assert status[case] == want_status and want_error in error[case], (case, status[case], error[case])
+    assert len(status) == 11
+    capsys.readouterr()
+    assert predict_main(["-i", str(inp), "-o", str(out), "-m", str(env["model"]), "-npp", "0"]) == 1  # re-run
+    again = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("case")["status"].to_dict()
+    assert again == {c: "skipped (done before)" if s == "ok" else s for c, s in status.items()}

@@ -98,6 +98,12 @@ def _single(files: list[Path] | None, what: str) -> Path | None:
     return files[0]
 
 
+def ignored_entries(valdo_dir: Path) -> list[tuple[str, str]]:
+    """(name, reason) for every entry of the VALDO folder that is not a subject folder, so none goes unmentioned."""
+    return [(p.name, "not a sub-* subject folder") for p in sorted(valdo_dir.iterdir())
+            if not (p.is_dir() and p.name.startswith("sub-"))]
+
+
 def find_subjects(valdo_dir: Path, out_dir: Path, modalities: Sequence[str]) -> list[SubjectJob]:
     """List the subjects to convert, checking every requested file exists before anything is written.
 
@@ -270,6 +276,7 @@ def convert_valdo(
         "nonfinite_replaced": sum(r["nonfinite_replaced"] for r in results),
         "labels_binarised": sum(r["label_voxels_changed"] > 0 for r in results),
         "cases": cases,
+        "ignored": ignored_entries(valdo_dir),
     }
 
 
@@ -282,6 +289,7 @@ def format_summary(report: dict[str, Any]) -> str:
         f"  NaN/inf voxels replaced by 0: {report['nonfinite_replaced']}",
         f"  labels binarised (values other than 0/1 found): {report['labels_binarised']}",
     ]
+    lines += [f"  ignored: {name}: {reason}" for name, reason in report.get("ignored", [])]
     for case, r in report["cases"].items():
         if r["nonfinite_replaced"]:
             lines.append(f"    {case}: {r['nonfinite_replaced']} NaN/inf voxel(s) set to 0")

@@ -143,6 +143,8 @@ class SimpleITKIO:
             raise InputError(path, "file does not exist")
         if not str(path).endswith(SUPPORTED_ENDINGS):
             raise InputError(path, f"unsupported file ending; expected one of {', '.join(SUPPORTED_ENDINGS)}")
+        if path.stat().st_size == 0:
+            raise InputError(path, "is an empty file (0 bytes)")
         try:
             img = sitk.ReadImage(str(path))
         except RuntimeError as e:  # corrupt gzip, truncated file, not an image
@@ -151,6 +153,9 @@ class SimpleITKIO:
         truncated = nifti_truncation_problem(path)
         if truncated:
             raise InputError(path, f"cannot be read as an image: {truncated}")
+        if "complex" in img.GetPixelIDTypeAsString():
+            raise InputError(path, f"has complex-valued voxels ({img.GetPixelIDTypeAsString()}); cmbunet needs a "
+                                   "real-valued magnitude image")
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar 3D image")
         if img.GetDimension() != 3:

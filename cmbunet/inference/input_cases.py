@@ -132,6 +132,8 @@ def _classify(path: Path, contrasts: Sequence[str], num_channels: int, file_endi
     if name.endswith(SUPPORTED_ENDINGS):
         return "ignored", (f"image without a 4-digit channel suffix; name it {strip_ending(name)}_0000{file_ending} "
                            "or use the VALDO naming sub-XXX_space-T2S_desc-masked_T2S.nii.gz")
+    if name.lower().endswith(SUPPORTED_ENDINGS):
+        return "ignored", f"upper-case file ending; rename it to end in lower case ({', '.join(SUPPORTED_ENDINGS)})"
     if name.endswith((".raw", ".zraw")) and path.with_name(name.rsplit(".", 1)[0] + ".mhd").is_file():
         return "ignored", "voxel data of the .mhd image beside it"
     return "ignored", f"not an input image (expected {', '.join(SUPPORTED_ENDINGS)} files)"

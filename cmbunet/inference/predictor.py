@@ -396,7 +396,10 @@ class CMBPredictor:
         clock = time.perf_counter()
         images, props = SimpleITKIO.read_images([Path(p) for p in image_paths])
         t_read = time.perf_counter() - clock
-        data, _, _, properties = preprocess_case(images, props, self.plans, case=case)
+        try:
+            data, _, _, properties = preprocess_case(images, props, self.plans, case=case)
+        except InputError as e:  # e.g. an all-zero scan: name the file, not only the case id
+            raise InputError(image_paths[0], e.problem) from None
         return data, properties, props, {"read": t_read, "preprocess": time.perf_counter() - clock - t_read}
 
     def predict_case(self, image_paths: Sequence[str | Path], case: str = "") -> dict[str, Any]:
@@ -426,7 +429,7 @@ class CMBPredictor:
                             num_parts, part_id)
         summary_path = output_dir / summary_name(num_parts, part_id)
         refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path)
-        previous = pd.read_csv(summary_path) if summary_path.is_file() else None
+        previous = pd.read_csv(summary_path, dtype={"case": str}, keep_default_na=False, na_values=[""]) if summary_path.is_file() else None
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
         for case in cases:

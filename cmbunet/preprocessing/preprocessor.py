@@ -200,7 +200,8 @@ def preprocess_case(
     images, n_nonfinite = replace_nonfinite(images)
     mask = nonzero_mask(images)
     if not mask.any():
-        raise InputError(where, "image is entirely zero (no brain voxels); is it empty or wrongly masked?")
+        nan = f" (its {n_nonfinite} NaN/inf voxels count as 0)" if n_nonfinite else ""
+        raise InputError(where, f"image is entirely zero{nan} (no brain voxels); is it empty or wrongly masked?")
     bbox = crop_to_mask(mask)
     outside = 0 if seg is None else cmbs_outside_box(np.asarray(seg) > 0, bbox)
     if outside:  # a labelled CMB beyond the non-zero box: grow the crop so that no label is cut away
