@@ -152,6 +152,8 @@ def test_predict_accounts_for_every_entry_of_the_input(env, tmp_path, capsys):
     shutil.copy(src / "synth_005_0000.nii.gz", inp / "scan.nii.gz")
     (inp / "notes.txt").write_text("scanner notes")
     (inp / "derivatives").mkdir()
+    shutil.copy(src / "synth_005_0000.nii.gz", inp / "extra_0000.nii.gz")
+    shutil.copy(src / "synth_005_0000.nii.gz", inp / "extra_0001.nii.gz")  # the model has one channel
     out = tmp_path / "out"
     before = tree_state(inp)
     capsys.readouterr()
@@ -160,13 +162,14 @@ def test_predict_accounts_for_every_entry_of_the_input(env, tmp_path, capsys):
     assert tree_state(inp) == before
     summary = pd.read_csv(out / "summary.csv").set_index("case")
     assert summary["status"].to_dict() == {
-        "dup": "failed", "plain": "ok", "sub-101_ses-2": "ok", "sub-Ünal": "ok",
-        "derivatives": "ignored", "notes.txt": "ignored", "scan.nii.gz": "ignored"}
+        "dup": "failed", "plain": "ok", "sub-101_ses-2": "ok", "sub-Ünal": "ok", "extra": "ok",
+        "derivatives": "ignored", "notes.txt": "ignored", "scan.nii.gz": "ignored", "extra_0001.nii.gz": "ignored"}
+    assert summary.loc["extra_0001.nii.gz", "error"] == "channel 0001 but the model has 1 channel(s)"
     assert "2 files for channel 0000 of dup" in summary.loc["dup", "error"]
     assert "4-digit channel suffix" in summary.loc["scan.nii.gz", "error"]
-    for name in ("derivatives", "notes.txt", "scan.nii.gz"):
+    for name in ("derivatives", "notes.txt", "scan.nii.gz", "extra_0001.nii.gz"):
         assert f"ignored: {name}: {summary.loc[name, 'error']}" in printed
-    assert "3 case(s) predicted, 0 skipped (already done), 1 failed, 3 input entries ignored" in printed
+    assert "4 case(s) predicted, 0 skipped (already done), 1 failed, 4 input entries ignored" in printed
     for stem, image in (("sub-101_ses-2_space-T2S_prediction", "synth_003"), ("sub-Ünal_space-T2S_prediction", "synth_004"),
                         ("plain", "synth_005")):
         assert sitk.ReadImage(str(out / f"{stem}.nii.gz")).GetSize() == read(src / f"{image}_0000.nii.gz").GetSize()

@@ -110,7 +110,7 @@ def _channel_case(case: str, chans: Mapping[int, Sequence[Path]], num_channels: 
     return InputCase(case, tuple(images), case)
 
 
-def _classify(path: Path, contrasts: Sequence[str], num_channels: int, file_ending: str) -> tuple[str, Any]:
+def _classify(path: Path, contrasts: Sequence[str], file_ending: str) -> tuple[str, Any]:
     """What one file of the input is: ``("valdo", (subject, contrast))``, ``("channel", (case, index))`` or
     ``("ignored", reason)``."""
     name = path.name
@@ -126,8 +126,6 @@ def _classify(path: Path, contrasts: Sequence[str], num_channels: int, file_endi
         return "ignored", "a reference label, not an input image"
     m = CHANNEL_RE.match(name)
     if m:
-        if int(m.group(2)) >= num_channels:
-            return "ignored", f"channel {m.group(2)} but the model has {num_channels} channel(s)"
         return "channel", (m.group(1), int(m.group(2)))
     if name.endswith(SUPPORTED_ENDINGS):
         return "ignored", (f"image without a 4-digit channel suffix; name it {strip_ending(name)}_0000{file_ending} "
@@ -148,7 +146,7 @@ def _scan_folder(folder: Path, contrasts: Sequence[str], file_ending: str) -> li
     ignored: list[InputCase] = []
 
     def take(path: Path, shown: str) -> bool:
-        kind, what = _classify(path, contrasts, len(contrasts), file_ending)
+        kind, what = _classify(path, contrasts, file_ending)
         if kind == "valdo":
             valdo.setdefault(what[0], {}).setdefault(what[1], []).append(path)
             where[what[0]] = path.parent
@@ -179,6 +177,10 @@ def _scan_folder(folder: Path, contrasts: Sequence[str], file_ending: str) -> li
             ignored.append(InputCase(entry.name, (), entry.name, ignored="not a file (broken link?)"))
     cases = [_valdo_case(s, valdo[s], contrasts, where[s]) for s in valdo]
     cases += [_channel_case(c, channels[c], len(contrasts), folder, file_ending) for c in channels]
+    ignored += [InputCase(p.name, (), p.name, ignored=f"channel {index:04d} but the model has {len(contrasts)} "
+                                                      "channel(s)")
+                for chans in channels.values() for index, paths in chans.items() if index >= len(contrasts)
+                for p in paths]
     seen: dict[str, int] = {}
     for c in cases:
         seen[c.case] = seen.get(c.case, 0) + 1
