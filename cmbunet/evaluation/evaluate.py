@@ -26,7 +26,7 @@ from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS, ImageProperties, geometry_mismatch
 from cmbunet.inference.input_cases import SUBJECT_PATTERN
-from cmbunet.utilities.file_io import atomic_path, save_json
+from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files, save_json
 
 VALDO_REFERENCE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")  # BIDS entities kept
 VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
@@ -238,6 +238,7 @@ def write_evaluation(
 ) -> dict[str, Path]:
     """Write ``metrics_per_case.csv`` and ``summary.json`` atomically into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
+    remove_stale_temp_files(out_dir)  # left by a killed run
     csv_path, json_path = out_dir / PER_CASE_CSV, out_dir / SUMMARY_JSON
     with atomic_path(csv_path, suffix=".csv") as tmp:
         per_case.to_csv(tmp, index=False, float_format="%.6g")
