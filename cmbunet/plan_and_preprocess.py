@@ -23,7 +23,7 @@ from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.preprocessing.preprocessor import case_files, preprocess_case, save_preprocessed_case
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from cmbunet.utilities.cli import run_cli
-from cmbunet.utilities.file_io import load_json, save_json
+from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 PLANS_FILE = "plans.json"
@@ -101,7 +101,7 @@ def preprocess_training_case(case: str, images: list[Path], label: Path, plans: 
 
 def summary_of(properties: dict[str, Any]) -> dict[str, Any]:
     return {"case": properties["case"], "cmbs": len(properties["cmbs"]), "vanished": properties["vanished_cmbs"],
-            "shape": properties["shape_after_resampling"]}
+            "shape": properties["shape_after_resampling"], "outside": properties.get("cmbs_outside_nonzero_box", 0)}
 
 
 def _worker(job: tuple) -> dict[str, Any]:
@@ -141,7 +141,9 @@ def format_summary(name: str, out_dir: Path, plans: dict, done: list[dict], skip
         f"{plans['discrimination']['block_size']}, segmentation patch {plans['segmentation']['patch_size']}",
         f"  CMBs in the newly preprocessed cases: {cmbs}; too small for the target grid and kept as one voxel: "
         f"{vanished}",
-    ])
+    ] + [f"  warning: {s['case']}: {s['outside']} labelled CMB(s) lie outside the image's non-zero region; the crop "
+         "was enlarged to keep them (check the label and the skull stripping of this case)"
+         for s in done if s.get("outside")])
 
 
 @run_cli
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     phash = plans_hash(plans)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / DATA_DIR):
+        remove_stale_temp_files(folder)  # left by a killed run
     save_fingerprint(fingerprint, fp_path)
     save_json(plans, out_dir / PLANS_FILE)
     save_json(dataset_json, out_dir / "dataset.json")

@@ -74,12 +74,21 @@ def first_run(valdo, results_root, tmp_path_factory) -> tuple[Path, int]:
     return out, code
 
 
+def predicted_rows(summary_csv: Path) -> pd.DataFrame:
+    """summary.csv without the rows of input entries that are not images (listed as ``ignored``)."""
+    summary = pd.read_csv(summary_csv)
+    return summary[summary["status"] != "ignored"].reset_index(drop=True)
+
+
 def test_end_to_end_outputs(valdo, first_run):
     out, code = first_run
     assert code == 0
     subjects = ["sub-101", "sub-102", "sub-103"]
     summary = pd.read_csv(out / "summary.csv")
     assert SUMMARY_COLUMNS <= set(summary.columns)
+    # every entry of the input is accounted for: the ground-truth file beside the subjects is listed as ignored
+    assert summary.loc[summary["status"] == "ignored", "case"].tolist() == ["synthetic_truth.json"]
+    summary = summary[summary["status"] != "ignored"]
     assert summary["case"].tolist() == subjects and (summary["status"] == "ok").all()
     assert (summary["seconds_screening"] > 0).all() and (summary["num_candidates"] <= 4).all()
     for sub in subjects:
@@ -117,7 +126,7 @@ def test_rerun_skips_finished_cases_and_overwrite_redoes_them(valdo, results_roo
     before = target.stat().st_mtime_ns
     assert main(["-i", str(valdo), "-o", str(out), "-d", "1", "--results-root", str(results_root),
                  "--save_probabilities"]) == 0
-    summary = pd.read_csv(out / "summary.csv")
+    summary = predicted_rows(out / "summary.csv")
     assert summary["status"].str.startswith("skipped").all() and target.stat().st_mtime_ns == before
     assert summary["num_cmbs"].notna().all() and summary["seconds_total"].notna().all()  # earlier results kept
     (out / "sub-103_cmbs.csv").unlink()  # an unfinished case is redone
@@ -137,7 +146,7 @@ def test_sharding_predicts_each_case_exactly_once(valdo, results_root, tmp_path)
         code = main(["-i", str(valdo), "-o", str(tmp_path), "-d", "1", "--results-root", str(results_root),
                      "-num_parts", "2", "-part_id", str(part), "-npp", "0"])
         assert code == 0
-        summary = pd.read_csv(tmp_path / f"summary_part{part}of2.csv")
+        summary = predicted_rows(tmp_path / f"summary_part{part}of2.csv")
         assert (summary["status"] == "ok").all()
         seen += summary["case"].tolist()
     assert sorted(seen) == ["sub-101", "sub-102", "sub-103"]
@@ -158,7 +167,7 @@ def test_broken_cases_are_reported_and_others_succeed(valdo, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["-i", str(tree), "-o", str(out), "-m", str(model)])
     assert code == 1
-    summary = pd.read_csv(out / "summary.csv").set_index("case")
+    summary = predicted_rows(out / "summary.csv").set_index("case")
     assert summary["status"].to_dict() == {"sub-101": "ok", "sub-102": "failed", "sub-103": "failed", "sub-104": "failed"}
     assert "sub-102_space-T2S_desc-masked_T1.nii.gz" in summary.loc["sub-102", "error"]
     assert "sub-103_space-T2S_desc-masked_T1.nii.gz" in summary.loc["sub-103", "error"]

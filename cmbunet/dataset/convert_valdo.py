@@ -5,6 +5,9 @@ Input (never modified)::
     VALDO_DIR/sub-XXX/sub-XXX_space-T2S_desc-masked_{T1,T2,T2S}.nii.gz
     VALDO_DIR/sub-XXX/sub-XXX_space-T2S_CMB.nii.gz          (absent for test subjects)
 
+``.nii`` files are read as well as ``.nii.gz``, and BIDS entities are kept: ``sub-XXX/ses-1/anat/sub-XXX_ses-1_
+space-T2S_desc-masked_T2S.nii`` becomes case ``sub-XXX_ses-1``.
+
 Output: ``RAW/DatasetIDD_NAME`` with ``imagesTr``/``labelsTr`` (subjects with a label) and ``imagesTs``
 (subjects without one), channels in the order asked for, case id ``sub-XXX``. NaN/inf voxels become 0 (VALDO
 images are skull-masked, so 0 is the background value) and labels are binarised with
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +29,11 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
+from cmbunet.inference.input_cases import SUBJECT_PATTERN
 from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label, count_nonfinite, verify_dataset_integrity
 from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
 from cmbunet.utilities.cli import run_cli
-from cmbunet.utilities.file_io import load_json, save_json
+from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 VALDO_MODALITIES = ("T2S", "T1", "T2")
 FILE_ENDING = ".nii.gz"
@@ -69,8 +74,42 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
+#: VALDO image and label files of one subject, BIDS entities (``_ses-1``) and ``.nii`` allowed; the case id is
+#: the subject with its entities, so two sessions of one subject stay two cases.
+VALDO_FILE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_(?:desc-masked_([A-Za-z0-9]+)|(CMB))\.nii(?:\.gz)?$")
+
+
+def _subject_files(folder: Path) -> dict[str, dict[str, list[Path]]]:
+    """case id -> {modality or "CMB": [files]} for every VALDO file below one subject folder (``ses-*/anat`` too)."""
+    found: dict[str, dict[str, list[Path]]] = {}
+    for path in sorted(folder.rglob("*")):
+        m = VALDO_FILE_RE.match(path.name)
+        if m and path.is_file():
+            found.setdefault(m.group(1), {}).setdefault(m.group(2) or "CMB", []).append(path)
+    return found
+
+
+def _single(files: list[Path] | None, what: str) -> Path | None:
+    """The one file of a modality; ``a.nii`` next to ``a.nii.gz`` is ambiguous and refused."""
+    if not files:
+        return None
+    if len(files) > 1:
+        raise InputError(files[1], f"second file for {what} (first: {files[0]}); keep one")
+    return files[0]
+
+
+def ignored_entries(valdo_dir: Path) -> list[tuple[str, str]]:
+    """(name, reason) for every entry of the VALDO folder that is not a subject folder, so none goes unmentioned."""
+    return [(p.name, "not a sub-* subject folder") for p in sorted(valdo_dir.iterdir())
+            if not (p.is_dir() and p.name.startswith("sub-"))]
+
+
 def find_subjects(valdo_dir: Path, out_dir: Path, modalities: Sequence[str]) -> list[SubjectJob]:
-    """List the subjects to convert, checking every requested file exists before anything is written."""
+    """List the subjects to convert, checking every requested file exists before anything is written.
+
+    A subject folder may hold its files directly or in BIDS ``ses-*/anat`` folders, as ``.nii.gz`` or ``.nii``;
+    each subject-with-entities (``sub-101_ses-1``) becomes one case.
+    """
     if not valdo_dir.is_dir():
         raise InputError(valdo_dir, "VALDO input folder does not exist")
     subjects = sorted(p for p in valdo_dir.iterdir() if p.is_dir() and p.name.startswith("sub-"))
@@ -78,20 +117,29 @@ def find_subjects(valdo_dir: Path, out_dir: Path, modalities: Sequence[str]) -> 
         raise InputError(valdo_dir, "contains no sub-* subject folders; expected the VALDO task-2 layout sub-XXX/sub-XXX_space-T2S_...")
     jobs: list[SubjectJob] = []
     missing: list[Path] = []
+    origin: dict[str, Path] = {}
     for sub in subjects:
-        case = sub.name
-        images = tuple(sub / valdo_image_name(case, m) for m in modalities)
-        missing += [p for p in images if not p.is_file()]
-        label = sub / valdo_label_name(case)
-        has_label = label.is_file()
-        img_dir = out_dir / ("imagesTr" if has_label else "imagesTs")
-        jobs.append(SubjectJob(
-            case=case,
-            images=images,
-            label=label if has_label else None,
-            out_images=tuple(img_dir / f"{case}_{c:04d}{FILE_ENDING}" for c in range(len(modalities))),
-            out_label=out_dir / "labelsTr" / f"{case}{FILE_ENDING}" if has_label else None,
-        ))
+        groups = _subject_files(sub) or {sub.name: {}}
+        for case, files in sorted(groups.items()):
+            if case in origin:
+                raise InputError(sub, f"case {case} is also found in {origin[case]}; keep one")
+            origin[case] = sub
+            images = []
+            for m in modalities:
+                path = _single(files.get(m), f"{m} of {case}")
+                if path is None:
+                    folder = files[next(iter(files))][0].parent if files else sub
+                    missing.append(folder / valdo_image_name(case, m))
+                images.append(path)
+            label = _single(files.get("CMB"), f"the label of {case}")
+            img_dir = out_dir / ("imagesTr" if label else "imagesTs")
+            jobs.append(SubjectJob(
+                case=case,
+                images=tuple(images),
+                label=label,
+                out_images=tuple(img_dir / f"{case}_{c:04d}{FILE_ENDING}" for c in range(len(modalities))),
+                out_label=out_dir / "labelsTr" / f"{case}{FILE_ENDING}" if label else None,
+            ))
     if missing:
         more = f" (and {len(missing) - 1} more missing file(s))" if len(missing) > 1 else ""
         raise InputError(missing[0], f"requested modality file is missing{more}")
@@ -203,6 +251,8 @@ def convert_valdo(
         raise InputError(None, f"modalities must be distinct names among {', '.join(VALDO_MODALITIES)}; got {list(modalities)}")
     jobs = find_subjects(valdo_dir, out_dir, modalities)
     _check_output_folder(valdo_dir, out_dir, jobs, modalities, overwrite)
+    for folder in (out_dir, out_dir / "imagesTr", out_dir / "labelsTr", out_dir / "imagesTs"):
+        remove_stale_temp_files(folder)  # left by a killed run
     args = [(job, overwrite) for job in jobs]
     bar = dict(total=len(jobs), desc="converting VALDO", unit="case", disable=None)
     if num_processes > 1 and len(jobs) > 1:
@@ -226,6 +276,7 @@ def convert_valdo(
         "nonfinite_replaced": sum(r["nonfinite_replaced"] for r in results),
         "labels_binarised": sum(r["label_voxels_changed"] > 0 for r in results),
         "cases": cases,
+        "ignored": ignored_entries(valdo_dir),
     }
 
 
@@ -238,6 +289,7 @@ def format_summary(report: dict[str, Any]) -> str:
         f"  NaN/inf voxels replaced by 0: {report['nonfinite_replaced']}",
         f"  labels binarised (values other than 0/1 found): {report['labels_binarised']}",
     ]
+    lines += [f"  ignored: {name}: {reason}" for name, reason in report.get("ignored", [])]
     for case, r in report["cases"].items():
         if r["nonfinite_replaced"]:
             lines.append(f"    {case}: {r['nonfinite_replaced']} NaN/inf voxel(s) set to 0")

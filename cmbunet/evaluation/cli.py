@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "centre of a reference CMB (default: %(default)s, as in the VALDO challenge report)")
     p.add_argument("-o", dest="out_dir", type=Path, default=None,
                    help="output folder (default: PRED/evaluation)")
+    p.add_argument("--resample", action="store_true",
+                   help="resample a prediction whose grid (shape, spacing, origin, direction) differs from its "
+                        "reference onto the reference grid (nearest neighbour); without it such a prediction is refused")
     p.add_argument("-np", dest="num_processes", type=int, default=1,
                    help="number of processes reading and scoring cases in parallel (default: %(default)s)")
     return p
@@ -75,7 +78,8 @@ def format_aggregate(agg: dict[str, Any], dist_mm: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out_dir = args.out_dir if args.out_dir is not None else args.pred / "evaluation"
-    per_case, agg = evaluate_folders(args.ref, args.pred, dist_mm=args.dist, num_processes=args.num_processes)
+    per_case, agg = evaluate_folders(args.ref, args.pred, dist_mm=args.dist, num_processes=args.num_processes,
+                                     resample=args.resample)
     written = write_evaluation(per_case, agg, out_dir, dist_mm=args.dist)
     print(format_per_case(per_case))
     print()
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if agg["num_missing_predictions"]:
         missing = ", ".join(per_case.loc[per_case["missing"], "case"])
         print(f"\nwarning: no prediction for {missing}; scored as empty predictions")
+    if agg.get("resampled_predictions"):
+        print(f"\nnote: resampled onto the reference grid: {', '.join(agg['resampled_predictions'])}")
     print(f"\nwrote {written['per_case_csv']}\nwrote {written['summary_json']}")
     return 0
 

@@ -18,15 +18,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 from tqdm import tqdm
 
 from cmbunet.errors import InputError
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
-from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
-from cmbunet.utilities.file_io import atomic_path, save_json
+from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS, ImageProperties, geometry_mismatch
+from cmbunet.inference.input_cases import SUBJECT_PATTERN
+from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files, save_json
 
-VALDO_REFERENCE_RE = re.compile(r"^(sub-[A-Za-z0-9]+)_space-T2S_CMB\.nii(?:\.gz)?$")
+VALDO_REFERENCE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")  # BIDS entities kept
 VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
 
 #: Per-case columns, in the order of the CSV and of the printed table.
@@ -52,7 +54,7 @@ def find_reference_cases(ref_dir: str | Path) -> dict[str, Path]:
         raise InputError(ref_dir, "reference folder does not exist" if not ref_dir.exists() else "reference must be a folder")
     if (ref_dir / "labelsTr").is_dir():
         ref_dir = ref_dir / "labelsTr"
-    valdo = sorted(list(ref_dir.glob("sub-*_space-T2S_CMB.nii*")) + list(ref_dir.glob("sub-*/sub-*_space-T2S_CMB.nii*")))
+    valdo = sorted(list(ref_dir.glob("sub-*_space-T2S_CMB.nii*")) + list(ref_dir.glob("sub-*/**/sub-*_space-T2S_CMB.nii*")))
     found: dict[str, Path] = {}
     for path in valdo:
         m = VALDO_REFERENCE_RE.match(path.name)
@@ -104,23 +106,43 @@ def pair_cases(ref_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, Pat
     return pairs
 
 
-def evaluate_case(case: str, ref_path: Path, pred_path: Path | None, dist_mm: float = DEFAULT_DIST_MM) -> dict[str, Any]:
-    """One row of the per-case table; a missing prediction is scored as an empty one."""
+def resample_to_reference(pred_path: Path, ref_props: ImageProperties) -> np.ndarray:
+    """The prediction resampled (nearest neighbour, in world coordinates) onto the reference grid; voxels of the
+    reference grid outside the prediction's extent are 0."""
+    reference = SimpleITKIO.to_sitk(np.zeros(ref_props["shape"], dtype=np.uint8), ref_props)
+    moved = sitk.Resample(sitk.ReadImage(str(pred_path)), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    return sitk.GetArrayFromImage(moved).transpose(2, 1, 0)
+
+
+def evaluate_case(case: str, ref_path: Path, pred_path: Path | None, dist_mm: float = DEFAULT_DIST_MM,
+                  resample: bool = False) -> dict[str, Any]:
+    """One row of the per-case table; a missing prediction is scored as an empty one.
+
+    The voxel arrays are compared only when both files share one grid (shape, spacing, origin and direction):
+    a prediction of another orientation or origin would otherwise be scored voxel by voxel against the wrong
+    anatomy. Such a prediction is refused, or with ``resample`` resampled onto the reference grid.
+    """
     reference, props = SimpleITKIO.read_seg(ref_path)
+    resampled = False
     if pred_path is None:
         prediction = np.zeros(reference.shape, dtype=np.float32)
     else:
         prediction, pred_props = SimpleITKIO.read_seg(pred_path)
-        if prediction.shape != reference.shape:
-            raise InputError(pred_path, f"shape {prediction.shape} differs from the reference {ref_path} "
-                                        f"with shape {reference.shape}")
+        problem = geometry_mismatch(props, pred_props)
+        if problem and not resample:
+            raise InputError(pred_path, f"geometry differs from the reference {ref_path}: {problem}; write the "
+                                        "prediction on the reference grid, or pass --resample to resample it "
+                                        "onto that grid (nearest neighbour)")
+        if problem:
+            prediction, resampled = resample_to_reference(pred_path, props), True
     metrics = case_metrics(reference, prediction, tuple(props["spacing"]), dist_mm)
     row: dict[str, Any] = {"case": case, **{k: metrics[k] for k in METRIC_COLUMNS}}
-    row.update(missing=pred_path is None, reference=str(ref_path), prediction="" if pred_path is None else str(pred_path))
+    row.update(missing=pred_path is None, reference=str(ref_path), prediction="" if pred_path is None else str(pred_path),
+               resampled=resampled)
     return row
 
 
-def _evaluate_case_job(args: tuple[str, Path, Path | None, float]) -> tuple[dict | None, tuple[str | None, str] | None]:
+def _evaluate_case_job(args: tuple) -> tuple[dict | None, tuple[str | None, str] | None]:
     """Worker wrapper: return the error as data, because InputError does not survive pickling."""
     try:
         return evaluate_case(*args), None
@@ -167,14 +189,18 @@ def aggregate_metrics(per_case: pd.DataFrame) -> dict[str, Any]:
 
 
 def evaluate_folders(
-    ref_dir: str | Path, pred_dir: str | Path, dist_mm: float = DEFAULT_DIST_MM, num_processes: int = 1
+    ref_dir: str | Path, pred_dir: str | Path, dist_mm: float = DEFAULT_DIST_MM, num_processes: int = 1,
+    resample: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Score every reference case; returns the per-case table (one row per case) and the aggregates."""
+    """Score every reference case; returns the per-case table (one row per case) and the aggregates.
+
+    With ``resample``, predictions on another grid than their reference are resampled onto it (else refused);
+    the aggregates then list them under ``resampled_predictions``."""
     if dist_mm <= 0:
         raise InputError(None, f"the linking distance must be positive, got {dist_mm}")
     if num_processes < 1:
         raise InputError(None, f"the number of processes must be at least 1, got {num_processes}")
-    jobs = [(case, ref, pred, float(dist_mm)) for case, ref, pred in pair_cases(ref_dir, pred_dir)]
+    jobs = [(case, ref, pred, float(dist_mm), resample) for case, ref, pred in pair_cases(ref_dir, pred_dir)]
     workers = min(num_processes, len(jobs))
     bar = dict(total=len(jobs), desc="evaluating", unit="case", disable=None)
     if workers == 1:
@@ -186,7 +212,11 @@ def evaluate_folders(
         if error is not None:
             raise InputError(*error)
     per_case = pd.DataFrame([row for row, _ in results], columns=CASE_COLUMNS)
-    return per_case, aggregate_metrics(per_case)
+    aggregate = aggregate_metrics(per_case)
+    resampled = [row["case"] for row, _ in results if row.get("resampled")]
+    if resampled:
+        aggregate["resampled_predictions"] = resampled
+    return per_case, aggregate
 
 
 def summary_dict(per_case: pd.DataFrame, aggregate: dict[str, Any], dist_mm: float) -> dict[str, Any]:
@@ -208,6 +238,7 @@ def write_evaluation(
 ) -> dict[str, Path]:
     """Write ``metrics_per_case.csv`` and ``summary.json`` atomically into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
+    remove_stale_temp_files(out_dir)  # left by a killed run
     csv_path, json_path = out_dir / PER_CASE_CSV, out_dir / SUMMARY_JSON
     with atomic_path(csv_path, suffix=".csv") as tmp:
         per_case.to_csv(tmp, index=False, float_format="%.6g")

@@ -55,7 +55,7 @@ def load_components(validation_dir: str | Path) -> pd.DataFrame:
     path = Path(validation_dir) / COMPONENTS_CSV
     if not path.is_file():
         raise InputError(path, "missing; run the validation (cmbunet_evaluate_cv --predict-missing) first")
-    return pd.read_csv(path, dtype={"case": str})
+    return pd.read_csv(path, dtype={"case": str}, keep_default_na=False, na_values=[""])
 
 
 # ------------------------------------------------------------------------------------------------ counting
@@ -159,7 +159,7 @@ def fold_inputs(validation_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame,
     per_case_path = validation_dir / PER_CASE_CSV
     if not per_case_path.is_file():
         raise InputError(per_case_path, "missing; the fold's validation has not been evaluated")
-    per_case = pd.read_csv(per_case_path, dtype={"case": str})
+    per_case = pd.read_csv(per_case_path, dtype={"case": str}, keep_default_na=False, na_values=[""])
     components = load_components(validation_dir)
     references = components[components["kind"] == "ref"].reset_index(drop=True)
     candidates = load_candidates(validation_dir)

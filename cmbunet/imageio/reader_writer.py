@@ -39,17 +39,23 @@ class ImageProperties(TypedDict):
     shape: list[int]  # (X, Y, Z)
 
 
+def _fmt(values: Sequence[float], digits: int) -> str:
+    return "(" + ", ".join(f"{float(v):.{digits}f}".rstrip("0").rstrip(".") for v in values) + ")"
+
+
 def geometry_mismatch(a: ImageProperties, b: ImageProperties) -> str | None:
-    """Return a sentence describing how two geometries differ, or ``None`` when they agree within tolerance."""
+    """Return a sentence describing every way two geometries differ (shape, spacing, origin, direction), or
+    ``None`` when they agree within tolerance."""
     if list(a["shape"]) != list(b["shape"]):
         return f"shape {tuple(b['shape'])} differs from {tuple(a['shape'])}"
+    problems = []
     if not np.allclose(a["spacing"], b["spacing"], rtol=SPACING_RTOL, atol=0):
-        return f"spacing {tuple(np.round(b['spacing'], 5))} differs from {tuple(np.round(a['spacing'], 5))}"
+        problems.append(f"spacing {_fmt(b['spacing'], 5)} differs from {_fmt(a['spacing'], 5)}")
     if not np.allclose(a["origin"], b["origin"], rtol=0, atol=ORIGIN_ATOL_MM):
-        return f"origin {tuple(np.round(b['origin'], 4))} differs from {tuple(np.round(a['origin'], 4))}"
+        problems.append(f"origin {_fmt(b['origin'], 4)} differs from {_fmt(a['origin'], 4)}")
     if not np.allclose(a["direction"], b["direction"], rtol=0, atol=DIRECTION_ATOL):
-        return "direction cosines differ"
-    return None
+        problems.append("direction cosines differ")
+    return "; ".join(problems) or None
 
 
 def _nifti_expected_size(head: bytes) -> int | None:
@@ -103,6 +109,30 @@ def nifti_truncation_problem(path: str | Path) -> str | None:
     return None
 
 
+def written_image_problem(path: str | Path) -> str | None:
+    """Why a just-written image file is unusable, or None: SimpleITK's NIfTI writer reports neither a full disk
+    nor a file size limit, so the header must parse and the file must hold every voxel it announces; other
+    formats must at least have a readable header."""
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as f:
+                head = f.read(540)
+        except (EOFError, OSError, zlib.error) as e:
+            return f"has an unreadable header ({e})"
+        if _nifti_expected_size(head) is None:
+            return "has no valid NIfTI header"
+        return nifti_truncation_problem(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return "has no readable image header"
+    return None
+
+
 class SimpleITKIO:
     """Read and write 3D medical images (NIfTI, NRRD, MHA) with SimpleITK, keeping exact geometry."""
 
@@ -113,6 +143,8 @@ class SimpleITKIO:
             raise InputError(path, "file does not exist")
         if not str(path).endswith(SUPPORTED_ENDINGS):
             raise InputError(path, f"unsupported file ending; expected one of {', '.join(SUPPORTED_ENDINGS)}")
+        if path.stat().st_size == 0:
+            raise InputError(path, "is an empty file (0 bytes)")
         try:
             img = sitk.ReadImage(str(path))
         except RuntimeError as e:  # corrupt gzip, truncated file, not an image
@@ -121,6 +153,9 @@ class SimpleITKIO:
         truncated = nifti_truncation_problem(path)
         if truncated:
             raise InputError(path, f"cannot be read as an image: {truncated}")
+        if "complex" in img.GetPixelIDTypeAsString():
+            raise InputError(path, f"has complex-valued voxels ({img.GetPixelIDTypeAsString()}); cmbunet needs a "
+                                   "real-valued magnitude image")
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar 3D image")
         if img.GetDimension() != 3:
@@ -180,8 +215,12 @@ class SimpleITKIO:
         path = Path(path)
         img = cls.to_sitk(array, props)
         suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
-        with atomic_path(path, suffix=suffix) as tmp:
-            sitk.WriteImage(img, str(tmp), useCompression=compress)
+        with atomic_path(path, suffix=suffix, verify=written_image_problem) as tmp:
+            try:
+                sitk.WriteImage(img, str(tmp), useCompression=compress)
+            except RuntimeError as e:  # e.g. the NRRD writer on a full disk
+                last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
+                raise InputError(path, f"could not be written ({last}); nothing was replaced") from None
 
     write_seg = write
     write_image = write

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cmbunet.errors import CMBUNetError
+from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.paths import get_root, resolve_dataset_name, results_dataset_dir
 from cmbunet.utilities.cli import run_cli
 
@@ -70,6 +70,31 @@ def model_folder(args: argparse.Namespace) -> Path:
     return results_dataset_dir(name, root) / "cmbunet"
 
 
+def dataset_folder_around(path: Path) -> tuple[Path, str] | None:
+    """The raw or preprocessed dataset folder that ``path`` lies in (or is), with its kind, or None.
+
+    A raw dataset holds ``dataset.json`` beside ``imagesTr``/``labelsTr``/``imagesTs``; a preprocessed one
+    ``dataset.json`` beside ``plans.json`` and ``data/``. Predictions written there would mix with the data
+    that the integrity check, planning and training read."""
+    for folder in (path.resolve(), *path.resolve().parents):
+        if not (folder / "dataset.json").is_file():
+            continue
+        if any((folder / sub).is_dir() for sub in ("imagesTr", "labelsTr", "imagesTs")):
+            return folder, "raw"
+        if (folder / "plans.json").is_file() and (folder / "data").is_dir():
+            return folder, "preprocessed"
+    return None
+
+
+def refuse_dataset_output(output: Path) -> None:
+    """Stop before anything is written when ``-o`` points into a raw or preprocessed dataset folder."""
+    found = dataset_folder_around(output)
+    if found:
+        folder, kind = found
+        raise InputError(output, f"output folder lies inside the {kind} dataset {folder}; datasets are never "
+                                 "modified, choose an output folder outside it")
+
+
 def settings_overrides(args: argparse.Namespace) -> dict:
     return {"screening_threshold": args.screening_threshold, "discrimination_threshold": args.discrimination_threshold,
             "segmentation_threshold": args.segmentation_threshold, "max_candidates": args.max_candidates,
@@ -105,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.npp < 0:
         raise CMBUNetError("--batch-size must be >= 1 and -npp >= 0")
+    refuse_dataset_output(Path(args.output))
     from cmbunet.inference.predictor import CMBPredictor
 
     if args.cpu_bf16 and args.device == "cpu" and cpu_has_bf16() is False:
@@ -120,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
                                        num_workers=args.npp, file_ending=dataset_file_ending(model_dir))
     failed = summary[summary["status"] == "failed"]
+    ignored = summary[summary["status"] == "ignored"]
     done = int((summary["status"] == "ok").sum())
     skipped = int(summary["status"].str.startswith("skipped").sum())
-    print(f"{done} case(s) predicted, {skipped} skipped (already done), {len(failed)} failed; outputs in {args.output}")
+    print(f"{done} case(s) predicted, {skipped} skipped (already done), {len(failed)} failed, {len(ignored)} input "
+          f"entr{'y' if len(ignored) == 1 else 'ies'} ignored; outputs in {args.output}")
     for _, row in failed.iterrows():
         print(f"  failed: {row['case']}: {row['error']}")
+    for _, row in ignored.iterrows():
+        print(f"  ignored: {row['case']}: {row['error']}")
     return 1 if len(failed) else 0
 
 

@@ -4,41 +4,53 @@ Three layouts are understood, so that the same command runs on the VALDO test re
 ``imagesTs`` folder and on a single scan:
 
 * a VALDO tree: ``sub-XXX/sub-XXX_space-T2S_desc-masked_{T2S,T1,T2}.nii.gz`` (the subject folders may also be
-  flattened into INPUT); the prediction is named ``sub-XXX_space-T2S_prediction.nii.gz`` as VALDO requires;
+  flattened into INPUT, or hold BIDS ``ses-*/anat`` folders); the prediction is named
+  ``sub-XXX_space-T2S_prediction.nii.gz`` as VALDO requires, BIDS entities kept (``sub-XXX_ses-1_space-T2S_...``);
 * a folder of ``CASE_0000.nii.gz`` files (one per channel, 4-digit channel suffix);
 * one image file (a VALDO T2S file, a ``CASE_0000`` file or, for one-channel models, any image).
 
-A case whose channels are incomplete is returned with an ``error`` instead of being dropped, so the caller
-can report it next to the cases that did run.
+A case whose channels are incomplete is returned with an ``error`` instead of being dropped, and every other
+entry of the input folder can be returned with the reason it is not predicted, so the caller accounts for
+every entry next to the cases that did run.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from cmbunet.errors import InputError
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
 
-VALDO_IMAGE_RE = re.compile(r"^(sub-[A-Za-z0-9]+)_space-T2S_desc-masked_([A-Za-z0-9]+)\.nii(?:\.gz)?$")
+#: A subject id with its BIDS entities (``sub-101``, ``sub-101_ses-2_acq-3D_run-1``); any characters but ``_`` and
+#: ``/`` in the labels, so non-ASCII ids that the converter accepts are found here too.
+SUBJECT_PATTERN = r"sub-[^_/]+(?:_[A-Za-z0-9]+-[^_/]+)*?"
+VALDO_IMAGE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_desc-masked_([A-Za-z0-9]+)\.nii(?:\.gz)?$")
+VALDO_LABEL_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")
 VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
+CHANNEL_RE = re.compile(r"^(.+)_(\d{4})(" + "|".join(re.escape(e) for e in SUPPORTED_ENDINGS) + ")$")
 
 
 @dataclass(frozen=True)
 class InputCase:
-    """One case to predict: its identifier, its channel files in model order, and the output file stem."""
+    """One case to predict: its identifier, its channel files in model order, and the output file stem.
+
+    An entry of the input that is not predicted is an ``InputCase`` too, named after the entry, with either an
+    ``error`` (a case that cannot run, e.g. a missing channel) or an ``ignored`` reason (not an input image),
+    so that the caller lists every entry of the input folder.
+    """
 
     case: str
     images: tuple[Path, ...] = field(default_factory=tuple)
     output_stem: str = ""
     error: str | None = None
+    ignored: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and self.ignored is None
 
 
 def valdo_contrast(channel_name: str) -> str:
@@ -60,72 +72,138 @@ def strip_ending(name: str, endings: Sequence[str] = SUPPORTED_ENDINGS) -> str:
     return name
 
 
-def _valdo_case(subject: str, files: Mapping[str, Path], contrasts: Sequence[str], folder: Path) -> InputCase:
-    """Assemble one VALDO subject, naming the missing contrast files when there are any."""
+def _one_file(files: Sequence[Path], what: str) -> tuple[Path | None, str | None]:
+    """The single file of a channel, or an error naming the duplicates (``a.nii`` next to ``a.nii.gz``)."""
+    if len(files) == 1:
+        return files[0], None
+    return None, f"{len(files)} files for {what}: {', '.join(str(f) for f in files)}; keep one"
+
+
+def _valdo_case(subject: str, files: Mapping[str, Sequence[Path]], contrasts: Sequence[str], folder: Path) -> InputCase:
+    """Assemble one VALDO subject, naming the missing or duplicated contrast files when there are any."""
     stem = subject + VALDO_PREDICTION_SUFFIX
     missing = [c for c in contrasts if c not in files]
     if missing:
         expected = ", ".join(f"{subject}_space-T2S_desc-masked_{c}.nii.gz" for c in missing)
         return InputCase(subject, (), stem, f"missing channel file(s) {expected} in {folder}")
-    return InputCase(subject, tuple(files[c] for c in contrasts), stem)
+    images = []
+    for c in contrasts:
+        path, error = _one_file(files[c], f"contrast {c} of {subject}")
+        if error:
+            return InputCase(subject, (), stem, error)
+        images.append(path)
+    return InputCase(subject, tuple(images), stem)
 
 
-def _find_valdo(folder: Path, contrasts: Sequence[str]) -> list[InputCase] | None:
-    """VALDO cases in ``folder`` (subject folders or flat), or ``None`` when the folder is not a VALDO tree."""
-    found: dict[str, dict[str, Path]] = {}
+def _channel_case(case: str, chans: Mapping[int, Sequence[Path]], num_channels: int, folder: Path,
+                  file_ending: str) -> InputCase:
+    """Assemble one ``CASE_000C`` case, naming missing or duplicated channel files."""
+    missing = [f"{case}_{c:04d}{file_ending}" for c in range(num_channels) if c not in chans]
+    if missing:
+        return InputCase(case, (), case, f"missing channel file(s) {', '.join(missing)} in {folder}")
+    images = []
+    for c in range(num_channels):
+        path, error = _one_file(chans[c], f"channel {c:04d} of {case}")
+        if error:
+            return InputCase(case, (), case, error)
+        images.append(path)
+    return InputCase(case, tuple(images), case)
+
+
+def _classify(path: Path, contrasts: Sequence[str], file_ending: str) -> tuple[str, Any]:
+    """What one file of the input is: ``("valdo", (subject, contrast))``, ``("channel", (case, index))`` or
+    ``("ignored", reason)``."""
+    name = path.name
+    if name.startswith("."):
+        return "ignored", "hidden file"
+    m = VALDO_IMAGE_RE.match(name)
+    if m:
+        contrast = m.group(2).upper()
+        if contrast not in contrasts:
+            return "ignored", f"contrast {contrast} is not an input of the model (channels: {', '.join(contrasts)})"
+        return "valdo", (m.group(1), contrast)
+    if VALDO_LABEL_RE.match(name):
+        return "ignored", "a reference label, not an input image"
+    m = CHANNEL_RE.match(name)
+    if m:
+        return "channel", (m.group(1), int(m.group(2)))
+    if name.endswith(SUPPORTED_ENDINGS):
+        return "ignored", (f"image without a 4-digit channel suffix; name it {strip_ending(name)}_0000{file_ending} "
+                           "or use the VALDO naming sub-XXX_space-T2S_desc-masked_T2S.nii.gz")
+    if name.lower().endswith(SUPPORTED_ENDINGS):
+        return "ignored", f"upper-case file ending; rename it to end in lower case ({', '.join(SUPPORTED_ENDINGS)})"
+    if name.endswith((".raw", ".zraw")) and path.with_name(name.rsplit(".", 1)[0] + ".mhd").is_file():
+        return "ignored", "voxel data of the .mhd image beside it"
+    return "ignored", f"not an input image (expected {', '.join(SUPPORTED_ENDINGS)} files)"
+
+
+def _scan_folder(folder: Path, contrasts: Sequence[str], file_ending: str) -> list[InputCase]:
+    """Every entry of ``folder``: VALDO subjects (flat, or in ``sub-*`` folders at any depth, as in BIDS trees
+    with ``ses-*/anat``), ``CASE_000C`` cases, and one ignored entry, with its reason, for everything else."""
+    valdo: dict[str, dict[str, list[Path]]] = {}
     where: dict[str, Path] = {}
-    for path in sorted(list(folder.glob("sub-*_space-T2S_desc-masked_*")) + list(folder.glob("sub-*/sub-*_space-T2S_desc-masked_*"))):
-        m = VALDO_IMAGE_RE.match(path.name)
-        if m and path.is_file():
-            found.setdefault(m.group(1), {})[m.group(2).upper()] = path
-            where[m.group(1)] = path.parent
-    if not found:
-        return None
-    return [_valdo_case(s, found[s], contrasts, where[s]) for s in sorted(found)]
+    channels: dict[str, dict[int, list[Path]]] = {}
+    ignored: list[InputCase] = []
 
-
-def _find_channel_suffixed(folder: Path, num_channels: int, file_ending: str) -> list[InputCase]:
-    """``CASE_0000<ending>`` cases; a case missing one of the ``num_channels`` files gets an error."""
-    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
-    groups: dict[str, dict[int, Path]] = {}
-    ignored: list[str] = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        m = pattern.match(path.name)
-        if m:
-            groups.setdefault(m.group(1), {})[int(m.group(2))] = path
-        elif path.name.endswith(file_ending):
-            ignored.append(path.name)
-    if ignored:
-        warnings.warn(f"{folder}: ignoring {len(ignored)} file(s) without a 4-digit channel suffix, e.g. {ignored[0]} "
-                      f"(name channel files CASE_0000{file_ending}, CASE_0001{file_ending}, ...)", stacklevel=2)
-    cases = []
-    for case in sorted(groups):
-        chans = groups[case]
-        missing = [f"{case}_{c:04d}{file_ending}" for c in range(num_channels) if c not in chans]
-        if missing:
-            cases.append(InputCase(case, (), case, f"missing channel file(s) {', '.join(missing)} in {folder}"))
+    def take(path: Path, shown: str) -> bool:
+        kind, what = _classify(path, contrasts, file_ending)
+        if kind == "valdo":
+            valdo.setdefault(what[0], {}).setdefault(what[1], []).append(path)
+            where[what[0]] = path.parent
+        elif kind == "channel" and path.parent == folder:
+            channels.setdefault(what[0], {}).setdefault(what[1], []).append(path)
         else:
-            cases.append(InputCase(case, tuple(chans[c] for c in range(num_channels)), case))
-    return cases
+            if kind == "channel":
+                what = "CASE_000C files are read only at the top of the input folder"
+            if shown:
+                ignored.append(InputCase(shown, (), shown, ignored=what))
+            return False
+        return True
+
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            if entry.name.startswith("sub-") and not entry.name.startswith("."):
+                used = [take(p, "") for p in sorted(entry.rglob("*")) if p.is_file()]
+                if not any(used):
+                    ignored.append(InputCase(entry.name, (), entry.name, ignored=(
+                        "subject folder holds no sub-XXX_space-T2S_desc-masked_<contrast>.nii.gz image of the "
+                        f"model's contrasts ({', '.join(contrasts)})")))
+            else:
+                ignored.append(InputCase(entry.name, (), entry.name, ignored=(
+                    "folder; only sub-* subject folders are searched")))
+        elif entry.is_file():
+            take(entry, entry.name)
+        else:
+            ignored.append(InputCase(entry.name, (), entry.name, ignored="not a file (broken link?)"))
+    cases = [_valdo_case(s, valdo[s], contrasts, where[s]) for s in valdo]
+    cases += [_channel_case(c, channels[c], len(contrasts), folder, file_ending) for c in channels]
+    ignored += [InputCase(p.name, (), p.name, ignored=f"channel {index:04d} but the model has {len(contrasts)} "
+                                                      "channel(s)")
+                for chans in channels.values() for index, paths in chans.items() if index >= len(contrasts)
+                for p in paths]
+    seen: dict[str, int] = {}
+    for c in cases:
+        seen[c.case] = seen.get(c.case, 0) + 1
+    cases = [InputCase(c.case, (), c.output_stem, f"case id {c.case} is given both as VALDO files and as "
+                                                   "CASE_000C files; keep one naming") if seen[c.case] > 1 else c
+             for c in cases]
+    return sorted(cases, key=lambda c: c.case) + sorted(ignored, key=lambda c: c.case)
 
 
 def _single_file_case(path: Path, contrasts: Sequence[str], file_ending: str) -> InputCase:
-    """The case that one given file belongs to, with its sibling channel files."""
+    """The case that one given file belongs to, with its sibling channel files (``.nii`` or ``.nii.gz``)."""
     m = VALDO_IMAGE_RE.match(path.name)
     if m:
         subject = m.group(1)
-        files = {c: path.parent / f"{subject}_space-T2S_desc-masked_{c}.nii.gz" for c in contrasts}
-        return _valdo_case(subject, {c: p for c, p in files.items() if p.is_file()}, contrasts, path.parent)
-    m = re.match(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$", path.name)
+        files = {c: [p for e in (".nii.gz", ".nii") if (p := path.parent / f"{subject}_space-T2S_desc-masked_{c}{e}").is_file()]
+                 for c in contrasts}
+        return _valdo_case(subject, {c: f for c, f in files.items() if f}, contrasts, path.parent)
+    m = CHANNEL_RE.match(path.name)
     if m:
         case = m.group(1)
-        files = [path.parent / f"{case}_{c:04d}{file_ending}" for c in range(len(contrasts))]
-        missing = [p.name for p in files if not p.is_file()]
-        if missing:
-            return InputCase(case, (), case, f"missing channel file(s) {', '.join(missing)} in {path.parent}")
-        return InputCase(case, tuple(files), case)
+        chans = {c: [p for e in SUPPORTED_ENDINGS if (p := path.parent / f"{case}_{c:04d}{e}").is_file()]
+                 for c in range(len(contrasts))}
+        return _channel_case(case, {c: f for c, f in chans.items() if f}, len(contrasts), path.parent, file_ending)
     if len(contrasts) != 1:
         raise InputError(path, f"the model needs {len(contrasts)} channels; name the files CASE_0000{file_ending}, "
                                f"CASE_0001{file_ending}, ... or use the VALDO naming")
@@ -133,11 +211,14 @@ def _single_file_case(path: Path, contrasts: Sequence[str], file_ending: str) ->
     return InputCase(case, (path,), case)
 
 
-def find_input_cases(input_path: str | Path, channel_names: Mapping[str, str], file_ending: str = ".nii.gz") -> list[InputCase]:
+def find_input_cases(input_path: str | Path, channel_names: Mapping[str, str], file_ending: str = ".nii.gz",
+                     with_ignored: bool = False) -> list[InputCase]:
     """All cases found in ``input_path`` (a folder or one file), sorted by case id.
 
     ``channel_names`` are the model's (``plans["channel_names"]``); they decide which VALDO contrasts are read
-    and how many ``_000C`` files each case needs. Raises :class:`InputError` when nothing usable is found.
+    and how many ``_000C`` files each case needs. Image files may end in any supported ending (``.nii`` as
+    well as ``.nii.gz``). With ``with_ignored``, every other entry of the folder follows as an ignored
+    :class:`InputCase` with its reason. Raises :class:`InputError` when nothing usable is found.
     """
     path = Path(input_path)
     names = ordered_channel_names(channel_names)
@@ -146,13 +227,13 @@ def find_input_cases(input_path: str | Path, channel_names: Mapping[str, str], f
         raise InputError(path, "input does not exist")
     if path.is_file():
         return [_single_file_case(path, contrasts, file_ending)]
-    cases = _find_valdo(path, contrasts)
-    if cases is None:
-        cases = _find_channel_suffixed(path, len(names), file_ending)
+    entries = _scan_folder(path, contrasts, file_ending)
+    cases = [c for c in entries if c.ignored is None]
     if not cases:
+        reasons = "; ".join(f"{c.case}: {c.ignored}" for c in entries[:3])
         raise InputError(path, f"no input images found; expected a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz) "
-                               f"or files named CASE_0000{file_ending}")
-    return cases
+                               f"or files named CASE_0000{file_ending}" + (f" (found {reasons})" if reasons else ""))
+    return entries if with_ignored else cases
 
 
 def select_part(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[InputCase]:

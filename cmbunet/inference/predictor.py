@@ -39,9 +39,10 @@ from cmbunet.inference.discrimination import autocast_context, discriminate_cand
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
 from cmbunet.inference.screening import screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
+from cmbunet.plans.validation import validate_settings
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
-from cmbunet.utilities.file_io import atomic_path, load_json
+from cmbunet.utilities.file_io import atomic_path, load_json, remove_stale_temp_files
 
 STAGES = ("screening", "discrimination", "segmentation")
 SETTINGS_FILE = "inference_settings.json"
@@ -69,7 +70,9 @@ def load_settings_file(model_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError(path, "must contain a JSON object of inference settings")
     raw = raw.get("inference", raw) if isinstance(raw.get("inference"), dict) else raw
-    return {k: v for k, v in raw.items() if k in SETTING_KEYS}
+    settings = {k: v for k, v in raw.items() if k in SETTING_KEYS}
+    validate_settings(settings, path)
+    return settings
 
 
 def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
@@ -81,7 +84,9 @@ def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
     unknown = sorted(set(overrides or {}) - set(SETTING_KEYS))
     if unknown:
         raise CMBUNetError(f"unknown inference setting(s) {unknown}; known: {', '.join(SETTING_KEYS)}")
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    validate_settings(given, "command-line inference settings")
+    settings.update(given)
     return settings
 
 
@@ -391,7 +396,10 @@ class CMBPredictor:
         clock = time.perf_counter()
         images, props = SimpleITKIO.read_images([Path(p) for p in image_paths])
         t_read = time.perf_counter() - clock
-        data, _, _, properties = preprocess_case(images, props, self.plans, case=case)
+        try:
+            data, _, _, properties = preprocess_case(images, props, self.plans, case=case)
+        except InputError as e:  # e.g. an all-zero scan: name the file, not only the case id
+            raise InputError(image_paths[0], e.problem) from None
         return data, properties, props, {"read": t_read, "preprocess": time.perf_counter() - clock - t_read}
 
     def predict_case(self, image_paths: Sequence[str | Path], case: str = "") -> dict[str, Any]:
@@ -413,24 +421,29 @@ class CMBPredictor:
         """Predict every case of ``input_path`` (a VALDO tree, a ``CASE_0000`` folder or one file) into ``output_dir``.
 
         Failing cases are reported in the returned summary (also ``summary.csv``) and do not stop the others;
+        entries of the input that are not input images are listed there as ``ignored``, with the reason;
         finished cases are skipped unless ``overwrite``. ``num_parts``/``part_id`` select this machine's share.
         """
         output_dir = Path(output_dir)
-        cases = select_part(find_input_cases(input_path, self.channel_names, file_ending), num_parts, part_id)
+        cases = select_part(find_input_cases(input_path, self.channel_names, file_ending, with_ignored=True),
+                            num_parts, part_id)
         summary_path = output_dir / summary_name(num_parts, part_id)
         refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path)
-        previous = pd.read_csv(summary_path) if summary_path.is_file() else None
+        previous = pd.read_csv(summary_path, dtype={"case": str}, keep_default_na=False, na_values=[""]) if summary_path.is_file() else None
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
         for case in cases:
             outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
-            if not case.ok:
+            if case.ignored is not None:  # every entry of the input is accounted for, with its reason
+                rows.append(summary_row(case.case, "ignored", error=case.ignored))
+            elif not case.ok:
                 rows.append(summary_row(case.case, "failed", error=case.error or ""))
             elif outputs.finished() and not overwrite:
                 rows.append(skipped_row(case, outputs, previous))
             else:
                 todo.append(case)
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(output_dir)  # left by a killed run; never mistaken for outputs, but clutter
 
         def prepare(case: InputCase) -> tuple[np.ndarray, dict, ImageProperties, dict]:
             return self.load_and_preprocess(case.images, case.case)

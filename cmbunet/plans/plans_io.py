@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.plans.validation import validate_plans
 from cmbunet.utilities.file_io import json_hash, save_json
 
 PLANS_VERSION = 1
@@ -66,6 +67,7 @@ def load_plans(path: str | Path) -> dict:
         raise InputError(path, f"is missing {', '.join(missing)}")
     from cmbunet.plans.planner import plans_problems
 
+    validate_plans(plans, path)  # types and ranges first, so the consistency checks see well-formed values
     problems = plans_problems(plans)
     if problems:
         raise InputError(path, "is inconsistent: " + "; ".join(problems))
@@ -177,7 +179,8 @@ def apply_overrides(plans: dict, overrides: list[str] | None) -> dict:
     """Return a copy of ``plans`` with ``dotted.key=JSON`` overrides applied and dependent values re-derived.
 
     Values that follow from an overridden one (e.g. the last screening kernel from the block size) are
-    recomputed unless also overridden; the result is checked, and the overrides are recorded in
+    recomputed unless also overridden; the result is checked (types and ranges by
+    :func:`cmbunet.plans.validation.validate_plans`, then consistency), and the overrides are recorded in
     ``plans["overrides"]``.
     """
     out = copy.deepcopy(plans)
@@ -191,10 +194,13 @@ def apply_overrides(plans: dict, overrides: list[str] | None) -> dict:
         explicit.add(re.sub(r"(\.-?\d+)+$", "", key))  # an item of a list counts as the list
     from cmbunet.plans.planner import rederive
 
+    where = f"overrides {list(overrides)}"
+    validate_plans(out, where)
     try:
         out = rederive(out, explicit)
     except CMBUNetError as e:
-        raise CMBUNetError(f"overrides {list(overrides)} give unusable plans: {e}") from None
+        raise CMBUNetError(f"{where} give unusable plans: {e}") from None
+    validate_plans(out, where)
     out["overrides"] = list(plans.get("overrides", [])) + [str(o) for o in overrides]
     return out
 

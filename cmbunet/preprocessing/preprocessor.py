@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,19 @@ def crop_to_mask(mask: np.ndarray) -> list[list[int]]:
 def bounding_box_to_slice(bbox: list[list[int]]) -> tuple[slice, ...]:
     """Slices selecting a half-open bounding box."""
     return tuple(slice(int(a), int(b)) for a, b in bbox)
+
+
+def cmbs_outside_box(seg: np.ndarray, bbox: list[list[int]]) -> int:
+    """How many 26-connected CMBs of a binary label have a voxel outside the half-open ``bbox``.
+
+    The crop box comes from the non-zero image voxels; a CMB labelled beyond it (a label on background, or an
+    image masked too tightly) would be cut away silently, so the caller keeps it and reports it."""
+    inside = np.zeros(seg.shape, dtype=bool)
+    inside[bounding_box_to_slice(bbox)] = True
+    if not (seg & ~inside).any():
+        return 0
+    labels, _ = label_components(seg)
+    return int(len(np.unique(labels[seg & ~inside])))
 
 
 def zscore_foreground(images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
@@ -186,8 +200,12 @@ def preprocess_case(
     images, n_nonfinite = replace_nonfinite(images)
     mask = nonzero_mask(images)
     if not mask.any():
-        raise InputError(where, "image is entirely zero (no brain voxels); is it empty or wrongly masked?")
+        nan = f" (its {n_nonfinite} NaN/inf voxels count as 0)" if n_nonfinite else ""
+        raise InputError(where, f"image is entirely zero{nan} (no brain voxels); is it empty or wrongly masked?")
     bbox = crop_to_mask(mask)
+    outside = 0 if seg is None else cmbs_outside_box(np.asarray(seg) > 0, bbox)
+    if outside:  # a labelled CMB beyond the non-zero box: grow the crop so that no label is cut away
+        bbox = crop_to_mask(mask | (np.asarray(seg) > 0))
     slicer = bounding_box_to_slice(bbox)
     images = images[(slice(None),) + slicer]
     mask = mask[slicer]
@@ -228,6 +246,7 @@ def preprocess_case(
         "nonfinite_replaced": n_nonfinite,
         "cmbs": [] if seg_out is None else describe_cmbs(seg_out),
         "vanished_cmbs": int(vanished),
+        "cmbs_outside_nonzero_box": int(outside),
     }
     return data.astype(np.float32, copy=False), seg_out, np.asarray(brain, dtype=bool), properties
 
@@ -322,8 +341,10 @@ def load_preprocessed_case(
     try:
         with np.load(npz) as z:
             data, seg, brain = z["data"], z["seg"], z["brain"]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(npz, f"cannot be read as a preprocessed case ({e}); re-run with --clean") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # truncated or corrupted
+        detail = f"corrupt compressed data: {e}" if isinstance(e, zlib.error) else str(e)
+        raise InputError(npz, f"cannot be read as a preprocessed case ({detail}); re-run "
+                              "cmbunet_plan_and_preprocess with --clean to preprocess the cases again") from None
     try:
         properties = load_json(js)
     except ValueError as e:

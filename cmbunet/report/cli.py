@@ -60,7 +60,7 @@ def read_summaries(pred_dir: Path) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for path in sorted(pred_dir.glob("summary*.csv")):
         try:
-            table = pd.read_csv(path, dtype={"case": str})
+            table = pd.read_csv(path, dtype={"case": str}, keep_default_na=False, na_values=[""])  # case "nan" stays
         except (OSError, ValueError, pd.errors.EmptyDataError):
             continue
         if "case" in table.columns:

@@ -10,7 +10,7 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, PlansMismatchError
 from cmbunet.paths import fold_dir, get_root, resolve_dataset_name
 from cmbunet.utilities.cli import run_cli
-from cmbunet.utilities.file_io import atomic_path
+from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
 STAGE_CHOICES = ("screening", "discrimination", "segmentation", "all")
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -101,7 +101,13 @@ def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str) -> Non
                                      f"{phash}; re-run cmbunet_plan_and_preprocess")
 
 
-@run_cli
+#: Ctrl-C: a plain re-run starts the interrupted stage from scratch; only --c continues from checkpoint_latest.pth.
+INTERRUPTED = ("interrupted; the checkpoints saved so far are kept. Run the same command with --c to continue where "
+               "training stopped (finished stages are skipped); without --c every requested stage is trained again "
+               "from scratch")
+
+
+@run_cli(interrupted=INTERRUPTED)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cmbunet.plans.plans_io import load_plans, plans_hash
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         require_stages(first, STAGES[first.stage])
     check_preprocessed_cases(pre_dir, train_cases + val_cases, phash)
     prepare_model_folder(pre_dir, model_dir, phash)
+    remove_stale_temp_files(model_dir / f"fold_{fold}", recursive=True)  # checkpoints a killed run left half-written
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model_dir / f'fold_{fold}'}")
     D.launch(run_stages, args.num_gpus, args.device, configs)

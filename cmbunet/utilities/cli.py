@@ -8,10 +8,20 @@ from typing import Callable
 
 from cmbunet.errors import CMBUNetError
 
+#: What Ctrl-C prints for commands whose plain re-run skips finished work (prediction, preprocessing, conversion).
+INTERRUPTED = "interrupted; finished outputs are kept and a re-run continues where this one stopped"
 
-def run_cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
+Main = Callable[[list[str] | None], int | None]
+
+
+def run_cli(main: Main | None = None, *, interrupted: str = INTERRUPTED) -> Callable:
     """Decorator for CLI entry points: turn :class:`CMBUNetError` and ``OSError`` (e.g. an unwritable output folder)
-    into ``error: ...`` on stderr and exit code 2."""
+    into ``error: ...`` on stderr and exit code 2; Ctrl-C prints ``interrupted`` and exits 130.
+
+    Use as ``@run_cli``, or ``@run_cli(interrupted="...")`` for a command whose re-run needs more than the same
+    command line (``cmbunet_train`` continues only with ``--c``)."""
+    if main is None:
+        return functools.partial(run_cli, interrupted=interrupted)
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -25,7 +35,7 @@ def run_cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[st
             print(f"error: {where}{e.strerror or e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("interrupted; finished outputs are kept and a re-run continues where this one stopped", file=sys.stderr)
+            print(interrupted, file=sys.stderr)
             return 130
         return int(code or 0)
 

@@ -4,41 +4,132 @@ so an interrupted command never leaves a half-written file that a re-run would m
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
 import hashlib
 import json
 import math
 import os
+import re
+import socket
 import tempfile
+import time
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from cmbunet.errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+#: Temporary files are named ``.TARGET.part-HOST-PID-XXXXXXXX<suffix>``, so a later run can tell whether the
+#: process that wrote one is gone (killed) and remove it: see :func:`remove_stale_temp_files`.
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
+_TEMP_RE = re.compile(r"^\..+\.part-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[a-z0-9_]{8}")
+#: A temporary file untouched for this long belongs to no running writer, whatever machine wrote it.
+STALE_TEMP_SECONDS = 3600.0
+#: Errors of a write that ran out of room; the message then names the target, since the OS names no file.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+
+
+def written_file_problem(path: str | Path) -> str | None:
+    """Why a just-written file is incomplete, or None. Checks what every format allows cheaply: the file
+    exists, a gzip stream is complete (decompressed to the end), an ``.npz`` has its zip directory."""
+    path = Path(path)
+    if not path.is_file():
+        return "does not exist"
+    name = path.name
+    if name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except (EOFError, OSError, zlib.error) as e:
+            return f"is an incomplete gzip stream ({e})"
+    elif name.endswith(".npz"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.infolist()
+        except (OSError, zipfile.BadZipFile) as e:
+            return f"is an incomplete zip file ({e})"
+    return None
+
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success rename it onto ``target``, on error delete it.
+def atomic_path(target: str | Path, suffix: str | None = None,
+                verify: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; once written, verify it and rename it onto ``target``;
+    on error delete it.
 
-    ``suffix`` keeps the file ending that some writers (SimpleITK, numpy) look at, e.g. ``.nii.gz``.
+    ``suffix`` keeps the file ending that some writers (SimpleITK, numpy) look at, e.g. ``.nii.gz``. Some
+    writers (SimpleITK's NIfTI writer) do not fail on a full disk or a file size limit but leave a truncated
+    file, so the temporary file is checked before it may replace anything: by ``verify`` (returns a problem or
+    None) when given, else by :func:`written_file_problem`. A failed write raises :class:`InputError` naming
+    ``target``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.part-{_HOST}-{os.getpid()}-", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as e:
+            if e.errno in _NO_ROOM:
+                raise InputError(target, f"could not be written: {e.strerror or e} (is the disk full or a file "
+                                         "size limit reached?); nothing was replaced") from None
+            raise
+        problem = (verify or written_file_problem)(tmp_path)
+        if problem:
+            raise InputError(target, f"was not written completely (the file {problem}; is the disk full or a file size "
+                                     "limit reached?); nothing was replaced")
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Delete temporary files that a killed run left in ``folder`` (see :func:`atomic_path`); return them.
+
+    A temporary file is stale when its writer (same machine) no longer runs, or when it has not been touched
+    for :data:`STALE_TEMP_SECONDS`. Files of a writer that still runs (e.g. another ``-part_id`` of the same
+    prediction) are left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.rglob(".*") if recursive else folder.glob(".*")):
+        m = _TEMP_RE.match(path.name)
+        if not m or not path.is_file():
+            continue
+        with contextlib.suppress(OSError):
+            pid = int(m.group("pid"))
+            dead = m.group("host") == _HOST and pid != os.getpid() and not _pid_alive(pid)
+            if dead or time.time() - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _json_default(obj: Any) -> Any:
