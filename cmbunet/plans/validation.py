@@ -117,6 +117,27 @@ def channel_names(v: Any) -> str | None:
     return None
 
 
+def intensity(v: Any) -> str | None:
+    """``augmentation.intensity``: every transform's range (a pair of numbers >= 0; per axis for the zoom) and its
+    probability in [0, 1]."""
+    keys = {"low_resolution_zoom", "blur_sigma", "noise_variance", "brightness", "contrast", "gamma"}
+    expected = keys | {k.removesuffix("_zoom").removesuffix("_sigma").removesuffix("_variance") + "_probability"
+                       for k in keys}
+    if not isinstance(v, dict) or set(v) != expected:
+        return f"must be null or an object with exactly the keys {', '.join(sorted(expected))}"
+    pair = listing(number(0), length=2)
+    for k in sorted(keys):
+        value = v[k]
+        problem = triple(pair)(value) if k == "low_resolution_zoom" else pair(value)
+        if problem:
+            return f"{k} {problem}"
+    for k in sorted(expected - keys):
+        problem = number(0, 1)(v[k])
+        if problem:
+            return f"{k} {problem}"
+    return None
+
+
 #: Settings that inference_settings.json and the command line may change, and the plans' inference section.
 SETTINGS_RULES: dict[str, Check] = {
     "screening_threshold": number(0, 1),
@@ -147,6 +168,7 @@ SCHEDULE_RULES: dict[str, Check] = {
     "mining_epochs": listing(integer(0)),
     "mining_threshold": number(0, 1),
     "mining_cases": optional(integer(1)),
+    "mining_keep": choice("all", "hard"),
     "val_samples": integer(1),
 }
 SCHEDULE_REQUIRED = ("epochs", "samples_per_epoch", "batch_size", "lr", "proportions")
@@ -183,6 +205,8 @@ PLANS_RULES: dict[str, Check] = {
     "augmentation.max_rotation_deg": number(0, 180),
     "augmentation.flip_axes": listing(integer(0, 2)),
     "augmentation.flip_probability": number(0, 1),
+    "augmentation.rotation_probability": number(0, 1),
+    "augmentation.intensity": optional(intensity),
     **{f"training.{device}.{stage}.{k}": c for device in ("gpu", "cpu") for stage in STAGES
        for k, c in SCHEDULE_RULES.items()},
     **{f"inference.{k}": c for k, c in SETTINGS_RULES.items() if k != "min_component_voxels"},
