@@ -24,19 +24,12 @@ from cmbunet.training.checkpoint import load_stage_network
 from cmbunet.training.samples import build_bank
 from cmbunet.training.stages import candidate_hits
 from cmbunet.utilities.file_io import save_json
+from tiny_schedule import LEARNING_OVERRIDES
 
 DATASET = "Dataset712_Sites"
 TRAIN_SITES, HELD_OUT_SITE = ("thin15T", "iso3T"), "thick15T"
 CASES_PER_TRAIN_SITE, HELD_OUT_CASES = 6, 8
-OVERRIDES = [
-    "training.cpu.screening.epochs=12", "training.cpu.screening.samples_per_epoch=512",
-    "training.cpu.screening.batch_size=32", "training.cpu.screening.mining_epochs=[4,8]",
-    "training.cpu.screening.val_samples=64",
-    "training.cpu.discrimination.epochs=15", "training.cpu.discrimination.samples_per_epoch=512",
-    "training.cpu.discrimination.batch_size=32", "training.cpu.discrimination.val_samples=64",
-    "training.cpu.discrimination.lr=0.003",
-    "inference.nms_size_vox=[5,5,5]",
-]
+OVERRIDES = LEARNING_OVERRIDES
 
 
 def build_and_train(base: Path, extra_overrides: list[str] = ()) -> dict:

@@ -23,19 +23,11 @@ from cmbunet.training.samples import build_bank
 from cmbunet.training.stages import candidate_hits, rank_auc
 from cmbunet.utilities.file_io import save_json
 from cmbunet.utilities.patches import extract_patches
+from tiny_schedule import LEARNING_OVERRIDES
 
 DATASET = "Dataset711_Learn"
 NUM_CASES, NUM_HELD_OUT = 20, 8
-OVERRIDES = [
-    "training.cpu.screening.epochs=12", "training.cpu.screening.samples_per_epoch=512",
-    "training.cpu.screening.batch_size=32", "training.cpu.screening.mining_epochs=[4,8]",
-    "training.cpu.screening.val_samples=64",
-    "training.cpu.discrimination.epochs=15", "training.cpu.discrimination.samples_per_epoch=512",
-    "training.cpu.discrimination.batch_size=32", "training.cpu.discrimination.val_samples=64",
-    "training.cpu.discrimination.lr=0.003",
-    # suppress only within +-2 voxels: neighbouring CMBs of a cluster stay separate candidates
-    "inference.nms_size_vox=[5,5,5]",
-]
+OVERRIDES = LEARNING_OVERRIDES
 #: A candidate counts as a mimic only when no CMB voxel lies within this many voxels of its central block;
 #: candidates just beside a CMB are neither a hit nor a mimic and are left out of the AUC.
 MIMIC_CLEARANCE_VOX = 3
