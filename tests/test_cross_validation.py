@@ -230,3 +230,31 @@ def test_thresholds_are_chosen_automatically_once_every_fold_is_validated(projec
     assert "all 2 folds validated" in capsys.readouterr().out
     # an automatic choice is replaced by the next automatic one (it is not a hand-set value)
     assert thresholds.thresholds_after_cross_validation(model_dir, 2) is not None
+
+
+def test_discrimination_threshold_from_the_share_of_cmbs_among_candidates(tmp_path, capsys):
+    model_dir = tmp_path / "cmbunet"
+    for fold, (fps, hits) in {"0": (40, 5), "1": (50, 5)}.items():
+        folder = model_dir / f"fold_{fold}" / "screening"
+        folder.mkdir(parents=True)
+        cases = [{"case": f"c{i}", "cmbs": 6, "detected": hits // 5, "candidates": 0, "false_positives": fps // 5}
+                 for i in range(5)]
+        (folder / "validation_candidates.json").write_text(json.dumps({"cases": cases}))
+    td, r = thresholds.candidate_prior_threshold(model_dir, ["0", "1"])
+    assert r == pytest.approx(9.0) and td == pytest.approx(0.9)  # 90 FPs for 10 CMBs: odds 9 -> 0.9
+    assert thresholds.candidate_prior_threshold(model_dir, ["7"]) is None
+    assert thresholds.threshold_from_candidate_prior(model_dir, ["0", "1"]) == pytest.approx(0.9)
+    written = json.loads((model_dir / "inference_settings.json").read_text())
+    assert written["discrimination_threshold"] == pytest.approx(0.9) and "candidate prior" in written["selected_by"]
+    assert "9.0 false positives per CMB" in capsys.readouterr().out
+    # few candidates per CMB: never below the paper's 0.5; many: capped
+    (model_dir / "fold_0" / "screening" / "validation_candidates.json").write_text(json.dumps(
+        {"cases": [{"detected": 10, "false_positives": 2}]}))
+    assert thresholds.candidate_prior_threshold(model_dir, ["0"])[0] == 0.5
+    # thresholds chosen on cross-validation, or set by hand, are not replaced
+    (model_dir / "inference_settings.json").write_text(json.dumps({"discrimination_threshold": 0.6,
+                                                                    "selected_by": "maximum pooled F1 over 9 cases"}))
+    assert thresholds.threshold_from_candidate_prior(model_dir, ["0", "1"]) is None
+    (model_dir / "inference_settings.json").write_text(json.dumps({"discrimination_threshold": 0.6}))
+    assert thresholds.threshold_from_candidate_prior(model_dir, ["0", "1"]) is None
+    assert json.loads((model_dir / "inference_settings.json").read_text()) == {"discrimination_threshold": 0.6}

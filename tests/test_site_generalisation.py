@@ -32,8 +32,9 @@ CASES_PER_TRAIN_SITE, HELD_OUT_CASES = 6, 8
 OVERRIDES = LEARNING_OVERRIDES
 
 
-def build_and_train(base: Path, extra_overrides: list[str] = ()) -> dict:
-    """Write the three sites, plan on the training sites, train screening and discrimination (fold 0)."""
+def build_and_train(base: Path, extra_overrides: list[str] = (), thresholds: bool = True) -> dict:
+    """Write the three sites, train screening and discrimination on two of them (fold 0: two of their cases
+    validate), keep the third's cases for testing. ``thresholds=False`` keeps the plans' thresholds."""
     from cmbunet.plan_and_preprocess import main as plan_main
     from cmbunet.synthetic import write_dataset
     from cmbunet.utilities.file_io import load_json
@@ -57,15 +58,17 @@ def build_and_train(base: Path, extra_overrides: list[str] = ()) -> dict:
     cases = sorted(p.name[:-len(".nii.gz")] for p in (out / "labelsTr").iterdir())
     held_out = [c for c in cases if c.startswith(HELD_OUT_SITE)]
     train = [c for c in cases if c not in held_out]
+    val = [train.pop(0), train.pop(-1)]  # one case of each training site validates (sets the candidate prior)
     assert plan_main(["-d", DATASET, "--preset", "tiny", "--raw-root", str(raw), "--preprocessed-root", str(pre),
                       "-np", "1", "--override", *OVERRIDES, *extra_overrides]) == 0
-    save_json([{"train": train, "val": held_out}], pre / DATASET / "splits_final.json")
+    save_json([{"train": train, "val": val}], pre / DATASET / "splits_final.json")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         for stage in ("screening", "discrimination"):
             assert train_cli.main([DATASET, "0", "-s", stage, "--seed", "0", "-npp", "1", "--preprocessed-root",
-                                   str(pre), "--results-root", str(results)]) == 0
+                                   str(pre), "--results-root", str(results)]
+                                  + ([] if thresholds else ["--no-thresholds"])) == 0
     finally:
         torch.set_num_threads(threads)
     model_dir = results / DATASET / "cmbunet"
@@ -74,10 +77,15 @@ def build_and_train(base: Path, extra_overrides: list[str] = ()) -> dict:
 
 
 def detection_scores(trained: dict) -> dict[str, float]:
-    """Held-out screening sensitivity and FPs, then detection after discrimination (max over 27 shifts > 0.5)."""
+    """Held-out screening sensitivity and FPs, then detection after discrimination (max over 27 shifts above the
+    threshold cmbunet_predict would use: inference_settings.json, else the plans')."""
     from cmbunet.inference.discrimination import discriminate_candidates
+    from cmbunet.utilities.file_io import load_json
 
     plans = trained["plans"]
+    settings = trained["model_dir"] / "inference_settings.json"
+    threshold = float(load_json(settings)["discrimination_threshold"] if settings.is_file()
+                      else plans["inference"]["discrimination_threshold"])
     screening = load_stage_network(trained["model_dir"], 0, "screening", plans)
     discrimination = load_stage_network(trained["model_dir"], 0, "discrimination", plans)
     bank = build_bank(trained["pre"], trained["held_out"])
@@ -88,13 +96,14 @@ def detection_scores(trained: dict) -> dict[str, float]:
         total, found, fps = total + n, found + len(hit), fps + int(is_fp.sum())
         if len(centres):
             prob, moved = discriminate_candidates([discrimination], case.data, centres, plans)
-            keep = prob > float(plans["inference"]["discrimination_threshold"])
+            keep = prob > threshold
             hit_k, fp_k, _ = candidate_hits(case.seg, moved[keep], tolerance=1)
             kept_found, kept_fps = kept_found + len(hit_k), kept_fps + int(fp_k.sum())
     cases = len(bank.cases)
     return {"cmbs": total, "screening_sensitivity": found / max(total, 1), "screening_fp_per_case": fps / cases,
             "sensitivity": kept_found / max(total, 1), "fp_per_case": kept_fps / cases,
-            "f1": 2 * kept_found / max(2 * kept_found + (total - kept_found) + kept_fps, 1)}
+            "f1": 2 * kept_found / max(2 * kept_found + (total - kept_found) + kept_fps, 1),
+            "discrimination_threshold": threshold}
 
 
 @pytest.fixture(scope="module")

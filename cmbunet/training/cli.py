@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validation", action="store_true",
                    help="do not predict and evaluate the fold's validation cases after training")
     p.add_argument("--no-thresholds", action="store_true",
-                   help="when the last of the folds is validated, do not choose the thresholds on the pooled "
-                   "validation predictions (cmbunet_find_thresholds) automatically")
+                   help="do not set the thresholds automatically: neither the discrimination threshold from the "
+                   "share of CMBs among screening candidates after training, nor the thresholds chosen on the pooled "
+                   "validation predictions (cmbunet_find_thresholds) once every fold is validated")
     p.add_argument("--raw-root", type=Path, default=None,
                    help="raw data root holding the reference labels for validation (default: $CMBUNET_RAW)")
     p.add_argument("-npp", type=int, default=default_num_workers(), metavar="N",
@@ -152,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model_dir / f'fold_{fold}'}")
     D.launch(run_stages, args.num_gpus, args.device, configs)
+    if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):
+        from cmbunet.evaluation.thresholds import threshold_from_candidate_prior
+        trained = [str(f) for f in ["all", *range(len(load_splits(pre_dir / SPLITS_FILE)))]
+                   if checkpoint_path(stage_dir(model_dir, f, "discrimination"), "final").is_file()]
+        threshold_from_candidate_prior(model_dir, trained)
     if fold != "all" and val_cases and not args.no_validation and configs[-1].stage == "segmentation":
         # the fold is complete: predict its validation cases with the whole pipeline and score them (fold_F/validation)
         from cmbunet.evaluation.cross_validation import validate_fold
