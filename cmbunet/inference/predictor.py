@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
-from cmbunet.inference.candidates import find_candidates
+from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
-from cmbunet.inference.screening import screening_score_map
+from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
@@ -55,8 +55,13 @@ CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_v
 CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
 TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
-#: Stages that run in bfloat16 when the precision is ``bf16``: all three (measured: same detections as fp32).
-BF16_STAGES = STAGES
+#: Stages that run in bfloat16 when the precision is ``bf16``. Screening is nearly all of the time; discrimination
+#: and segmentation stay in float32 so that the kept candidates, their centres and the masks are float32's.
+BF16_STAGES = ("screening",)
+#: Reduced-precision screening scores are recomputed in float32 where they lie within this margin of the screening
+#: threshold (and in the NMS windows around them). bf16 moved scores by at most 0.02 in the measurements
+#: (documentation/benchmarks.md), so the candidates are exactly those of float32.
+SCREENING_MARGIN = 0.05
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -296,12 +301,13 @@ class CMBPredictor:
                  model_dir: Path | None = None, discrimination_batch_size: int = 256,
                  segmentation_batch_size: int = 32, cpu_bf16: bool = False, channels_last: bool = False,
                  precision: str | None = None, skip_empty: bool = True, screening_channels_last: bool | None = None,
-                 bf16_stages: Sequence[str] = BF16_STAGES):
+                 bf16_stages: Sequence[str] = BF16_STAGES, screening_margin: float | None = SCREENING_MARGIN):
         """``precision``: ``auto``, ``fp32`` or ``bf16`` (see ``cpu_features.resolve_precision``); None keeps the
         older ``cpu_bf16`` flag (``bf16`` when True, else ``fp32``; CUDA: float16 autocast). ``bf16`` applies to
         ``bf16_stages`` only, the others run in float32. ``skip_empty`` skips screening tiles outside the brain
         (same map). ``screening_channels_last`` (default: on the CPU) runs the screening FCN in channels-last
-        layout, measured faster in both precisions."""
+        layout, measured faster in both precisions. ``screening_margin``: see :meth:`screening` (None: no float32
+        recomputation)."""
         if mode not in ("fcn", "sliding"):
             raise CMBUNetError(f"unknown screening mode '{mode}'; expected fcn or sliding")
         missing = [s for s in STAGES if not networks.get(s)]
@@ -322,6 +328,8 @@ class CMBPredictor:
         self.stage_precision = {s: self.precision if self.precision != "bf16" or s in bf16_stages else "fp32"
                                 for s in STAGES}
         self.skip_empty = bool(skip_empty)
+        self.screening_margin = None if screening_margin is None else float(screening_margin)
+        self.last_screening_stats: dict[str, Any] = {}
         self.mode = mode
         self.settings = resolve_settings(plans, None, None) if settings is None else dict(settings)
         self.folds = list(folds)
@@ -365,12 +373,30 @@ class CMBPredictor:
 
     # ---------------------------------------------------------------------------------------- one case
     def screening(self, data: np.ndarray) -> np.ndarray:
-        """Fold-averaged screening score map."""
-        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.get("tile_size"), self.mode,
-                                    precision=self.stage_precision["screening"],
-                                    channels_last=self.screening_channels_last, skip_empty=self.skip_empty)
+        """Fold-averaged screening score map.
+
+        In reduced precision (bf16, fp16) the scores are then recomputed in float32 wherever they can decide a
+        candidate (within ``screening_margin`` of the threshold, grown by the NMS window), so the candidates and
+        their scores are those of float32 while the rest of the volume runs in reduced precision.
+        """
+        tile, precision = self.settings.get("tile_size"), self.stage_precision["screening"]
+        stats: dict[str, Any] = {}
+        maps = [screening_score_map(net, data, self.plans, self.device, tile, self.mode, precision=precision,
+                                    channels_last=self.screening_channels_last, skip_empty=self.skip_empty,
+                                    stats=stats)
                 for net in self.networks["screening"]]
-        return np.mean(maps, axis=0) if len(maps) > 1 else maps[0]
+        score = np.mean(maps, axis=0) if len(maps) > 1 else maps[0]
+        stats["positions_refined"] = 0
+        if precision != "fp32" and self.mode == "fcn" and self.screening_margin is not None:
+            boxes = decision_boxes(score, self.plans, self.settings.get("screening_threshold"),
+                                   self.settings.get("nms_size_vox"), self.screening_margin)
+            for box in boxes:
+                exact = [score_box(net, data, self.plans, box, self.device, tile, "fp32", self.screening_channels_last)
+                         for net in self.networks["screening"]]
+                score[box] = np.mean(exact, axis=0) if len(exact) > 1 else exact[0]
+                stats["positions_refined"] += int(np.prod(exact[0].shape))
+        self.last_screening_stats = stats
+        return score
 
     @torch.inference_mode()
     def predict_preprocessed(self, data: np.ndarray, properties: Mapping[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,18 @@ def screening_score_map(
     if mode != "fcn":
         raise ValueError(f"unknown screening mode '{mode}'; expected 'fcn' or 'sliding'")
 
+    counts = _fcn_pass(network, padded, scores, plans, device, tile_size, precision, channels_last, skip_empty)
+    if stats is not None:
+        stats.update(counts)
+    return scores
+
+
+def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans: dict, device: torch.device,
+              tile_size: Sequence[int] | None, precision: str | bool, channels_last: bool, skip_empty: bool) -> dict:
+    """Fill ``scores`` (its shape is the number of block positions) from ``padded``, in which score voxel ``j``
+    is the block ``[s*j, s*j + B)``; tiles, and with ``skip_empty`` only the boxes of blocks touching non-zeros."""
+    block, stride, _ = _geometry(plans)
+    n_out = scores.shape
     if tile_size is None:
         tile_size = plans.get("inference", {}).get("tile_size") or list(padded.shape[1:])
     # output voxels per tile: input tile [s*j0, s*(j1-1) + B) must fit in tile_size
@@ -158,8 +170,34 @@ def screening_score_map(
             sl = tuple(slice(s.start + j0, s.start + j1) for s, (j0, j1) in zip(sl, live))
         lo = [s.start * st for s, st in zip(sl, stride)]
         hi = [(s.stop - 1) * st + b for s, st, b in zip(sl, stride, block)]
-        scores[sl] = forward(padded[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])[0]
+        x = torch.from_numpy(np.ascontiguousarray(padded[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]))[None].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast_context(device, precision):
+            scores[sl] = _probabilities(network(x))[0].cpu().numpy()
         counts["positions_computed"] += int(np.prod([s.stop - s.start for s in sl]))
-    if stats is not None:
-        stats.update(counts)
+    return counts
+
+
+@torch.inference_mode()
+def score_box(network: nn.Module, volume: np.ndarray, plans: dict, box: Sequence[slice],
+              device: str | torch.device = "cpu", tile_size: Sequence[int] | None = None,
+              precision: str | bool = False, channels_last: bool = False) -> np.ndarray:
+    """The score map of ``volume`` inside ``box`` (slices of score voxels) alone: the FCN on the input under it,
+    equal to ``screening_score_map(...)[box]``."""
+    device = torch.device(device)
+    network = network.to(device).eval()
+    block, stride, offset = _geometry(plans)
+    n_out = score_map_shape(volume.shape[1:], plans)
+    box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, n_out))
+    # padded coordinates [s*j0, s*(j1-1) + B) are voxels [.. - offset) of the volume, zeros outside it
+    lo = np.array([s.start * st for s, st in zip(box, stride)]) - offset
+    hi = np.array([(s.stop - 1) * st + b for s, st, b in zip(box, stride, block)]) - offset
+    sub = np.zeros((volume.shape[0], *(hi - lo)), dtype=np.float32)
+    src = [slice(int(max(0, a)), int(min(n, b))) for a, b, n in zip(lo, hi, volume.shape[1:])]
+    if all(s.stop > s.start for s in src):
+        dst = tuple(slice(int(s.start - a), int(s.stop - a)) for s, a in zip(src, lo))
+        sub[(slice(None), *dst)] = volume[(slice(None), *src)]
+    scores = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
+    _fcn_pass(network, sub, scores, plans, device, tile_size, precision, channels_last, skip_empty=True)
     return scores
