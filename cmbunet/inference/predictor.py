@@ -184,6 +184,25 @@ def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[s
     })[CMB_COLUMNS]
 
 
+def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Mapping[str, Any]) -> list[tuple[slice, ...]]:
+    """``boxes`` of score voxels, or their one bounding box where that costs the FCN less input.
+
+    Each box costs the FCN its own receptive-field border, so many small boxes can cost more than their union.
+    """
+    if len(boxes) < 2:
+        return list(boxes)
+    scr = plans["screening"]
+    block = np.asarray(scr["block_size"], dtype=np.int64)
+    stride = np.asarray(scr.get("fcn_stride", [2, 2, 2]), dtype=np.int64)
+    lo = np.array([[s.start for s in b] for b in boxes])
+    hi = np.array([[s.stop for s in b] for b in boxes])
+    cost = np.prod((hi - lo - 1) * stride + block, axis=1).sum()
+    lo_all, hi_all = lo.min(axis=0), hi.max(axis=0)
+    if np.prod((hi_all - lo_all - 1) * stride + block) <= cost:
+        return [tuple(slice(int(a), int(b)) for a, b in zip(lo_all, hi_all))]
+    return list(boxes)
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 @dataclass(frozen=True)
 class CaseOutputs:
@@ -373,29 +392,39 @@ class CMBPredictor:
 
     # ---------------------------------------------------------------------------------------- one case
     def screening(self, data: np.ndarray) -> np.ndarray:
-        """Fold-averaged screening score map.
+        """Fold-averaged screening score map, with the float32 recomputation of :meth:`refine_screening`."""
+        return self.refine_screening(data, self.screening_pass(data))
 
-        In reduced precision (bf16, fp16) the scores are then recomputed in float32 wherever they can decide a
-        candidate (within ``screening_margin`` of the threshold, grown by the NMS window), so the candidates and
-        their scores are those of float32 while the rest of the volume runs in reduced precision.
-        """
-        tile, precision = self.settings.get("tile_size"), self.stage_precision["screening"]
+    def screening_pass(self, data: np.ndarray) -> np.ndarray:
+        """Fold-averaged screening score map in the screening stage's precision (no recomputation)."""
         stats: dict[str, Any] = {}
-        maps = [screening_score_map(net, data, self.plans, self.device, tile, self.mode, precision=precision,
+        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.get("tile_size"), self.mode,
+                                    precision=self.stage_precision["screening"],
                                     channels_last=self.screening_channels_last, skip_empty=self.skip_empty,
                                     stats=stats)
                 for net in self.networks["screening"]]
-        score = np.mean(maps, axis=0) if len(maps) > 1 else maps[0]
-        stats["positions_refined"] = 0
-        if precision != "fp32" and self.mode == "fcn" and self.screening_margin is not None:
-            boxes = decision_boxes(score, self.plans, self.settings.get("screening_threshold"),
-                                   self.settings.get("nms_size_vox"), self.screening_margin)
-            for box in boxes:
-                exact = [score_box(net, data, self.plans, box, self.device, tile, "fp32", self.screening_channels_last)
-                         for net in self.networks["screening"]]
-                score[box] = np.mean(exact, axis=0) if len(exact) > 1 else exact[0]
-                stats["positions_refined"] += int(np.prod(exact[0].shape))
-        self.last_screening_stats = stats
+        self.last_screening_stats = {**stats, "positions_refined": 0}
+        return np.mean(maps, axis=0) if len(maps) > 1 else maps[0]
+
+    def refine_screening(self, data: np.ndarray, score: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Recompute a reduced-precision (bf16, fp16) score map in float32 wherever it can decide a candidate.
+
+        That is within ``screening_margin`` of the screening threshold, grown by the NMS window
+        (:func:`decision_boxes`), so the candidates and their scores are those of float32 while the rest of the
+        volume ran in reduced precision. A float32 map is returned as it is.
+        """
+        if self.stage_precision["screening"] == "fp32" or self.mode != "fcn" or self.screening_margin is None:
+            return score
+        threshold = self.settings.get("screening_threshold") if threshold is None else threshold
+        boxes = decision_boxes(score, self.plans, threshold, self.settings.get("nms_size_vox"), self.screening_margin)
+        boxes = cheaper_boxes(boxes, self.plans)
+        refined = 0
+        for box in boxes:
+            exact = [score_box(net, data, self.plans, box, self.device, self.settings.get("tile_size"), "fp32",
+                               self.screening_channels_last) for net in self.networks["screening"]]
+            score[box] = np.mean(exact, axis=0) if len(exact) > 1 else exact[0]
+            refined += int(np.prod(exact[0].shape))
+        self.last_screening_stats["positions_refined"] = refined
         return score
 
     @torch.inference_mode()
