@@ -55,8 +55,9 @@ CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_v
 CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
 TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
-#: Stages that run in bfloat16 when the precision is ``bf16``. Screening is nearly all of the time; discrimination
-#: and segmentation stay in float32 so that the kept candidates, their centres and the masks are float32's.
+#: Stages that run in reduced precision (bf16 on the CPU, fp16 on CUDA). Screening is nearly all of the time;
+#: discrimination and segmentation stay in float32 so that the kept candidates, their centres and the masks are
+#: float32's.
 BF16_STAGES = ("screening",)
 #: Reduced-precision screening scores are recomputed in float32 where they lie within this margin of the screening
 #: threshold (and in the NMS windows around them). bf16 moved scores by at most 0.02 in the measurements
@@ -322,8 +323,8 @@ class CMBPredictor:
                  precision: str | None = None, skip_empty: bool = True, screening_channels_last: bool | None = None,
                  bf16_stages: Sequence[str] = BF16_STAGES, screening_margin: float | None = SCREENING_MARGIN):
         """``precision``: ``auto``, ``fp32`` or ``bf16`` (see ``cpu_features.resolve_precision``); None keeps the
-        older ``cpu_bf16`` flag (``bf16`` when True, else ``fp32``; CUDA: float16 autocast). ``bf16`` applies to
-        ``bf16_stages`` only, the others run in float32. ``skip_empty`` skips screening tiles outside the brain
+        older ``cpu_bf16`` flag (``bf16`` when True, else ``fp32``; CUDA: float16 autocast). Reduced precision
+        (bf16, fp16) applies to ``bf16_stages`` only; the other stages run in float32. ``skip_empty`` skips screening tiles outside the brain
         (same map). ``screening_channels_last`` (default: on the CPU) runs the screening FCN in channels-last
         layout, measured faster in both precisions. ``screening_margin``: see :meth:`screening` (None: no float32
         recomputation)."""
@@ -344,8 +345,7 @@ class CMBPredictor:
         if precision is None:
             precision = "bf16" if cpu_bf16 and self.device.type == "cpu" else ("auto" if self.device.type == "cuda" else "fp32")
         self.precision, self.precision_reason = resolve_precision(precision, self.device.type)
-        self.stage_precision = {s: self.precision if self.precision != "bf16" or s in bf16_stages else "fp32"
-                                for s in STAGES}
+        self.stage_precision = {s: self.precision if s in bf16_stages else "fp32" for s in STAGES}
         self.skip_empty = bool(skip_empty)
         self.screening_margin = None if screening_margin is None else float(screening_margin)
         self.last_screening_stats: dict[str, Any] = {}
