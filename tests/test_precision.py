@@ -13,7 +13,7 @@ import torch
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.predictor import CMBPredictor
 from cmbunet.inference.screening import empty_block_score, score_box, screening_score_map
-from cmbunet.preprocessing.preprocessor import load_preprocessed_case
+from cmbunet.preprocessing.preprocessor import load_preprocessed_case, preprocess_case
 from cmbunet.utilities.cpu_features import cpu_has_fast_bf16, resolve_precision
 from tiny_schedule import TINY_TRAINING_OVERRIDES
 
@@ -139,22 +139,33 @@ def test_decision_boxes_give_the_exact_candidates_of_a_perturbed_map():
 
 
 # ----------------------------------------------------------------------------------------------- empty tiles
+@pytest.fixture(scope="module")
+def realistic(trained) -> tuple[np.ndarray, np.ndarray]:
+    """A realistic-size synthetic brain preprocessed with the trained plans: ``(data, brain)``."""
+    from cmbunet.synthetic.generator import synthesize_case
+
+    plans = CMBPredictor.from_model_folder(trained["model"]).plans
+    case = synthesize_case(5, size="realistic")
+    data, _, brain, _ = preprocess_case(case.images["T2S"][None].astype(np.float32), case.props, plans)
+    return data, brain
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_skipping_empty_tiles_leaves_the_score_map_unchanged_everywhere(trained, precision):
+def test_skipping_empty_tiles_leaves_the_score_map_unchanged_everywhere(trained, realistic, precision):
     pred = CMBPredictor.from_model_folder(trained["model"])
     net, plans = pred.networks["screening"][0], pred.plans
-    data, _, brain, _ = load_preprocessed_case(trained["pre"], trained["cases"][0])
-    assert (data[:, ~brain] == 0).all() and brain.mean() < 0.8  # background is exactly 0 in the cropped box
-    tile = [28, 28, 24]  # small tiles, so that some lie wholly outside the brain
+    data, brain = realistic
+    assert (data[:, ~brain] == 0).all() and brain.mean() < 0.7  # background is exactly 0 in the cropped box
+    tile = [40, 40, 30]  # small tiles, so that some, in the corners of the box, lie wholly outside the brain
     stats: dict = {}
     skipped = screening_score_map(net, data, plans, tile_size=tile, precision=precision, stats=stats)
     full = screening_score_map(net, data, plans, tile_size=tile, precision=precision, skip_empty=False)
-    assert stats["tiles_skipped"] > 0 and stats["positions_computed"] < stats["positions"]
-    np.testing.assert_allclose(skipped, full, rtol=0, atol=1e-6 if precision == "fp32" else 1e-2)
+    assert stats["tiles_skipped"] > 0 and stats["positions_computed"] < stats["positions"], stats
+    np.testing.assert_allclose(skipped, full, rtol=0, atol=1e-6 if precision == "fp32" else 1e-3)
     empty = empty_block_score(net, 1, plans["screening"]["block_size"], torch.device("cpu"), precision)
     outside = np.isclose(full, empty, rtol=0, atol=1e-6)
-    assert 0.05 < outside.mean() < 0.95  # the constant fills a real part of the map, and only that part
-    assert np.array_equal(skipped[outside], np.full(outside.sum(), np.float32(empty)))
+    assert 0.02 < outside.mean() < 0.95  # the constant fills a real part of the map, and only that part
+    assert (skipped == np.float32(empty)).mean() > 0.02  # filled, not computed, there
 
 
 def test_score_box_equals_the_score_map_inside_the_box(trained):
