@@ -78,6 +78,7 @@ def _live_range(occupied: np.ndarray, n_tile: int, stride: int, block: int) -> t
     return j0, max(j0, j1)
 
 
+@torch.inference_mode()
 def empty_block_score(network: nn.Module, in_channels: int, block: Sequence[int], device: torch.device,
                       precision: str | bool = False, channels_last: bool = False) -> float:
     """The score of a block of zeros: what the FCN gives at every position whose block lies outside the brain."""
