@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="arithmetic of the networks. auto (default): bfloat16 on CPUs with bfloat16 dot products "
-                        "(AVX-512 BF16, AMX), about 2x faster there with the same detections; float32 on other CPUs; "
-                        "float16 autocast on CUDA")
+                   help="arithmetic of the screening pass (discrimination and segmentation run in float32). auto "
+                        "(default): bfloat16 on CPUs with bfloat16 dot products (AVX-512 BF16, AMX), about 3x faster "
+                        "there; float32 on other CPUs; float16 autocast on CUDA. Scores that can decide a candidate "
+                        "are recomputed in float32, so the detections are those of float32")
     p.add_argument("--cpu-bf16", action="store_true", help="deprecated: same as --precision bf16")
     p.add_argument("--no-skip-empty", action="store_true",
                    help="screen every tile, also those outside the brain (same result, slower; for checking)")
