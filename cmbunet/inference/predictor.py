@@ -204,18 +204,6 @@ def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Mapping[str, Any]) 
     return list(boxes)
 
 
-def round_box(box: tuple[slice, ...], shape: Sequence[int], multiple: int = 4) -> tuple[slice, ...]:
-    """``box`` grown to a multiple of ``multiple`` voxels per axis (moved back inside ``shape`` at the border),
-    so that boxes share a few shapes and the convolution library reuses its kernels instead of preparing new
-    ones for every box."""
-    out = []
-    for s, n in zip(box, shape):
-        size = min(int(n), -(-(s.stop - s.start) // multiple) * multiple)
-        start = min(s.start, int(n) - size)
-        out.append(slice(start, start + size))
-    return tuple(out)
-
-
 # ------------------------------------------------------------------------------------------------ outputs
 @dataclass(frozen=True)
 class CaseOutputs:
@@ -429,7 +417,7 @@ class CMBPredictor:
             return score
         threshold = self.settings.get("screening_threshold") if threshold is None else threshold
         boxes = decision_boxes(score, self.plans, threshold, self.settings.get("nms_size_vox"), self.screening_margin)
-        boxes = [round_box(b, score.shape) for b in cheaper_boxes(boxes, self.plans)]
+        boxes = cheaper_boxes(boxes, self.plans)
         refined = 0
         for box in boxes:
             exact = [score_box(net, data, self.plans, box, self.device, self.settings.get("tile_size"), "fp32",
