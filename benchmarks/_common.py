@@ -148,10 +148,12 @@ def screening_fcn_flops(network: nn.Module, volume_shape: Sequence[int], plans: 
 
 def conv_peak(dtype: str = "fp32", repeats: int = 3, shape: Sequence[int] | None = None) -> dict[str, float]:
     """Dense Conv3d 64->64, kernel 5x5x3, valid, batch 1: median GFLOP/s over ``repeats`` timed passes (after one
-    warm-up). Input 48x48x32 in float32; bf16 uses a small 14x14x10 input because CPUs without bfloat16
-    instructions (AVX2 only) run it thousands of times slower."""
+    warm-up). Input 48x48x32; bf16 on a CPU without bfloat16 dot products uses a small 14x14x10 input, because
+    such CPUs (AVX2 only) run it thousands of times slower."""
     if shape is None:
-        shape = (14, 14, 10) if dtype == "bf16" else (48, 48, 32)
+        from cmbunet.utilities.cpu_features import cpu_has_fast_bf16
+
+        shape = (14, 14, 10) if dtype == "bf16" and not cpu_has_fast_bf16() else (48, 48, 32)
     conv = nn.Conv3d(64, 64, (5, 5, 3), bias=False).eval()
     x = torch.randn(1, 64, *shape)
     out_vox = np.prod([s - k + 1 for s, k in zip(shape, (5, 5, 3))])

@@ -15,7 +15,7 @@ predictor's tile size and autocast, ``find_candidates``, ``discriminate_candidat
 Each run is a fresh child process; its peak memory is its own ru_maxrss (read at exit).
 
     python benchmarks/end_to_end.py --settings fp32 --repeats 3 --out benchmarks/results/end_to_end.json
-    python benchmarks/end_to_end.py --settings fp32 fp32-tile224 fp32-1thread bf16 --repeats 1 --out ...
+    python benchmarks/end_to_end.py --settings fp32 fp32-skip bf16 bf16-skip --repeats 3 --out ...
     python benchmarks/end_to_end.py --quick
 """
 
@@ -34,22 +34,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+T160 = [160, 160, 80]
 SETTINGS = {
-    # name: (cpu_bf16, tile_size, discrimination batch, threads)
-    "fp32": (False, [160, 160, 80], 256, 2),
-    "fp32-tile224": (False, [224, 224, 112], 256, 2),
-    "fp32-tile256": (False, [256, 256, 128], 256, 2),
-    "fp32-batch64": (False, [160, 160, 80], 64, 2),
-    "fp32-1thread": (False, [160, 160, 80], 256, 1),
-    "bf16": (True, [160, 160, 80], 256, 2),
+    # name: screening precision (bf16: screening in bf16 with the float32 recomputation near the threshold;
+    # bf16-all: every stage in bf16, no recomputation), tile, discrimination batch, threads, empty-tile skipping,
+    # channels-last screening
+    "fp32": dict(precision="fp32", tile=T160, batch=256, threads=2, skip=False, cl=False),
+    "fp32-cl": dict(precision="fp32", tile=T160, batch=256, threads=2, skip=False, cl=True),
+    "fp32-skip": dict(precision="fp32", tile=T160, batch=256, threads=2, skip=True, cl=True),
+    "bf16": dict(precision="bf16", tile=T160, batch=256, threads=2, skip=False, cl=True),
+    "bf16-skip": dict(precision="bf16", tile=T160, batch=256, threads=2, skip=True, cl=True),
+    "bf16-all-skip": dict(precision="bf16-all", tile=T160, batch=256, threads=2, skip=True, cl=True),
+    "bf16-skip-tile160z": dict(precision="bf16", tile=[160, 160, 166], batch=256, threads=2, skip=True, cl=True),
+    "fp32-tile224": dict(precision="fp32", tile=[224, 224, 112], batch=256, threads=2, skip=False, cl=False),
+    "fp32-tile256": dict(precision="fp32", tile=[256, 256, 128], batch=256, threads=2, skip=False, cl=False),
+    "fp32-batch64": dict(precision="fp32", tile=T160, batch=64, threads=2, skip=False, cl=False),
+    "fp32-1thread": dict(precision="fp32", tile=T160, batch=256, threads=1, skip=False, cl=False),
 }
-STAGE_KEYS = ["read", "preprocess", "screening", "candidates", "discrimination", "segmentation", "export", "write"]
+STAGE_KEYS = ["read", "preprocess", "screening", "refine", "candidates", "discrimination", "segmentation", "export",
+              "write"]
 
 
 def child(args: dict) -> None:
     from cmbunet.inference.candidates import find_candidates
-    from cmbunet.inference.discrimination import autocast_context, discriminate_candidates
-    from cmbunet.inference.predictor import CMBPredictor, CaseOutputs, cmb_table, resolve_settings, write_case
+    from cmbunet.inference.discrimination import discriminate_candidates
+    from cmbunet.inference.predictor import SCREENING_MARGIN, CMBPredictor, CaseOutputs, cmb_table, resolve_settings, write_case
     from cmbunet.inference.input_cases import find_input_cases
     from cmbunet.inference.segmentation import segment_candidates
     from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
@@ -59,28 +68,39 @@ def child(args: dict) -> None:
     nets = C.build_networks(plans)
     settings = resolve_settings(plans, None, {"tile_size": args["tile"], "screening_threshold": 0.0,
                                               "max_candidates": args["candidates"]})
+    all_stages = ("screening", "discrimination", "segmentation")
     pred = CMBPredictor(plans, {k: [v] for k, v in nets.items()}, "cpu", settings=settings,
                         discrimination_batch_size=args["batch"], segmentation_batch_size=max(1, args["batch"] // 8),
-                        cpu_bf16=args["bf16"])
+                        precision="bf16" if args["precision"].startswith("bf16") else "fp32",
+                        bf16_stages=all_stages if args["precision"] == "bf16-all" else ("screening",),
+                        screening_margin=None if args["precision"] == "bf16-all" else SCREENING_MARGIN,
+                        skip_empty=args["skip"], screening_channels_last=args["cl"])
     t: dict[str, float] = {}
     with torch.inference_mode():
         data, properties, props, tr = pred.load_and_preprocess([args["image"]], "case")
         t.update(tr)
         clock = time.perf_counter()
-        with autocast_context(pred.device, pred.cpu_bf16):
-            score_map = pred.screening(data)
+        score_map = pred.screening_pass(data)
         t["screening"], clock = time.perf_counter() - clock, time.perf_counter()
         centres, scores = find_candidates(score_map, plans, settings["screening_threshold"], settings["nms_size_vox"],
                                           settings["max_candidates"])
+        # forced workload of the float32 recomputation: the neighbourhoods of the forced candidates, i.e. every
+        # score within the margin of the weakest forced candidate (a trained model's threshold plays that role)
+        if len(scores):
+            score_map = pred.refine_screening(data, score_map, threshold=float(scores[-1]))
+        t["refine"], clock = time.perf_counter() - clock, time.perf_counter()
+        centres, scores = find_candidates(score_map, plans, settings["screening_threshold"], settings["nms_size_vox"],
+                                          settings["max_candidates"])
         t["candidates"], clock = time.perf_counter() - clock, time.perf_counter()
+        stats = dict(pred.last_screening_stats)
         disc, moved = discriminate_candidates(pred.networks["discrimination"], data, centres, plans, pred.device,
                                               settings["discrimination_shift_vox"], settings["discrimination_aggregate"],
-                                              pred.discrimination_batch_size, pred.cpu_bf16)
+                                              pred.discrimination_batch_size, pred.stage_precision["discrimination"])
         kept = np.zeros(len(disc), dtype=bool)
         kept[np.argsort(-disc, kind="stable")[: args["kept"]]] = True
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
         prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,
-                                      pred.segmentation_batch_size, pred.cpu_bf16)
+                                      pred.segmentation_batch_size, pred.stage_precision["segmentation"])
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
         native, binary, _ = export_segmentation(prob_pre, properties, float(settings["segmentation_threshold"]))
         cmbs = cmb_table(binary, native, native_geometry(properties), None)
@@ -91,11 +111,12 @@ def child(args: dict) -> None:
         write_case({"geometry": dict(props), "binary": binary, "probabilities": native, "cmbs": cmbs}, outputs)
         t["write"] = time.perf_counter() - clock
     flops = C.screening_fcn_flops(nets["screening"], data.shape[1:], plans, args["tile"])
-    np.savez_compressed(Path(args["outdir"]) / "check.npz", binary=binary, centres=centres, kept=moved[kept],
+    np.savez_compressed(Path(args["outdir"]) / "check.npz", binary=binary, centres=centres, scores=scores, kept=moved[kept],
                         disc=disc, seg=prob_pre.astype(np.float32), score_map=score_map.astype(np.float32))
     C.child_result({"timings": t, "total": float(sum(t.values())), "shape_preprocessed": list(data.shape[1:]),
                     "num_candidates": int(len(centres)), "num_kept": int(kept.sum()), "num_cmbs": int(len(cmbs)),
-                    "screening_gflop": flops / 1e9, "threads": torch.get_num_threads()})
+                    "screening_gflop": flops / 1e9, "threads": torch.get_num_threads(), "screening_stats": stats,
+                    "precision_line": pred.precision_line()})
 
 
 def compare(ref_dir: Path, run_dir: Path) -> dict:
@@ -105,7 +126,7 @@ def compare(ref_dir: Path, run_dir: Path) -> dict:
     same = lambda k: a[k].shape == b[k].shape and bool((a[k] == b[k]).all())  # noqa: E731
     diff = lambda k: float(np.abs(a[k] - b[k]).max()) if a[k].shape == b[k].shape and a[k].size else float("nan")  # noqa: E731
     return {"same_candidates": same("centres"), "same_kept": same("kept"), "dice_vs_fp32": 2 * inter / denom if denom else 1.0,
-            "max_score_diff": diff("score_map"), "max_disc_diff": diff("disc"), "max_seg_prob_diff": diff("seg")}
+            "max_score_diff": diff("score_map"), "max_cand_score_diff": diff("scores"), "max_disc_diff": diff("disc"), "max_seg_prob_diff": diff("seg")}
 
 
 def main() -> None:
@@ -143,7 +164,7 @@ def main() -> None:
           f"{a.candidates} candidates forced, {a.kept} kept; load {C.loadavg()}")
 
     peaks = {"fp32": C.conv_peak("fp32", repeats=1 if a.quick else 3)}
-    if any(SETTINGS[s][0] for s in a.settings):
+    if any(SETTINGS[s]["precision"] != "fp32" for s in a.settings):
         peaks["bf16"] = C.conv_peak("bf16", repeats=1)
     for k, v in peaks.items():
         print(f"# dense conv3d 64->64 5x5x3 {k} peak: {v['gflops']:.1f} GFLOP/s (input {v['shape']}, load {v['load']})")
@@ -151,7 +172,8 @@ def main() -> None:
     rows, runs = [], {}
     ref_dir = None
     for name in a.settings:
-        bf16, tile, batch, threads = SETTINGS[name]
+        cfg = SETTINGS[name]
+        bf16, tile, batch, threads = cfg["precision"] != "fp32", cfg["tile"], cfg["batch"], cfg["threads"]
         if bf16 and peaks["bf16"]["gflops"] < 0.5 * peaks["fp32"]["gflops"]:
             print(f"# {name}: skipped, the bf16 conv peak ({peaks['bf16']['gflops']:.2f} GFLOP/s) is far below fp32 "
                   f"({peaks['fp32']['gflops']:.0f}) on this CPU (no bfloat16 instructions)")
@@ -161,8 +183,7 @@ def main() -> None:
         results = []
         for r in range(repeats):
             outdir = work / f"out_{name}_{r}"
-            args = {"image": str(image), "outdir": str(outdir), "bf16": bf16, "tile": tile, "batch": batch,
-                    "threads": threads, "candidates": a.candidates, "kept": a.kept}
+            args = {"image": str(image), "outdir": str(outdir), **cfg, "candidates": a.candidates, "kept": a.kept}
             load0 = C.loadavg()
             try:
                 res = C.run_child(Path(__file__), [json.dumps(args)], timeout=a.timeout, threads=threads)
@@ -170,7 +191,7 @@ def main() -> None:
                 print(f"# {name} run {r}: {type(e).__name__}: {str(e)[:300]}")
                 continue
             res["load_start"] = load0
-            if ref_dir is None and not bf16:
+            if ref_dir is None and not bf16 and not cfg["skip"]:
                 ref_dir = outdir
             res["check"] = compare(ref_dir, outdir) if ref_dir is not None else {}
             results.append(res)
@@ -184,16 +205,22 @@ def main() -> None:
         total = statistics.median(r["total"] for r in results)
         gflop = results[0]["screening_gflop"]
         row = {"setting": name, "tile": tile, "batch": batch, "threads": threads,
+               "skip": cfg["skip"], "channels-last": cfg["cl"],
                "read+preprocess s": med["read"] + med["preprocess"], "screening s": med["screening"],
-               "candidates s": med["candidates"], "discrimination s": med["discrimination"],
+               "fp32 recompute s": med["refine"], "candidates s": med["candidates"], "discrimination s": med["discrimination"],
                "segmentation s": med["segmentation"], "export+write s": med["export"] + med["write"],
                "total s": total, "peak RSS GB": max(r["maxrss_mb"] for r in results) / 1024,
+               "positions computed %": 100 * results[0]["screening_stats"]["positions_computed"]
+               / results[0]["screening_stats"]["positions"],
+               "positions recomputed %": 100 * results[0]["screening_stats"]["positions_refined"]
+               / results[0]["screening_stats"]["positions"],
                "screening GFLOP/s": gflop / med["screening"],
                "% of conv peak": 100 * gflop / med["screening"] / peaks["bf16" if bf16 else "fp32"]["gflops"],
                "same candidates+kept as fp32": all(r["check"].get("same_candidates", False) and
                                                    r["check"].get("same_kept", False) for r in results),
-               "max |dp| vs fp32": max(max(r["check"].get(k, float("nan")) for k in
-                                           ("max_score_diff", "max_disc_diff", "max_seg_prob_diff")) for r in results),
+               "max |dp| of candidates vs fp32": max(max(r["check"].get(k, float("nan")) for k in
+                                           ("max_cand_score_diff", "max_disc_diff", "max_seg_prob_diff")) for r in results),
+               "max |dp| of map vs fp32": max(r["check"].get("max_score_diff", float("nan")) for r in results),
                "runs": len(results), "load": results[-1]["load_start"]}
         rows.append(row)
 
@@ -206,7 +233,7 @@ def main() -> None:
             peaks[k] = {**again, "before": peaks[k]}
     for row in rows:
         if "screening GFLOP/s" in row:
-            row["% of conv peak"] = 100 * row["screening GFLOP/s"] / peaks["bf16" if SETTINGS[row["setting"]][0] else "fp32"]["gflops"]
+            row["% of conv peak"] = 100 * row["screening GFLOP/s"] / peaks["fp32" if SETTINGS[row["setting"]]["precision"] == "fp32" else "bf16"]["gflops"]
 
     print()
     C.print_table(rows)

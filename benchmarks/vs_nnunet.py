@@ -269,6 +269,9 @@ def phase_predict(a) -> dict:
                                              "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"],
         "cmbunet": [cbin("cmbunet_predict"), "-i", str(inp), "-o", str(WORK / "pred_cmbunet"), "-d", str(DATASET_ID),
                     "-f", "all", "-device", "cpu", "--overwrite"],
+        "cmbunet fp32, no skipping": [cbin("cmbunet_predict"), "-i", str(inp), "-o", str(WORK / "pred_cmbunet_fp32"),
+                                      "-d", str(DATASET_ID), "-f", "all", "-device", "cpu", "--overwrite",
+                                      "--precision", "fp32", "--no-skip-empty"],
     }
     for name, cmd in runs.items():
         out_dir = Path(cmd[cmd.index("-o") + 1])
@@ -295,6 +298,22 @@ def phase_evaluate(a, predict: dict) -> dict:
         r[name] = {k: agg.get(k) for k in ("f1_mean", "f1_pooled", "sensitivity", "fp_per_case", "dice_mean",
                                            "num_cases", "num_missing_predictions")}
     return r
+
+
+def per_case_ratios(predict: dict) -> list[dict]:
+    """Per test case: cmbunet's own seconds (``summary.csv``: read to write) and the ratio to nnU-Net without
+    mirroring, whose per-case time is its command's wall time over its cases (nnU-Net reports no per-case times)."""
+    nn = predict.get("nnU-Net 3d_fullres, no mirroring")
+    cm = predict.get("cmbunet")
+    if not nn or not cm or not (Path(cm["pred_dir"]) / "summary.csv").is_file():
+        return []
+    import pandas as pd
+
+    summary = pd.read_csv(Path(cm["pred_dir"]) / "summary.csv")
+    nn_s = float(nn["seconds_per_case"])
+    return [{"case": r["case"], "cmbunet s": float(r["seconds_total"]), "nnU-Net s (mean)": nn_s,
+             "nnU-Net / cmbunet": nn_s / float(r["seconds_total"])}
+            for _, r in summary.iterrows() if r["status"] == "ok"]
 
 
 def main() -> None:
@@ -333,10 +352,16 @@ def main() -> None:
                      "F1 (mean)": ev.get("f1_mean", float("nan")), "sensitivity": ev.get("sensitivity", float("nan")),
                      "FP/case": ev.get("fp_per_case", float("nan")), "Dice (mean)": ev.get("dice_mean", float("nan")),
                      "load": pr["load_start"]})
+    per_case = per_case_ratios(state.get("predict", {}))
     if rows:
         C.print_table(rows)
+    if per_case:
+        print("\nper-case prediction time, nnU-Net 3d_fullres without mirroring / cmbunet (defaults), from summary.csv "
+              "and nnU-Net's command time divided by its cases:")
+        C.print_table(per_case)
     print(f"# training: {json.dumps(state.get('train', {}))}")
-    C.write_json(a.out, {"script": "vs_nnunet", "machine": info, "argv": sys.argv, "state": state, "rows": rows})
+    C.write_json(a.out, {"script": "vs_nnunet", "machine": info, "argv": sys.argv, "state": state, "rows": rows,
+                         "per_case": per_case})
 
 
 if __name__ == "__main__":

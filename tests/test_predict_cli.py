@@ -209,3 +209,18 @@ def test_cpu_bf16_without_bf16_instructions_warns(valdo, results_root, tmp_path,
                  "-npp", "0", "--cpu-bf16"])
     assert code == 0 and "without bfloat16 instructions" in capsys.readouterr().err
     assert len(list(tmp_path.glob("*_prediction.nii.gz"))) == 1
+
+
+def test_precision_option_prints_the_path_that_ran(valdo, results_root, tmp_path, capsys):
+    args = ["-i", str(valdo / "sub-101"), "-d", "1", "--results-root", str(results_root), "-npp", "0"]
+    assert main([*args, "-o", str(tmp_path / "fp32"), "--precision", "fp32", "--no-skip-empty"]) == 0
+    out = capsys.readouterr().out
+    assert "precision: fp32 on cpu (float32 requested)" in out and "skips empty tiles: no" in out
+    assert main([*args, "-o", str(tmp_path / "auto")]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("precision: "))
+    assert line.startswith(("precision: bf16 on cpu (auto: the CPU has", "precision: fp32 on cpu (auto:"))
+    name = "sub-101_space-T2S_prediction.nii.gz"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "auto" / name))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "fp32" / name))))
+    assert main([*args, "-o", str(tmp_path / "x"), "--precision", "fp32", "--cpu-bf16"]) == 2
+    assert "contradicts" in capsys.readouterr().err

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import ndimage
 
 from cmbunet.inference.screening import score_voxels_to_input
+
+
+def nms_footprint(plans: dict, nms_size: int | Sequence[int] | None = None) -> tuple[int, int, int]:
+    """The odd, centred NMS window in score voxels: ``nms_size`` input voxels divided by the FCN stride."""
+    nms_size = plans.get("inference", {}).get("nms_size_vox", [10, 10, 8]) if nms_size is None else nms_size
+    stride = np.asarray(plans["screening"].get("fcn_stride", [2, 2, 2]))
+    nms = np.broadcast_to(np.asarray(nms_size), (3,))
+    return tuple(int(max(1, 2 * (n // (2 * s)) + 1)) for n, s in zip(nms, stride))
+
+
+def decision_boxes(score_map: np.ndarray, plans: dict, threshold: float | None = None,
+                   nms_size: int | Sequence[int] | None = None, margin: float = 0.05) -> list[tuple[slice, ...]]:
+    """Boxes of score voxels that decide the candidates when ``score_map`` may be off by less than ``margin``.
+
+    A voxel can be a candidate only if its exact score reaches ``threshold``, i.e. where the approximate score is
+    at least ``threshold - margin``; whether it is depends on the scores in its NMS window. Recomputing the scores
+    exactly inside these boxes (those voxels grown by the NMS window) therefore gives exactly the candidates of
+    the exact map.
+    """
+    threshold = plans.get("inference", {}).get("screening_threshold", 0.1) if threshold is None else threshold
+    near = score_map >= threshold - margin
+    if not near.any():
+        return []
+    grown = ndimage.binary_dilation(near, structure=np.ones(nms_footprint(plans, nms_size), dtype=bool))
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3, 3), dtype=bool))
+    return [box for box in ndimage.find_objects(labels) if box is not None]
 
 
 def find_candidates(
@@ -26,9 +54,7 @@ def find_candidates(
     threshold = inf.get("screening_threshold", 0.1) if threshold is None else threshold
     nms_size = inf.get("nms_size_vox", [10, 10, 8]) if nms_size is None else nms_size
     max_candidates = inf.get("max_candidates", 1000) if max_candidates is None else max_candidates
-    stride = np.asarray(plans["screening"].get("fcn_stride", [2, 2, 2]))
-    nms = np.broadcast_to(np.asarray(nms_size), (3,))
-    footprint = tuple(int(max(1, 2 * (n // (2 * s)) + 1)) for n, s in zip(nms, stride))  # odd, centred
+    footprint = nms_footprint(plans, nms_size)
 
     above = score_map >= threshold
     if not above.any():

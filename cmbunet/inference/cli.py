@@ -16,6 +16,7 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.paths import get_root, resolve_dataset_name, results_dataset_dir
 from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop predicted CMBs smaller than this many voxels of the input image")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
-    p.add_argument("--cpu-bf16", action="store_true",
-                   help="bfloat16 autocast on CPU: faster only on CPUs with bfloat16 instructions (AMX, AVX-512 BF16), "
-                        "many times slower elsewhere; probabilities differ slightly from fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="arithmetic of the screening pass (discrimination and segmentation run in float32). auto "
+                        "(default): bfloat16 on CPUs with bfloat16 dot products (AVX-512 BF16, AMX), about 3x faster "
+                        "there; float32 on other CPUs; float16 autocast on CUDA. Scores that can decide a candidate "
+                        "are recomputed in float32, so the detections are those of float32")
+    p.add_argument("--cpu-bf16", action="store_true", help="deprecated: same as --precision bf16")
+    p.add_argument("--no-skip-empty", action="store_true",
+                   help="screen every tile, also those outside the brain (same result, slower; for checking)")
     return p
 
 
@@ -112,19 +118,6 @@ def dataset_file_ending(model_dir: Path) -> str:
         return ".nii.gz"
 
 
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
-    """Whether the CPU advertises bfloat16 instructions; None where ``/proc/cpuinfo`` cannot tell (not Linux)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return None
-    flags = {f for line in text.splitlines() if line.startswith(("flags", "Features")) for f in line.split(":", 1)[1].split()}
-    return bool(flags & set(BF16_CPU_FLAGS))
-
-
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -133,15 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     refuse_dataset_output(Path(args.output))
     from cmbunet.inference.predictor import CMBPredictor
 
-    if args.cpu_bf16 and args.device == "cpu" and cpu_has_bf16() is False:
-        print(f"warning: --cpu-bf16 on a CPU without bfloat16 instructions (none of {', '.join(BF16_CPU_FLAGS)} in "
+    if args.cpu_bf16:
+        if args.precision not in (None, "bf16"):
+            raise CMBUNetError(f"--cpu-bf16 (deprecated, = --precision bf16) contradicts --precision {args.precision}")
+        print("warning: --cpu-bf16 is deprecated; use --precision bf16", file=sys.stderr)
+        args.precision = "bf16"
+    precision = args.precision or "auto"
+    if precision == "bf16" and args.device == "cpu" and cpu_has_bf16() is False:
+        print(f"warning: bfloat16 on a CPU without bfloat16 instructions (none of {', '.join(BF16_CPU_FLAGS)} in "
               "/proc/cpuinfo): PyTorch emulates them and prediction runs many times slower than float32 "
               "(about 90x for the convolutions on such a CPU; documentation/benchmarks.md)", file=sys.stderr)
     model_dir = model_folder(args)
     predictor = CMBPredictor.from_model_folder(
         model_dir, folds=args.folds, device=args.device, checkpoint=args.checkpoint, mode=args.mode,
         settings_overrides=settings_overrides(args), discrimination_batch_size=args.batch_size,
-        segmentation_batch_size=max(1, args.batch_size // 8), cpu_bf16=args.cpu_bf16)
+        segmentation_batch_size=max(1, args.batch_size // 8), precision=precision,
+        skip_empty=not args.no_skip_empty)
+    print(predictor.precision_line())
     summary = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
                                        num_workers=args.npp, file_ending=dataset_file_ending(model_dir))

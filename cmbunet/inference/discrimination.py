@@ -54,13 +54,19 @@ def shift_offsets(shift_vox: int) -> np.ndarray:
     return grid[zero_first]
 
 
-def autocast_context(device: torch.device, cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
-    """Mixed precision where it is safe: fp16 autocast on CUDA, bf16 on CPU only when asked for."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if cpu_bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_context(device: torch.device, precision: str | bool = False) -> contextlib.AbstractContextManager:
+    """Autocast for a resolved ``precision`` (``fp32``, ``bf16``, ``fp16``; see ``cpu_features.resolve_precision``).
+
+    A bool is the older ``cpu_bf16`` flag: fp16 autocast on CUDA whatever its value, bf16 on the CPU when True.
+    """
+    device = torch.device(device)
+    if isinstance(precision, bool):
+        precision = "fp16" if device.type == "cuda" else ("bf16" if precision else "fp32")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    raise ValueError(f"unknown precision '{precision}'; expected fp32, bf16 or fp16 (resolve 'auto' first)")
 
 
 def ensemble_probability(networks: Sequence[nn.Module], batch: torch.Tensor) -> torch.Tensor:
@@ -103,7 +109,7 @@ def shifted_probabilities(
     block_size: Sequence[int],
     device: torch.device,
     batch_size: int = 256,
-    cpu_bf16: bool = False,
+    precision: str | bool = False,
     channels_last: bool = False,
     share_trunk: bool = True,
 ) -> np.ndarray:
@@ -121,7 +127,7 @@ def shifted_probabilities(
         per_batch = max(1, batch_size // s)
         for start in range(0, n, per_batch):
             x = _to_device(padded.patches(centres[start : start + per_batch], grown_size), device, channels_last)
-            with autocast_context(device, cpu_bf16):
+            with autocast_context(device, precision):
                 total = sum(_shared_trunk_probability(net, x, shifts, reach, channels_last) for net in networks)
             out[start : start + len(x)] = (total / len(networks)).cpu().numpy()
         return out
@@ -129,7 +135,7 @@ def shifted_probabilities(
     out = np.empty(n * s, dtype=np.float32)
     for start in range(0, n * s, batch_size):
         x = _to_device(padded.patches(all_centres[start : start + batch_size], block_size), device, channels_last)
-        with autocast_context(device, cpu_bf16):
+        with autocast_context(device, precision):
             out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
     return out.reshape(n, s)
 
@@ -166,7 +172,7 @@ def discriminate_candidates(
     shift_vox: int | None = None,
     aggregate: str | None = None,
     batch_size: int = 256,
-    cpu_bf16: bool = False,
+    precision: str | bool = False,
     channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Discrimination probability ``(N,)`` and refined centres ``(N, 3)`` of candidates in ``volume`` ``(C, X, Y, Z)``.
@@ -185,5 +191,5 @@ def discriminate_candidates(
     shifts = shift_offsets(shift_vox)
     pad_value = float(plans.get("normalization", {}).get("background_value", 0.0))
     padded = PaddedVolume.create(volume, [b // 2 + b % 2 + shift_vox for b in block], pad_value)
-    probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, cpu_bf16, channels_last)
+    probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last)
     return aggregate_shifts(probs, centres, shifts, aggregate, volume.shape[1:])

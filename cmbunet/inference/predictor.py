@@ -34,14 +34,15 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
-from cmbunet.inference.candidates import find_candidates
-from cmbunet.inference.discrimination import autocast_context, discriminate_candidates
+from cmbunet.inference.candidates import decision_boxes, find_candidates
+from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
-from cmbunet.inference.screening import screening_score_map
+from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
 from cmbunet.plans.validation import validate_settings
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
+from cmbunet.utilities.cpu_features import resolve_precision
 from cmbunet.utilities.file_io import atomic_path, load_json, remove_stale_temp_files
 
 STAGES = ("screening", "discrimination", "segmentation")
@@ -55,6 +56,14 @@ CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_v
 CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
 TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+#: Stages that run in reduced precision (bf16 on the CPU, fp16 on CUDA). Screening is nearly all of the time;
+#: discrimination and segmentation stay in float32 so that the kept candidates, their centres and the masks are
+#: float32's.
+BF16_STAGES = ("screening",)
+#: Reduced-precision screening scores are recomputed in float32 where they lie within this margin of the screening
+#: threshold (and in the NMS windows around them). bf16 moved scores by at most 0.02 in the measurements
+#: (documentation/benchmarks.md), so the candidates are exactly those of float32.
+SCREENING_MARGIN = 0.05
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -181,6 +190,25 @@ def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[s
     })[CMB_COLUMNS]
 
 
+def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Mapping[str, Any]) -> list[tuple[slice, ...]]:
+    """``boxes`` of score voxels, or their one bounding box where that costs the FCN less input.
+
+    Each box costs the FCN its own receptive-field border, so many small boxes can cost more than their union.
+    """
+    if len(boxes) < 2:
+        return list(boxes)
+    scr = plans["screening"]
+    block = np.asarray(scr["block_size"], dtype=np.int64)
+    stride = np.asarray(scr.get("fcn_stride", [2, 2, 2]), dtype=np.int64)
+    lo = np.array([[s.start for s in b] for b in boxes])
+    hi = np.array([[s.stop for s in b] for b in boxes])
+    cost = np.prod((hi - lo - 1) * stride + block, axis=1).sum()
+    lo_all, hi_all = lo.min(axis=0), hi.max(axis=0)
+    if np.prod((hi_all - lo_all - 1) * stride + block) <= cost:
+        return [tuple(slice(int(a), int(b)) for a, b in zip(lo_all, hi_all))]
+    return list(boxes)
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 @dataclass(frozen=True)
 class CaseOutputs:
@@ -296,7 +324,15 @@ class CMBPredictor:
     def __init__(self, plans: dict, networks: Mapping[str, Sequence[nn.Module]], device: str | torch.device = "cpu",
                  mode: str = "fcn", settings: Mapping[str, Any] | None = None, folds: Sequence[str] = (),
                  model_dir: Path | None = None, discrimination_batch_size: int = 256,
-                 segmentation_batch_size: int = 32, cpu_bf16: bool = False, channels_last: bool = False):
+                 segmentation_batch_size: int = 32, cpu_bf16: bool = False, channels_last: bool = False,
+                 precision: str | None = None, skip_empty: bool = True, screening_channels_last: bool | None = None,
+                 bf16_stages: Sequence[str] = BF16_STAGES, screening_margin: float | None = SCREENING_MARGIN):
+        """``precision``: ``auto``, ``fp32`` or ``bf16`` (see ``cpu_features.resolve_precision``); None keeps the
+        older ``cpu_bf16`` flag (``bf16`` when True, else ``fp32``; CUDA: float16 autocast). Reduced precision
+        (bf16, fp16) applies to ``bf16_stages`` only; the other stages run in float32. ``skip_empty`` skips screening tiles outside the brain
+        (same map). ``screening_channels_last`` (default: on the CPU) runs the screening FCN in channels-last
+        layout, measured faster in both precisions. ``screening_margin``: see :meth:`screening` (None: no float32
+        recomputation)."""
         if mode not in ("fcn", "sliding"):
             raise CMBUNetError(f"unknown screening mode '{mode}'; expected fcn or sliding")
         missing = [s for s in STAGES if not networks.get(s)]
@@ -305,16 +341,26 @@ class CMBPredictor:
         self.plans = plans
         self.device = resolve_device(device)
         self.networks = {s: [n.to(self.device).eval() for n in networks[s]] for s in STAGES}
-        if channels_last:
-            self.networks = {s: [n.to(memory_format=torch.channels_last_3d) for n in nets]
-                             for s, nets in self.networks.items()}
+        if screening_channels_last is None:
+            screening_channels_last = self.device.type == "cpu"
+        self.screening_channels_last = bool(screening_channels_last or channels_last)
+        for stage, nets in self.networks.items():
+            if channels_last or (stage == "screening" and self.screening_channels_last):
+                self.networks[stage] = [n.to(memory_format=torch.channels_last_3d) for n in nets]
+        if precision is None:
+            precision = "bf16" if cpu_bf16 and self.device.type == "cpu" else ("auto" if self.device.type == "cuda" else "fp32")
+        self.precision, self.precision_reason = resolve_precision(precision, self.device.type)
+        self.stage_precision = {s: self.precision if s in bf16_stages else "fp32" for s in STAGES}
+        self.skip_empty = bool(skip_empty)
+        self.screening_margin = None if screening_margin is None else float(screening_margin)
+        self.last_screening_stats: dict[str, Any] = {}
         self.mode = mode
         self.settings = resolve_settings(plans, None, None) if settings is None else dict(settings)
         self.folds = list(folds)
         self.model_dir = model_dir
         self.discrimination_batch_size = int(discrimination_batch_size)
         self.segmentation_batch_size = int(segmentation_batch_size)
-        self.cpu_bf16 = bool(cpu_bf16)
+        self.cpu_bf16 = self.stage_precision["screening"] == "bf16"
         self.channels_last = bool(channels_last)
 
     @classmethod
@@ -339,16 +385,52 @@ class CMBPredictor:
         settings = resolve_settings(plans, model_dir, settings_overrides)
         return cls(plans, networks, dev, mode, settings, fold_names, model_dir, **options)
 
+    def precision_line(self) -> str:
+        """One line saying which arithmetic path runs and why (printed by ``cmbunet_predict``)."""
+        stages = ", ".join(f"{s} {p}" for s, p in self.stage_precision.items())
+        return (f"precision: {self.precision} on {self.device.type} ({self.precision_reason}); {stages}; "
+                f"screening skips empty tiles: {'yes' if self.skip_empty else 'no'}")
+
     @property
     def channel_names(self) -> dict[str, str]:
         return dict(self.plans.get("channel_names", {"0": "T2S"}))
 
     # ---------------------------------------------------------------------------------------- one case
     def screening(self, data: np.ndarray) -> np.ndarray:
-        """Fold-averaged screening score map."""
-        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.get("tile_size"), self.mode)
+        """Fold-averaged screening score map, with the float32 recomputation of :meth:`refine_screening`."""
+        return self.refine_screening(data, self.screening_pass(data))
+
+    def screening_pass(self, data: np.ndarray) -> np.ndarray:
+        """Fold-averaged screening score map in the screening stage's precision (no recomputation)."""
+        stats: dict[str, Any] = {}
+        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.get("tile_size"), self.mode,
+                                    precision=self.stage_precision["screening"],
+                                    channels_last=self.screening_channels_last, skip_empty=self.skip_empty,
+                                    stats=stats)
                 for net in self.networks["screening"]]
+        self.last_screening_stats = {**stats, "positions_refined": 0}
         return np.mean(maps, axis=0) if len(maps) > 1 else maps[0]
+
+    def refine_screening(self, data: np.ndarray, score: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Recompute a reduced-precision (bf16, fp16) score map in float32 wherever it can decide a candidate.
+
+        That is within ``screening_margin`` of the screening threshold, grown by the NMS window
+        (:func:`decision_boxes`), so the candidates and their scores are those of float32 while the rest of the
+        volume ran in reduced precision. A float32 map is returned as it is.
+        """
+        if self.stage_precision["screening"] == "fp32" or self.mode != "fcn" or self.screening_margin is None:
+            return score
+        threshold = self.settings.get("screening_threshold") if threshold is None else threshold
+        boxes = decision_boxes(score, self.plans, threshold, self.settings.get("nms_size_vox"), self.screening_margin)
+        boxes = cheaper_boxes(boxes, self.plans)
+        refined = 0
+        for box in boxes:
+            exact = [score_box(net, data, self.plans, box, self.device, self.settings.get("tile_size"), "fp32",
+                               self.screening_channels_last) for net in self.networks["screening"]]
+            score[box] = np.mean(exact, axis=0) if len(exact) > 1 else exact[0]
+            refined += int(np.prod(exact[0].shape))
+        self.last_screening_stats["positions_refined"] = refined
+        return score
 
     @torch.inference_mode()
     def predict_preprocessed(self, data: np.ndarray, properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -360,20 +442,21 @@ class CMBPredictor:
         s, t = self.settings, {}
         data = np.asarray(data, dtype=np.float32)
         clock = time.perf_counter()
-        with autocast_context(self.device, self.cpu_bf16):
-            score_map = self.screening(data)
+        score_map = self.screening(data)
         centres, scores = find_candidates(score_map, self.plans, s.get("screening_threshold"), s.get("nms_size_vox"),
                                           s.get("max_candidates"))
         t["screening"], clock = time.perf_counter() - clock, time.perf_counter()
 
         disc, moved = discriminate_candidates(
             self.networks["discrimination"], data, centres, self.plans, self.device, s.get("discrimination_shift_vox"),
-            s.get("discrimination_aggregate"), self.discrimination_batch_size, self.cpu_bf16, self.channels_last)
+            s.get("discrimination_aggregate"), self.discrimination_batch_size, self.stage_precision["discrimination"],
+            self.channels_last)
         kept = disc > float(s.get("discrimination_threshold", 0.5))
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 
         prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
-                                      self.segmentation_batch_size, self.cpu_bf16, self.channels_last)
+                                      self.segmentation_batch_size, self.stage_precision["segmentation"],
+                                      self.channels_last)
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
 
         native, binary, _ = export_segmentation(prob_pre, properties, float(s.get("segmentation_threshold", 0.5)))

@@ -6,11 +6,17 @@ every input voxel, including those at the border of the cropped brain, is the ce
 
 ``mode="fcn"`` runs the network fully convolutionally (one pass, or tiles); ``mode="sliding"`` classifies every
 block explicitly (batched), which gives the same map and exists for comparison and benchmarks.
+
+**Empty space.** Preprocessing sets every voxel outside the brain to exactly 0, and the volume is cropped to the
+brain's bounding box, which a brain fills only in part. All layers of the FCN are valid convolutions (and one
+max pooling), so every block that holds only zeros gets the same score: the network's output on an all-zero
+block. The FCN pass therefore runs, per tile, only over the box of block positions whose blocks touch a non-zero
+voxel, and fills the rest with that one score, computed once with one block-sized forward pass. The map is the
+same as without skipping, everywhere (tested).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from typing import Iterator, Sequence
 
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmbunet.inference.discrimination import autocast_context
 from cmbunet.utilities.patches import extract_patches
 
 
@@ -41,12 +48,6 @@ def score_voxels_to_input(indices: np.ndarray, plans: dict) -> np.ndarray:
     return np.asarray(indices, dtype=np.int64).reshape(-1, 3) * stride
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)[:, 1]
 
@@ -65,6 +66,29 @@ def _tiles(n_out: Sequence[int], tile_out: Sequence[int]) -> Iterator[tuple[slic
         yield tuple(slice(s, min(s + t, n)) for s, t, n in zip(starts, tile_out, n_out))
 
 
+def _live_range(occupied: np.ndarray, n_tile: int, stride: int, block: int) -> tuple[int, int]:
+    """Output positions ``[j0, j1)`` of a tile whose blocks ``[s*j, s*j + B)`` touch an occupied input voxel
+    along one axis (``occupied``: per input voxel of the tile, any non-zero across the other axes)."""
+    hit = np.flatnonzero(occupied)
+    if len(hit) == 0:
+        return 0, 0
+    a, b = int(hit[0]), int(hit[-1]) + 1  # occupied input voxels [a, b)
+    j0 = max(0, (a - block) // stride + 1)  # first j with s*j + B > a
+    j1 = min(n_tile, -(-b // stride))  # last j with s*j < b, plus one
+    return j0, max(j0, j1)
+
+
+@torch.inference_mode()
+def empty_block_score(network: nn.Module, in_channels: int, block: Sequence[int], device: torch.device,
+                      precision: str | bool = False, channels_last: bool = False) -> float:
+    """The score of a block of zeros: what the FCN gives at every position whose block lies outside the brain."""
+    x = torch.zeros(1, int(in_channels), *[int(b) for b in block], device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with autocast_context(device, precision):
+        return float(_probabilities(network(x)).reshape(-1)[0])
+
+
 @torch.inference_mode()
 def screening_score_map(
     network: nn.Module,
@@ -74,12 +98,19 @@ def screening_score_map(
     tile_size: Sequence[int] | None = None,
     mode: str = "fcn",
     batch_size: int = 256,
+    precision: str | bool = False,
+    channels_last: bool = False,
+    skip_empty: bool = True,
+    stats: dict | None = None,
 ) -> np.ndarray:
     """CMB probability for the block centred at every ``fcn_stride``-th voxel of ``volume`` ``(C, X, Y, Z)``.
 
     ``tile_size`` (input voxels; default ``plans["inference"]["tile_size"]``) bounds the memory of the FCN pass:
     the volume is processed in tiles of at most that size, each tile covering whole blocks, and the tiled map
     equals the untiled one. Pass ``tile_size=volume.shape[1:]`` (or larger) to force a single pass.
+    ``precision`` is a resolved precision (``fp32``, ``bf16``, ``fp16``) or the older ``cpu_bf16`` bool.
+    ``skip_empty`` runs the FCN only where blocks touch non-zero voxels (same map; see the module docstring).
+    ``stats``, when given, receives the number of tiles, tiles skipped and score positions computed.
     """
     device = torch.device(device)
     network = network.to(device).eval()
@@ -88,28 +119,86 @@ def screening_score_map(
     padded = _pad_volume(np.asarray(volume, dtype=np.float32), plans, n_out)
     scores = np.zeros(n_out, dtype=np.float32)
 
+    def forward(tile: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(tile))
+        x = x.reshape(-1, *tile.shape[-4:]).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast_context(device, precision):
+            return _probabilities(network(x)).cpu().numpy()
+
     if mode == "sliding":
         grid = np.stack(np.meshgrid(*[np.arange(n) for n in n_out], indexing="ij"), -1).reshape(-1, 3)
         centres = grid * stride + block // 2  # centres in padded coordinates
         flat = scores.reshape(-1)
         for i in range(0, len(centres), batch_size):
-            patches = torch.from_numpy(extract_patches(padded, centres[i : i + batch_size], block)).to(device)
-            with _autocast(device):
-                flat[i : i + batch_size] = _probabilities(network(patches)).reshape(-1).cpu().numpy()
+            flat[i : i + batch_size] = forward(extract_patches(padded, centres[i : i + batch_size], block)).reshape(-1)
         return scores
     if mode != "fcn":
         raise ValueError(f"unknown screening mode '{mode}'; expected 'fcn' or 'sliding'")
 
+    counts = _fcn_pass(network, padded, scores, plans, device, tile_size, precision, channels_last, skip_empty)
+    if stats is not None:
+        stats.update(counts)
+    return scores
+
+
+def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans: dict, device: torch.device,
+              tile_size: Sequence[int] | None, precision: str | bool, channels_last: bool, skip_empty: bool) -> dict:
+    """Fill ``scores`` (its shape is the number of block positions) from ``padded``, in which score voxel ``j``
+    is the block ``[s*j, s*j + B)``; tiles, and with ``skip_empty`` only the boxes of blocks touching non-zeros."""
+    block, stride, _ = _geometry(plans)
+    n_out = scores.shape
     if tile_size is None:
         tile_size = plans.get("inference", {}).get("tile_size") or list(padded.shape[1:])
     # output voxels per tile: input tile [s*j0, s*(j1-1) + B) must fit in tile_size
     tile_out = [max(1, (int(t) - int(b)) // int(s) + 1) for t, b, s in zip(tile_size, block, stride)]
+    occupied = np.any(padded != 0, axis=0) if skip_empty else None
+    if skip_empty and not occupied.all():
+        scores.fill(empty_block_score(network, padded.shape[0], block, device, precision, channels_last))
+    counts = {"tiles": 0, "tiles_skipped": 0, "positions": int(np.prod(n_out)), "positions_computed": 0}
     for sl in _tiles(n_out, tile_out):
+        counts["tiles"] += 1
+        if skip_empty:
+            lo = [s.start * st for s, st in zip(sl, stride)]
+            hi = [(s.stop - 1) * st + b for s, st, b in zip(sl, stride, block)]
+            occ = occupied[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            live = [_live_range(occ.any(axis=tuple(a for a in range(3) if a != ax)), s.stop - s.start, int(st), int(b))
+                    for ax, (s, st, b) in enumerate(zip(sl, stride, block))]
+            if any(j1 == j0 for j0, j1 in live):
+                counts["tiles_skipped"] += 1
+                continue
+            sl = tuple(slice(s.start + j0, s.start + j1) for s, (j0, j1) in zip(sl, live))
         lo = [s.start * st for s, st in zip(sl, stride)]
         hi = [(s.stop - 1) * st + b for s, st, b in zip(sl, stride, block)]
-        tile = padded[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        x = torch.from_numpy(np.ascontiguousarray(tile))[None].to(device)
-        with _autocast(device):
-            prob = _probabilities(network(x))[0]
-        scores[sl] = prob.cpu().numpy()
+        x = torch.from_numpy(np.ascontiguousarray(padded[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]))[None].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast_context(device, precision):
+            scores[sl] = _probabilities(network(x))[0].cpu().numpy()
+        counts["positions_computed"] += int(np.prod([s.stop - s.start for s in sl]))
+    return counts
+
+
+@torch.inference_mode()
+def score_box(network: nn.Module, volume: np.ndarray, plans: dict, box: Sequence[slice],
+              device: str | torch.device = "cpu", tile_size: Sequence[int] | None = None,
+              precision: str | bool = False, channels_last: bool = False) -> np.ndarray:
+    """The score map of ``volume`` inside ``box`` (slices of score voxels) alone: the FCN on the input under it,
+    equal to ``screening_score_map(...)[box]``."""
+    device = torch.device(device)
+    network = network.to(device).eval()
+    block, stride, offset = _geometry(plans)
+    n_out = score_map_shape(volume.shape[1:], plans)
+    box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, n_out))
+    # padded coordinates [s*j0, s*(j1-1) + B) are voxels [.. - offset) of the volume, zeros outside it
+    lo = np.array([s.start * st for s, st in zip(box, stride)]) - offset
+    hi = np.array([(s.stop - 1) * st + b for s, st, b in zip(box, stride, block)]) - offset
+    sub = np.zeros((volume.shape[0], *(hi - lo)), dtype=np.float32)
+    src = [slice(int(max(0, a)), int(min(n, b))) for a, b, n in zip(lo, hi, volume.shape[1:])]
+    if all(s.stop > s.start for s in src):
+        dst = tuple(slice(int(s.start - a), int(s.stop - a)) for s, a in zip(src, lo))
+        sub[(slice(None), *dst)] = volume[(slice(None), *src)]
+    scores = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
+    _fcn_pass(network, sub, scores, plans, device, tile_size, precision, channels_last, skip_empty=True)
     return scores

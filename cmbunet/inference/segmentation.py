@@ -37,14 +37,14 @@ def patch_probabilities(
     patch_size: Sequence[int],
     device: torch.device,
     batch_size: int = 32,
-    cpu_bf16: bool = False,
+    precision: str | bool = False,
     channels_last: bool = False,
 ) -> np.ndarray:
     """``(N, *patch_size)`` fold-averaged CMB probabilities of the patches centred at ``centres``."""
     out = np.empty((len(centres), *patch_size), dtype=np.float32)
     for start in range(0, len(centres), batch_size):
         x = _to_device(padded.patches(centres[start : start + batch_size], patch_size), device, channels_last)
-        with autocast_context(device, cpu_bf16):
+        with autocast_context(device, precision):
             out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
     return out
 
@@ -77,7 +77,7 @@ def segment_candidates(
     plans: dict,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
-    cpu_bf16: bool = False,
+    precision: str | bool = False,
     channels_last: bool = False,
 ) -> np.ndarray:
     """CMB probability map ``(X, Y, Z)`` of ``volume`` ``(C, X, Y, Z)`` from U-Net patches at ``centres``.
@@ -93,5 +93,5 @@ def segment_candidates(
     patch = [int(s) for s in plans["segmentation"]["patch_size"]]
     pad_value = float(plans.get("normalization", {}).get("background_value", 0.0))
     padded = PaddedVolume.create(volume, [s // 2 + s % 2 for s in patch], pad_value)
-    probs = patch_probabilities(networks, padded, centres, patch, device, batch_size, cpu_bf16, channels_last)
+    probs = patch_probabilities(networks, padded, centres, patch, device, batch_size, precision, channels_last)
     return merge_patches(probs, centres, shape, gaussian_importance(patch))
