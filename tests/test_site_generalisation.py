@@ -2,17 +2,18 @@
 
 Screening and discrimination are trained on small synthetic subjects from two thin-slice sites and used on
 subjects from a third, thick-slice 1.5 T site (3-3.5 mm slices, lower contrast, strong bias), which reaches the
-networks as smeared, fainter microbleeds after resampling to the training sites' spacing. The bars are set on
-the held-out site only. With the intensity and resolution augmentation switched off
-(``augmentation.intensity=null``) the same training stays below them; the measured numbers of both are in
-documentation/benchmarks.md. About 3 minutes on 2 CPU cores.
+networks as smeared, fainter microbleeds after resampling to the training sites' spacing. The bars hold on
+the held-out site only, with the thresholds cmbunet_train sets (the discrimination threshold from the share of
+CMBs among screening candidates on the training sites' validation cases). Training as before those defaults
+(no intensity augmentation, discrimination threshold 0.5) measured F1 0.565 with 6.4 false positives per
+subject here, and fails; with them, F1 0.717 and 1.4 (documentation/benchmarks.md, section 6a). About 3
+minutes on 2 idle CPU cores.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -119,5 +120,7 @@ def test_held_out_site_cmbs_are_found(scores):
 
 
 def test_held_out_site_detection_after_discrimination(scores):
-    assert scores["f1"] >= 0.6
-    assert np.isfinite(scores["fp_per_case"])
+    assert scores["discrimination_threshold"] > 0.5  # set from the candidate prior, not the plans' default
+    assert scores["f1"] >= 0.65
+    assert scores["fp_per_case"] <= 3.0
+    assert scores["sensitivity"] >= 0.6
