@@ -359,7 +359,7 @@ def _make_flow_void(placer: _Placer) -> DarkObject | None:
     if c is None:
         return None
     r = rng.uniform(0.5, 1.3)
-    labels, phi = placer.tissue_at(c[None, :])
+    _, phi = placer.tissue_at(c[None, :])
     if not phi[0] < -r - 0.3:
         return None
     # a short straight vessel through the slice, so it is round in-plane and spans one to three slices
@@ -405,7 +405,7 @@ def _make_susceptibility_artefact(placer: _Placer) -> DarkObject | None:
          else np.array([side * 0.55 * a, 0.1 * b, -0.45 * cz]))
     c = placer.tilt @ q
     semi = np.array([rng.uniform(5.0, 11.0), rng.uniform(4.0, 9.0), rng.uniform(1.2, 2.5)])
-    labels, phi = placer.tissue_at(c[None, :])
+    labels, _ = placer.tissue_at(c[None, :])
     if labels[0] == anat.BACKGROUND:
         return None
     rot = placer.tilt @ _random_rotation(rng, 20.0)
