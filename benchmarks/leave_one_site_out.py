@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, loadavg, machine_info, print_machine, print_table, write_json  # noqa: E402
@@ -87,6 +89,58 @@ def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: 
     return name
 
 
+#: Extent (mm) of a mimic from its recorded size, so that an FP anywhere on a long vein is put down to the vein.
+def _mimic_reach_mm(mimic: dict) -> float:
+    size = [mimic.get("length_mm", 0.0) / 2, mimic.get("max_radius_mm", 0.0), mimic.get("radius_mm", 0.0),
+            max(mimic.get("semi_axes_mm", [0.0]))]
+    return max(size) + 3.0
+
+
+def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path) -> dict:
+    """Put each false positive down to the nearest unlabelled mimic of the synthetic truth within its reach
+    (``background`` when none): which mimics fool the detector on the held-out site, and which CMBs it misses
+    (by radius)."""
+    from cmbunet.evaluation.valdo_metrics import case_metrics
+    from cmbunet.imageio.reader_writer import SimpleITKIO
+
+    truth = json.loads(truth_file.read_text())["cases"]
+    causes: dict[str, int] = {}
+    missed_radius, found_radius = [], []
+    for ref_path in sorted(ref_dir.glob("*.nii.gz")):
+        case = ref_path.name[: -len(".nii.gz")]
+        pred_path = pred_dir / ref_path.name
+        if not pred_path.is_file():
+            continue
+        site, cid = case.split("_", 1)
+        entry = truth.get(cid, {})
+        ref, props = SimpleITKIO.read_seg(ref_path)
+        pred, _ = SimpleITKIO.read_seg(pred_path)
+        spacing = np.asarray(props["spacing"], dtype=np.float64)
+        m = case_metrics(ref, pred, tuple(spacing))
+        fps = m["pred_components"][~m["pred_components"]["is_tp"]]
+        mimics = entry.get("mimics", [])
+        centres = np.array([mm["center_voxel"] for mm in mimics], dtype=np.float64).reshape(-1, 3) * spacing
+        reach = np.array([_mimic_reach_mm(mm) for mm in mimics])
+        for _, row in fps.iterrows():
+            cause = "background"
+            if len(centres):
+                d = np.linalg.norm(centres - row[["x_mm", "y_mm", "z_mm"]].to_numpy(float), axis=1)
+                near = np.flatnonzero(d <= reach)
+                if near.size:
+                    cause = mimics[int(near[np.argmin(d[near])])]["kind"]
+            causes[cause] = causes.get(cause, 0) + 1
+        refs = m["ref_components"]
+        cmb_centres = np.array([c["center_voxel"] for c in entry.get("cmbs", [])], dtype=np.float64).reshape(-1, 3) * spacing
+        for _, row in refs.iterrows():
+            if not len(cmb_centres):
+                break
+            k = int(np.argmin(np.linalg.norm(cmb_centres - row[["x_mm", "y_mm", "z_mm"]].to_numpy(float), axis=1)))
+            (found_radius if row["detected"] else missed_radius).append(entry["cmbs"][k]["radius_mm"])
+    return {"fp_causes": dict(sorted(causes.items(), key=lambda kv: -kv[1])),
+            "missed_cmb_radius_mm": sorted(round(r, 2) for r in missed_radius),
+            "found_cmb_radius_median_mm": float(np.median(found_radius)) if found_radius else float("nan")}
+
+
 def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path], overrides: list[str],
              seed: int, num_processes: int) -> dict:
     from cmbunet.evaluation.cli import main as evaluate_main
@@ -116,9 +170,12 @@ def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path
     _run(f"{held_out}: evaluate", evaluate_main, ["-ref", str(raw / name / "labelsTs"), "-pred", str(pred),
                                                   "-o", str(pred / "evaluation")])
     summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+    causes = attribute_false_positives(pred, raw / name / "labelsTs", folders[held_out] / "synthetic_truth.json")
+    print(f"{held_out}: false positives by cause {causes['fp_causes']}; missed CMBs of radius (mm) "
+          f"{causes['missed_cmb_radius_mm']}", flush=True)
     logs = sorted((model / "fold_all").glob("*/training_log.txt"))
     return {"held_out": held_out, "train_sites": [s for s in folders if s != held_out], **summary["aggregate"],
-            "seconds": times, "training_logs": [str(p) for p in logs]}
+            "seconds": times, **causes, "training_logs": [str(p) for p in logs]}
 
 
 def pooled(rows: list[dict]) -> dict:
