@@ -10,7 +10,7 @@ FP per subject and Dice per held-out site, and pooled over all of them.
 Every step is skipped when its output exists, so an interrupted run continues where it stopped.
 
     python benchmarks/leave_one_site_out.py --work /tmp/loso --sites iso3T mid15T swi3T --cases-per-site 12
-    python benchmarks/leave_one_site_out.py --work /tmp/loso --config fast --size small   # quicker proxy
+    python benchmarks/leave_one_site_out.py --work /tmp/loso --preset fast --size small   # quicker proxy
 """
 
 from __future__ import annotations
@@ -26,17 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, loadavg, machine_info, print_machine, print_table, write_json  # noqa: E402
-
-#: Plan overrides per configuration. ``default``: the planner's own CPU plan, as a user gets it.
-#: ``fast``: quarter-width networks and a short schedule (the demo's budget), for quick comparisons.
-CONFIGS: dict[str, list[str]] = {"default": []}
-
-
-def _configs() -> dict[str, list[str]]:
-    from cmbunet.demo import DEMO_OVERRIDES
-
-    return {**CONFIGS, "fast": list(DEMO_OVERRIDES)}
-
 
 def _run(title: str, main, argv: list[str]) -> float:
     print(f"\n## {title}\n$ {main.__module__} {' '.join(argv)}", flush=True)
@@ -141,8 +130,8 @@ def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path) -
             "found_cmb_radius_median_mm": float(np.median(found_radius)) if found_radius else float("nan")}
 
 
-def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path], overrides: list[str],
-             seed: int, num_processes: int) -> dict:
+def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path], preset: str,
+             overrides: list[str], seed: int, num_processes: int) -> dict:
     from cmbunet.evaluation.cli import main as evaluate_main
     from cmbunet.inference.cli import main as predict_main
     from cmbunet.plan_and_preprocess import main as plan_main
@@ -151,7 +140,8 @@ def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path
     raw, pre, res = work / "raw", work / "preprocessed", work / "results"
     name = build_fold_dataset(raw, dataset_id, held_out, folders)
     times = {}
-    plan = ["-d", name, "--raw-root", str(raw), "--preprocessed-root", str(pre), "-np", str(num_processes)]
+    plan = ["-d", name, "--raw-root", str(raw), "--preprocessed-root", str(pre), "-np", str(num_processes),
+            "--preset", preset]
     if overrides:
         plan += ["--override", *overrides]
     if not (pre / name / "plans.json").is_file():
@@ -198,9 +188,9 @@ def main() -> None:
     p.add_argument("--cases-per-site", type=int, default=12)
     p.add_argument("--size", choices=("small", "realistic"), default="realistic")
     p.add_argument("--anatomy", choices=("auto", "phantom", "template"), default="template")
-    p.add_argument("--config", choices=("default", "fast"), default="default",
-                   help="default: the planner's CPU plan as a user gets it; fast: the demo's quarter-width budget")
-    p.add_argument("--override", nargs="+", default=[], help="extra plan overrides (after the configuration's)")
+    p.add_argument("--preset", "--config", choices=("auto", "default", "fast"), default="auto",
+                   help="planner preset: auto (= default) is the CPU plan a user gets; fast the quick-trial preset")
+    p.add_argument("--override", nargs="+", default=[], help="extra plan overrides")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     p.add_argument("--dataset-id", type=int, default=960, help="first dataset id (one per held-out site)")
     p.add_argument("-np", "--num-processes", type=int, default=2)
@@ -210,19 +200,20 @@ def main() -> None:
     work = args.work.resolve()
     t0 = time.perf_counter()
     folders = generate_sites(work, args.sites, args.cases_per_site, args.seed, args.size, args.anatomy)
-    overrides = _configs()[args.config] + args.override
+    preset = "auto" if args.preset == "default" else args.preset
     rows = []
     for k, site in enumerate(args.sites):
         if args.hold_out and site not in args.hold_out:
             continue
-        rows.append(run_fold(work, args.dataset_id + k, site, folders, overrides, args.seed, args.num_processes))
+        rows.append(run_fold(work, args.dataset_id + k, site, folders, preset, args.override, args.seed,
+                             args.num_processes))
     table = rows + ([pooled(rows)] if len(rows) > 1 else [])
-    print(f"\n# leave-one-site-out, {args.cases_per_site} {args.size} subjects per site, config {args.config}, "
+    print(f"\n# leave-one-site-out, {args.cases_per_site} {args.size} subjects per site, preset {preset}, "
           f"data seed {args.seed}")
     print_table(table, ["held_out", "num_cases", "tp", "fp", "fn", "f1_pooled", "sensitivity", "precision",
                         "fp_per_case", "dice_mean"])
     write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "args": {k: str(v) for k, v in vars(args).items()},
-                          "overrides": overrides, "folds": rows, "pooled": pooled(rows) if rows else None,
+                          "preset": preset, "overrides": args.override, "folds": rows, "pooled": pooled(rows) if rows else None,
                           "seconds": time.perf_counter() - t0})
 
 

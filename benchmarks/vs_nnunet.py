@@ -181,16 +181,14 @@ def phase_preprocess(a) -> dict:
 
 
 def train_cmbunet_demo_config(e: dict) -> dict:
-    """cmbunet with the demo's configuration (quarter-width networks, ~10 min schedule): re-plan and re-preprocess
-    (the widths are part of the plans hash), then train; returns its overrides and training seconds."""
-    from cmbunet.demo import DEMO_OVERRIDES
-
+    """cmbunet with the demo's configuration (preset fast: quarter-width networks, ~10 min schedule): re-plan and
+    re-preprocess (the widths are part of the plans hash), then train; returns its preset and training seconds."""
     shutil.rmtree(WORK / "cmbunet_preprocessed" / DATASET, ignore_errors=True)
-    sh([cbin("cmbunet_plan_and_preprocess"), "-d", str(DATASET_ID), "-np", "2", "--override", *DEMO_OVERRIDES], env=e,
+    sh([cbin("cmbunet_plan_and_preprocess"), "-d", str(DATASET_ID), "-np", "2", "--preset", "fast"], env=e,
        timeout=3000, log=WORK / "logs" / "cmbunet_replan.txt")
     secs = sh([cbin("cmbunet_train"), str(DATASET_ID), "all", "-device", "cpu", "--no-validation"], env=e,
               log=WORK / "logs" / "cmbunet_train.txt")
-    return {"cmbunet_overrides": list(DEMO_OVERRIDES), "cmbunet_train_s": secs}
+    return {"cmbunet_preset": "fast", "cmbunet_train_s": secs}
 
 
 def phase_train(a) -> dict:
@@ -204,7 +202,7 @@ def phase_train(a) -> dict:
         if not (model / "fold_all" / "segmentation" / "checkpoint_final.pth").exists():
             r.update(train_cmbunet_demo_config(e))
         else:
-            r.update({k: previous[k] for k in ("cmbunet_overrides", "cmbunet_train_s") if k in previous})
+            r.update({k: previous[k] for k in ("cmbunet_preset", "cmbunet_overrides", "cmbunet_train_s") if k in previous})
         budget_s = float(r.get("cmbunet_train_s", budget_s))
     nn_final = WORK / "nnunet_results" / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
     if not nn_final.exists():

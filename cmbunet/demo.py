@@ -17,21 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from cmbunet.errors import CMBUNetError
+from cmbunet.plans.planner import PRESETS
 from cmbunet.utilities.cli import run_cli
 
-#: The demo's CPU budget: the self-configured plans with quarter-width networks and a schedule that trains in
-#: about 10 minutes on two idle cores. ``--override`` adds to (and wins over) these.
-DEMO_OVERRIDES = [
-    "screening.network.features=[16,16,32,32,64]",
-    "discrimination.network.features=[16,16,32,32]",
-    "discrimination.network.fc_features=128",
-    "segmentation.network.features=[8,16,32,64]",
-    "training.cpu.screening.epochs=10", "training.cpu.screening.samples_per_epoch=1024",
-    "training.cpu.screening.mining_epochs=[3,6]",
-    "training.cpu.discrimination.epochs=30", "training.cpu.discrimination.samples_per_epoch=1024",
-    "training.cpu.segmentation.epochs=36", "training.cpu.segmentation.samples_per_epoch=256",
-    "training.cpu.segmentation.lr=0.01",
-]
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SyntheticDemo"
 STAGES = ("screening", "discrimination", "segmentation")
@@ -55,12 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=60, help="synthetic training cases (default 60)")
     p.add_argument("--test-cases", type=int, default=16, help="synthetic test cases (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
-    p.add_argument("--preset", choices=("auto", "paper", "tiny"), default="auto",
-                   help="planner preset (default auto: self-configured, CPU budget schedule)")
+    p.add_argument("--preset", choices=PRESETS, default="fast",
+                   help="planner preset (default: %(default)s, quarter-width networks and a ~10-minute CPU schedule; "
+                        "auto: the full-width self-configured plan)")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="plan overrides passed to cmbunet_plan_and_preprocess, after the demo's own budget overrides")
+                   help="plan overrides passed to cmbunet_plan_and_preprocess")
     p.add_argument("--full-size-networks", action="store_true",
-                   help="train the self-configured full-width networks and CPU schedule instead of the demo budget")
+                   help="same as --preset auto: the full-width networks and the CPU budget schedule (over an hour)")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-report", action="store_true", help="skip the visual report")
     return p
@@ -91,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     times["convert"] = _step("2/7 convert the VALDO tree to a raw dataset", "cmbunet_convert_valdo", convert_main, [
         "-i", str(valdo_train), "-d", str(DEMO_DATASET_ID), "-n", DEMO_DATASET_NAME, "--raw-root", str(raw)])
     plan_argv = ["-d", str(DEMO_DATASET_ID), "--raw-root", str(raw), "--preprocessed-root", str(pre),
-                 "--verify_dataset_integrity", "--preset", args.preset, "-np", "2"]
-    overrides = ([] if args.full_size_networks or args.preset != "auto" else DEMO_OVERRIDES) + args.override
-    if overrides:
-        plan_argv += ["--override", *overrides]
+                 "--verify_dataset_integrity", "--preset", "auto" if args.full_size_networks else args.preset, "-np", "2"]
+    if args.override:
+        plan_argv += ["--override", *args.override]
     times["plan_and_preprocess"] = _step("3/7 fingerprint, plan and preprocess", "cmbunet_plan_and_preprocess", plan_main, plan_argv)
 
     model_dir = res / dataset / "cmbunet"

@@ -20,6 +20,7 @@ from cmbunet.dataset.raw_dataset import binarise_label, list_training_cases, loa
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
 from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.plans.planner import PRESETS
 from cmbunet.preprocessing.preprocessor import case_files, preprocess_case, save_preprocessed_case
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from cmbunet.utilities.cli import run_cli
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every raw file first and stop, writing nothing, if anything is wrong")
     p.add_argument("-np", type=int, default=default_num_processes(), metavar="N",
                    help="worker processes for fingerprinting and preprocessing (default: min(4, CPUs))")
-    p.add_argument("--preset", choices=("auto", "paper", "tiny"), default="auto",
-                   help="auto: derived from the dataset; paper: the published 20x20x16 blocks; tiny: for tests")
+    p.add_argument("--preset", choices=PRESETS, default="auto",
+                   help="auto (default): derived from the dataset, full-width networks; fast: quarter-width networks "
+                        "and a short schedule for a quick trial; paper: the published 20x20x16 blocks; tiny: tests")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="set plans entries, e.g. target_spacing=[0.5,0.5,0.8] (value parsed as JSON)")
     p.add_argument("--raw-root", type=Path, default=None, help="raw data root (default: $CMBUNET_RAW)")

@@ -16,7 +16,7 @@ import numpy as np
 
 from cmbunet.errors import CMBUNetError
 
-PRESETS = ("auto", "paper", "tiny")
+PRESETS = ("auto", "fast", "paper", "tiny")
 STAGES = ("screening", "discrimination", "segmentation")
 PLANS_VERSION = 1
 
@@ -62,6 +62,12 @@ WIDTHS = {
         "discrimination": [64, 64, 128, 128],
         "fc_features": 512,
         "segmentation": [32, 64, 128, 256],
+    },
+    "quarter": {  # preset fast: a quarter of 002's widths (a sixteenth of the convolution cost)
+        "screening": [16, 16, 32, 32, 64],
+        "discrimination": [16, 16, 32, 32],
+        "fc_features": 128,
+        "segmentation": [8, 16, 32, 64],
     },
     "tiny": {
         "screening": [8, 8, 16, 16, 32],
@@ -324,6 +330,19 @@ def cpu_schedules() -> dict:
     }
 
 
+def fast_schedules() -> dict:
+    """The quick-trial budget for quarter-width networks on a 2-core CPU (preset ``fast``; timings and F1 in
+    ``documentation/training.md``): discrimination gets most of the samples, because after screening has found
+    the CMBs it is what decides the false positives."""
+    seg = _schedule(36, 256, 16, "segmentation", 64)
+    seg["lr"] = 1e-2
+    return {
+        "screening": _schedule(10, 1024, 32, "screening", 200, (3, 6), mining_cases=CPU_MINING_CASES),
+        "discrimination": _schedule(30, 1024, 32, "discrimination", 200),
+        "segmentation": seg,
+    }
+
+
 def tiny_schedules() -> dict:
     """A few seconds of training per stage, for tests: 2-3 epochs x 200 samples, FP mining after epoch 1."""
     return {
@@ -339,6 +358,8 @@ def training_schedules(preset: str) -> dict:
         return {"gpu": tiny_schedules(), "cpu": tiny_schedules()}
     if preset == "paper":
         return {"gpu": gpu_schedules("dice"), "cpu": gpu_schedules("dice")}
+    if preset == "fast":
+        return {"gpu": fast_schedules(), "cpu": fast_schedules()}
     return {"gpu": gpu_schedules(), "cpu": cpu_schedules()}
 
 
@@ -418,7 +439,7 @@ def plan_experiment(
     else:
         first = first_kernel_sizes(target)
         block, last = screening_block_for_box(box, first)
-    widths = WIDTHS["tiny" if preset == "tiny" else "full"]
+    widths = WIDTHS[{"tiny": "tiny", "fast": "quarter"}.get(preset, "full")]
     disc_block = [b + DISCRIMINATION_EXTRA_VOX for b in block]
     seg_patch = segmentation_patch_size(block, len(widths["segmentation"]))
     median_cmb_voxels = float(np.median(cmb_volumes_mm3) / np.prod(target))
