@@ -9,6 +9,8 @@ COMMANDS = {
     "cmbunet_evaluate": "cmbunet.evaluation.cli:main",
     "cmbunet_evaluate_cv": "cmbunet.evaluation.cross_validation:main",
     "cmbunet_find_thresholds": "cmbunet.evaluation.thresholds:main",
+    "cmbunet_export_model": "cmbunet.model_sharing:export_main",
+    "cmbunet_install_model": "cmbunet.model_sharing:install_main",
     "cmbunet_report": "cmbunet.report.cli:main",
     "cmbunet_demo": "cmbunet.demo:main",
 }

@@ -22,7 +22,6 @@ from cmbunet.utilities.cli import run_cli
 
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SyntheticDemo"
-STAGES = ("screening", "discrimination", "segmentation")
 
 
 def _step(title: str, command: str, main: Callable[[list[str]], int], argv: list[str]) -> float:
@@ -85,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         plan_argv += ["--override", *args.override]
     times["plan_and_preprocess"] = _step("3/7 fingerprint, plan and preprocess", "cmbunet_plan_and_preprocess", plan_main, plan_argv)
 
-    model_dir = res / dataset / "cmbunet"
-    fold_dir = model_dir / "fold_all"
-    done = all((fold_dir / s / "checkpoint_final.pth").is_file() for s in STAGES)
+    from cmbunet.model_folder import ModelFolder
+
+    model = ModelFolder.of_dataset(dataset, res)
+    model_dir, fold_dir = model.path, model.fold_dir("all")
+    done = "all" in model.complete_folds()
     train_argv = [dataset, "all", "--preprocessed-root", str(pre), "--results-root", str(res),
                   "--seed", str(args.seed), "-device", args.device]
-    if not done and (fold_dir / "screening" / "checkpoint_latest.pth").is_file():
+    if not done and model.is_trained("all", "screening", "latest"):
         train_argv.append("--c")
     if done:
         print(f"\n=== 4/7 train: already trained in {fold_dir}, skipping")

@@ -68,8 +68,3 @@ def raw_dataset_dir(dataset_name: str, raw_root: Path | None = None) -> Path:
 
 def results_dataset_dir(dataset_name: str, results_root: Path | None = None) -> Path:
     return get_root("results", results_root) / dataset_name
-
-
-def fold_dir(dataset_name: str, fold: int | str, results_root: Path | None = None) -> Path:
-    """``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet/fold_F`` (``fold_all`` for fold ``all``)."""
-    return results_dataset_dir(dataset_name, results_root) / "cmbunet" / f"fold_{fold}"

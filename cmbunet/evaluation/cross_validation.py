@@ -34,14 +34,11 @@ from cmbunet.evaluation.evaluate import (CASE_COLUMNS, METRIC_COLUMNS, PER_CASE_
 from cmbunet.evaluation.froc import COMPONENTS_CSV, POS_COLUMNS, write_csv, write_froc
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
-from cmbunet.paths import fold_dir, get_root, resolve_dataset_name
+from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
+from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.utilities.cli import run_cli
-from cmbunet.utilities.file_io import load_json, save_json
+from cmbunet.utilities.file_io import load_json, outputs_complete, save_json
 
-VALIDATION_DIR = "validation"
-SETTINGS_USED_JSON = "validation_settings.json"
-CV_SUMMARY_JSON = "cv_summary.json"
-CV_TABLE_CSV = "cv_table.csv"
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
 #: The columns of the 002 authors' Table 3, with the cases each mean runs over.
 TABLE3_COLUMNS = {"dice_mean": "cases with CMBs", "vol_diff_mean": "all cases", "f1_mean": "cases with CMBs",
@@ -61,7 +58,7 @@ def case_outputs(validation_dir: Path, case: str) -> dict[str, Path]:
 
 
 def case_finished(validation_dir: Path, case: str) -> bool:
-    return all(p.is_file() for p in case_outputs(validation_dir, case).values())
+    return outputs_complete(case_outputs(validation_dir, case).values())
 
 
 def candidate_table(candidates: pd.DataFrame, properties: dict[str, Any]) -> pd.DataFrame:
@@ -85,7 +82,7 @@ def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[s
     # the plans' defaults only: a tuned inference_settings.json must not shape the data it was tuned on, and
     # the saved candidates stay comparable between runs
     predictor.settings = resolve_settings(predictor.plans)
-    save_json(predictor.settings, validation_dir / SETTINGS_USED_JSON)
+    save_json(predictor.settings, validation_dir / VALIDATION_SETTINGS_FILE)
     for case in tqdm(todo, desc=f"validating fold {fold}", unit="case", disable=None):
         data, _, _, properties = load_preprocessed_case(preprocessed_dir, case)
         result = predictor.predict_preprocessed(data, properties)
@@ -181,11 +178,11 @@ def validate_fold(dataset_name: str, fold: int | str, preprocessed_root: Path | 
     cases = validation_cases(pre_dir, fold)
     if not cases:
         return None
-    fdir = fold_dir(name, fold, get_root("results", results_root))
-    out = fdir / VALIDATION_DIR
+    model = ModelFolder.of_dataset(name, get_root("results", results_root))
+    out = model.validation_dir(fold)
     out.mkdir(parents=True, exist_ok=True)
     if predict:
-        predict_validation_cases(fdir.parent, fold, cases, pre_dir, out, device, overwrite)
+        predict_validation_cases(model.path, fold, cases, pre_dir, out, device, overwrite)
     evaluate_validation(out, cases, reference_files(name, cases, raw_root), pre_dir, dist_mm)
     return out
 
@@ -288,22 +285,21 @@ def collect_folds(name: str, folds: Sequence[str], pre_dir: Path, results_root: 
                   ) -> tuple[dict[str, tuple[dict, pd.DataFrame]], dict[str, str]]:
     """Evaluate (and with ``--predict-missing`` predict) each fold as needed; returns usable summaries and
     every fold's status line."""
-    from cmbunet.inference.predictor import available_folds
-
+    model = ModelFolder.of_dataset(name, results_root)
+    complete = model.complete_folds()
     summaries, status = {}, {}
     for fold in folds:
-        fdir = fold_dir(name, fold, results_root)
-        out = fdir / VALIDATION_DIR
+        out = model.validation_dir(fold)
         cases = validation_cases(pre_dir, fold)
         state = fold_status(out, cases, args.dist)
-        trained = fold in available_folds(fdir.parent)
+        trained = fold in complete
         has_outputs = any(case_finished(out, c) for c in cases)
         if state != "ok" and ((args.predict_missing and trained) or has_outputs):
             validate_fold(name, fold, pre_dir.parent, results_root, args.device, args.raw_root, args.dist,
                           predict=args.predict_missing and trained)
             state = fold_status(out, cases, args.dist)
         if state != "ok" and not trained:
-            state += "; model not trained" if (fdir.parent / f"fold_{fold}").is_dir() else "; no model folder"
+            state += "; model not trained" if model.fold_dir(fold).is_dir() else "; no model folder"
         elif state != "ok" and not args.predict_missing:
             state += "; add --predict-missing to predict them"
         status[fold] = state
@@ -323,26 +319,26 @@ def main(argv: list[str] | None = None) -> int:
     pre_dir = pre_root / name
     folds = [str(f) for f in args.folds] if args.folds else _all_folds(pre_dir)
     summaries, status = collect_folds(name, folds, pre_dir, results_root, args)
-    model_dir = fold_dir(name, "0", results_root).parent
+    model = ModelFolder.of_dataset(name, results_root)
     for fold, state in status.items():
         print(f"fold {fold}: {state}")
     if not summaries:
         raise CMBUNetError(f"no fold of {name} has validation results; train the folds, then run "
                            f"cmbunet_evaluate_cv -d {args.dataset} --predict-missing")
     table = cv_table(summaries)
-    write_csv(table, model_dir / CV_TABLE_CSV)
-    froc_files = write_froc({f: fold_dir(name, f, results_root) / VALIDATION_DIR for f in summaries}, model_dir, args.dist)
+    write_csv(table, model.cv_table_file)
+    froc_files = write_froc({f: model.validation_dir(f) for f in summaries}, model.path, args.dist)
     stages = pd.read_csv(froc_files["stages_csv"], dtype={"fold": str})
     save_json({"dataset": name, "dist_mm": args.dist, "folds": list(summaries), "fold_status": status,
                "table": table.to_dict(orient="records"), "columns_averaged_over": TABLE3_COLUMNS,
                "stage_points": stages[stages["fold"] == "pooled"].to_dict(orient="records")},
-              model_dir / CV_SUMMARY_JSON)
+              model.cv_summary_file)
     print()
     print(format_table(table))
     print("\nmeans: Dice and F1 over cases with CMBs, volume and count differences over all cases; "
           "'pooled' counts all CMBs of all folds together")
     print("\n" + stages[stages["fold"] == "pooled"].drop(columns="fold").to_string(index=False, float_format="%.3f"))
-    for path in (model_dir / CV_TABLE_CSV, model_dir / CV_SUMMARY_JSON, *froc_files.values()):
+    for path in (model.cv_table_file, model.cv_summary_file, *froc_files.values()):
         print(f"wrote {path}")
     return 0
 

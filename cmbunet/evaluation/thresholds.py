@@ -31,11 +31,11 @@ import pandas as pd
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, load_components
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
-from cmbunet.paths import fold_dir, get_root, resolve_dataset_name
+from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
+from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.utilities.cli import run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
-SETTINGS_FILE = "inference_settings.json"
 DEFAULT_TD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 4)
 DEFAULT_SIZES = (0, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
 SWEEP_COLUMNS = ["screening_threshold", "discrimination_threshold", "tp", "fp", "fn", "f1", "sensitivity",
@@ -169,7 +169,7 @@ def default_merge_mm(plans: dict[str, Any]) -> float:
 
 def save_settings(model_dir: Path, chosen: dict[str, Any]) -> Path:
     """Merge the chosen values into ``inference_settings.json`` atomically (other keys are kept)."""
-    path = Path(model_dir) / SETTINGS_FILE
+    path = ModelFolder(model_dir).inference_settings_file
     current: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -187,13 +187,11 @@ def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: 
                     ts_grid: Sequence[float] | None = None, sizes: Sequence[int] = DEFAULT_SIZES) -> dict[str, Any]:
     """Sweep the thresholds and the minimum size on the validation outputs of ``validation_dirs``; returns the
     chosen settings, the F1 at the defaults and the sweep tables (nothing is written)."""
-    from cmbunet.plans.plans_io import load_plans
-
-    plans = load_plans(Path(model_dir) / "plans.json")
+    plans = ModelFolder(model_dir).load_plans()
     inference = plans.get("inference", {})
     used = {}
     for folder in validation_dirs.values():
-        settings_path = Path(folder) / "validation_settings.json"
+        settings_path = Path(folder) / VALIDATION_SETTINGS_FILE
         used = load_json(settings_path) if settings_path.is_file() else used
     default = (float(used.get("screening_threshold", inference.get("screening_threshold", 0.1))),
                float(used.get("discrimination_threshold", inference.get("discrimination_threshold", 0.5))))
@@ -251,8 +249,9 @@ def candidate_prior_threshold(model_dir: Path, folds: Sequence[str]) -> tuple[fl
     site, this raised F1 from 0.48 to 0.71 (documentation/benchmarks.md). ``None`` when no fold has the file.
     """
     fps = hits = 0
+    model = ModelFolder(model_dir)
     for fold in folds:
-        path = Path(model_dir) / f"fold_{fold}" / "screening" / "validation_candidates.json"
+        path = model.validation_candidates_file(fold)
         if not path.is_file():
             continue
         cases = load_json(path).get("cases", [])
@@ -268,7 +267,7 @@ def candidate_prior_threshold(model_dir: Path, folds: Sequence[str]) -> tuple[fl
 def threshold_from_candidate_prior(model_dir: Path, folds: Sequence[str]) -> float | None:
     """Write the prior-corrected discrimination threshold to ``inference_settings.json`` unless the file holds
     hand-set values or thresholds chosen on cross-validation (those are better informed); returns it."""
-    path = Path(model_dir) / SETTINGS_FILE
+    path = ModelFolder(model_dir).inference_settings_file
     if _hand_set(path):
         return None
     try:
@@ -301,11 +300,11 @@ def thresholds_after_cross_validation(model_dir: Path, num_folds: int, dist_mm: 
     """
     from cmbunet.evaluation.evaluate import PER_CASE_CSV
 
-    model_dir = Path(model_dir)
-    dirs = {str(f): model_dir / f"fold_{f}" / "validation" for f in range(int(num_folds))}
+    model = ModelFolder(model_dir)
+    dirs = {str(f): model.validation_dir(f) for f in range(int(num_folds))}
     if num_folds < 2 or not all((d / PER_CASE_CSV).is_file() for d in dirs.values()):
         return None
-    path = model_dir / SETTINGS_FILE
+    path = model.inference_settings_file
     if _hand_set(path):
         print(f"{path} holds hand-set values: thresholds are not chosen automatically (run cmbunet_find_thresholds "
               "to replace them)")
@@ -344,12 +343,9 @@ def _validation_dirs(model_dir: Path, folds: Sequence[str] | None) -> dict[str, 
     """``fold_F/validation`` folders that have been evaluated."""
     from cmbunet.evaluation.evaluate import PER_CASE_CSV
 
-    if folds is None:
-        found = sorted((p.parent.parent.name[len("fold_"):] for p in model_dir.glob(f"fold_*/validation/{PER_CASE_CSV}")),
-                       key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
-    else:
-        found = [str(f) for f in folds]
-    dirs = {f: model_dir / f"fold_{f}" / "validation" for f in found}
+    model = ModelFolder(model_dir)
+    found = model.evaluated_folds(PER_CASE_CSV) if folds is None else [str(f) for f in folds]
+    dirs = {f: model.validation_dir(f) for f in found}
     missing = [str(d) for d in dirs.values() if not (d / PER_CASE_CSV).is_file()]
     if missing or not dirs:
         raise CMBUNetError("no evaluated cross-validation predictions in " + (", ".join(missing) or str(model_dir))
@@ -364,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CMBUNetError(f"--dist must be positive, got {args.dist}")
     results_root = get_root("results", args.results_root)
     name = resolve_dataset_name(args.dataset, results_root)
-    model_dir = fold_dir(name, "0", results_root).parent
+    model_dir = ModelFolder.of_dataset(name, results_root).path
     dirs = _validation_dirs(model_dir, args.folds)
     result = find_thresholds(model_dir, dirs, args.dist, args.merge_mm, sizes=(0,) if args.no_min_size else DEFAULT_SIZES)
     s, best = result["settings"], result["best"]

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, InputError
-from cmbunet.paths import get_root, resolve_dataset_name, results_dataset_dir
+from cmbunet.model_folder import DATASET_JSON_FILE, MODEL_SUBFOLDER, PLANS_FILE, ModelFolder
+from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.utilities.cli import run_cli
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("-d", "--dataset", help="dataset id or name; the model is CMBUNET_RESULTS/DatasetXXX_Name/cmbunet")
-    model.add_argument("-m", "--model", help="a trained model folder (holding plans.json and fold_F/)")
+    model.add_argument("-m", "--model",
+                       help="a trained model folder (holding plans.json and fold_F/), e.g. one installed with "
+                            "cmbunet_install_model or copied from another machine; the dataset's results folder "
+                            "around it is accepted too")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases); "
@@ -68,12 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_folder(args: argparse.Namespace) -> Path:
-    """The model folder given by ``-m`` or derived from ``-d`` and the results root."""
+    """The model folder given by ``-m`` or derived from ``-d`` and the results root. ``-m`` may also name the
+    dataset's results folder (``.../DatasetXXX_Name``) that holds the model folder."""
     if args.model:
-        return Path(args.model)
+        path = Path(args.model)
+        inner = path / MODEL_SUBFOLDER
+        return inner if not (path / PLANS_FILE).is_file() and (inner / PLANS_FILE).is_file() else path
     root = get_root("results", args.results_root)
-    name = resolve_dataset_name(args.dataset, root)
-    return results_dataset_dir(name, root) / "cmbunet"
+    return ModelFolder.of_dataset(resolve_dataset_name(args.dataset, root), root).path
 
 
 def dataset_folder_around(path: Path) -> tuple[Path, str] | None:
@@ -111,7 +117,7 @@ def dataset_file_ending(model_dir: Path) -> str:
     """The raw data's file ending from the dataset.json saved with the model (``.nii.gz`` if absent)."""
     from cmbunet.utilities.file_io import load_json
 
-    path = model_dir / "dataset.json"
+    path = model_dir / DATASET_JSON_FILE
     try:
         return str(load_json(path).get("file_ending", ".nii.gz")) if path.is_file() else ".nii.gz"
     except ValueError:

@@ -21,14 +21,12 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
 
@@ -37,25 +35,17 @@ from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
+from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs, cmb_table,  # noqa: F401 - re-exported
+                                       drop_small_components, preprocessed_to_native, refuse_overwriting_inputs,
+                                       skipped_row, summary_name, summary_row, voxel_to_world, write_case, write_csv)
 from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
+from cmbunet.model_folder import SETTING_KEYS, STAGES, ModelFolder
 from cmbunet.plans.validation import validate_settings
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
-from cmbunet.preprocessing.resampling import map_points_to_new_grid
 from cmbunet.utilities.cpu_features import resolve_precision
-from cmbunet.utilities.file_io import atomic_path, load_json, remove_stale_temp_files
+from cmbunet.utilities.file_io import remove_stale_temp_files
 
-STAGES = ("screening", "discrimination", "segmentation")
-SETTINGS_FILE = "inference_settings.json"
-#: Settings that ``inference_settings.json`` and the command line may change (the rest of the plans may not).
-SETTING_KEYS = ("screening_threshold", "nms_size_vox", "max_candidates", "discrimination_threshold",
-                "discrimination_shift_vox", "discrimination_aggregate", "segmentation_threshold", "tile_size",
-                "min_component_voxels")
-CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
-               "screening_score", "discrimination_score", "segmentation_score"]
-CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
-TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 #: Stages that run in reduced precision (bf16 on the CPU, fp16 on CUDA). Screening is nearly all of the time;
 #: discrimination and segmentation stay in float32 so that the kept candidates, their centres and the masks are
 #: float32's.
@@ -67,29 +57,12 @@ SCREENING_MARGIN = 0.05
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def load_settings_file(model_dir: Path) -> dict[str, Any]:
-    """Thresholds saved next to a model (e.g. picked on validation data); flat or under an ``inference`` key."""
-    path = Path(model_dir) / SETTINGS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        raw = load_json(path)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(path, f"is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "must contain a JSON object of inference settings")
-    raw = raw.get("inference", raw) if isinstance(raw.get("inference"), dict) else raw
-    settings = {k: v for k, v in raw.items() if k in SETTING_KEYS}
-    validate_settings(settings, path)
-    return settings
-
-
 def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
                      overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Inference settings: the plans' defaults, then ``inference_settings.json``, then explicit overrides."""
     settings = dict(plans.get("inference", {}))
     if model_dir is not None:
-        settings.update(load_settings_file(model_dir))
+        settings.update(ModelFolder(model_dir).inference_settings())
     unknown = sorted(set(overrides or {}) - set(SETTING_KEYS))
     if unknown:
         raise CMBUNetError(f"unknown inference setting(s) {unknown}; known: {', '.join(SETTING_KEYS)}")
@@ -99,95 +72,11 @@ def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
     return settings
 
 
-# ------------------------------------------------------------------------------------------------ model folder
-def stage_checkpoint(model_dir: Path, fold: str, stage: str, which: str) -> Path:
-    return Path(model_dir) / f"fold_{fold}" / stage / f"checkpoint_{which}.pth"
-
-
-def available_folds(model_dir: Path, which: str = "final") -> list[str]:
-    """Every ``fold_*`` folder in which all three stages have a ``checkpoint_<which>.pth``, numeric folds first."""
-    folds = [p.name[len("fold_"):] for p in Path(model_dir).glob("fold_*") if p.is_dir()]
-    complete = [f for f in folds if all(stage_checkpoint(model_dir, f, s, which).is_file() for s in STAGES)]
-    return sorted(complete, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
-
-
-def check_folds(model_dir: Path, folds: Sequence[str], which: str) -> None:
-    """Raise :class:`MissingStageError` listing every missing checkpoint of the requested folds."""
-    missing = [str(stage_checkpoint(model_dir, f, s, which)) for f in folds for s in STAGES
-               if not stage_checkpoint(model_dir, f, s, which).is_file()]
-    if missing:
-        raise MissingStageError("cannot predict, checkpoint(s) missing (train these stages first, or choose other "
-                                "folds with -f):\n  " + "\n  ".join(missing))
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CMBUNetError("-device cuda was requested but no CUDA GPU is available; use -device cpu")
     return dev
-
-
-# ------------------------------------------------------------------------------------------------ geometry
-def voxel_to_world(index: np.ndarray, geometry: Mapping[str, Any]) -> np.ndarray:
-    """World positions (mm) of continuous voxel indices ``(N, 3)``: origin + direction @ (index * spacing)."""
-    direction = np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
-    scaled = np.asarray(index, dtype=float).reshape(-1, 3) * np.asarray(geometry["spacing"], dtype=float)
-    return np.asarray(geometry["origin"], dtype=float) + scaled @ direction.T
-
-
-def preprocessed_to_native(points: np.ndarray, properties: Mapping[str, Any]) -> np.ndarray:
-    """Continuous native voxel positions of preprocessed voxels: undo the resampling, then the crop."""
-    pts = map_points_to_new_grid(np.asarray(points, dtype=float).reshape(-1, 3),
-                                 properties["shape_after_resampling"], properties["shape_after_crop"])
-    return pts + np.asarray(properties["crop_bbox"], dtype=float)[:, 0]
-
-
-def drop_small_components(binary: np.ndarray, probabilities: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove CMBs (26-connected) of fewer than ``min_voxels`` native voxels from the binary map and zero their
-    probabilities, so both outputs keep agreeing (``min_component_voxels``, chosen on validation data)."""
-    if min_voxels <= 1 or not binary.any():
-        return binary, probabilities
-    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
-    small = np.bincount(labels.ravel(), minlength=n + 1) < int(min_voxels)
-    small[0] = False
-    drop = small[labels]
-    binary, probabilities = binary.copy(), probabilities.copy()
-    binary[drop], probabilities[drop] = 0, 0.0
-    return binary, probabilities
-
-
-def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[str, Any],
-              candidates: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per 26-connected CMB of the native binary map.
-
-    Centre = centre of mass (voxel i, j, k rounded; world mm exact). The screening and discrimination scores are
-    those of the kept candidate nearest to the CMB; the segmentation score is the CMB's highest probability.
-    """
-    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
-    if n == 0:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in CMB_COLUMNS})
-    index = np.arange(1, n + 1)
-    com = np.asarray(ndimage.center_of_mass(binary > 0, labels, index), dtype=float).reshape(-1, 3)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    seg_score = np.asarray(ndimage.maximum(probabilities, labels, index), dtype=float).reshape(-1)
-    world = voxel_to_world(com, geometry)
-    spacing = np.asarray(geometry["spacing"], dtype=float)
-    scr = disc = np.full(n, np.nan)
-    if candidates is not None and len(candidates) and "native_i" in candidates:
-        kept = candidates[candidates["kept"]]
-        if len(kept):
-            cpos = kept[["native_i", "native_j", "native_k"]].to_numpy(float) * spacing
-            dist = np.linalg.norm(com[:, None, :] * spacing - cpos[None], axis=2)
-            nearest = dist.argmin(axis=1)
-            scr = kept["screening_score"].to_numpy(float)[nearest]
-            disc = kept["discrimination_score"].to_numpy(float)[nearest]
-    vox = np.rint(com).astype(np.int64)
-    return pd.DataFrame({
-        "id": index, "i": vox[:, 0], "j": vox[:, 1], "k": vox[:, 2],
-        "x_mm": world[:, 0], "y_mm": world[:, 1], "z_mm": world[:, 2],
-        "volume_mm3": counts * float(np.prod(spacing)), "num_voxels": counts,
-        "screening_score": scr, "discrimination_score": disc, "segmentation_score": seg_score,
-    })[CMB_COLUMNS]
 
 
 def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Mapping[str, Any]) -> list[tuple[slice, ...]]:
@@ -207,86 +96,6 @@ def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Mapping[str, Any]) 
     if np.prod((hi_all - lo_all - 1) * stride + block) <= cost:
         return [tuple(slice(int(a), int(b)) for a, b in zip(lo_all, hi_all))]
     return list(boxes)
-
-
-# ------------------------------------------------------------------------------------------------ outputs
-@dataclass(frozen=True)
-class CaseOutputs:
-    """The files written for one case; the binary prediction is written last and marks a finished case."""
-
-    prediction: Path
-    cmbs: Path
-    probabilities: Path | None
-
-    @classmethod
-    def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool) -> "CaseOutputs":
-        out = Path(output_dir)
-        return cls(out / f"{case.output_stem}.nii.gz", out / f"{case.case}_cmbs.csv",
-                   out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None)
-
-    def finished(self) -> bool:
-        return all(p.is_file() for p in (self.prediction, self.cmbs, self.probabilities) if p is not None)
-
-
-def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save_probabilities: bool,
-                              summary_path: Path) -> None:
-    """Stop before writing anything when an output file would replace one of the input images."""
-    inputs = {Path(p).resolve() for case in cases for p in case.images}
-    for case in cases:
-        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
-        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, summary_path):
-            if path is not None and path.resolve() in inputs:
-                raise InputError(path, "is an input image and would be overwritten by the prediction; "
-                                       "choose another output folder")
-
-
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """CSV written atomically."""
-    with atomic_path(path, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-
-
-def write_case(result: Mapping[str, Any], outputs: CaseOutputs) -> None:
-    """Probabilities (optional), the CMB table, then the binary map, each atomically."""
-    geometry = result["geometry"]
-    if outputs.probabilities is not None:
-        SimpleITKIO.write(result["probabilities"].astype(np.float32), outputs.probabilities, geometry)
-    write_csv(result["cmbs"], outputs.cmbs)
-    SimpleITKIO.write(result["binary"].astype(np.uint8), outputs.prediction, geometry)
-
-
-def summary_row(case: str, status: str, result: Mapping[str, Any] | None = None, error: str = "") -> dict[str, Any]:
-    """One line of ``summary.csv``."""
-    row: dict[str, Any] = {"case": case, "status": status, "error": error}
-    if result is not None:
-        cmbs = result["cmbs"]
-        row.update(num_cmbs=len(cmbs), total_volume_mm3=float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0,
-                   num_candidates=len(result["candidates"]),
-                   num_kept=int(result["candidates"]["kept"].sum()) if len(result["candidates"]) else 0)
-        timings = result.get("timings", {})
-        row.update({f"seconds_{k}": timings.get(k, np.nan) for k in TIMING_KEYS})
-        row["seconds_total"] = float(sum(timings.get(k, 0.0) for k in TIMING_KEYS))
-    return row
-
-
-def skipped_row(case: InputCase, outputs: CaseOutputs, previous: pd.DataFrame | None) -> dict[str, Any]:
-    """Summary line of a case finished by an earlier run: its earlier line when known, else from its CSV."""
-    if previous is not None and "case" in previous and (previous["case"] == case.case).any():
-        row = previous[previous["case"] == case.case].iloc[-1].to_dict()
-        if row.get("status") == "ok" or str(row.get("status", "")).startswith("skipped"):
-            row["status"] = "skipped (done before)"
-            return row
-    try:
-        cmbs = pd.read_csv(outputs.cmbs)
-        extra = {"num_cmbs": len(cmbs), "total_volume_mm3": float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0}
-    except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
-        extra = {}
-    return {"case": case.case, "status": "skipped (done before)", "error": "", **extra}
-
-
-def summary_name(num_parts: int, part_id: int) -> str:
-    """``summary.csv``, or one file per part so parallel parts never overwrite each other's summary."""
-    return "summary.csv" if num_parts == 1 else f"summary_part{part_id}of{num_parts}.csv"
 
 
 def prefetch(fn: Callable[[InputCase], Any], items: Sequence[InputCase], workers: int) -> Iterator[tuple[InputCase, Future | Any]]:
@@ -368,20 +177,21 @@ class CMBPredictor:
                           device: str | torch.device = "cpu", checkpoint: str = "final", mode: str = "fcn",
                           settings_overrides: Mapping[str, Any] | None = None, **options: Any) -> "CMBPredictor":
         """Load ``plans.json`` and the checkpoints of ``folds`` (default: every complete fold) once."""
-        from cmbunet.plans.plans_io import load_plans
-        from cmbunet.training.checkpoint import load_stage_network
-
-        model_dir = Path(model_dir)
+        model = ModelFolder(Path(model_dir))
+        model_dir = model.path
         if not model_dir.is_dir():
             raise InputError(model_dir, "model folder does not exist")
-        plans = load_plans(model_dir / "plans.json")
-        fold_names = [str(f) for f in folds] if folds else available_folds(model_dir, checkpoint)
+        plans = model.load_plans()
+        fold_names = [str(f) for f in folds] if folds else model.complete_folds(checkpoint)
         if not fold_names:
             raise MissingStageError(f"{model_dir}: no fold_* folder has all three stages trained "
                                     f"(checkpoint_{checkpoint}.pth for screening, discrimination and segmentation)")
-        check_folds(model_dir, fold_names, checkpoint)
+        missing = model.missing_checkpoints(fold_names, checkpoint)
+        if missing:
+            raise MissingStageError("cannot predict, checkpoint(s) missing (train these stages first, or choose "
+                                    "other folds with -f):\n  " + "\n  ".join(map(str, missing)))
         dev = resolve_device(device)
-        networks = {s: [load_stage_network(model_dir, f, s, plans, dev, checkpoint) for f in fold_names] for s in STAGES}
+        networks = {s: [model.load_network(f, s, plans, dev, checkpoint) for f in fold_names] for s in STAGES}
         settings = resolve_settings(plans, model_dir, settings_overrides)
         return cls(plans, networks, dev, mode, settings, fold_names, model_dir, **options)
 

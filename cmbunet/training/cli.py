@@ -8,12 +8,12 @@ import secrets
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, PlansMismatchError
-from cmbunet.paths import fold_dir, get_root, resolve_dataset_name
+from cmbunet.model_folder import DATASET_FILES, ModelFolder
+from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.utilities.cli import run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
 STAGE_CHOICES = ("screening", "discrimination", "segmentation", "all")
-MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 
 
 def default_num_workers() -> int:
@@ -70,20 +70,13 @@ def stages_to_run(choice: str) -> list[str]:
     return list(STAGE_ORDER) if choice == "all" else [choice]
 
 
-def prepare_model_folder(preprocessed_dir: Path, model_dir: Path, plans_hash: str) -> None:
+def prepare_model_folder(preprocessed_dir: Path, model: ModelFolder, plans_hash: str) -> None:
     """Copy plans.json, dataset.json and dataset_fingerprint.json next to the folds; refuse other plans."""
-    from cmbunet.plans.plans_io import load_plans, plans_hash as hash_of
-
-    existing = model_dir / "plans.json"
-    if existing.is_file() and hash_of(load_plans(existing)) != plans_hash:
-        raise PlansMismatchError(
-            f"{model_dir} holds models trained with other plans than {preprocessed_dir / 'plans.json'}; "
-            f"move or delete {model_dir} to train with the new plans"
-        )
-    for name in MODEL_FILES:
+    model.check_plans(plans_hash, preprocessed_dir / "plans.json")
+    for name in DATASET_FILES:
         src = preprocessed_dir / name
         if src.is_file():
-            with atomic_path(model_dir / name) as tmp:
+            with atomic_path(model.path / name) as tmp:
                 tmp.write_bytes(src.read_bytes())
 
 
@@ -114,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     from cmbunet.plans.plans_io import load_plans, plans_hash
     from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
     from cmbunet.training import distributed as D
-    from cmbunet.training.checkpoint import checkpoint_path, stage_dir
     from cmbunet.training.loop import TrainConfig, require_stages, run_stages
     from cmbunet.training.stages import STAGES
 
@@ -136,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     plans = load_plans(pre_dir / "plans.json")
     phash = plans_hash(plans)
     train_cases, val_cases = get_fold_cases(load_splits(pre_dir / SPLITS_FILE), fold)
-    model_dir = fold_dir(name, fold, get_root("results", args.results_root)).parent
+    model = ModelFolder.of_dataset(name, get_root("results", args.results_root))
+    model_dir = model.path
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
 
     configs = [TrainConfig(stage=s, fold=fold, plans=plans, plans_hash=phash, preprocessed_dir=pre_dir,
@@ -145,18 +138,18 @@ def main(argv: list[str] | None = None) -> int:
                for s in stages_to_run(args.stage)]
     # refuse early, before any process starts: the first stage's prerequisites must already be trained
     first = configs[0]
-    if not (first.resume and checkpoint_path(stage_dir(model_dir, fold, first.stage), "final").is_file()):
+    if not (first.resume and model.is_trained(fold, first.stage)):
         require_stages(first, STAGES[first.stage])
     check_preprocessed_cases(pre_dir, train_cases + val_cases, phash)
-    prepare_model_folder(pre_dir, model_dir, phash)
-    remove_stale_temp_files(model_dir / f"fold_{fold}", recursive=True)  # checkpoints a killed run left half-written
+    prepare_model_folder(pre_dir, model, phash)
+    remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
-          f"{len(val_cases)} validation cases -> {model_dir / f'fold_{fold}'}")
+          f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
     D.launch(run_stages, args.num_gpus, args.device, configs)
     if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):
         from cmbunet.evaluation.thresholds import threshold_from_candidate_prior
         trained = [str(f) for f in ["all", *range(len(load_splits(pre_dir / SPLITS_FILE)))]
-                   if checkpoint_path(stage_dir(model_dir, f, "discrimination"), "final").is_file()]
+                   if model.is_trained(f, "discrimination")]
         threshold_from_candidate_prior(model_dir, trained)
     if fold != "all" and val_cases and not args.no_validation and configs[-1].stage == "segmentation":
         # the fold is complete: predict its validation cases with the whole pipeline and score them (fold_F/validation)

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from cmbunet.errors import CMBUNetError, MissingStageError
 from cmbunet.training import distributed as D
 from cmbunet.training.augmentation import AugmentationParams
-from cmbunet.training.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint, load_stage_network,
-                                         restore_rng_state, save_checkpoint, stage_dir)
+from cmbunet.model_folder import VALIDATION_CANDIDATES_FILE, ModelFolder, checkpoint_file, load_checkpoint
+from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
 from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
                                       load_false_positives, merge_false_positives, mine_false_positives,
@@ -39,7 +39,6 @@ from cmbunet.utilities.file_io import atomic_path, save_json
 GRAD_CLIP_NORM = 12.0
 FALSE_POSITIVES_FILE = "false_positives.json"
 VALIDATION_FP_FILE = "validation_false_positives.json"
-VALIDATION_CANDIDATES_FILE = "validation_candidates.json"
 
 
 @dataclass
@@ -61,8 +60,12 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def folder(self) -> ModelFolder:
+        return ModelFolder(self.model_dir)
+
+    @property
     def out_dir(self) -> Path:
-        return stage_dir(self.model_dir, self.fold, self.stage)
+        return self.folder.stage_dir(self.fold, self.stage)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans
 def require_stages(cfg: TrainConfig, stage: Stage) -> None:
     """Refuse to start a stage whose prerequisite has no final checkpoint."""
     for needed in stage.requires:
-        path = checkpoint_path(stage_dir(cfg.model_dir, cfg.fold, needed), "final")
+        path = cfg.folder.checkpoint(cfg.fold, needed, "final")
         if not path.is_file():
             raise MissingStageError(
                 f"the {stage.name} stage of fold {cfg.fold} needs a trained {needed} stage, but {path} is missing; "
@@ -223,14 +226,14 @@ def require_stages(cfg: TrainConfig, stage: Stage) -> None:
 def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBank, file_name: str,
                               log: TrainingLog) -> None:
     """Load the screening stage's FP list into ``bank``; if it is missing, mine it with the final screening model."""
-    scr_dir = stage_dir(cfg.model_dir, cfg.fold, "screening")
+    scr_dir = cfg.folder.stage_dir(cfg.fold, "screening")
     path = scr_dir / file_name
     if path.is_file():
         n = load_false_positives(path, bank)
         log(f"loaded {n} screening false positives for {len(bank.cases)} cases from {path}")
         return
     log(f"{path} is missing: mining false positives with the final screening model")
-    net = load_stage_network(cfg.model_dir, cfg.fold, "screening", cfg.plans, info.device)
+    net = cfg.folder.load_network(cfg.fold, "screening", cfg.plans, info.device)
     threshold = D.broadcast_object(info, _mining_threshold(cfg))
     n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1)
     if info.is_main:
@@ -294,7 +297,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
     mining_epochs = {int(e) for e in schedule.get("mining_epochs", [])}
     device = info.device
 
-    latest = checkpoint_path(out, "latest")
+    latest = checkpoint_file(out, "latest")
     ckpt = load_checkpoint(latest, cfg.plans_hash) if cfg.resume and latest.is_file() else None
     seed = int(ckpt["rng"].get("seed", cfg.seed)) if ckpt else int(cfg.seed)
     if info.is_main and ckpt is None:
@@ -372,7 +375,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             # best before latest: a run killed between the two writes resumes from the previous latest and
             # repeats this epoch, instead of resuming with a best metric whose checkpoint was never written
             if improved:
-                save_checkpoint(checkpoint_path(out, "best"), ckpt_now)
+                save_checkpoint(checkpoint_file(out, "best"), ckpt_now)
             save_checkpoint(latest, ckpt_now)
             plot_progress(history, out / "progress.png", stage.monitor)
             log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
@@ -385,7 +388,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
         final = load_checkpoint(latest, cfg.plans_hash) if latest.is_file() else None
         if final is None:
             raise CMBUNetError(f"{latest} is missing after training; cannot write the final checkpoint")
-        save_checkpoint(checkpoint_path(out, "final"), final)
+        save_checkpoint(checkpoint_file(out, "final"), final)
         log(f"{stage.name} finished: best validation {stage.monitor} = {best}")
     D.barrier(info)
     return history
@@ -467,7 +470,7 @@ def run_stages(info: D.DistInfo, configs: Iterable[TrainConfig]) -> None:
     """Entry point of every process: the stages in order."""
     for cfg in configs:
         cfg = TrainConfig(**{**cfg.__dict__, "device": info.device})
-        if cfg.resume and checkpoint_path(cfg.out_dir, "final").is_file():
+        if cfg.resume and cfg.folder.is_trained(cfg.fold, cfg.stage, "final"):
             if info.is_main:
                 print(f"{cfg.stage} stage of fold {cfg.fold} is already trained ({cfg.out_dir}); skipping")
             continue

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.inference.candidates import find_candidates
+from cmbunet.inference.screening import screening_score_map
 from cmbunet.utilities.file_io import atomic_path, load_json, save_json
 from cmbunet.utilities.patches import extract_patches
 
@@ -257,9 +259,6 @@ def draw_fixed_samples(bank: SampleBank, n: int, proportions: dict[str, float], 
 def screening_candidates(network: nn.Module, case: CaseArrays, plans: dict, threshold: float,
                          device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Candidate centres and scores of the screening FCN on one whole volume."""
-    from cmbunet.inference.candidates import find_candidates
-    from cmbunet.inference.screening import screening_score_map
-
     scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
     return find_candidates(scores, plans, threshold=threshold)
 
@@ -269,9 +268,6 @@ def mine_false_positives(network: nn.Module, bank: SampleBank, plans: dict, thre
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
     current score of every FP already in the bank (NaN for FPs of cases not screened now)."""
-    from cmbunet.inference.candidates import find_candidates
-    from cmbunet.inference.screening import screening_score_map
-
     rows, scores = [], []
     current = np.full(len(bank.false_positives), np.nan, dtype=np.float32)
     stride = np.asarray(plans["screening"].get("fcn_stride", [2, 2, 2]), dtype=np.int64)

@@ -17,7 +17,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -96,6 +96,12 @@ def atomic_path(target: str | Path, suffix: str | None = None,
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def outputs_complete(paths: Iterable[str | Path | None]) -> bool:
+    """The "finished" rule of every per-case output set: each requested file (``None``: not requested) exists.
+    Writers write each file atomically and the one that marks the case last, so existing files are complete."""
+    return all(Path(p).is_file() for p in paths if p is not None)
 
 
 def _pid_alive(pid: int) -> bool:

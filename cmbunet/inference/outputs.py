@@ -1,0 +1,170 @@
+"""What a prediction produces: the CMB table in the native geometry of the input, and the files of a case.
+
+Per case, ``cmbunet_predict`` writes ``CASE_probabilities.nii.gz`` (optional), ``CASE_cmbs.csv`` and last the
+binary map, each atomically, so the binary map marks a finished case; ``summary.csv`` gets one line per case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from cmbunet.errors import InputError
+from cmbunet.imageio.reader_writer import SimpleITKIO
+from cmbunet.inference.input_cases import InputCase
+from cmbunet.preprocessing.resampling import map_points_to_new_grid
+from cmbunet.utilities.file_io import atomic_path, outputs_complete
+
+CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
+               "screening_score", "discrimination_score", "segmentation_score"]
+CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
+TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
+STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+def voxel_to_world(index: np.ndarray, geometry: Mapping[str, Any]) -> np.ndarray:
+    """World positions (mm) of continuous voxel indices ``(N, 3)``: origin + direction @ (index * spacing)."""
+    direction = np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
+    scaled = np.asarray(index, dtype=float).reshape(-1, 3) * np.asarray(geometry["spacing"], dtype=float)
+    return np.asarray(geometry["origin"], dtype=float) + scaled @ direction.T
+
+
+def preprocessed_to_native(points: np.ndarray, properties: Mapping[str, Any]) -> np.ndarray:
+    """Continuous native voxel positions of preprocessed voxels: undo the resampling, then the crop."""
+    pts = map_points_to_new_grid(np.asarray(points, dtype=float).reshape(-1, 3),
+                                 properties["shape_after_resampling"], properties["shape_after_crop"])
+    return pts + np.asarray(properties["crop_bbox"], dtype=float)[:, 0]
+
+
+def drop_small_components(binary: np.ndarray, probabilities: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove CMBs (26-connected) of fewer than ``min_voxels`` native voxels from the binary map and zero their
+    probabilities, so both outputs keep agreeing (``min_component_voxels``, chosen on validation data)."""
+    if min_voxels <= 1 or not binary.any():
+        return binary, probabilities
+    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
+    small = np.bincount(labels.ravel(), minlength=n + 1) < int(min_voxels)
+    small[0] = False
+    drop = small[labels]
+    binary, probabilities = binary.copy(), probabilities.copy()
+    binary[drop], probabilities[drop] = 0, 0.0
+    return binary, probabilities
+
+
+def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[str, Any],
+              candidates: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per 26-connected CMB of the native binary map.
+
+    Centre = centre of mass (voxel i, j, k rounded; world mm exact). The screening and discrimination scores are
+    those of the kept candidate nearest to the CMB; the segmentation score is the CMB's highest probability.
+    """
+    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
+    if n == 0:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in CMB_COLUMNS})
+    index = np.arange(1, n + 1)
+    com = np.asarray(ndimage.center_of_mass(binary > 0, labels, index), dtype=float).reshape(-1, 3)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    seg_score = np.asarray(ndimage.maximum(probabilities, labels, index), dtype=float).reshape(-1)
+    world = voxel_to_world(com, geometry)
+    spacing = np.asarray(geometry["spacing"], dtype=float)
+    scr = disc = np.full(n, np.nan)
+    if candidates is not None and len(candidates) and "native_i" in candidates:
+        kept = candidates[candidates["kept"]]
+        if len(kept):
+            cpos = kept[["native_i", "native_j", "native_k"]].to_numpy(float) * spacing
+            dist = np.linalg.norm(com[:, None, :] * spacing - cpos[None], axis=2)
+            nearest = dist.argmin(axis=1)
+            scr = kept["screening_score"].to_numpy(float)[nearest]
+            disc = kept["discrimination_score"].to_numpy(float)[nearest]
+    vox = np.rint(com).astype(np.int64)
+    return pd.DataFrame({
+        "id": index, "i": vox[:, 0], "j": vox[:, 1], "k": vox[:, 2],
+        "x_mm": world[:, 0], "y_mm": world[:, 1], "z_mm": world[:, 2],
+        "volume_mm3": counts * float(np.prod(spacing)), "num_voxels": counts,
+        "screening_score": scr, "discrimination_score": disc, "segmentation_score": seg_score,
+    })[CMB_COLUMNS]
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+@dataclass(frozen=True)
+class CaseOutputs:
+    """The files written for one case; the binary prediction is written last and marks a finished case."""
+
+    prediction: Path
+    cmbs: Path
+    probabilities: Path | None
+
+    @classmethod
+    def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool) -> "CaseOutputs":
+        out = Path(output_dir)
+        return cls(out / f"{case.output_stem}.nii.gz", out / f"{case.case}_cmbs.csv",
+                   out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None)
+
+    def finished(self) -> bool:
+        return outputs_complete((self.prediction, self.cmbs, self.probabilities))
+
+
+def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save_probabilities: bool,
+                              summary_path: Path) -> None:
+    """Stop before writing anything when an output file would replace one of the input images."""
+    inputs = {Path(p).resolve() for case in cases for p in case.images}
+    for case in cases:
+        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
+        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, summary_path):
+            if path is not None and path.resolve() in inputs:
+                raise InputError(path, "is an input image and would be overwritten by the prediction; "
+                                       "choose another output folder")
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """CSV written atomically."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def write_case(result: Mapping[str, Any], outputs: CaseOutputs) -> None:
+    """Probabilities (optional), the CMB table, then the binary map, each atomically."""
+    geometry = result["geometry"]
+    if outputs.probabilities is not None:
+        SimpleITKIO.write(result["probabilities"].astype(np.float32), outputs.probabilities, geometry)
+    write_csv(result["cmbs"], outputs.cmbs)
+    SimpleITKIO.write(result["binary"].astype(np.uint8), outputs.prediction, geometry)
+
+
+def summary_row(case: str, status: str, result: Mapping[str, Any] | None = None, error: str = "") -> dict[str, Any]:
+    """One line of ``summary.csv``."""
+    row: dict[str, Any] = {"case": case, "status": status, "error": error}
+    if result is not None:
+        cmbs = result["cmbs"]
+        row.update(num_cmbs=len(cmbs), total_volume_mm3=float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0,
+                   num_candidates=len(result["candidates"]),
+                   num_kept=int(result["candidates"]["kept"].sum()) if len(result["candidates"]) else 0)
+        timings = result.get("timings", {})
+        row.update({f"seconds_{k}": timings.get(k, np.nan) for k in TIMING_KEYS})
+        row["seconds_total"] = float(sum(timings.get(k, 0.0) for k in TIMING_KEYS))
+    return row
+
+
+def skipped_row(case: InputCase, outputs: CaseOutputs, previous: pd.DataFrame | None) -> dict[str, Any]:
+    """Summary line of a case finished by an earlier run: its earlier line when known, else from its CSV."""
+    if previous is not None and "case" in previous and (previous["case"] == case.case).any():
+        row = previous[previous["case"] == case.case].iloc[-1].to_dict()
+        if row.get("status") == "ok" or str(row.get("status", "")).startswith("skipped"):
+            row["status"] = "skipped (done before)"
+            return row
+    try:
+        cmbs = pd.read_csv(outputs.cmbs)
+        extra = {"num_cmbs": len(cmbs), "total_volume_mm3": float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0}
+    except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
+        extra = {}
+    return {"case": case.case, "status": "skipped (done before)", "error": "", **extra}
+
+
+def summary_name(num_parts: int, part_id: int) -> str:
+    """``summary.csv``, or one file per part so parallel parts never overwrite each other's summary."""
+    return "summary.csv" if num_parts == 1 else f"summary_part{part_id}of{num_parts}.csv"

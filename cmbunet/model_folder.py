@@ -1,0 +1,235 @@
+"""The trained-model folder: the one place that knows its layout, which folds and stages it holds, how a stage
+network is loaded from a checkpoint, which plans it was trained with and which inference settings it carries.
+
+Layout (``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet``, or any folder given to ``cmbunet_predict -m``)::
+
+    plans.json, dataset.json, dataset_fingerprint.json     copied from the preprocessed dataset by cmbunet_train
+    inference_settings.json                                optional: thresholds chosen on validation data or by hand
+    cv_table.csv, cv_summary.json, froc*.{csv,png}         cmbunet_evaluate_cv
+    fold_F/<stage>/checkpoint_{latest,best,final}.pth      stage = screening, discrimination, segmentation
+    fold_F/<stage>/training_log.txt, progress.png, ...
+    fold_F/screening/validation_candidates.json            screening's whole-volume validation (candidate prior)
+    fold_F/validation/                                     predictions and metrics of the fold's held-out cases
+    fold_F/validation/validation_settings.json             the inference settings those predictions used
+
+``checkpoint_final.pth`` is written last by training, so its presence means the stage is complete. Every
+checkpoint records the hash of the plans it was trained with; a checkpoint or a model folder of other plans is
+refused (:class:`PlansMismatchError`) instead of silently used. This module depends on nothing above it
+(neither training nor inference); torch is imported only when a checkpoint is read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from cmbunet.errors import InputError, MissingStageError, PlansMismatchError
+from cmbunet.paths import results_dataset_dir
+from cmbunet.plans.validation import SETTINGS_RULES, validate_settings
+from cmbunet.utilities.file_io import load_json
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: The model folder inside ``CMBUNET_RESULTS/DatasetXXX_Name``.
+MODEL_SUBFOLDER = "cmbunet"
+PLANS_FILE = "plans.json"
+DATASET_JSON_FILE = "dataset.json"
+FINGERPRINT_FILE = "dataset_fingerprint.json"
+INFERENCE_SETTINGS_FILE = "inference_settings.json"
+#: Copied from the preprocessed dataset next to the folds by ``cmbunet_train``.
+DATASET_FILES = (PLANS_FILE, DATASET_JSON_FILE, FINGERPRINT_FILE)
+VALIDATION_DIR = "validation"
+VALIDATION_SETTINGS_FILE = "validation_settings.json"
+VALIDATION_CANDIDATES_FILE = "validation_candidates.json"
+CV_TABLE_FILE = "cv_table.csv"
+CV_SUMMARY_FILE = "cv_summary.json"
+STAGES = ("screening", "discrimination", "segmentation")
+CHECKPOINT_KINDS = ("latest", "best", "final")
+#: Settings that ``inference_settings.json`` and the command line may change (the rest of the plans may not).
+SETTING_KEYS = tuple(SETTINGS_RULES)
+_FOLD_RE = re.compile(r"^fold_(?P<fold>.+)$")
+
+
+def fold_sort_key(fold: str) -> tuple[bool, int, str]:
+    """Numeric folds first, in numeric order, then the others (``all``) by name."""
+    return (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)
+
+
+def require_plans_hash(found: str | None, expected: str, what: str | Path, remedy: str) -> None:
+    """The one plans-hash check: raise :class:`PlansMismatchError` when ``what`` was made with other plans."""
+    if found != expected:
+        raise PlansMismatchError(f"{what} was trained with plans {found} but the plans in use hash to {expected}; "
+                                 f"{remedy}")
+
+
+def load_checkpoint(path: str | Path, expected_plans_hash: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no code runs on load) and check which plans made it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingStageError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user-facing input problem
+        raise InputError(path, f"cannot be read as a cmbunet checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or "weights" not in ckpt:
+        raise InputError(path, "not a cmbunet checkpoint (no 'weights' entry)")
+    if expected_plans_hash is not None:
+        require_plans_hash(ckpt.get("plans_hash"), expected_plans_hash, path,
+                           "use the plans.json saved next to the model, or retrain after re-planning")
+    return ckpt
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """Paths and contents of one model folder; cheap to create, nothing is read until asked."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def of_dataset(cls, dataset_name: str, results_root: Path | None = None) -> "ModelFolder":
+        """``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet`` (``results_root`` overrides the variable)."""
+        return cls(results_dataset_dir(dataset_name, results_root) / MODEL_SUBFOLDER)
+
+    # ------------------------------------------------------------------------------------------ paths
+    @property
+    def plans_file(self) -> Path:
+        return self.path / PLANS_FILE
+
+    @property
+    def dataset_json_file(self) -> Path:
+        return self.path / DATASET_JSON_FILE
+
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.path / FINGERPRINT_FILE
+
+    @property
+    def inference_settings_file(self) -> Path:
+        return self.path / INFERENCE_SETTINGS_FILE
+
+    @property
+    def cv_table_file(self) -> Path:
+        return self.path / CV_TABLE_FILE
+
+    @property
+    def cv_summary_file(self) -> Path:
+        return self.path / CV_SUMMARY_FILE
+
+    def fold_dir(self, fold: int | str) -> Path:
+        """``fold_F`` (``fold_all`` for the model trained on every case)."""
+        return self.path / f"fold_{fold}"
+
+    def stage_dir(self, fold: int | str, stage: str) -> Path:
+        return self.fold_dir(fold) / stage
+
+    def checkpoint(self, fold: int | str, stage: str, which: str = "final") -> Path:
+        """``fold_F/<stage>/checkpoint_<which>.pth``; ``which`` is latest, best or final."""
+        return checkpoint_file(self.stage_dir(fold, stage), which)
+
+    def validation_dir(self, fold: int | str) -> Path:
+        return self.fold_dir(fold) / VALIDATION_DIR
+
+    def validation_settings_file(self, fold: int | str) -> Path:
+        return self.validation_dir(fold) / VALIDATION_SETTINGS_FILE
+
+    def validation_candidates_file(self, fold: int | str) -> Path:
+        """Screening's whole-volume validation of the fold (read for the candidate-prior threshold)."""
+        return self.stage_dir(fold, "screening") / VALIDATION_CANDIDATES_FILE
+
+    # ------------------------------------------------------------------------------------------ listing
+    def folds(self) -> list[str]:
+        """Every ``fold_*`` folder present, numeric folds first."""
+        found = [m.group("fold") for p in self.path.glob("fold_*") if p.is_dir() and (m := _FOLD_RE.match(p.name))]
+        return sorted(found, key=fold_sort_key)
+
+    def is_trained(self, fold: int | str, stage: str, which: str = "final") -> bool:
+        return self.checkpoint(fold, stage, which).is_file()
+
+    def complete_folds(self, which: str = "final", stages: Sequence[str] = STAGES) -> list[str]:
+        """Folds in which every stage of ``stages`` has a ``checkpoint_<which>.pth``, numeric folds first."""
+        return [f for f in self.folds() if all(self.is_trained(f, s, which) for s in stages)]
+
+    def missing_checkpoints(self, folds: Iterable[int | str], which: str = "final",
+                            stages: Sequence[str] = STAGES) -> list[Path]:
+        return [self.checkpoint(f, s, which) for f in folds for s in stages if not self.is_trained(f, s, which)]
+
+    def evaluated_folds(self, marker: str) -> list[str]:
+        """Folds whose ``fold_F/validation`` holds the file ``marker`` (e.g. the per-case metrics)."""
+        return [f for f in self.folds() if (self.validation_dir(f) / marker).is_file()]
+
+    # ------------------------------------------------------------------------------------------ contents
+    def load_plans(self) -> dict:
+        """``plans.json`` read and checked (:class:`InputError` naming it when missing or invalid)."""
+        from cmbunet.plans.plans_io import load_plans
+
+        return load_plans(self.plans_file)
+
+    def plans_hash(self) -> str:
+        from cmbunet.plans.plans_io import plans_hash
+
+        return plans_hash(self.load_plans())
+
+    def check_plans(self, expected_hash: str, source: str | Path) -> None:
+        """Refuse a model folder whose ``plans.json`` differs from the plans in use (``source`` names them);
+        a folder without ``plans.json`` is new and passes."""
+        if self.plans_file.is_file():
+            require_plans_hash(self.plans_hash(), expected_hash, self.path,
+                               f"it holds models of other plans than {source}: move or delete {self.path} to "
+                               "train with the new plans")
+
+    def inference_settings(self) -> dict[str, Any]:
+        """Settings saved next to the model (e.g. picked on validation data); flat or under an ``inference`` key.
+        Only :data:`SETTING_KEYS` are read, each checked; ``{}`` when the file is absent."""
+        path = self.inference_settings_file
+        if not path.is_file():
+            return {}
+        try:
+            raw = load_json(path)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(path, f"is not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise InputError(path, "must contain a JSON object of inference settings")
+        raw = raw.get("inference", raw) if isinstance(raw.get("inference"), dict) else raw
+        settings = {k: v for k, v in raw.items() if k in SETTING_KEYS}
+        validate_settings(settings, path)
+        return settings
+
+    def load_network(self, fold: int | str, stage: str, plans: dict, device: "str | torch.device" = "cpu",
+                     which: str = "final") -> "nn.Module":
+        """Build the ``stage`` network from ``plans``, load its ``checkpoint_<which>.pth`` (plans hash checked),
+        move it to ``device`` in eval mode."""
+        import torch
+
+        from cmbunet.networks import build_network
+        from cmbunet.plans.plans_io import plans_hash
+
+        path = self.checkpoint(fold, stage, which)
+        if not path.is_file():
+            raise MissingStageError(f"the {stage} stage of fold {fold} is not trained: {path} is missing "
+                                    f"(run cmbunet_train DATASET {fold} -s {stage})")
+        ckpt = load_checkpoint(path, expected_plans_hash=plans_hash(plans))
+        network = build_network(stage, plans)
+        network.load_state_dict(ckpt["weights"])
+        return network.to(torch.device(device)).eval()
+
+
+def checkpoint_file(stage_dir: str | Path, which: str) -> Path:
+    """``stage_dir/checkpoint_<which>.pth``; ``which`` is latest, best or final."""
+    if which not in CHECKPOINT_KINDS:
+        raise ValueError(f"unknown checkpoint '{which}'; expected one of {CHECKPOINT_KINDS}")
+    return Path(stage_dir) / f"checkpoint_{which}.pth"
+
+
+def load_stage_network(model_dir: str | Path, fold: int | str, stage: str, plans: dict,
+                       device: "str | torch.device" = "cpu", which: str = "final") -> "nn.Module":
+    """:meth:`ModelFolder.load_network` of the folder ``model_dir``."""
+    return ModelFolder(Path(model_dir)).load_network(fold, stage, plans, device, which)
