@@ -21,6 +21,11 @@ class InputError(CMBUNetError):
         return (self.__class__, (self.path, self.problem))
 
 
+class InvalidValueError(CMBUNetError, ValueError):
+    """A plans or inference-settings value is missing, unknown, of the wrong type, out of range or inconsistent
+    (raised as :class:`InputError` instead when the value comes from a file)."""
+
+
 class DatasetIntegrityError(CMBUNetError):
     """A raw dataset failed verification. ``problems`` lists every (file, problem) found, not only the first."""
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from cmbunet.errors import InputError, MissingStageError, PlansMismatchError
 from cmbunet.paths import results_dataset_dir
-from cmbunet.plans.validation import SETTINGS_RULES, validate_settings
+from cmbunet.plans.schema import SETTING_KEYS, STAGES, Plans, validate_settings  # noqa: F401 - re-exported
 from cmbunet.utilities.file_io import load_json
 
 if TYPE_CHECKING:
@@ -47,10 +47,7 @@ VALIDATION_SETTINGS_FILE = "validation_settings.json"
 VALIDATION_CANDIDATES_FILE = "validation_candidates.json"
 CV_TABLE_FILE = "cv_table.csv"
 CV_SUMMARY_FILE = "cv_summary.json"
-STAGES = ("screening", "discrimination", "segmentation")
 CHECKPOINT_KINDS = ("latest", "best", "final")
-#: Settings that ``inference_settings.json`` and the command line may change (the rest of the plans may not).
-SETTING_KEYS = tuple(SETTINGS_RULES)
 _FOLD_RE = re.compile(r"^fold_(?P<fold>.+)$")
 
 
@@ -167,7 +164,7 @@ class ModelFolder:
         return [f for f in self.folds() if (self.validation_dir(f) / marker).is_file()]
 
     # ------------------------------------------------------------------------------------------ contents
-    def load_plans(self) -> dict:
+    def load_plans(self) -> Plans:
         """``plans.json`` read and checked (:class:`InputError` naming it when missing or invalid)."""
         from cmbunet.plans.plans_io import load_plans
 
@@ -203,7 +200,7 @@ class ModelFolder:
         validate_settings(settings, path)
         return settings
 
-    def load_network(self, fold: int | str, stage: str, plans: dict, device: "str | torch.device" = "cpu",
+    def load_network(self, fold: int | str, stage: str, plans: Plans, device: "str | torch.device" = "cpu",
                      which: str = "final") -> "nn.Module":
         """Build the ``stage`` network from ``plans``, load its ``checkpoint_<which>.pth`` (plans hash checked),
         move it to ``device`` in eval mode."""
@@ -229,7 +226,7 @@ def checkpoint_file(stage_dir: str | Path, which: str) -> Path:
     return Path(stage_dir) / f"checkpoint_{which}.pth"
 
 
-def load_stage_network(model_dir: str | Path, fold: int | str, stage: str, plans: dict,
+def load_stage_network(model_dir: str | Path, fold: int | str, stage: str, plans: Plans,
                        device: "str | torch.device" = "cpu", which: str = "final") -> "nn.Module":
     """:meth:`ModelFolder.load_network` of the folder ``model_dir``."""
     return ModelFolder(Path(model_dir)).load_network(fold, stage, plans, device, which)

@@ -21,6 +21,7 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
 from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.plans.planner import PRESETS
+from cmbunet.plans.schema import Plans
 from cmbunet.preprocessing.preprocessor import case_files, preprocess_case, save_preprocessed_case
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from cmbunet.utilities.cli import run_cli
@@ -84,7 +85,7 @@ def case_is_done(out_dir: Path, case: str, phash: str) -> bool:
         return False
 
 
-def preprocess_training_case(case: str, images: list[Path], label: Path, plans: dict, out_dir: Path,
+def preprocess_training_case(case: str, images: list[Path], label: Path, plans: Plans, out_dir: Path,
                              phash: str) -> dict[str, Any]:
     """Read, preprocess and save one training case; returns a short summary for the report."""
     data, props = SimpleITKIO.read_images(images)
@@ -132,15 +133,15 @@ def preprocess_cases(jobs: list[tuple], num_processes: int) -> list[dict[str, An
     return results
 
 
-def format_summary(name: str, out_dir: Path, plans: dict, done: list[dict], skipped: int) -> str:
+def format_summary(name: str, out_dir: Path, plans: Plans, done: list[dict], skipped: int) -> str:
     """A few lines a user reads to check the configuration before training."""
     vanished = sum(s["vanished"] for s in done)
     cmbs = sum(s["cmbs"] for s in done)
     return "\n".join([
         f"{name}: {len(done)} case(s) preprocessed, {skipped} already up to date -> {out_dir}",
-        f"  target spacing (x, y, z) mm: {plans['target_spacing']}",
-        f"  screening block {plans['screening']['block_size']}, discrimination block "
-        f"{plans['discrimination']['block_size']}, segmentation patch {plans['segmentation']['patch_size']}",
+        f"  target spacing (x, y, z) mm: {list(plans.target_spacing)}",
+        f"  screening block {list(plans.screening.block_size)}, discrimination block "
+        f"{list(plans.discrimination.block_size)}, segmentation patch {list(plans.segmentation.patch_size)}",
         f"  CMBs in the newly preprocessed cases: {cmbs}; too small for the target grid and kept as one voxel: "
         f"{vanished}",
     ] + [f"  warning: {s['case']}: {s['outside']} labelled CMB(s) lie outside the image's non-zero region; the crop "
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.np < 1:
         raise CMBUNetError(f"-np must be at least 1, got {args.np}")
-    from cmbunet.plans import extract_fingerprint, load_fingerprint, plan_experiment, plans_hash, save_fingerprint
+    from cmbunet.plans import (extract_fingerprint, load_fingerprint, plan_experiment, plans_hash, save_fingerprint,
+                               save_plans)
 
     raw_root = get_root("raw", args.raw_root)
     pre_root = get_root("preprocessed", args.preprocessed_root)
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (out_dir, out_dir / DATA_DIR):
         remove_stale_temp_files(folder)  # left by a killed run
     save_fingerprint(fingerprint, fp_path)
-    save_json(plans, out_dir / PLANS_FILE)
+    save_plans(plans, out_dir / PLANS_FILE)
     save_json(dataset_json, out_dir / "dataset.json")
     if args.clean and (out_dir / DATA_DIR).is_dir():
         shutil.rmtree(out_dir / DATA_DIR)

@@ -28,6 +28,7 @@ from cmbunet.evaluation.cli import main as evaluate_main
 from cmbunet.inference.cli import main as predict_main
 from cmbunet.networks import build_network
 from cmbunet.plan_and_preprocess import main as plan_main
+from cmbunet.plans import STAGES, Plans, apply_overrides
 from cmbunet.plans.plans_io import load_plans, plans_hash, save_plans
 from cmbunet.synthetic.cli import main as synthetic_main
 from cmbunet.synthetic.writer import write_dataset
@@ -37,7 +38,6 @@ from cmbunet.errors import InputError, PlansMismatchError
 from cmbunet.utilities.file_io import save_json
 
 BASE = "Dataset801_Base"
-STAGES = ("screening", "discrimination", "segmentation")
 BIN = Path(sys.executable).parent
 
 
@@ -103,11 +103,11 @@ def unwritable_folder(base: Path) -> Path:
     return blocker / "out"
 
 
-def write_fake_model(model_dir: Path, plans: dict, folds=("0",), checkpoint_plans: dict | None = None) -> Path:
+def write_fake_model(model_dir: Path, plans: Plans, folds=("0",), checkpoint_plans: Plans | None = None) -> Path:
     """Random networks saved as training checkpoints (training is not what these tests are about)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     save_plans(plans, model_dir / "plans.json")
-    save_json({"channel_names": plans["channel_names"], "file_ending": ".nii.gz"}, model_dir / "dataset.json")
+    save_json({"channel_names": plans.channel_names, "file_ending": ".nii.gz"}, model_dir / "dataset.json")
     save_json({"max_candidates": 4, "screening_threshold": 0.0}, model_dir / "inference_settings.json")
     ck_plans = plans if checkpoint_plans is None else checkpoint_plans
     for fold in folds:
@@ -396,7 +396,7 @@ def test_train_refuses(env, tmp_path, capsys, argv, expect):
 
 def test_train_refuses_a_model_folder_of_other_plans(env, tmp_path, capsys):
     """Results of a dataset planned differently (plans from another dataset) are never overwritten."""
-    other = dict(env["plans"], target_spacing=[2.0, 2.0, 3.0])
+    other = apply_overrides(env["plans"], ["target_spacing=[2.0,2.0,3.0]"])
     model = write_fake_model(tmp_path / "res" / BASE / "cmbunet", other)
     run_and_check(capsys, train_main, [BASE, "0", "--preprocessed-root", str(env["pre"]), "--results-root",
                                        str(tmp_path / "res")],
@@ -477,7 +477,7 @@ def test_predict_without_trained_model(env, tmp_path, capsys):
 
 def test_predict_refuses_checkpoint_of_other_plans(env, tmp_path, capsys):
     """Plans from another dataset next to the checkpoints: the plans hash does not match, nothing runs."""
-    other = dict(env["plans"], target_spacing=[2.0, 2.0, 3.0])
+    other = apply_overrides(env["plans"], ["target_spacing=[2.0,2.0,3.0]"])
     model = write_fake_model(tmp_path / "model", other, checkpoint_plans=env["plans"])
     out = tmp_path / "out"
     run_and_check(capsys, predict_main, ["-i", str(env["ds"] / "imagesTs"), "-o", str(out), "-m", str(model)],

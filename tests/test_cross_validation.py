@@ -17,6 +17,7 @@ from cmbunet.evaluation import cross_validation as cv
 from cmbunet.evaluation import thresholds
 from cmbunet.evaluation.evaluate import CASE_COLUMNS, aggregate_metrics, evaluate_folders, write_evaluation
 from cmbunet.imageio import SimpleITKIO
+from cmbunet.plans import STAGES
 
 NAN = math.nan
 
@@ -78,9 +79,6 @@ def test_unreadable_summary_is_a_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-STAGES = ("screening", "discrimination", "segmentation")
-
-
 def _write_random_model(model_dir: Path, folds: tuple[str, ...]) -> None:
     """Checkpoints as cmbunet_train writes them, with seeded random weights (training is too slow for a test)."""
     from cmbunet.networks import build_network
@@ -180,7 +178,7 @@ def test_validate_evaluate_cv_and_find_thresholds_end_to_end(project, capsys):
     from cmbunet.inference.predictor import CMBPredictor
 
     predictor = CMBPredictor.from_model_folder(model_dir, folds=[0])
-    assert predictor.settings["discrimination_threshold"] == chosen["discrimination_threshold"]
+    assert predictor.settings.discrimination_threshold == chosen["discrimination_threshold"]
 
 
 def plans_default(model_dir: Path) -> float:

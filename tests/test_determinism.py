@@ -60,7 +60,7 @@ def test_same_training_samples(runs):
     plans = load_plans(runs["a"] / "plans.json")
     splits = json.loads((runs["a"] / "splits_final.json").read_text())
     stage = STAGES["screening"]
-    proportions = plans["training"]["cpu"]["screening"]["proportions"]
+    proportions = plans.training.cpu.screening.proportions
     batches = []
     for name in ("a", "b", "a"):
         bank = build_bank(runs[name], splits[0]["train"])

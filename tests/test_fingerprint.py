@@ -124,8 +124,8 @@ def test_save_load_and_plan(tmp_path, fingerprint):
     loaded = load_fingerprint(path)
     assert loaded["cases"] == fingerprint["cases"]
     plans = plan_experiment(loaded, {"channel_names": {"0": "T2S"}}, preset="tiny")
-    assert plans["target_spacing"] == pytest.approx([0.55, 0.55, 1.5])
-    assert plans["cmb_box"]["num_cmbs"] == 2
+    assert plans.target_spacing == pytest.approx([0.55, 0.55, 1.5])
+    assert plans.cmb_box.num_cmbs == 2
 
 
 def test_components_26_connectivity():

@@ -20,25 +20,18 @@ from cmbunet.inference.input_cases import find_input_cases, select_part
 from cmbunet.inference.predictor import CMBPredictor, drop_small_components, resolve_settings, voxel_to_world
 from cmbunet.inference.segmentation import gaussian_importance, merge_patches, segment_candidates
 from cmbunet.networks import build_network
-from cmbunet.plans.planner import plan_experiment
+from cmbunet.plans import STAGES, Plans
 from cmbunet.plans.plans_io import plans_hash, save_plans
 from cmbunet.utilities.file_io import save_json
+from plan_helpers import make_plans
 
-STAGES = ("screening", "discrimination", "segmentation")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def make_plans(channels: tuple[str, ...] = ("T2S",)) -> dict:
-    """Real tiny-preset plans for 1 x 1 x 1.5 mm data with small CMBs."""
-    fingerprint = {"cases": [{"spacing": [1.0, 1.0, 1.5], "shape_after_crop": [60, 70, 30]}] * 3,
-                   "cmbs": [{"extent_mm": [2.0, 2.0, 3.0]}] * 5}
-    return plan_experiment(fingerprint, {"channel_names": {str(i): c for i, c in enumerate(channels)}}, preset="tiny")
-
-
-def write_model(model_dir: Path, plans: dict, folds=("0",), seed: int = 0) -> Path:
+def write_model(model_dir: Path, plans: Plans, folds=("0",), seed: int = 0) -> Path:
     """A model folder in the training layout with random tiny networks (checkpoint dicts as cmbunet_train writes)."""
     save_plans(plans, model_dir / "plans.json")
-    save_json({"channel_names": plans["channel_names"], "file_ending": ".nii.gz"}, model_dir / "dataset.json")
+    save_json({"channel_names": plans.channel_names, "file_ending": ".nii.gz"}, model_dir / "dataset.json")
     for f_i, fold in enumerate(folds):
         for s_i, stage in enumerate(STAGES):
             torch.manual_seed(seed + 10 * f_i + s_i)
@@ -82,8 +75,8 @@ class DarkVoxelSegmentation(nn.Module):
         return torch.cat([torch.zeros_like(logit), logit], dim=1)
 
 
-def standin_predictor(plans: dict, **kw) -> CMBPredictor:
-    nets = {"screening": [DarkSpotScreening(plans["screening"]["block_size"], plans["screening"]["fcn_stride"])],
+def standin_predictor(plans: Plans, **kw) -> CMBPredictor:
+    nets = {"screening": [DarkSpotScreening(plans.screening.block_size, plans.screening.fcn_stride)],
             "discrimination": [DarkSpotDiscrimination()], "segmentation": [DarkVoxelSegmentation()]}
     return CMBPredictor(plans, nets, **kw)
 
@@ -109,7 +102,7 @@ def write_planted_case(path: Path, shape=(48, 44, 20), spacing=(0.9, 1.1, 2.0), 
 
 
 @pytest.fixture(scope="module")
-def plans() -> dict:
+def plans() -> Plans:
     return make_plans()
 
 
@@ -152,7 +145,7 @@ def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_
     rng = np.random.default_rng(1)
     vol = rng.normal(size=(1, 30, 28, 16)).astype(np.float32)
     centres = np.array([[0, 0, 0], [15, 14, 8], [29, 27, 15], [3, 25, 1]])  # corners need padding
-    block = plans["discrimination"]["block_size"]
+    block = plans.discrimination.block_size
     padded = PaddedVolume.create(vol, [b // 2 + 1 + shift_vox for b in block])
     shifts = shift_offsets(shift_vox)
     shared = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=60)
@@ -329,8 +322,8 @@ def test_find_channel_suffixed_cases_and_sharding(tmp_path):
 
 
 def test_settings_file_sets_defaults_and_flags_override(plans, tmp_path):
-    assert resolve_settings(plans, tmp_path)["discrimination_threshold"] == 0.5
+    assert resolve_settings(plans, tmp_path).discrimination_threshold == 0.5
     save_json({"discrimination_threshold": 0.7, "screening_threshold": 0.2, "note": "picked on validation"},
               tmp_path / "inference_settings.json")
     s = resolve_settings(plans, tmp_path, {"screening_threshold": 0.05, "discrimination_threshold": None})
-    assert s["discrimination_threshold"] == 0.7 and s["screening_threshold"] == 0.05 and "note" not in s
+    assert s.discrimination_threshold == 0.7 and s.screening_threshold == 0.05 and "note" not in s.to_dict()

@@ -9,9 +9,11 @@ import random
 import numpy as np
 import pytest
 
+from cmbunet.plans import Plans
 from cmbunet.plans.planner import INTENSITY_AUGMENTATION
 from cmbunet.training.augmentation import AugmentationParams
 from cmbunet.training.intensity_augmentation import IntensityParams, augment_intensity
+from plan_helpers import make_plans
 
 OFF = {k: (0.0 if k.endswith("probability") else v) for k, v in INTENSITY_AUGMENTATION.items()}
 
@@ -55,17 +57,18 @@ def test_low_resolution_simulation_smooths_across_slices_most():
 
 
 def test_plans_switch_it_on_and_old_plans_keep_it_off():
-    plans = {"augmentation": {"max_translation_vox": 3, "max_rotation_deg": 10.0, "flip_axes": [0],
-                              "flip_probability": 0.5, "rotation_probability": 0.5,
-                              "intensity": copy.deepcopy(INTENSITY_AUGMENTATION)}}
-    assert AugmentationParams.from_plans(plans).intensity == IntensityParams.from_dict(INTENSITY_AUGMENTATION)
+    plans = make_plans().to_dict()
+    plans["augmentation"] = {"max_translation_vox": 3, "max_rotation_deg": 10.0, "flip_axes": [0],
+                             "flip_probability": 0.5, "rotation_probability": 0.5,
+                             "intensity": copy.deepcopy(INTENSITY_AUGMENTATION)}
+    assert AugmentationParams.from_plans(Plans.from_dict(plans)).intensity == IntensityParams.from_dict(INTENSITY_AUGMENTATION)
     old = copy.deepcopy(plans)
     del old["augmentation"]["intensity"]
-    assert AugmentationParams.from_plans(old).intensity is None
+    assert AugmentationParams.from_plans(Plans.from_dict(old)).intensity is None
     bad = copy.deepcopy(plans)
     bad["augmentation"]["intensity"]["gamma_probability"] = 1.5
     with pytest.raises(ValueError, match="gamma_probability"):
-        AugmentationParams.from_plans(bad)
+        AugmentationParams.from_plans(Plans.from_dict(bad))
     bad["augmentation"]["intensity"] = {"gamma": [0.7, 1.5]}
     with pytest.raises(ValueError, match="missing"):
-        AugmentationParams.from_plans(bad)
+        AugmentationParams.from_plans(Plans.from_dict(bad))

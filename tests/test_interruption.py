@@ -21,12 +21,12 @@ import torch
 
 from cmbunet.inference.cli import main as predict_main
 from cmbunet.plan_and_preprocess import main as plan_main
+from cmbunet.plans import STAGES
 from cmbunet.synthetic.writer import write_dataset
 from cmbunet.training.cli import main as train_main
 from tiny_schedule import TINY_TRAINING_OVERRIDES
 
 DATASET = "Dataset803_Interrupt"
-STAGES = ("screening", "discrimination", "segmentation")
 BIN = Path(sys.executable).parent
 OVERRIDES = TINY_TRAINING_OVERRIDES
 PREDICT_OPTIONS = ["--max-candidates", "8", "-npp", "0"]

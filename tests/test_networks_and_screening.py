@@ -10,29 +10,16 @@ from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import score_map_shape, screening_score_map
 from cmbunet.networks import DiscriminationCNN, ScreeningFCN, SegmentationUNet, build_network
 from cmbunet.networks.screening import screening_output_size
+from cmbunet.plans import Plans
 from cmbunet.utilities.patches import central_label, extract_patches
+from plan_helpers import paper_plans
 
-PAPER_PLANS = {
-    "num_input_channels": 1,
-    "screening": {
-        "block_size": [20, 20, 16],
-        "fcn_stride": [2, 2, 2],
-        "fcn_offset": [10, 10, 8],
-        "network": {"features": [64, 64, 128, 128, 256], "first_kernels": [5, 5, 3], "last_kernel": [2, 2, 2]},
-    },
-    "discrimination": {
-        "block_size": [24, 24, 20],
-        "network": {"features": [64, 64, 128, 128], "first_kernels": [5, 5, 3], "fc_features": 512, "dropout": 0.5},
-    },
-    "segmentation": {"patch_size": [32, 32, 24], "network": {"features": [32, 64, 128, 256]}},
-    "inference": {"screening_threshold": 0.1, "nms_size_vox": [10, 10, 8], "max_candidates": 1000},
-}
+#: 002's plans, with 002's reference NMS window of half a block
+PAPER_PLANS = paper_plans(["inference.nms_size_vox=[10,10,8]"])
 
 
-def tiny_plans() -> dict:
-    plans = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PAPER_PLANS.items()}
-    plans["screening"] = {**PAPER_PLANS["screening"], "network": {**PAPER_PLANS["screening"]["network"], "features": [4, 4, 8, 8, 8]}}
-    return plans
+def tiny_plans(channels: tuple[str, ...] = ("T2S",)) -> Plans:
+    return paper_plans(["inference.nms_size_vox=[10,10,8]", "screening.network.features=[4,4,8,8,8]"], channels)
 
 
 def test_screening_fcn_reproduces_002_table1_layer_sizes():
@@ -66,8 +53,7 @@ def test_discrimination_and_unet_shapes_from_plans():
 @pytest.mark.parametrize("prior", [3e-4, 1e-2])
 def test_unet_starts_at_the_planned_foreground_prior(prior):
     """The U-Net's first prediction is "CMB with probability ``prior`` everywhere", whatever the input."""
-    plans = {**PAPER_PLANS, "segmentation": {"patch_size": [32, 32, 24],
-                                             "network": {"features": [4, 8, 8, 16], "foreground_prior": prior}}}
+    plans = paper_plans(["segmentation.network.features=[4,8,8,16]", f"segmentation.network.foreground_prior={prior}"])
     torch.manual_seed(0)
     unet = build_network("segmentation", plans).eval()
     with torch.no_grad():
@@ -76,8 +62,7 @@ def test_unet_starts_at_the_planned_foreground_prior(prior):
 
 
 def test_multichannel_input_from_plans():
-    plans = tiny_plans()
-    plans["num_input_channels"] = 3
+    plans = tiny_plans(("T2S", "T1", "FLAIR"))
     net = build_network("screening", plans)
     assert net(torch.zeros(1, 3, 20, 20, 16)).shape == (1, 2, 1, 1, 1)
 
@@ -124,7 +109,7 @@ def test_fcn_score_map_equals_sliding_window_and_tiling(shape):
     assert np.abs(fcn - tiled).max() <= 1e-5
     # score voxel j is the block centred on input voxel 2j, cut from the unpadded volume
     j = np.array([[0, 0, 0], [s // 2 - 1 for s in fcn.shape]])
-    patches = torch.from_numpy(extract_patches(vol, 2 * j, plans["screening"]["block_size"]))
+    patches = torch.from_numpy(extract_patches(vol, 2 * j, plans.screening.block_size))
     with torch.no_grad():
         direct = torch.softmax(net(patches), 1)[:, 1].reshape(-1).numpy()
     np.testing.assert_allclose(direct, fcn[tuple(j.T)], atol=1e-5)

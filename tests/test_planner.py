@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from cmbunet.errors import CMBUNetError, InputError
-from cmbunet.plans import apply_overrides, load_plans, plan_experiment, plans_hash, save_plans, schedule_for
+from cmbunet.plans import Plans, apply_overrides, load_plans, plan_experiment, plans_hash, save_plans
 from cmbunet.plans.planner import INTENSITY_AUGMENTATION, first_kernel_sizes, quantile_box, target_spacing_from_cases
+from cmbunet.utilities.file_io import save_json
 
 DATASET_JSON = {"channel_names": {"0": "T2S"}, "labels": {"background": 0, "CMB": 1}, "numTraining": 10, "file_ending": ".nii.gz"}
 VALDO_SPACING = [0.49, 0.49, 0.8]
@@ -41,7 +43,7 @@ def paper_fp() -> dict:
 
 
 @pytest.fixture(scope="module")
-def auto_plans(paper_fp) -> dict:
+def auto_plans(paper_fp) -> Plans:
     return plan_experiment(paper_fp, DATASET_JSON, dataset_name="Dataset001_Test")
 
 
@@ -73,7 +75,7 @@ def discrimination_output(block, k1):
 
 # --------------------------------------------------------------------------------------- 002 reproduced
 def test_paper_numbers_from_fingerprint(auto_plans):
-    p = auto_plans
+    p = auto_plans.to_dict()
     assert p["plans_version"] == 1 and p["preset"] == "auto" and p["dataset_name"] == "Dataset001_Test"
     assert p["target_spacing"] == pytest.approx(VALDO_SPACING)
     assert p["cmb_box"]["extent_vox"] == [14, 14, 10] and p["cmb_box"]["box_vox"] == [20, 20, 16]
@@ -104,14 +106,14 @@ def test_paper_numbers_from_fingerprint(auto_plans):
 
 def test_one_more_large_cmb_grows_the_box():
     """With 17 of 1000 CMBs above 14x14x10, 14x14x10 covers 98.3% < 98.4%, so the box must hold 20x20x14."""
-    p = plan_experiment(make_fingerprint(valdo_like_extents(n_large=17)), DATASET_JSON)
+    p = plan_experiment(make_fingerprint(valdo_like_extents(n_large=17)), DATASET_JSON).to_dict()
     assert p["cmb_box"]["extent_vox"] == [20, 20, 14]
     assert p["screening"]["block_size"] == [26, 26, 20]
     assert p["screening"]["network"]["last_kernel"] == [5, 5, 4]
 
 
 def test_gpu_schedule_is_002(auto_plans):
-    gpu = auto_plans["training"]["gpu"]
+    gpu = auto_plans.to_dict()["training"]["gpu"]
     scr, disc, seg = gpu["screening"], gpu["discrimination"], gpu["segmentation"]
     assert (scr["epochs"], scr["samples_per_epoch"], scr["batch_size"]) == (150, 200_000, 128)
     assert (scr["optimizer"], scr["lr"], scr["momentum"], scr["nesterov"]) == ("sgd", 0.01, 0.99, True)
@@ -122,7 +124,7 @@ def test_gpu_schedule_is_002(auto_plans):
     assert disc["proportions"] == {"positive": 1, "false_positive": 1} and "mining_epochs" not in disc
     assert (seg["epochs"], seg["samples_per_epoch"], seg["batch_size"]) == (100, 8000, 64)
     assert (seg["optimizer"], seg["lr"], seg["loss"]) == ("adam", 0.001, "dice_ce")
-    cpu = auto_plans["training"]["cpu"]
+    cpu = auto_plans.to_dict()["training"]["cpu"]
     assert (cpu["screening"]["epochs"], cpu["screening"]["samples_per_epoch"]) == (20, 1500)
     assert cpu["screening"]["mining_epochs"] == [7, 14]
 
@@ -135,7 +137,7 @@ def test_other_spacings_give_valid_topologies(spacing, seed):
     extents_mm = rng.uniform(0.5, 9.0, size=(50, 3))
     sp = np.asarray(spacing)
     fp = make_fingerprint(np.ceil(extents_mm / sp).astype(int), spacing=spacing)
-    p = plan_experiment(fp, DATASET_JSON)
+    p = plan_experiment(fp, DATASET_JSON).to_dict()
     s = p["screening"]
     block, k1, k5 = s["block_size"], s["network"]["first_kernels"], s["network"]["last_kernel"]
     box = p["cmb_box"]["box_vox"]
@@ -172,7 +174,7 @@ def test_quantile_box_grows_until_joint_coverage():
 
 
 def test_few_tiny_cmbs_give_the_smallest_topology():
-    p = plan_experiment(make_fingerprint([[1, 1, 1]]), DATASET_JSON)
+    p = plan_experiment(make_fingerprint([[1, 1, 1]]), DATASET_JSON).to_dict()
     assert p["screening"]["block_size"] == [18, 18, 14]
     assert p["screening"]["network"]["last_kernel"] == [1, 1, 1]
     assert p["discrimination"]["block_size"] == [22, 22, 18]
@@ -200,7 +202,7 @@ def test_anisotropy_rule_uses_10th_percentile():
 
 
 def test_separate_z_follows_target_spacing():
-    p = plan_experiment(make_fingerprint([[6, 6, 2]], spacing=[0.5, 0.5, 3.0], shape=(400, 400, 200)), DATASET_JSON)
+    p = plan_experiment(make_fingerprint([[6, 6, 2]], spacing=[0.5, 0.5, 3.0], shape=(400, 400, 200)), DATASET_JSON).to_dict()
     assert p["target_spacing"] == pytest.approx([0.5, 0.5, 3.0]) and p["resampling"]["separate_z"] is True
     assert p["screening"]["network"]["first_kernels"] == [5, 5, 3]
 
@@ -208,7 +210,7 @@ def test_separate_z_follows_target_spacing():
 # --------------------------------------------------------------------------------------- presets
 def test_paper_preset_ignores_the_data():
     fp = make_fingerprint([[3, 3, 3]] * 5, spacing=[1.0, 1.0, 1.0])
-    p = plan_experiment(fp, DATASET_JSON, preset="paper")
+    p = plan_experiment(fp, DATASET_JSON, preset="paper").to_dict()
     assert p["preset"] == "paper"
     assert p["screening"]["block_size"] == [20, 20, 16] and p["screening"]["network"]["first_kernels"] == [5, 5, 3]
     assert p["screening"]["network"]["last_kernel"] == [2, 2, 2]
@@ -218,11 +220,11 @@ def test_paper_preset_ignores_the_data():
 
 
 def test_tiny_preset(paper_fp, auto_plans):
-    p = plan_experiment(paper_fp, DATASET_JSON, preset="tiny")
+    p = plan_experiment(paper_fp, DATASET_JSON, preset="tiny").to_dict()
     assert p["screening"]["network"]["features"] == [8, 8, 16, 16, 32]
     assert p["discrimination"]["network"]["features"] == [8, 8, 16, 16] and p["discrimination"]["network"]["fc_features"] == 32
     assert p["segmentation"]["network"]["features"] == [4, 8, 16, 32]
-    assert p["screening"]["block_size"] == auto_plans["screening"]["block_size"]
+    assert p["screening"]["block_size"] == auto_plans.to_dict()["screening"]["block_size"]
     for device in ("gpu", "cpu"):
         for stage, sched in p["training"][device].items():
             assert 2 <= sched["epochs"] <= 3 and sched["samples_per_epoch"] <= 200 and sched["batch_size"] == 16
@@ -233,37 +235,37 @@ def test_tiny_preset(paper_fp, auto_plans):
 
 def test_channels_follow_dataset_json(paper_fp):
     dj = dict(DATASET_JSON, channel_names={"0": "T2S", "1": "T1"})
-    p = plan_experiment(paper_fp, dj)
+    p = plan_experiment(paper_fp, dj).to_dict()
     assert p["num_input_channels"] == 2
     assert all(p[s]["network"]["in_channels"] == 2 for s in ("screening", "discrimination", "segmentation"))
 
 
 # --------------------------------------------------------------------------------------- overrides
 def test_override_threshold_and_string(auto_plans):
-    p = apply_overrides(auto_plans, ["inference.screening_threshold=0.3", "inference.discrimination_aggregate=mean"])
+    p = apply_overrides(auto_plans, ["inference.screening_threshold=0.3", "inference.discrimination_aggregate=mean"]).to_dict()
     assert p["inference"]["screening_threshold"] == 0.3 and p["inference"]["discrimination_aggregate"] == "mean"
     assert p["overrides"] == ["inference.screening_threshold=0.3", "inference.discrimination_aggregate=mean"]
-    assert auto_plans["inference"]["screening_threshold"] == 0.1 and auto_plans["overrides"] == []
+    assert auto_plans.inference.screening_threshold == 0.1 and list(auto_plans.overrides) == []
 
 
 def test_override_block_rederives_dependents(auto_plans):
-    p = apply_overrides(auto_plans, ["screening.block_size=[22,22,18]"])
+    p = apply_overrides(auto_plans, ["screening.block_size=[22,22,18]"]).to_dict()
     s = p["screening"]
     assert s["network"]["last_kernel"] == [3, 3, 3] and s["fcn_offset"] == [11, 11, 9]
     assert screening_output(s["block_size"], s["network"]["first_kernels"], s["network"]["last_kernel"]) == [1, 1, 1]
     assert p["discrimination"]["block_size"] == [26, 26, 22]
     assert p["segmentation"]["patch_size"] == [40, 40, 32]
-    prior = auto_plans["segmentation"]["network"]["foreground_prior"]  # same expected CMB mass, larger patch
+    prior = auto_plans.segmentation.network.foreground_prior  # same expected CMB mass, larger patch
     assert p["segmentation"]["network"]["foreground_prior"] == pytest.approx(prior * (32 * 32 * 24) / (40 * 40 * 32), rel=1e-3)
     assert p["inference"]["nms_size_vox"] == [5, 5, 5] and p["inference"]["tile_size"] == [160, 160, 80]
     # an explicit dependent value wins over the re-derived one; list items can be set by index
-    p = apply_overrides(auto_plans, ["screening.block_size.2=18", "segmentation.patch_size=[32,32,24]"])
+    p = apply_overrides(auto_plans, ["screening.block_size.2=18", "segmentation.patch_size=[32,32,24]"]).to_dict()
     assert p["screening"]["block_size"] == [20, 20, 18] and p["segmentation"]["patch_size"] == [32, 32, 24]
     assert p["discrimination"]["block_size"] == [24, 24, 22]
 
 
 def test_override_first_kernels_and_features(auto_plans):
-    p = apply_overrides(auto_plans, ["screening.network.first_kernels=[3,3,3]", "screening.network.features=[8,8,16,16,32]"])
+    p = apply_overrides(auto_plans, ["screening.network.first_kernels=[3,3,3]", "screening.network.features=[8,8,16,16,32]"]).to_dict()
     assert p["screening"]["network"]["last_kernel"] == [4, 4, 2]  # (20-4)/2-4, (16-4)/2-4
     assert screening_output([20, 20, 16], [3, 3, 3], [4, 4, 2]) == [1, 1, 1]
     assert p["discrimination"]["network"]["first_kernels"] == [3, 3, 3]
@@ -272,7 +274,7 @@ def test_override_first_kernels_and_features(auto_plans):
 
 
 def test_plan_experiment_applies_overrides_last(paper_fp):
-    p = plan_experiment(paper_fp, DATASET_JSON, preset="tiny", overrides=["training.cpu.screening.epochs=1"])
+    p = plan_experiment(paper_fp, DATASET_JSON, preset="tiny", overrides=["training.cpu.screening.epochs=1"]).to_dict()
     assert p["training"]["cpu"]["screening"]["epochs"] == 1 and p["overrides"] == ["training.cpu.screening.epochs=1"]
 
 
@@ -300,7 +302,7 @@ def test_save_load_roundtrip_and_hash(tmp_path, auto_plans):
     path = tmp_path / "plans.json"
     save_plans(auto_plans, path)
     loaded = load_plans(path)
-    assert loaded == json.loads(json.dumps(auto_plans))
+    assert loaded.to_dict() == json.loads(json.dumps(auto_plans.to_dict())) and loaded == auto_plans
     assert plans_hash(loaded) == plans_hash(auto_plans)
     assert len(plans_hash(auto_plans)) == 16
 
@@ -330,25 +332,26 @@ def test_load_plans_errors(tmp_path, auto_plans):
     with pytest.raises(InputError, match="bad.json.*not valid JSON"):
         load_plans(bad)
     old = tmp_path / "old.json"
-    save_plans(dict(auto_plans, plans_version=0), old)
+    save_json(dict(auto_plans.to_dict(), plans_version=0), old)
     with pytest.raises(InputError, match="plans_version 0"):
         load_plans(old)
-    edited = json.loads(json.dumps(auto_plans))
+    edited = json.loads(json.dumps(auto_plans.to_dict()))
     edited["screening"]["network"]["last_kernel"] = [3, 3, 3]
-    save_plans(edited, tmp_path / "edited.json")
+    save_json(edited, tmp_path / "edited.json")
     with pytest.raises(InputError, match="last_kernel"):
         load_plans(tmp_path / "edited.json")
 
 
-def test_schedule_for(auto_plans):
-    assert schedule_for(auto_plans, "screening", "cuda")["epochs"] == 150
-    assert schedule_for(auto_plans, "screening", "cuda:1")["epochs"] == 150
-    cpu = schedule_for(auto_plans, "screening", "cpu")
-    assert cpu["epochs"] == 20
-    cpu["epochs"] = 1
-    assert auto_plans["training"]["cpu"]["screening"]["epochs"] == 20
+def test_schedule(auto_plans):
+    assert auto_plans.schedule("screening", "cuda").epochs == 150
+    assert auto_plans.schedule("screening", "cuda:1").epochs == 150
+    cpu = auto_plans.schedule("screening", "cpu")
+    assert cpu.epochs == 20
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cpu.epochs = 1  # type: ignore[misc]
+    assert auto_plans.training.cpu.screening.epochs == 20
     with pytest.raises(CMBUNetError, match="unknown stage"):
-        schedule_for(auto_plans, "detection", "cpu")
+        auto_plans.schedule("detection", "cpu")
 
 
 @pytest.mark.parametrize("spacing", [VALDO_SPACING, [1.0, 1.0, 1.0], [0.5, 0.5, 3.0]])
@@ -362,10 +365,62 @@ def test_built_networks_match_the_planned_sizes(spacing):
     p = plan_experiment(fp, DATASET_JSON, preset="tiny")
     with torch.no_grad():
         scr = build_network("screening", p).eval()
-        assert tuple(scr(torch.zeros(1, 1, *p["screening"]["block_size"])).shape) == (1, 2, 1, 1, 1)
-        bigger = [b + 2 * 3 for b in p["screening"]["block_size"]]  # stride 2: 3 more outputs per axis
+        assert tuple(scr(torch.zeros(1, 1, *p.screening.block_size)).shape) == (1, 2, 1, 1, 1)
+        bigger = [b + 2 * 3 for b in p.screening.block_size]  # stride 2: 3 more outputs per axis
         assert tuple(scr(torch.zeros(1, 1, *bigger)).shape) == (1, 2, 4, 4, 4)
         disc = build_network("discrimination", p).eval()
-        assert tuple(disc(torch.zeros(2, 1, *p["discrimination"]["block_size"])).shape) == (2, 2)
+        assert tuple(disc(torch.zeros(2, 1, *p.discrimination.block_size)).shape) == (2, 2)
         seg = build_network("segmentation", p).eval()
-        assert tuple(seg(torch.zeros(1, 1, *p["segmentation"]["patch_size"])).shape) == (1, 2, *p["segmentation"]["patch_size"])
+        assert tuple(seg(torch.zeros(1, 1, *p.segmentation.patch_size)).shape) == (1, 2, *p.segmentation.patch_size)
+
+
+# --------------------------------------------------------------------------------------- the typed schema
+def test_typed_plans_round_trip_exactly(paper_fp, auto_plans):
+    for plans in (auto_plans, plan_experiment(paper_fp, DATASET_JSON, preset="tiny", overrides=["inference.max_candidates=7"])):
+        d = plans.to_dict()
+        assert Plans.from_dict(d).to_dict() == d and Plans.from_dict(d) == plans
+    assert auto_plans.screening.block_size == (20, 20, 16) and auto_plans.stage("segmentation").input_size == (32, 32, 24)
+    assert auto_plans.inference.min_component_voxels is None and "min_component_voxels" not in auto_plans.to_dict()["inference"]
+
+
+def test_plans_hash_is_the_hash_of_the_json(auto_plans):
+    """The hash of the same JSON never changes: checkpoints and preprocessed data of earlier versions stay valid."""
+    assert plans_hash(auto_plans) == "253c736bfa341db7"  # computed by cmbunet before the typed plans
+    assert plans_hash(auto_plans, "screening") == "7b8dbc5e2e81acd2"
+
+
+def test_older_plans_file_gets_its_missing_keys_and_keeps_its_json_and_hash(tmp_path, auto_plans):
+    """Keys added after plans_version 1 are filled in with what such a file meant, in from_dict alone."""
+    old = auto_plans.to_dict()
+    del old["augmentation"]["intensity"], old["augmentation"]["rotation_probability"]
+    del old["segmentation"]["network"]["foreground_prior"], old["cmb_box"]["median_cmb_voxels"]
+    for device in ("gpu", "cpu"):
+        del old["training"][device]["screening"]["mining_cases"], old["training"][device]["screening"]["mining_keep"]
+    save_json(old, tmp_path / "plans.json")
+    plans = load_plans(tmp_path / "plans.json")
+    assert plans.augmentation.intensity is None and plans.augmentation.rotation_probability == 0.5
+    assert plans.segmentation.network.foreground_prior == 0.01 and plans.cmb_box.median_cmb_voxels is None
+    assert plans.schedule("screening", "cpu").mining_cases is None and plans.schedule("screening", "cuda").mining_keep == "all"
+    assert plans.to_dict() == old and len(plans.filled) == 8
+    assert plans_hash(plans) == "d08ca15933f41438"  # computed by cmbunet before the typed plans
+    changed = apply_overrides(plans, ["segmentation.patch_size=[40,40,32]"])  # no measured CMB size: prior kept
+    assert changed.segmentation.network.foreground_prior == 0.01 and "foreground_prior" not in changed.to_dict()["segmentation"]["network"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["inference"].update(screening_treshold=0.2), "inference.screening_treshold is not a plans key"),
+    (lambda d: d["screening"]["network"].pop("features"), "screening.network.features is missing"),
+    (lambda d: d.pop("augmentation"), "augmentation is missing"),
+    (lambda d: d["training"]["gpu"]["discrimination"].update(mining_epochs=[1]),
+     "training.gpu.discrimination.mining_epochs is not a plans key"),
+    (lambda d: d["segmentation"]["network"].update(foreground_prior=None), "segmentation.network.foreground_prior = null"),
+    (lambda d: d.update(overrides="x=1"), 'overrides = "x=1": must be a list'),
+])
+def test_plans_errors_name_the_key(tmp_path, auto_plans, edit, message):
+    d = auto_plans.to_dict()
+    edit(d)
+    with pytest.raises(CMBUNetError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        Plans.from_dict(d)
+    save_json(d, tmp_path / "plans.json")
+    with pytest.raises(InputError, match="plans.json: invalid plans value"):
+        load_plans(tmp_path / "plans.json")

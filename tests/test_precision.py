@@ -15,6 +15,7 @@ from cmbunet.inference.predictor import CMBPredictor
 from cmbunet.inference.screening import empty_block_score, score_box, screening_score_map
 from cmbunet.preprocessing.preprocessor import load_preprocessed_case, preprocess_case
 from cmbunet.utilities.cpu_features import cpu_has_fast_bf16, resolve_precision
+from plan_helpers import make_plans
 from tiny_schedule import TINY_TRAINING_OVERRIDES
 
 DATASET = "Dataset731_Precision"
@@ -118,8 +119,7 @@ def test_bf16_gives_the_candidates_and_kept_cmbs_of_fp32_on_a_trained_model(trai
 
 def test_decision_boxes_give_the_exact_candidates_of_a_perturbed_map():
     """Scores off by less than the margin, recomputed exactly inside the decision boxes: the exact candidates."""
-    plans = {"screening": {"block_size": [8, 8, 6], "fcn_stride": [2, 2, 2]}, "inference": {"screening_threshold": 0.1, "nms_size_vox": [6, 6, 4],
-                                                                   "max_candidates": 1000}}
+    plans = make_plans(overrides=["inference.nms_size_vox=[6,6,4]"])  # stride 2, threshold 0.1, 1000 candidates
     rng = np.random.default_rng(0)
     exact = rng.uniform(0, 0.015, (40, 36, 20)).astype(np.float32)  # background well below the threshold
     peaks = rng.integers(0, [40, 36, 20], (40, 3))
@@ -163,7 +163,7 @@ def test_skipping_empty_tiles_leaves_the_score_map_unchanged_everywhere(trained,
     full = screening_score_map(net, data, plans, tile_size=tile, precision=precision, skip_empty=False)
     assert stats["tiles_skipped"] > 0 and stats["positions_computed"] < stats["positions"], stats
     np.testing.assert_allclose(skipped, full, rtol=0, atol=1e-6 if precision == "fp32" else 1e-3)
-    empty = empty_block_score(net, 1, plans["screening"]["block_size"], torch.device("cpu"), precision)
+    empty = empty_block_score(net, 1, plans.screening.block_size, torch.device("cpu"), precision)
     outside = np.isclose(full, empty, rtol=0, atol=1e-6)
     assert 0.02 < outside.mean() < 0.95  # the constant fills a real part of the map, and only that part
     assert (skipped == np.float32(empty)).mean() > 0.02  # filled, not computed, there

@@ -16,20 +16,14 @@ from scipy import ndimage
 from cmbunet.inference.cli import main
 from cmbunet.inference.predictor import CMB_COLUMNS
 from cmbunet.networks import build_network
-from cmbunet.plans.planner import plan_experiment
+from cmbunet.plans import STAGES
 from cmbunet.plans.plans_io import plans_hash, save_plans
 from cmbunet.synthetic.writer import write_dataset
 from cmbunet.utilities.file_io import save_json
+from plan_helpers import make_plans
 
-STAGES = ("screening", "discrimination", "segmentation")
 SUMMARY_COLUMNS = {"case", "status", "error", "num_cmbs", "total_volume_mm3", "num_candidates", "num_kept",
                    "seconds_screening", "seconds_discrimination", "seconds_segmentation", "seconds_total"}
-
-
-def make_plans(channels: tuple[str, ...]) -> dict:
-    fingerprint = {"cases": [{"spacing": [1.0, 1.0, 1.5], "shape_after_crop": [60, 70, 30]}] * 3,
-                   "cmbs": [{"extent_mm": [2.0, 2.0, 3.0]}] * 5}
-    return plan_experiment(fingerprint, {"channel_names": {str(i): c for i, c in enumerate(channels)}}, preset="tiny")
 
 
 def write_model(model_dir: Path, channels: tuple[str, ...], folds=("0",)) -> Path:
@@ -38,7 +32,7 @@ def write_model(model_dir: Path, channels: tuple[str, ...], folds=("0",)) -> Pat
     case (inference_settings.json) keeps the test fast."""
     plans = make_plans(channels)
     save_plans(plans, model_dir / "plans.json")
-    save_json({"channel_names": plans["channel_names"], "file_ending": ".nii.gz"}, model_dir / "dataset.json")
+    save_json({"channel_names": plans.channel_names, "file_ending": ".nii.gz"}, model_dir / "dataset.json")
     save_json({"max_candidates": 4, "screening_threshold": 0.0}, model_dir / "inference_settings.json")
     last_bias = {"screening": None, "discrimination": "classifier.4.bias", "segmentation": "output.bias"}
     for f_i, fold in enumerate(folds):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -21,6 +22,7 @@ from cmbunet.preprocessing.preprocessor import (
 )
 from cmbunet.preprocessing.resampling import compute_new_shape, resample_array, resample_image, separate_axis
 from cmbunet.preprocessing.splits import generate_splits, get_fold_cases, load_or_create_splits
+from plan_helpers import make_plans
 
 IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
@@ -30,12 +32,9 @@ def _props(shape, spacing, origin=(0.0, 0.0, 0.0), direction=IDENTITY):
 
 
 def _plans(target, separate_z=False):
-    return {
-        "target_spacing": list(target),
-        "num_input_channels": 1,
-        "normalization": {"scheme": "zscore_foreground_per_case", "background_value": 0.0},
-        "resampling": {"image_order": 3, "image_order_z": 0, "separate_z": separate_z, "anisotropy_threshold": 3.0},
-    }
+    """Planned plans (one channel, z-score, cubic spline, anisotropy threshold 3) at ``target`` spacing."""
+    return make_plans(overrides=[f"target_spacing={json.dumps([float(t) for t in target])}",
+                                 f"resampling.separate_z={json.dumps(separate_z)}"])
 
 
 def _ellipsoid(shape, center, radii):

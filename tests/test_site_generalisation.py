@@ -86,7 +86,7 @@ def detection_scores(trained: dict) -> dict[str, float]:
     plans = trained["plans"]
     settings = trained["model_dir"] / "inference_settings.json"
     threshold = float(load_json(settings)["discrimination_threshold"] if settings.is_file()
-                      else plans["inference"]["discrimination_threshold"])
+                      else plans.inference.discrimination_threshold)
     screening = load_stage_network(trained["model_dir"], 0, "screening", plans)
     discrimination = load_stage_network(trained["model_dir"], 0, "discrimination", plans)
     bank = build_bank(trained["pre"], trained["held_out"])

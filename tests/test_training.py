@@ -241,7 +241,7 @@ def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
         ckpt = torch.load(folder / "checkpoint_final.pth", weights_only=True)
         assert set(CHECKPOINT_KEYS) <= set(ckpt) and ckpt["stage"] == stage
         assert ckpt["plans_hash"] == plans_hash(plans)
-        epochs = plans["training"]["cpu"][stage]["epochs"]
+        epochs = plans.schedule(stage, "cpu").epochs
         assert ckpt["epoch"] == epochs - 1 and len(ckpt["history"]["train_loss"]) == epochs
         assert all(np.isfinite(ckpt["history"]["train_loss"]))
         net = load_stage_network(model_dir, 0, stage, plans)

@@ -16,6 +16,7 @@ import torch
 
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
+from cmbunet.plans import Plans
 from cmbunet.plans.plans_io import load_plans
 from cmbunet.training import cli as train_cli
 from cmbunet.training.checkpoint import load_stage_network
@@ -33,11 +34,11 @@ OVERRIDES = LEARNING_OVERRIDES
 MIMIC_CLEARANCE_VOX = 3
 
 
-def shifted_discrimination_scores(network, data: np.ndarray, centres: np.ndarray, plans: dict) -> np.ndarray:
+def shifted_discrimination_scores(network, data: np.ndarray, centres: np.ndarray, plans: Plans) -> np.ndarray:
     """Max CMB probability over the 27 one-voxel shifts of each candidate (the inference rule), one batch."""
     shifts = np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1).reshape(-1, 3)
     all_centres = (centres[:, None, :] + shifts[None]).reshape(-1, 3)
-    patches = torch.from_numpy(extract_patches(data, all_centres, plans["discrimination"]["block_size"]))
+    patches = torch.from_numpy(extract_patches(data, all_centres, plans.discrimination.block_size))
     with torch.no_grad():
         prob = torch.softmax(network(patches), 1)[:, 1].numpy()
     return prob.reshape(len(centres), len(shifts)).max(axis=1)

@@ -82,7 +82,7 @@ def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[s
     # the plans' defaults only: a tuned inference_settings.json must not shape the data it was tuned on, and
     # the saved candidates stay comparable between runs
     predictor.settings = resolve_settings(predictor.plans)
-    save_json(predictor.settings, validation_dir / VALIDATION_SETTINGS_FILE)
+    save_json(predictor.settings.to_dict(), validation_dir / VALIDATION_SETTINGS_FILE)
     for case in tqdm(todo, desc=f"validating fold {fold}", unit="case", disable=None):
         data, _, _, properties = load_preprocessed_case(preprocessed_dir, case)
         result = predictor.predict_preprocessed(data, properties)

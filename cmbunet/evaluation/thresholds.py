@@ -33,6 +33,7 @@ from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, l
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.plans.schema import Plans
 from cmbunet.utilities.cli import run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
@@ -159,11 +160,11 @@ def choose_min_size(table: pd.DataFrame, min_gain: float = 0.0) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ model folder
-def default_merge_mm(plans: dict[str, Any]) -> float:
+def default_merge_mm(plans: Plans) -> float:
     """Half the smallest NMS box side in mm: two screening peaks are at least that far apart, so closer
     candidates only arise when discrimination moved them together."""
-    nms = np.asarray(plans.get("inference", {}).get("nms_size_vox", [0, 0, 0]), dtype=float)
-    spacing = np.asarray(plans.get("target_spacing", [1, 1, 1]), dtype=float)
+    nms = np.asarray(plans.inference.nms_size_vox, dtype=float)
+    spacing = np.asarray(plans.target_spacing, dtype=float)
     return float(np.min(nms / 2 * spacing))
 
 
@@ -188,13 +189,13 @@ def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: 
     """Sweep the thresholds and the minimum size on the validation outputs of ``validation_dirs``; returns the
     chosen settings, the F1 at the defaults and the sweep tables (nothing is written)."""
     plans = ModelFolder(model_dir).load_plans()
-    inference = plans.get("inference", {})
+    inference = plans.inference
     used = {}
     for folder in validation_dirs.values():
         settings_path = Path(folder) / VALIDATION_SETTINGS_FILE
         used = load_json(settings_path) if settings_path.is_file() else used
-    default = (float(used.get("screening_threshold", inference.get("screening_threshold", 0.1))),
-               float(used.get("discrimination_threshold", inference.get("discrimination_threshold", 0.5))))
+    default = (float(used.get("screening_threshold", inference.screening_threshold)),
+               float(used.get("discrimination_threshold", inference.discrimination_threshold)))
     merge_mm = default_merge_mm(plans) if merge_mm is None else float(merge_mm)
     parts = [fold_inputs(folder) for folder in validation_dirs.values()]
     candidates, references, per_case = (pd.concat(p, ignore_index=True) for p in zip(*parts))

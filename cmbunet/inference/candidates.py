@@ -8,17 +8,18 @@ import numpy as np
 from scipy import ndimage
 
 from cmbunet.inference.screening import score_voxels_to_input
+from cmbunet.plans.schema import Plans
 
 
-def nms_footprint(plans: dict, nms_size: int | Sequence[int] | None = None) -> tuple[int, int, int]:
+def nms_footprint(plans: Plans, nms_size: int | Sequence[int] | None = None) -> tuple[int, int, int]:
     """The odd, centred NMS window in score voxels: ``nms_size`` input voxels divided by the FCN stride."""
-    nms_size = plans.get("inference", {}).get("nms_size_vox", [10, 10, 8]) if nms_size is None else nms_size
-    stride = np.asarray(plans["screening"].get("fcn_stride", [2, 2, 2]))
+    nms_size = plans.inference.nms_size_vox if nms_size is None else nms_size
+    stride = np.asarray(plans.screening.fcn_stride)
     nms = np.broadcast_to(np.asarray(nms_size), (3,))
     return tuple(int(max(1, 2 * (n // (2 * s)) + 1)) for n, s in zip(nms, stride))
 
 
-def decision_boxes(score_map: np.ndarray, plans: dict, threshold: float | None = None,
+def decision_boxes(score_map: np.ndarray, plans: Plans, threshold: float | None = None,
                    nms_size: int | Sequence[int] | None = None, margin: float = 0.05) -> list[tuple[slice, ...]]:
     """Boxes of score voxels that decide the candidates when ``score_map`` may be off by less than ``margin``.
 
@@ -27,7 +28,7 @@ def decision_boxes(score_map: np.ndarray, plans: dict, threshold: float | None =
     exactly inside these boxes (those voxels grown by the NMS window) therefore gives exactly the candidates of
     the exact map.
     """
-    threshold = plans.get("inference", {}).get("screening_threshold", 0.1) if threshold is None else threshold
+    threshold = plans.inference.screening_threshold if threshold is None else threshold
     near = score_map >= threshold - margin
     if not near.any():
         return []
@@ -38,7 +39,7 @@ def decision_boxes(score_map: np.ndarray, plans: dict, threshold: float | None =
 
 def find_candidates(
     score_map: np.ndarray,
-    plans: dict,
+    plans: Plans,
     threshold: float | None = None,
     nms_size: int | list[int] | None = None,
     max_candidates: int | None = None,
@@ -50,10 +51,10 @@ def find_candidates(
     descending score and capped at ``max_candidates``. Nothing above the threshold gives empty arrays (the
     reference code returned a spurious centre candidate instead).
     """
-    inf = plans.get("inference", {})
-    threshold = inf.get("screening_threshold", 0.1) if threshold is None else threshold
-    nms_size = inf.get("nms_size_vox", [10, 10, 8]) if nms_size is None else nms_size
-    max_candidates = inf.get("max_candidates", 1000) if max_candidates is None else max_candidates
+    inf = plans.inference
+    threshold = inf.screening_threshold if threshold is None else threshold
+    nms_size = inf.nms_size_vox if nms_size is None else nms_size
+    max_candidates = inf.max_candidates if max_candidates is None else max_candidates
     footprint = nms_footprint(plans, nms_size)
 
     above = score_map >= threshold

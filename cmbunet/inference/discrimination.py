@@ -2,7 +2,7 @@
 
 The screening centre of a small CMB can be a voxel or two off, and the discrimination CNN was trained on blocks
 centred on the lesion (patches whose centre misses it are hard negatives). Each candidate is therefore scored
-at ``(2s+1)^3`` centres (``s = plans["inference"]["discrimination_shift_vox"]``, 27 for s = 1), the scores are
+at ``(2s+1)^3`` centres (``s = plans.inference.discrimination_shift_vox``, 27 for s = 1), the scores are
 aggregated per candidate (max by default) and the candidate moves to its best centre. The reference code
 re-padded the whole volume for every border shift and ran one forward pass per candidate; here the volume is
 padded once and all (candidate, shift) blocks go through the network in batches.
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmbunet.plans.schema import Plans
 from cmbunet.utilities.patches import extract_patches
 
 
@@ -167,7 +168,7 @@ def discriminate_candidates(
     networks: Sequence[nn.Module],
     volume: np.ndarray,
     centres: np.ndarray,
-    plans: dict,
+    plans: Plans,
     device: str | torch.device = "cpu",
     shift_vox: int | None = None,
     aggregate: str | None = None,
@@ -182,14 +183,14 @@ def discriminate_candidates(
     """
     device = torch.device(device)
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
-    inf = plans.get("inference", {})
-    shift_vox = int(inf.get("discrimination_shift_vox", 1) if shift_vox is None else shift_vox)
-    aggregate = str(inf.get("discrimination_aggregate", "max") if aggregate is None else aggregate)
+    inf = plans.inference
+    shift_vox = int(inf.discrimination_shift_vox if shift_vox is None else shift_vox)
+    aggregate = str(inf.discrimination_aggregate if aggregate is None else aggregate)
     if len(centres) == 0:
         return np.zeros(0, dtype=np.float32), centres
-    block = [int(b) for b in plans["discrimination"]["block_size"]]
+    block = [int(b) for b in plans.discrimination.block_size]
     shifts = shift_offsets(shift_vox)
-    pad_value = float(plans.get("normalization", {}).get("background_value", 0.0))
+    pad_value = float(plans.normalization.background_value)
     padded = PaddedVolume.create(volume, [b // 2 + b % 2 + shift_vox for b in block], pad_value)
     probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last)
     return aggregate_shifts(probs, centres, shifts, aggregate, volume.shape[1:])

@@ -40,8 +40,8 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs, cm
                                        skipped_row, summary_name, summary_row, voxel_to_world, write_case, write_csv)
 from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.model_folder import SETTING_KEYS, STAGES, ModelFolder
-from cmbunet.plans.validation import validate_settings
+from cmbunet.model_folder import ModelFolder
+from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.utilities.cpu_features import resolve_precision
 from cmbunet.utilities.file_io import remove_stale_temp_files
@@ -57,19 +57,18 @@ SCREENING_MARGIN = 0.05
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def resolve_settings(plans: Mapping[str, Any], model_dir: Path | None = None,
-                     overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def resolve_settings(plans: Plans, model_dir: Path | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> InferenceSettings:
     """Inference settings: the plans' defaults, then ``inference_settings.json``, then explicit overrides."""
-    settings = dict(plans.get("inference", {}))
+    settings = plans.inference
     if model_dir is not None:
-        settings.update(ModelFolder(model_dir).inference_settings())
+        folder = ModelFolder(model_dir)
+        settings = settings.merged(folder.inference_settings(), folder.inference_settings_file)
     unknown = sorted(set(overrides or {}) - set(SETTING_KEYS))
     if unknown:
         raise CMBUNetError(f"unknown inference setting(s) {unknown}; known: {', '.join(SETTING_KEYS)}")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    validate_settings(given, "command-line inference settings")
-    settings.update(given)
-    return settings
+    return settings.merged(given, "command-line inference settings")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -79,16 +78,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Mapping[str, Any]) -> list[tuple[slice, ...]]:
+def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Plans) -> list[tuple[slice, ...]]:
     """``boxes`` of score voxels, or their one bounding box where that costs the FCN less input.
 
     Each box costs the FCN its own receptive-field border, so many small boxes can cost more than their union.
     """
     if len(boxes) < 2:
         return list(boxes)
-    scr = plans["screening"]
-    block = np.asarray(scr["block_size"], dtype=np.int64)
-    stride = np.asarray(scr.get("fcn_stride", [2, 2, 2]), dtype=np.int64)
+    scr = plans.screening
+    block = np.asarray(scr.block_size, dtype=np.int64)
+    stride = np.asarray(scr.fcn_stride, dtype=np.int64)
     lo = np.array([[s.start for s in b] for b in boxes])
     hi = np.array([[s.stop for s in b] for b in boxes])
     cost = np.prod((hi - lo - 1) * stride + block, axis=1).sum()
@@ -130,8 +129,8 @@ class _Done:
 class CMBPredictor:
     """Trained screening, discrimination and segmentation networks (one or more folds) and their settings."""
 
-    def __init__(self, plans: dict, networks: Mapping[str, Sequence[nn.Module]], device: str | torch.device = "cpu",
-                 mode: str = "fcn", settings: Mapping[str, Any] | None = None, folds: Sequence[str] = (),
+    def __init__(self, plans: Plans, networks: Mapping[str, Sequence[nn.Module]], device: str | torch.device = "cpu",
+                 mode: str = "fcn", settings: InferenceSettings | None = None, folds: Sequence[str] = (),
                  model_dir: Path | None = None, discrimination_batch_size: int = 256,
                  segmentation_batch_size: int = 32, cpu_bf16: bool = False, channels_last: bool = False,
                  precision: str | None = None, skip_empty: bool = True, screening_channels_last: bool | None = None,
@@ -164,7 +163,7 @@ class CMBPredictor:
         self.screening_margin = None if screening_margin is None else float(screening_margin)
         self.last_screening_stats: dict[str, Any] = {}
         self.mode = mode
-        self.settings = resolve_settings(plans, None, None) if settings is None else dict(settings)
+        self.settings = resolve_settings(plans, None, None) if settings is None else settings
         self.folds = list(folds)
         self.model_dir = model_dir
         self.discrimination_batch_size = int(discrimination_batch_size)
@@ -203,7 +202,7 @@ class CMBPredictor:
 
     @property
     def channel_names(self) -> dict[str, str]:
-        return dict(self.plans.get("channel_names", {"0": "T2S"}))
+        return dict(self.plans.channel_names)
 
     # ---------------------------------------------------------------------------------------- one case
     def screening(self, data: np.ndarray) -> np.ndarray:
@@ -213,7 +212,7 @@ class CMBPredictor:
     def screening_pass(self, data: np.ndarray) -> np.ndarray:
         """Fold-averaged screening score map in the screening stage's precision (no recomputation)."""
         stats: dict[str, Any] = {}
-        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.get("tile_size"), self.mode,
+        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.tile_size, self.mode,
                                     precision=self.stage_precision["screening"],
                                     channels_last=self.screening_channels_last, skip_empty=self.skip_empty,
                                     stats=stats)
@@ -230,12 +229,12 @@ class CMBPredictor:
         """
         if self.stage_precision["screening"] == "fp32" or self.mode != "fcn" or self.screening_margin is None:
             return score
-        threshold = self.settings.get("screening_threshold") if threshold is None else threshold
-        boxes = decision_boxes(score, self.plans, threshold, self.settings.get("nms_size_vox"), self.screening_margin)
+        threshold = self.settings.screening_threshold if threshold is None else threshold
+        boxes = decision_boxes(score, self.plans, threshold, self.settings.nms_size_vox, self.screening_margin)
         boxes = cheaper_boxes(boxes, self.plans)
         refined = 0
         for box in boxes:
-            exact = [score_box(net, data, self.plans, box, self.device, self.settings.get("tile_size"), "fp32",
+            exact = [score_box(net, data, self.plans, box, self.device, self.settings.tile_size, "fp32",
                                self.screening_channels_last) for net in self.networks["screening"]]
             score[box] = np.mean(exact, axis=0) if len(exact) > 1 else exact[0]
             refined += int(np.prod(exact[0].shape))
@@ -253,15 +252,15 @@ class CMBPredictor:
         data = np.asarray(data, dtype=np.float32)
         clock = time.perf_counter()
         score_map = self.screening(data)
-        centres, scores = find_candidates(score_map, self.plans, s.get("screening_threshold"), s.get("nms_size_vox"),
-                                          s.get("max_candidates"))
+        centres, scores = find_candidates(score_map, self.plans, s.screening_threshold, s.nms_size_vox,
+                                          s.max_candidates)
         t["screening"], clock = time.perf_counter() - clock, time.perf_counter()
 
         disc, moved = discriminate_candidates(
-            self.networks["discrimination"], data, centres, self.plans, self.device, s.get("discrimination_shift_vox"),
-            s.get("discrimination_aggregate"), self.discrimination_batch_size, self.stage_precision["discrimination"],
+            self.networks["discrimination"], data, centres, self.plans, self.device, s.discrimination_shift_vox,
+            s.discrimination_aggregate, self.discrimination_batch_size, self.stage_precision["discrimination"],
             self.channels_last)
-        kept = disc > float(s.get("discrimination_threshold", 0.5))
+        kept = disc > float(s.discrimination_threshold)
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 
         prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
@@ -269,8 +268,8 @@ class CMBPredictor:
                                       self.channels_last)
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
 
-        native, binary, _ = export_segmentation(prob_pre, properties, float(s.get("segmentation_threshold", 0.5)))
-        binary, native = drop_small_components(binary, native, int(s.get("min_component_voxels") or 0))
+        native, binary, _ = export_segmentation(prob_pre, properties, float(s.segmentation_threshold))
+        binary, native = drop_small_components(binary, native, int(s.min_component_voxels or 0))  # None: keep all
         geometry = native_geometry(properties)
         native_pos = preprocessed_to_native(moved, properties)
         candidates = pd.DataFrame({

@@ -25,24 +25,25 @@ import torch
 from torch import nn
 
 from cmbunet.inference.discrimination import autocast_context
+from cmbunet.plans.schema import Plans
 from cmbunet.utilities.patches import extract_patches
 
 
-def _geometry(plans: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scr = plans["screening"]
-    block = np.asarray(scr["block_size"], dtype=np.int64)
-    stride = np.asarray(scr.get("fcn_stride", [2, 2, 2]), dtype=np.int64)
-    offset = np.asarray(scr.get("fcn_offset", block // 2), dtype=np.int64)
+def _geometry(plans: Plans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scr = plans.screening
+    block = np.asarray(scr.block_size, dtype=np.int64)
+    stride = np.asarray(scr.fcn_stride, dtype=np.int64)
+    offset = np.asarray(scr.fcn_offset, dtype=np.int64)
     return block, stride, offset
 
 
-def score_map_shape(volume_shape: Sequence[int], plans: dict) -> tuple[int, ...]:
+def score_map_shape(volume_shape: Sequence[int], plans: Plans) -> tuple[int, ...]:
     """Number of block positions per axis: one per ``stride`` input voxels (ceil)."""
     _, stride, _ = _geometry(plans)
     return tuple(int(-(-n // s)) for n, s in zip(volume_shape, stride))
 
 
-def score_voxels_to_input(indices: np.ndarray, plans: dict) -> np.ndarray:
+def score_voxels_to_input(indices: np.ndarray, plans: Plans) -> np.ndarray:
     """Map score-map indices ``(N, 3)`` to the input voxels their blocks are centred on (exact)."""
     _, stride, _ = _geometry(plans)
     return np.asarray(indices, dtype=np.int64).reshape(-1, 3) * stride
@@ -52,7 +53,7 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)[:, 1]
 
 
-def _pad_volume(volume: np.ndarray, plans: dict, n_out: Sequence[int]) -> np.ndarray:
+def _pad_volume(volume: np.ndarray, plans: Plans, n_out: Sequence[int]) -> np.ndarray:
     """Pad so that output voxel j (j < n_out) covers padded ``[s*j, s*j + B)``."""
     block, stride, offset = _geometry(plans)
     lo = offset
@@ -93,7 +94,7 @@ def empty_block_score(network: nn.Module, in_channels: int, block: Sequence[int]
 def screening_score_map(
     network: nn.Module,
     volume: np.ndarray,
-    plans: dict,
+    plans: Plans,
     device: str | torch.device = "cpu",
     tile_size: Sequence[int] | None = None,
     mode: str = "fcn",
@@ -105,7 +106,7 @@ def screening_score_map(
 ) -> np.ndarray:
     """CMB probability for the block centred at every ``fcn_stride``-th voxel of ``volume`` ``(C, X, Y, Z)``.
 
-    ``tile_size`` (input voxels; default ``plans["inference"]["tile_size"]``) bounds the memory of the FCN pass:
+    ``tile_size`` (input voxels; default ``plans.inference.tile_size``) bounds the memory of the FCN pass:
     the volume is processed in tiles of at most that size, each tile covering whole blocks, and the tiled map
     equals the untiled one. Pass ``tile_size=volume.shape[1:]`` (or larger) to force a single pass.
     ``precision`` is a resolved precision (``fp32``, ``bf16``, ``fp16``) or the older ``cpu_bf16`` bool.
@@ -143,14 +144,14 @@ def screening_score_map(
     return scores
 
 
-def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans: dict, device: torch.device,
+def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans: Plans, device: torch.device,
               tile_size: Sequence[int] | None, precision: str | bool, channels_last: bool, skip_empty: bool) -> dict:
     """Fill ``scores`` (its shape is the number of block positions) from ``padded``, in which score voxel ``j``
     is the block ``[s*j, s*j + B)``; tiles, and with ``skip_empty`` only the boxes of blocks touching non-zeros."""
     block, stride, _ = _geometry(plans)
     n_out = scores.shape
     if tile_size is None:
-        tile_size = plans.get("inference", {}).get("tile_size") or list(padded.shape[1:])
+        tile_size = plans.inference.tile_size
     # output voxels per tile: input tile [s*j0, s*(j1-1) + B) must fit in tile_size
     tile_out = [max(1, (int(t) - int(b)) // int(s) + 1) for t, b, s in zip(tile_size, block, stride)]
     occupied = np.any(padded != 0, axis=0) if skip_empty else None
@@ -181,7 +182,7 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
 
 
 @torch.inference_mode()
-def score_box(network: nn.Module, volume: np.ndarray, plans: dict, box: Sequence[slice],
+def score_box(network: nn.Module, volume: np.ndarray, plans: Plans, box: Sequence[slice],
               device: str | torch.device = "cpu", tile_size: Sequence[int] | None = None,
               precision: str | bool = False, channels_last: bool = False) -> np.ndarray:
     """The score map of ``volume`` inside ``box`` (slices of score voxels) alone: the FCN on the input under it,

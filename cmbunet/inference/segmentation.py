@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cmbunet.inference.discrimination import PaddedVolume, _to_device, autocast_context, ensemble_probability
+from cmbunet.plans.schema import Plans
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
@@ -74,7 +75,7 @@ def segment_candidates(
     networks: Sequence[nn.Module],
     volume: np.ndarray,
     centres: np.ndarray,
-    plans: dict,
+    plans: Plans,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
     precision: str | bool = False,
@@ -90,8 +91,8 @@ def segment_candidates(
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
     if len(centres) == 0:
         return np.zeros(shape, dtype=np.float32)
-    patch = [int(s) for s in plans["segmentation"]["patch_size"]]
-    pad_value = float(plans.get("normalization", {}).get("background_value", 0.0))
+    patch = [int(s) for s in plans.segmentation.patch_size]
+    pad_value = float(plans.normalization.background_value)
     padded = PaddedVolume.create(volume, [s // 2 + s % 2 for s in patch], pad_value)
     probs = patch_probabilities(networks, padded, centres, patch, device, batch_size, precision, channels_last)
     return merge_patches(probs, centres, shape, gaussian_importance(patch))

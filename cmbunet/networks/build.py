@@ -7,40 +7,40 @@ from torch import nn
 from cmbunet.networks.discrimination import DiscriminationCNN
 from cmbunet.networks.screening import ScreeningFCN
 from cmbunet.networks.unet import SegmentationUNet
+from cmbunet.plans.schema import STAGES, Plans
 
-STAGES = ("screening", "discrimination", "segmentation")
 
-
-def build_network(stage: str, plans: dict) -> nn.Module:
-    """Instantiate the ``stage`` network described by ``plans[stage]["network"]``."""
+def build_network(stage: str, plans: Plans) -> nn.Module:
+    """Instantiate the ``stage`` network described by ``plans.<stage>.network``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage '{stage}'; expected one of {STAGES}")
-    cfg = dict(plans[stage]["network"])
-    cfg.setdefault("in_channels", int(plans.get("num_input_channels", 1)))
     if stage == "screening":
+        scr = plans.screening.network
         return ScreeningFCN(
-            in_channels=cfg["in_channels"],
-            features=cfg["features"],
-            first_kernels=cfg["first_kernels"],
-            last_kernel=cfg["last_kernel"],
-            num_classes=cfg.get("num_classes", 2),
-            negative_slope=cfg.get("negative_slope", 0.01),
+            in_channels=scr.in_channels,
+            features=scr.features,
+            first_kernels=scr.first_kernels,
+            last_kernel=scr.last_kernel,
+            num_classes=scr.num_classes,
+            negative_slope=scr.negative_slope,
         )
     if stage == "discrimination":
+        disc = plans.discrimination.network
         return DiscriminationCNN(
-            block_size=plans["discrimination"]["block_size"],
-            in_channels=cfg["in_channels"],
-            features=cfg["features"],
-            first_kernels=cfg["first_kernels"],
-            fc_features=cfg.get("fc_features", 512),
-            dropout=cfg.get("dropout", 0.5),
-            num_classes=cfg.get("num_classes", 2),
-            negative_slope=cfg.get("negative_slope", 0.01),
+            block_size=plans.discrimination.block_size,
+            in_channels=disc.in_channels,
+            features=disc.features,
+            first_kernels=disc.first_kernels,
+            fc_features=disc.fc_features,
+            dropout=disc.dropout,
+            num_classes=disc.num_classes,
+            negative_slope=disc.negative_slope,
         )
+    seg = plans.segmentation.network
     return SegmentationUNet(
-        in_channels=cfg["in_channels"],
-        features=cfg["features"],
-        num_classes=cfg.get("num_classes", 2),
-        negative_slope=cfg.get("negative_slope", 0.01),
-        foreground_prior=cfg.get("foreground_prior", 0.01),
+        in_channels=seg.in_channels,
+        features=seg.features,
+        num_classes=seg.num_classes,
+        negative_slope=seg.negative_slope,
+        foreground_prior=seg.foreground_prior,
     )

@@ -1,23 +1,22 @@
-"""Type and range checks of every plans and inference-settings value, in one place.
+"""The checks a plans or inference-settings value must pass, and how their failures are reported.
 
 A value of the right JSON kind can still be unusable: ``max_candidates=1e3`` is a float, a batch size of 0
-divides by zero, 0 epochs trains nothing, a threshold of "0.5" is a string. Checked when plans or settings are
-loaded (and after overrides), such a value is reported with its key and its file, before any work starts,
-instead of failing later inside training or prediction with a traceback.
+divides by zero, 0 epochs trains nothing, a threshold of "0.5" is a string. Each field of the schema
+(:mod:`cmbunet.plans.schema`) names one of these checks; values are checked when plans or settings are loaded
+(and after overrides), and a bad value is reported with its key and its file, before any work starts, instead of
+failing later inside training or prediction with a traceback.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.errors import InputError, InvalidValueError
 
 #: A check returns what is wrong with a value, or None when it is fine.
 Check = Callable[[Any], "str | None"]
-STAGES = ("screening", "discrimination", "segmentation")
 
 
 def _is_int(v: Any) -> bool:
@@ -64,6 +63,17 @@ def boolean(v: Any) -> str | None:
 
 def text(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "must be a non-empty string"
+
+
+def string(v: Any) -> str | None:
+    return None if isinstance(v, str) else "must be a string"
+
+
+def text_table(v: Any) -> str | None:
+    """An object of strings (the ``rules`` table)."""
+    if not isinstance(v, dict) or any(not isinstance(k, str) or not isinstance(x, str) for k, x in v.items()):
+        return "must be an object of strings"
+    return None
 
 
 def choice(*options: str) -> Check:
@@ -124,7 +134,11 @@ def intensity(v: Any) -> str | None:
     expected = keys | {k.removesuffix("_zoom").removesuffix("_sigma").removesuffix("_variance") + "_probability"
                        for k in keys}
     if not isinstance(v, dict) or set(v) != expected:
-        return f"must be null or an object with exactly the keys {', '.join(sorted(expected))}"
+        detail = ""
+        if isinstance(v, dict):
+            missing, unknown = sorted(expected - set(v)), sorted(set(v) - expected)
+            detail = f" (missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})"
+        return f"must be null or an object with exactly the keys {', '.join(sorted(expected))}{detail}"
     pair = listing(number(0), length=2)
     for k in sorted(keys):
         value = v[k]
@@ -138,138 +152,12 @@ def intensity(v: Any) -> str | None:
     return None
 
 
-#: Settings that inference_settings.json and the command line may change, and the plans' inference section.
-SETTINGS_RULES: dict[str, Check] = {
-    "screening_threshold": number(0, 1),
-    "nms_size_vox": triple(integer(1)),
-    "max_candidates": integer(1),
-    "discrimination_threshold": number(0, 1),
-    "discrimination_shift_vox": integer(0),
-    "discrimination_aggregate": choice("max", "mean"),
-    "segmentation_threshold": number(0, 1, lo_open=True),
-    "tile_size": triple(integer(1)),
-    "min_component_voxels": optional(integer(0)),
-}
-
-SCHEDULE_RULES: dict[str, Check] = {
-    "epochs": integer(1),
-    "samples_per_epoch": integer(1),
-    "batch_size": integer(1),
-    "optimizer": choice("sgd", "adam"),
-    "lr": number(0, lo_open=True),
-    "momentum": number(0, 1),
-    "nesterov": boolean,
-    "weight_decay": number(0),
-    "loss": choice("weighted_ce", "ce", "dice", "dice_ce"),
-    "class_weights": optional(listing(number(0), length=2)),
-    "lr_schedule": choice("poly"),
-    "poly_exponent": number(0),
-    "proportions": proportions,
-    "mining_epochs": listing(integer(0)),
-    "mining_threshold": number(0, 1),
-    "mining_cases": optional(integer(1)),
-    "mining_keep": choice("all", "hard"),
-    "val_samples": integer(1),
-}
-SCHEDULE_REQUIRED = ("epochs", "samples_per_epoch", "batch_size", "lr", "proportions")
-
-_SIZE = triple(integer(1))
-_NETWORK = {"in_channels": integer(1), "features": listing(integer(1), min_length=1), "num_classes": integer(2, 2),
-            "negative_slope": number(0)}
-PLANS_RULES: dict[str, Check] = {
-    "plans_version": integer(1),
-    "channel_names": channel_names,
-    "num_input_channels": integer(1),
-    "target_spacing": triple(number(0, lo_open=True)),
-    "normalization.scheme": choice("zscore_foreground_per_case"),
-    "normalization.background_value": number(),
-    "resampling.image_order": integer(0, 5),
-    "resampling.image_order_z": integer(0, 5),
-    "resampling.separate_z": boolean,
-    "resampling.anisotropy_threshold": number(1),
-    "screening.block_size": _SIZE,
-    "screening.fcn_stride": _SIZE,
-    "screening.fcn_offset": triple(integer(0)),
-    **{f"screening.network.{k}": c for k, c in _NETWORK.items()},
-    "screening.network.first_kernels": _SIZE,
-    "screening.network.last_kernel": _SIZE,
-    "discrimination.block_size": _SIZE,
-    **{f"discrimination.network.{k}": c for k, c in _NETWORK.items()},
-    "discrimination.network.first_kernels": _SIZE,
-    "discrimination.network.fc_features": integer(1),
-    "discrimination.network.dropout": number(0, 1, hi_open=True),
-    "segmentation.patch_size": _SIZE,
-    **{f"segmentation.network.{k}": c for k, c in _NETWORK.items()},
-    "segmentation.network.foreground_prior": optional(number(0, 1, lo_open=True, hi_open=True)),
-    "augmentation.max_translation_vox": integer(0),
-    "augmentation.max_rotation_deg": number(0, 180),
-    "augmentation.flip_axes": listing(integer(0, 2)),
-    "augmentation.flip_probability": number(0, 1),
-    "augmentation.rotation_probability": number(0, 1),
-    "augmentation.intensity": optional(intensity),
-    **{f"training.{device}.{stage}.{k}": c for device in ("gpu", "cpu") for stage in STAGES
-       for k, c in SCHEDULE_RULES.items()},
-    **{f"inference.{k}": c for k, c in SETTINGS_RULES.items() if k != "min_component_voxels"},
-}
-#: Keys that must be present (the rest have defaults where they are used).
-PLANS_REQUIRED = (
-    ["channel_names", "num_input_channels", "target_spacing", "screening.block_size", "discrimination.block_size",
-     "segmentation.patch_size"]
-    + [f"{s}.network.{k}" for s in STAGES for k in ("in_channels", "features")]
-    + [f"training.{d}.{s}.{k}" for d in ("gpu", "cpu") for s in STAGES for k in SCHEDULE_REQUIRED]
-    + ["inference.tile_size", "inference.nms_size_vox"]
-)
-
-_MISSING = object()
-
-
-def _get(tree: Any, dotted: str) -> Any:
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def _problems(values: Mapping[str, Any], rules: Mapping[str, Check], required: tuple | list = ()) -> list[str]:
-    problems = []
-    for key, check in rules.items():
-        value = _get(values, key)
-        if value is _MISSING:
-            if key in required:
-                problems.append(f"{key} is missing")
-            continue
-        problem = check(value)
-        if problem:
-            problems.append(f"{key} = {json.dumps(value)}: {problem}")
-    return problems
-
-
-def plans_value_problems(plans: Mapping[str, Any]) -> list[str]:
-    """``key = value: problem`` for every plans value of the wrong type or out of range."""
-    return _problems(plans, PLANS_RULES, PLANS_REQUIRED)
-
-
-def settings_value_problems(settings: Mapping[str, Any]) -> list[str]:
-    """``key = value: problem`` for every inference setting of the wrong type or out of range."""
-    return _problems(settings, SETTINGS_RULES)
-
-
-def _raise(problems: list[str], where: str | Path | None, what: str) -> None:
+def raise_problems(problems: list[str], where: str | Path | None, what: str) -> None:
+    """Raise naming ``where`` (a file: :class:`InputError`; a description such as the overrides, or nothing:
+    :class:`InvalidValueError`) and every problem; do nothing when there is none."""
     if not problems:
         return
-    text = f"invalid {what}: " + "; ".join(problems)
+    message = f"invalid {what}: " + "; ".join(problems)
     if isinstance(where, Path):
-        raise InputError(where, text)
-    raise CMBUNetError(f"{where}: {text}" if where else text)
-
-
-def validate_plans(plans: Mapping[str, Any], where: str | Path | None = None) -> None:
-    """Raise naming ``where`` (the plans file, or a description such as the overrides) and every bad key."""
-    _raise(plans_value_problems(plans), where, "plans value(s)")
-
-
-def validate_settings(settings: Mapping[str, Any], where: str | Path | None = None) -> None:
-    """Raise naming ``where`` (inference_settings.json, or the command line) and every bad setting."""
-    _raise(settings_value_problems(settings), where, "inference setting(s)")
+        raise InputError(where, message)
+    raise InvalidValueError(f"{where}: {message}" if where else message)

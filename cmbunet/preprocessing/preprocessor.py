@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 
 from cmbunet.errors import InputError, PlansMismatchError
 from cmbunet.imageio.reader_writer import ImageProperties
+from cmbunet.plans.schema import Plans
 from cmbunet.preprocessing.resampling import (
     compute_new_shape,
     linear_owner,
@@ -174,7 +175,7 @@ def resample_label(seg: np.ndarray, new_shape: list[int]) -> tuple[np.ndarray, i
 def preprocess_case(
     images: np.ndarray,
     props: ImageProperties,
-    plans: dict[str, Any],
+    plans: Plans,
     seg: np.ndarray | None = None,
     case: str = "",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, Any]]:
@@ -193,7 +194,7 @@ def preprocess_case(
         raise InputError(where, f"image shape {images.shape[1:]} does not match its geometry {props['shape']}")
     if seg is not None and seg.shape != images.shape[1:]:
         raise InputError(where, f"label shape {seg.shape} does not match image shape {images.shape[1:]}")
-    expected_c = int(plans.get("num_input_channels", images.shape[0]))
+    expected_c = int(plans.num_input_channels)
     if images.shape[0] != expected_c:
         raise InputError(where, f"has {images.shape[0]} channel(s); the plans expect {expected_c}")
 
@@ -215,18 +216,16 @@ def preprocess_case(
     del images
 
     spacing = [float(s) for s in props["spacing"]]
-    target = [float(s) for s in plans["target_spacing"]]
+    target = [float(s) for s in plans.target_spacing]
     shape_crop = [int(s) for s in mask.shape]
-    rs = plans.get("resampling", {})
+    rs = plans.resampling
     if spacing_equal(spacing, target):
         new_shape, brain, vanished = shape_crop, mask, 0
         seg_out = None if seg_c is None else seg_c.astype(np.uint8)
     else:
         new_shape = compute_new_shape(shape_crop, spacing, target)
-        axis = separate_axis(
-            spacing, target, bool(rs.get("separate_z", False)), float(rs.get("anisotropy_threshold", 3.0))
-        )
-        order, order_z = int(rs.get("image_order", 3)), int(rs.get("image_order_z", 0))
+        axis = separate_axis(spacing, target, bool(rs.separate_z), float(rs.anisotropy_threshold))
+        order, order_z = int(rs.image_order), int(rs.image_order_z)
         data = np.stack([resample_image(ch, new_shape, order, order_z, axis) for ch in data])
         brain = resample_mask(mask, new_shape)
         data[:, ~brain] = 0.0

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
+from cmbunet.plans.schema import Plans
 from cmbunet.training.intensity_augmentation import IntensityParams, augment_intensity
 from cmbunet.training.samples import POSITIVE, SampleBank, touches_cmb
 from cmbunet.utilities.patches import extract_patches
@@ -30,7 +31,7 @@ from cmbunet.utilities.patches import extract_patches
 
 @dataclass(frozen=True)
 class AugmentationParams:
-    """Augmentation settings from ``plans["augmentation"]``."""
+    """Augmentation settings from ``plans.augmentation`` (the defaults here serve tests that build them by hand)."""
 
     max_translation_vox: int = 3
     max_rotation_deg: float = 10.0
@@ -42,15 +43,15 @@ class AugmentationParams:
     intensity: IntensityParams | None = None
 
     @classmethod
-    def from_plans(cls, plans: dict) -> "AugmentationParams":
-        a = plans.get("augmentation", {})
+    def from_plans(cls, plans: Plans) -> "AugmentationParams":
+        a = plans.augmentation
         return cls(
-            intensity=IntensityParams.from_dict(a["intensity"]) if a.get("intensity") is not None else None,
-            max_translation_vox=int(a.get("max_translation_vox", 3)),
-            max_rotation_deg=float(a.get("max_rotation_deg", 10.0)),
-            flip_axes=tuple(int(x) for x in a.get("flip_axes", [0])),
-            flip_probability=float(a.get("flip_probability", 0.5)),
-            rotation_probability=float(a.get("rotation_probability", 0.5)),
+            intensity=IntensityParams.from_dict(a.intensity.to_dict()) if a.intensity is not None else None,
+            max_translation_vox=int(a.max_translation_vox),
+            max_rotation_deg=float(a.max_rotation_deg),
+            flip_axes=tuple(int(x) for x in a.flip_axes),
+            flip_probability=float(a.flip_probability),
+            rotation_probability=float(a.rotation_probability),
         )
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, PlansMismatchError
 from cmbunet.model_folder import DATASET_FILES, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.plans.schema import STAGES
 from cmbunet.utilities.cli import run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
-STAGE_CHOICES = ("screening", "discrimination", "segmentation", "all")
+STAGE_CHOICES = (*STAGES, "all")
 
 
 def default_num_workers() -> int:
@@ -65,9 +66,7 @@ def parse_fold(text: str) -> int | str:
 
 
 def stages_to_run(choice: str) -> list[str]:
-    from cmbunet.training.stages import STAGE_ORDER
-
-    return list(STAGE_ORDER) if choice == "all" else [choice]
+    return list(STAGES) if choice == "all" else [choice]
 
 
 def prepare_model_folder(preprocessed_dir: Path, model: ModelFolder, plans_hash: str) -> None:

@@ -45,7 +45,7 @@ class IntensityParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IntensityParams":
-        """From ``plans["augmentation"]["intensity"]``, which must name every field (the planner writes them)."""
+        """From the JSON of ``plans.augmentation.intensity``, which must name every field (the planner writes them)."""
         names = set(cls.__dataclass_fields__)
         if set(d) != names:
             raise ValueError(f"augmentation.intensity must hold exactly {sorted(names)}; missing "

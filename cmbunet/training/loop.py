@@ -25,6 +25,7 @@ from cmbunet.errors import CMBUNetError, MissingStageError
 from cmbunet.training import distributed as D
 from cmbunet.training.augmentation import AugmentationParams
 from cmbunet.model_folder import VALIDATION_CANDIDATES_FILE, ModelFolder, checkpoint_file, load_checkpoint
+from cmbunet.plans.schema import Plans, Schedule, ScreeningSchedule
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
 from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
@@ -47,7 +48,7 @@ class TrainConfig:
 
     stage: str
     fold: int | str
-    plans: dict
+    plans: Plans
     plans_hash: str
     preprocessed_dir: Path
     model_dir: Path  # results/DatasetXXX_Name/cmbunet
@@ -76,21 +77,21 @@ def poly_lr(base_lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> f
     return float(base_lr) * (1.0 - int(epoch) / int(epochs)) ** float(exponent)
 
 
-def build_optimizer(network: nn.Module, schedule: dict) -> torch.optim.Optimizer:
+def build_optimizer(network: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum or Adam, as the schedule says."""
-    name = schedule.get("optimizer", "sgd")
-    lr, wd = float(schedule["lr"]), float(schedule.get("weight_decay", 0.0))
+    name = schedule.optimizer
+    lr, wd = float(schedule.lr), float(schedule.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(network.parameters(), lr=lr, momentum=float(schedule.get("momentum", 0.99)),
-                               nesterov=bool(schedule.get("nesterov", True)), weight_decay=wd)
+        return torch.optim.SGD(network.parameters(), lr=lr, momentum=float(schedule.momentum),
+                               nesterov=bool(schedule.nesterov), weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(network.parameters(), lr=lr, weight_decay=wd)
     raise CMBUNetError(f"unknown optimizer '{name}' in the training schedule; expected sgd or adam")
 
 
-def batches_per_rank(schedule: dict, world_size: int) -> int:
+def batches_per_rank(schedule: Schedule, world_size: int) -> int:
     """Whole batches per rank so that all ranks together see about ``samples_per_epoch`` samples."""
-    return max(1, round(int(schedule["samples_per_epoch"]) / (int(schedule["batch_size"]) * world_size)))
+    return max(1, round(int(schedule.samples_per_epoch) / (int(schedule.batch_size) * world_size)))
 
 
 def autocast(device: str) -> contextlib.AbstractContextManager:
@@ -144,7 +145,7 @@ def plot_progress(history: dict[str, list], path: Path, monitor: str) -> None:
 # validation
 # ----------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(network: nn.Module, stage: Stage, plans: dict, bank: SampleBank, rows: np.ndarray, batch_size: int,
+def evaluate(network: nn.Module, stage: Stage, plans: Plans, bank: SampleBank, rows: np.ndarray, batch_size: int,
              device: str, loss_fn: Any) -> dict[str, float]:
     """Loss and metrics on a fixed set of unaugmented patches."""
     was_training = network.training
@@ -190,7 +191,7 @@ def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: in
     return sorted(int(order[(start + k) % num_cases]) for k in range(int(per_pass)))
 
 
-def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: dict, threshold: float,
+def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
                    epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all") -> int:
     """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
     into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``."""
@@ -242,9 +243,7 @@ def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBa
 
 
 def _mining_threshold(cfg: TrainConfig) -> float:
-    from cmbunet.plans.plans_io import schedule_for
-
-    return float(schedule_for(cfg.plans, "screening", cfg.device).get("mining_threshold", 0.1))
+    return float(cfg.plans.schedule("screening", cfg.device).mining_threshold)  # type: ignore[attr-defined]
 
 
 def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: TrainingLog) -> tuple[SampleBank, SampleBank]:
@@ -286,15 +285,14 @@ def _checkpoint(stage: Stage, epoch: int, net: nn.Module, opt: torch.optim.Optim
 def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
     """Train one stage of one fold; returns the history. Collective calls keep the ranks in step."""
     from cmbunet.networks import build_network
-    from cmbunet.plans.plans_io import schedule_for
 
     stage = STAGES[cfg.stage]
-    schedule = schedule_for(cfg.plans, stage.name, cfg.device)
+    schedule = cfg.plans.schedule(stage.name, cfg.device)
     out = cfg.out_dir
     log = TrainingLog(out / "training_log.txt", info.is_main)
     require_stages(cfg, stage)
-    epochs, batch_size = int(schedule["epochs"]), int(schedule["batch_size"])
-    mining_epochs = {int(e) for e in schedule.get("mining_epochs", [])}
+    epochs, batch_size = int(schedule.epochs), int(schedule.batch_size)
+    mining_epochs = {int(e) for e in schedule.mining_epochs} if isinstance(schedule, ScreeningSchedule) else set()
     device = info.device
 
     latest = checkpoint_file(out, "latest")
@@ -306,11 +304,11 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
     D.barrier(info)
     log(f"=== {stage.name} stage, fold {cfg.fold}, device {device}, {info.world_size} process(es), seed {seed}"
         + (f", resuming after epoch {ckpt['epoch'] + 1}" if ckpt else "") + " ===")
-    log(f"schedule: {schedule}")
+    log(f"schedule: {schedule.to_dict()}")
 
     bank, val_bank = prepare_banks(info, cfg, stage, log)
-    proportions = schedule["proportions"]
-    val_rows = draw_fixed_samples(val_bank, int(schedule.get("val_samples", 200)), proportions, seed)
+    proportions = schedule.proportions
+    val_rows = draw_fixed_samples(val_bank, int(schedule.val_samples), proportions, seed)
     log(f"validation set: {len(val_rows)} fixed patches "
         f"({', '.join(f'{k}={int((val_rows[:, 4] == i).sum())}' for k, i in (('positive', 0), ('negative', 1), ('false_positive', 2)))})")
 
@@ -341,7 +339,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
     n_batches = batches_per_rank(schedule, info.world_size)
     for epoch in range(start, epochs):
         t0 = time.time()
-        lr = poly_lr(schedule["lr"], epoch, epochs, schedule.get("poly_exponent", 0.9))
+        lr = poly_lr(schedule.lr, epoch, epochs, schedule.poly_exponent)
         for group in opt.param_groups:
             group["lr"] = lr
         rows = draw_epoch_samples(bank, n_batches * batch_size, proportions, epoch_rng(seed, info.rank, epoch))
@@ -351,12 +349,12 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
         val = evaluate(net, stage, cfg.plans, val_bank, val_rows, batch_size, device, loss_fn) if info.is_main else {}
         mined = 0
         if stage.mines and (epoch + 1) in mining_epochs and epoch + 1 < epochs:
-            subset = mining_cases(len(bank.cases), schedule.get("mining_cases"),
+            subset = mining_cases(len(bank.cases), schedule.mining_cases,
                                   sorted(mining_epochs).index(epoch + 1), seed)
-            mined = mine_into_bank(info, net, bank, cfg.plans, float(schedule.get("mining_threshold", 0.1)), epoch + 1,
-                                   subset, schedule.get("mining_keep", "all"))
+            mined = mine_into_bank(info, net, bank, cfg.plans, float(schedule.mining_threshold), epoch + 1,
+                                   subset, schedule.mining_keep)
             if info.is_main:
-                save_false_positives(out / FALSE_POSITIVES_FILE, bank, float(schedule.get("mining_threshold", 0.1)))
+                save_false_positives(out / FALSE_POSITIVES_FILE, bank, float(schedule.mining_threshold))
                 if len(subset) < len(bank.cases):
                     log(f"mining after epoch {epoch + 1} screened {len(subset)} of {len(bank.cases)} training cases "
                         f"(schedule mining_cases)")
@@ -367,8 +365,8 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             _record(history, {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"],
                               "epoch_seconds": time.time() - t0, "false_positives": len(bank.active_false_positives),
                               **{f"val_{k}": v for k, v in val.items() if k != "loss"}})
-            scheduler = {"kind": "poly", "base_lr": float(schedule["lr"]), "epochs": epochs,
-                         "exponent": float(schedule.get("poly_exponent", 0.9)), "next_epoch": epoch + 1}
+            scheduler = {"kind": "poly", "base_lr": float(schedule.lr), "epochs": epochs,
+                         "exponent": float(schedule.poly_exponent), "next_epoch": epoch + 1}
             if scaler is not None:
                 scheduler["grad_scaler"] = scaler.state_dict()
             ckpt_now = _checkpoint(stage, epoch, net, opt, scheduler, cfg, best, history, seed)
@@ -438,12 +436,12 @@ def _summary(epoch: int, epochs: int, lr: float, train_loss: float, val: dict, m
 
 
 def _after_screening(info: D.DistInfo, cfg: TrainConfig, net: nn.Module, bank: SampleBank, val_bank: SampleBank,
-                     schedule: dict, epochs: int, log: TrainingLog) -> None:
+                     schedule: ScreeningSchedule, epochs: int, log: TrainingLog) -> None:
     """Final FP mining on the training volumes, then candidate sensitivity and FPs/case on the validation volumes."""
     out = cfg.out_dir
-    threshold = float(schedule.get("mining_threshold", 0.1))
+    threshold = float(schedule.mining_threshold)
     retired_before = int((bank.fp_dropped >= 0).sum())
-    n = mine_into_bank(info, net, bank, cfg.plans, threshold, epochs, keep=schedule.get("mining_keep", "all"))
+    n = mine_into_bank(info, net, bank, cfg.plans, threshold, epochs, keep=schedule.mining_keep)
     if info.is_main:
         save_false_positives(out / FALSE_POSITIVES_FILE, bank, threshold)
         in_use, retired = len(bank.active_false_positives), int((bank.fp_dropped >= 0).sum())
@@ -451,7 +449,7 @@ def _after_screening(info: D.DistInfo, cfg: TrainConfig, net: nn.Module, bank: S
             f"({in_use / max(1, len(bank.cases)):.1f} per training case)"
             + (f"; {retired - retired_before} retired that the final model scores below {threshold}"
                if retired > retired_before else ""))
-        inf_threshold = float(cfg.plans.get("inference", {}).get("screening_threshold", threshold))
+        inf_threshold = float(cfg.plans.inference.screening_threshold)
         result = screening_validation(net, val_bank, cfg.plans, inf_threshold, info.device)
         where = "validation" if val_bank is not bank else "TRAINING (fold all has no validation cases)"
         log(f"screening on whole {where} volumes at threshold {inf_threshold}: candidate sensitivity "

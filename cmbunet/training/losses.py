@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cmbunet.errors import CMBUNetError
+from cmbunet.plans.schema import Schedule
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,11 +52,11 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return soft_dice_loss(logits, target) + F.cross_entropy(logits.float(), (target > 0).long())
 
 
-def build_loss(schedule: dict) -> Loss:
-    """The loss named by ``schedule["loss"]``."""
-    name = schedule.get("loss", "weighted_ce")
+def build_loss(schedule: Schedule) -> Loss:
+    """The loss named by ``schedule.loss``."""
+    name = schedule.loss
     if name == "weighted_ce":
-        return weighted_cross_entropy(schedule.get("class_weights"))
+        return weighted_cross_entropy(schedule.class_weights)
     if name == "ce":
         return weighted_cross_entropy(None)
     if name == "dice":

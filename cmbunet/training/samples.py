@@ -28,6 +28,7 @@ from torch import nn
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
+from cmbunet.plans.schema import Plans
 from cmbunet.utilities.file_io import atomic_path, load_json, save_json
 from cmbunet.utilities.patches import extract_patches
 
@@ -256,21 +257,21 @@ def draw_fixed_samples(bank: SampleBank, n: int, proportions: dict[str, float], 
 # ----------------------------------------------------------------------------------------------------------
 # hard negative mining
 # ----------------------------------------------------------------------------------------------------------
-def screening_candidates(network: nn.Module, case: CaseArrays, plans: dict, threshold: float,
+def screening_candidates(network: nn.Module, case: CaseArrays, plans: Plans, threshold: float,
                          device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Candidate centres and scores of the screening FCN on one whole volume."""
     scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
     return find_candidates(scores, plans, threshold=threshold)
 
 
-def mine_false_positives(network: nn.Module, bank: SampleBank, plans: dict, threshold: float,
+def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
                          device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
     current score of every FP already in the bank (NaN for FPs of cases not screened now)."""
     rows, scores = [], []
     current = np.full(len(bank.false_positives), np.nan, dtype=np.float32)
-    stride = np.asarray(plans["screening"].get("fcn_stride", [2, 2, 2]), dtype=np.int64)
+    stride = np.asarray(plans.screening.fcn_stride, dtype=np.int64)
     indices = range(len(bank.cases)) if case_indices is None else case_indices
     for i in indices:
         case = bank.cases[i]

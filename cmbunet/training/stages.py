@@ -19,11 +19,11 @@ from scipy import ndimage
 from scipy.stats import rankdata
 from torch import nn
 
+from cmbunet.plans.schema import STAGES as STAGE_ORDER  # noqa: F401 - the stage names, in training order
+from cmbunet.plans.schema import Plans
 from cmbunet.training.augmentation import AugmentationParams, make_patches
 from cmbunet.training.samples import SampleBank, screening_candidates
 from cmbunet.utilities.patches import central_label, extract_patches
-
-STAGE_ORDER = ("screening", "discrimination", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,13 @@ class Stage:
     """Static description of one stage."""
 
     name: str
-    size_key: str  # where the patch size sits in plans[name]
     classifier: bool  # one label per patch (True) or one per voxel (False)
     monitor: str  # validation metric selecting checkpoint_best (higher is better)
     requires: tuple[str, ...]  # stages whose final checkpoint must exist first
     mines: bool  # whether this stage mines its own false positives while training
 
-    def patch_size(self, plans: dict) -> tuple[int, int, int]:
-        return tuple(int(s) for s in plans[self.name][self.size_key])  # type: ignore[return-value]
+    def patch_size(self, plans: Plans) -> tuple[int, int, int]:
+        return tuple(int(s) for s in plans.stage(self.name).input_size)  # type: ignore[return-value]
 
     def targets(self, seg_patches: np.ndarray) -> np.ndarray:
         """Class per patch (central rule) for classifiers, the label patch for segmentation."""
@@ -48,9 +47,9 @@ class Stage:
 
 
 STAGES = {
-    "screening": Stage("screening", "block_size", True, "f2", (), True),
-    "discrimination": Stage("discrimination", "block_size", True, "f1", ("screening",), False),
-    "segmentation": Stage("segmentation", "patch_size", False, "dice", ("screening",), False),
+    "screening": Stage("screening", True, "f2", (), True),
+    "discrimination": Stage("discrimination", True, "f1", ("screening",), False),
+    "segmentation": Stage("segmentation", False, "dice", ("screening",), False),
 }
 
 
@@ -70,7 +69,7 @@ class EpochBatches(torch.utils.data.Dataset):
     Indexed by batch, not by sample, so a data-loading worker builds a whole batch with vectorised calls.
     """
 
-    def __init__(self, stage: Stage, plans: dict, bank: SampleBank, rows: np.ndarray, batch_size: int,
+    def __init__(self, stage: Stage, plans: Plans, bank: SampleBank, rows: np.ndarray, batch_size: int,
                  augmentation: AugmentationParams | None, seed: int, rank: int, epoch: int):
         self.stage, self.bank, self.rows, self.batch_size = stage, bank, rows, int(batch_size)
         self.size = stage.patch_size(plans)
@@ -144,7 +143,7 @@ def candidate_hits(seg: np.ndarray, centres: np.ndarray, tolerance: int) -> tupl
     return detected, ~(blocks > 0).any(axis=1), int(n)
 
 
-def screening_validation(network: nn.Module, bank: SampleBank, plans: dict, threshold: float,
+def screening_validation(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
                          device: str | torch.device = "cpu", tolerance: int | None = None) -> dict:
     """Candidate sensitivity and false positives per case of the screening FCN on whole volumes.
 
@@ -152,7 +151,7 @@ def screening_validation(network: nn.Module, bank: SampleBank, plans: dict, thre
     discrimination and segmentation stages.
     """
     if tolerance is None:
-        tolerance = int(plans.get("inference", {}).get("discrimination_shift_vox", 1))
+        tolerance = int(plans.inference.discrimination_shift_vox)
     per_case, fp_rows, fp_scores = [], [], []
     for i, case in enumerate(bank.cases):
         centres, scores = screening_candidates(network, case, plans, threshold, device)

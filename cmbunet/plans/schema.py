@@ -1,0 +1,462 @@
+"""The plans as typed, frozen objects: one dataclass per section of ``plans.json``, every value checked once.
+
+``plans.json`` stays the file format and the input of the plans hash; :class:`Plans` is how code reads it.
+``Plans.from_dict(d)`` checks every value (type and range with the check named by its field, unknown keys, then
+the consistency of the network sizes) and names the offending key; ``Plans.from_dict(d).to_dict() == d``.
+Readers take the typed section they need (``plans.screening.block_size``, ``plans.schedule(stage, device)``)
+and have no defaults of their own: the planner is the one source of values.
+
+**Older plans files.** Keys added to the planner after ``plans_version`` 1 first shipped may be absent from a
+plans file. :data:`FILLED_FOR_OLDER_PLANS` lists them with the value that reproduces what such a file meant
+(the behaviour of the cmbunet that wrote it); :meth:`Plans.from_dict` fills them in, in this one place, and
+records them in ``Plans.filled``. :meth:`Plans.to_dict` leaves filled keys out again, so an older file is saved
+and hashed exactly as it was read, and its checkpoints and preprocessed data stay valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+from cmbunet.errors import CMBUNetError, InputError, InvalidValueError
+from cmbunet.plans.topology import consistency_problems
+from cmbunet.plans.validation import (Check, boolean, channel_names, choice, integer, intensity, listing, number,
+                                      optional, proportions, raise_problems, string, text, text_table, triple)
+
+STAGES = ("screening", "discrimination", "segmentation")
+#: ``plans["training"]`` holds one schedule per stage for each kind of device.
+DEVICE_KINDS = ("gpu", "cpu")
+PLANS_VERSION = 1
+
+#: Keys absent from plans files written before they existed, and the value that means what those files meant.
+FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
+    "augmentation.rotation_probability": 0.5,  # always 0.5 before the planner wrote it
+    "augmentation.intensity": None,  # intensity augmentation off
+    "segmentation.network.foreground_prior": 0.01,  # the U-Net output started at a generic 1%
+    "cmb_box.median_cmb_voxels": None,  # not measured
+    **{f"training.{d}.screening.mining_cases": None for d in DEVICE_KINDS},  # every mining pass screened all cases
+    **{f"training.{d}.screening.mining_keep": "all" for d in DEVICE_KINDS},  # mined FPs were all kept
+}
+
+_MISSING = object()
+_SIZE = triple(integer(1))
+
+
+def _leaf(check: Check | None) -> Any:
+    """A value; ``check`` says what is wrong with it (None: checked by its section as a whole)."""
+    return field(metadata={"check": check})
+
+
+def _section(cls: type, check: Check | None = None) -> Any:
+    """A nested object; ``check``, when given, checks the whole value (and may allow null) instead of its fields."""
+    return field(metadata={"section": cls, "check": check})
+
+
+def _unplanned(check: Check) -> Any:
+    """A key the planner does not write: absent means None, and None is left out of ``to_dict``."""
+    return field(default=None, metadata={"check": optional(check), "unplanned": True})
+
+
+def _fields(cls: Any) -> list:
+    return [f for f in fields(cls) if not f.metadata.get("internal")]
+
+
+def _problems(cls: type, data: Any, prefix: str) -> list[str]:
+    """``key = value: problem`` for every missing, unknown or unusable value of ``data`` against section ``cls``."""
+    if not isinstance(data, Mapping):
+        return [f"{prefix or 'plans'} = {json.dumps(data)}: must be an object"]
+    problems, names = [], {f.name for f in _fields(cls)}
+    for f in _fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = data.get(f.name, _MISSING)
+        if value is _MISSING:
+            if not f.metadata.get("unplanned"):
+                problems.append(f"{key} is missing")
+        elif f.metadata.get("check") is not None:
+            problem = f.metadata["check"](value)
+            if problem:
+                problems.append(f"{key} = {json.dumps(value)}: {problem}")
+        elif f.metadata.get("section") is not None:
+            problems += _problems(f.metadata["section"], value, key)
+    expected = ", ".join(sorted(names))
+    problems += [f"{prefix + '.' if prefix else ''}{k} is not a plans key (expected one of {expected})"
+                 for k in data if k not in names]
+    return problems
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _freeze(x) for k, x in v.items()}
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_thaw(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _thaw(x) for k, x in v.items()}
+    return v
+
+
+def _build(cls: type, data: Mapping[str, Any]) -> Any:
+    kwargs = {}
+    for f in _fields(cls):
+        if f.name in data:
+            value, section = data[f.name], f.metadata.get("section")
+            kwargs[f.name] = _build(section, value) if section is not None and value is not None else _freeze(value)
+    return cls(**kwargs)
+
+
+def _to_dict(obj: Any, prefix: str, skip: frozenset[str]) -> dict[str, Any]:
+    out = {}
+    for f in _fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if key in skip or (f.metadata.get("unplanned") and value is None):
+            continue
+        out[f.name] = _to_dict(value, key + ".", skip) if is_dataclass(value) else _thaw(value)
+    return out
+
+
+class _Section:
+    """``from_dict`` (checked, naming each key under ``PREFIX``) and ``to_dict`` (the JSON it came from)."""
+
+    PREFIX = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str | Path | None = None):  # noqa: ANN206
+        raise_problems(_problems(cls, data, cls.PREFIX), where, "plans value(s)")
+        return _build(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self, "", frozenset())
+
+
+# ------------------------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class Normalization(_Section):
+    PREFIX = "normalization"
+    scheme: str = _leaf(choice("zscore_foreground_per_case"))
+    background_value: float = _leaf(number())
+
+
+@dataclass(frozen=True)
+class Resampling(_Section):
+    PREFIX = "resampling"
+    image_order: int = _leaf(integer(0, 5))
+    image_order_z: int = _leaf(integer(0, 5))
+    separate_z: bool = _leaf(boolean)
+    anisotropy_threshold: float = _leaf(number(1))
+    label_rule: str = _leaf(text)
+
+
+@dataclass(frozen=True)
+class CMBBox(_Section):
+    """What the planner measured of the CMBs (a record; nothing reads it but the overrides' re-derivation)."""
+    PREFIX = "cmb_box"
+    quantile: float = _leaf(number(0, 1, lo_open=True))
+    box_vox: tuple[int, int, int] = _leaf(triple(integer(0)))
+    num_cmbs: int = _leaf(integer(0))
+    extent_vox: tuple[int, int, int] = _leaf(triple(integer(0)))
+    coverage: float = _leaf(number(0, 1))
+    context_vox: int = _leaf(integer(0))
+    median_cmb_voxels: float | None = _leaf(optional(number(0)))
+    rule: str = _leaf(text)
+
+
+@dataclass(frozen=True)
+class ScreeningNetwork(_Section):
+    PREFIX = "screening.network"
+    in_channels: int = _leaf(integer(1))
+    features: tuple[int, ...] = _leaf(listing(integer(1), min_length=1))
+    first_kernels: tuple[int, int, int] = _leaf(_SIZE)
+    last_kernel: tuple[int, int, int] = _leaf(_SIZE)
+    num_classes: int = _leaf(integer(2, 2))
+    negative_slope: float = _leaf(number(0))
+
+
+@dataclass(frozen=True)
+class ScreeningConfig(_Section):
+    PREFIX = "screening"
+    block_size: tuple[int, int, int] = _leaf(_SIZE)
+    fcn_stride: tuple[int, int, int] = _leaf(_SIZE)
+    fcn_offset: tuple[int, int, int] = _leaf(triple(integer(0)))
+    network: ScreeningNetwork = _section(ScreeningNetwork)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """The block the network classifies."""
+        return self.block_size
+
+
+@dataclass(frozen=True)
+class DiscriminationNetwork(_Section):
+    PREFIX = "discrimination.network"
+    in_channels: int = _leaf(integer(1))
+    features: tuple[int, ...] = _leaf(listing(integer(1), min_length=1))
+    first_kernels: tuple[int, int, int] = _leaf(_SIZE)
+    fc_features: int = _leaf(integer(1))
+    dropout: float = _leaf(number(0, 1, hi_open=True))
+    num_classes: int = _leaf(integer(2, 2))
+    negative_slope: float = _leaf(number(0))
+
+
+@dataclass(frozen=True)
+class DiscriminationConfig(_Section):
+    PREFIX = "discrimination"
+    block_size: tuple[int, int, int] = _leaf(_SIZE)
+    network: DiscriminationNetwork = _section(DiscriminationNetwork)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.block_size
+
+
+@dataclass(frozen=True)
+class SegmentationNetwork(_Section):
+    PREFIX = "segmentation.network"
+    in_channels: int = _leaf(integer(1))
+    features: tuple[int, ...] = _leaf(listing(integer(1), min_length=1))
+    num_classes: int = _leaf(integer(2, 2))
+    negative_slope: float = _leaf(number(0))
+    foreground_prior: float = _leaf(number(0, 1, lo_open=True, hi_open=True))
+
+
+@dataclass(frozen=True)
+class SegmentationConfig(_Section):
+    PREFIX = "segmentation"
+    patch_size: tuple[int, int, int] = _leaf(_SIZE)
+    network: SegmentationNetwork = _section(SegmentationNetwork)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.patch_size
+
+
+StageConfig = Union[ScreeningConfig, DiscriminationConfig, SegmentationConfig]
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Intensity(_Section):
+    """``augmentation.intensity``: each transform's range and per-patch probability (checked as a whole)."""
+    PREFIX = "augmentation.intensity"
+    low_resolution_zoom: tuple[Range, Range, Range] = _leaf(None)
+    low_resolution_probability: float = _leaf(None)
+    blur_sigma: Range = _leaf(None)
+    blur_probability: float = _leaf(None)
+    noise_variance: Range = _leaf(None)
+    noise_probability: float = _leaf(None)
+    brightness: Range = _leaf(None)
+    brightness_probability: float = _leaf(None)
+    contrast: Range = _leaf(None)
+    contrast_probability: float = _leaf(None)
+    gamma: Range = _leaf(None)
+    gamma_probability: float = _leaf(None)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str | Path | None = None) -> Intensity:
+        problem = intensity(data)
+        raise_problems([f"{cls.PREFIX} = {json.dumps(data)}: {problem}"] if problem else [], where, "plans value(s)")
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Augmentation(_Section):
+    PREFIX = "augmentation"
+    max_translation_vox: int = _leaf(integer(0))
+    max_rotation_deg: float = _leaf(number(0, 180))
+    flip_axes: tuple[int, ...] = _leaf(listing(integer(0, 2)))
+    flip_probability: float = _leaf(number(0, 1))
+    rotation_probability: float = _leaf(number(0, 1))
+    #: None: off (plans written before intensity augmentation existed)
+    intensity: Intensity | None = _section(Intensity, optional(intensity))
+
+
+@dataclass(frozen=True)
+class Schedule(_Section):
+    """One stage's training schedule on one kind of device."""
+    PREFIX = "training.<device>.<stage>"
+    epochs: int = _leaf(integer(1))
+    samples_per_epoch: int = _leaf(integer(1))
+    batch_size: int = _leaf(integer(1))
+    optimizer: str = _leaf(choice("sgd", "adam"))
+    lr: float = _leaf(number(0, lo_open=True))
+    momentum: float = _leaf(number(0, 1))
+    nesterov: bool = _leaf(boolean)
+    weight_decay: float = _leaf(number(0))
+    loss: str = _leaf(choice("weighted_ce", "ce", "dice", "dice_ce"))
+    class_weights: tuple[float, float] | None = _leaf(optional(listing(number(0), length=2)))
+    lr_schedule: str = _leaf(choice("poly"))
+    poly_exponent: float = _leaf(number(0))
+    proportions: dict[str, float] = _leaf(proportions)
+    val_samples: int = _leaf(integer(1))
+
+
+@dataclass(frozen=True)
+class ScreeningSchedule(Schedule):
+    """The screening schedule also says when and how false positives are mined."""
+    PREFIX = "training.<device>.screening"
+    mining_epochs: tuple[int, ...] = _leaf(listing(integer(0)))
+    mining_threshold: float = _leaf(number(0, 1))
+    mining_cases: int | None = _leaf(optional(integer(1)))  # None: every pass screens all cases
+    mining_keep: str = _leaf(choice("all", "hard"))
+
+
+@dataclass(frozen=True)
+class DeviceSchedules(_Section):
+    PREFIX = "training.<device>"
+    screening: ScreeningSchedule = _section(ScreeningSchedule)
+    discrimination: Schedule = _section(Schedule)
+    segmentation: Schedule = _section(Schedule)
+
+
+@dataclass(frozen=True)
+class Training(_Section):
+    PREFIX = "training"
+    gpu: DeviceSchedules = _section(DeviceSchedules)
+    cpu: DeviceSchedules = _section(DeviceSchedules)
+
+
+@dataclass(frozen=True)
+class InferenceSettings(_Section):
+    """``plans["inference"]``, and the settings prediction runs with (see :meth:`merged`)."""
+    PREFIX = "inference"
+    screening_threshold: float = _leaf(number(0, 1))
+    nms_size_vox: tuple[int, int, int] = _leaf(_SIZE)
+    max_candidates: int = _leaf(integer(1))
+    discrimination_threshold: float = _leaf(number(0, 1))
+    discrimination_shift_vox: int = _leaf(integer(0))
+    discrimination_aggregate: str = _leaf(choice("max", "mean"))
+    segmentation_threshold: float = _leaf(number(0, 1, lo_open=True))
+    tile_size: tuple[int, int, int] = _leaf(_SIZE)
+    #: not planned: set by inference_settings.json or the command line; None keeps every component
+    min_component_voxels: int | None = _unplanned(integer(0))
+
+    def merged(self, changes: Mapping[str, Any], where: str | Path | None = None) -> InferenceSettings:
+        """These settings with ``changes`` (a subset of :data:`SETTING_KEYS`) checked and applied."""
+        validate_settings(changes, where)
+        return InferenceSettings.from_dict({**self.to_dict(), **changes}, where)
+
+
+#: Settings that inference_settings.json and the command line may change (the rest of the plans may not).
+SETTING_KEYS = tuple(f.name for f in fields(InferenceSettings))
+
+
+def settings_problems(settings: Mapping[str, Any]) -> list[str]:
+    """``key = value: problem`` for every given inference setting of the wrong type or out of range."""
+    checks = {f.name: f.metadata["check"] for f in fields(InferenceSettings)}
+    return [f"{k} = {json.dumps(v)}: {p}" for k, v in settings.items() if k in checks and (p := checks[k](v))]
+
+
+def validate_settings(settings: Mapping[str, Any], where: str | Path | None = None) -> None:
+    """Raise naming ``where`` (inference_settings.json, or the command line) and every bad setting."""
+    raise_problems(settings_problems(settings), where, "inference setting(s)")
+
+
+def device_kind(device: object) -> str:
+    """``gpu`` for ``cuda`` (any ``cuda:N``), ``cpu`` for anything else: which schedules train on ``device``."""
+    return "gpu" if str(device).startswith("cuda") else "cpu"
+
+
+# ------------------------------------------------------------------------------------------------ the plans
+@dataclass(frozen=True)
+class Plans(_Section):
+    """Everything cmbunet derives from a dataset (see ``documentation/plans.md`` for each field's rule)."""
+    plans_version: int = _leaf(integer(1))
+    dataset_name: str = _leaf(string)
+    preset: str = _leaf(text)
+    channel_names: dict[str, str] = _leaf(channel_names)
+    num_input_channels: int = _leaf(integer(1))
+    target_spacing: tuple[float, float, float] = _leaf(triple(number(0, lo_open=True)))
+    target_spacing_rule: str = _leaf(text)
+    normalization: Normalization = _section(Normalization)
+    resampling: Resampling = _section(Resampling)
+    cmb_box: CMBBox = _section(CMBBox)
+    screening: ScreeningConfig = _section(ScreeningConfig)
+    discrimination: DiscriminationConfig = _section(DiscriminationConfig)
+    segmentation: SegmentationConfig = _section(SegmentationConfig)
+    augmentation: Augmentation = _section(Augmentation)
+    training: Training = _section(Training)
+    inference: InferenceSettings = _section(InferenceSettings)
+    rules: dict[str, str] = _leaf(text_table)
+    overrides: tuple[str, ...] = _leaf(listing(text))
+    #: dotted keys of :data:`FILLED_FOR_OLDER_PLANS` that the file lacked (left out of :meth:`to_dict`)
+    filled: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str | Path | None = None) -> Plans:
+        """Check ``data`` (the JSON of plans.json) and type it; raise naming ``where`` and every bad key.
+
+        ``where`` is the plans file (errors are :class:`InputError` naming it) or a description (such as the
+        overrides), or None.
+        """
+        if not isinstance(data, Mapping):
+            _fail(where, "is not a plans file (expected a JSON object)")
+        version = data.get("plans_version")
+        if version != PLANS_VERSION:
+            _fail(where, f"has plans_version {version!r}; this cmbunet reads version {PLANS_VERSION}; re-run "
+                         "cmbunet_plan_and_preprocess")
+        validate_plans(data, where)
+        data, filled = fill_older_plans(data)
+        plans = replace(_build(cls, data), filled=frozenset(filled))
+        problems = consistency_problems(plans)
+        if problems:
+            _fail(where, "is inconsistent: " + "; ".join(problems))
+        return plans
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of these plans: what ``from_dict`` read (keys it filled in are left out again)."""
+        return _to_dict(self, "", self.filled)
+
+    def stage(self, name: str) -> StageConfig:
+        """The ``screening``, ``discrimination`` or ``segmentation`` section."""
+        if name not in STAGES:
+            raise CMBUNetError(f"unknown stage '{name}'; expected one of {STAGES}")
+        return getattr(self, name)
+
+    def schedule(self, stage: str, device: object) -> Schedule:
+        """The training schedule of ``stage`` for ``device``: ``cuda`` (any ``cuda:N``) -> gpu, anything else ->
+        cpu."""
+        self.stage(stage)
+        return getattr(getattr(self.training, device_kind(device)), stage)
+
+
+def plans_value_problems(data: Mapping[str, Any]) -> list[str]:
+    """``key = value: problem`` for every missing, unknown or unusable value of the plans JSON ``data`` (keys of
+    older plans files filled in first)."""
+    return _problems(Plans, fill_older_plans(data)[0], "")
+
+
+def validate_plans(data: Mapping[str, Any], where: str | Path | None = None) -> None:
+    """Raise naming ``where`` (the plans file, or a description such as the overrides) and every bad key."""
+    raise_problems(plans_value_problems(data), where, "plans value(s)")
+
+
+def _fail(where: str | Path | None, problem: str) -> None:
+    if isinstance(where, Path):
+        raise InputError(where, problem)
+    raise InvalidValueError(f"{where}: plans {problem}" if where else f"plans {problem}")
+
+
+def fill_older_plans(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A deep copy of ``data`` with the :data:`FILLED_FOR_OLDER_PLANS` keys it lacks filled in, and those keys.
+
+    A key is filled only where its parent exists; a missing section is an error, not an older file.
+    """
+    out = copy.deepcopy(dict(data))
+    filled = []
+    for dotted, value in FILLED_FOR_OLDER_PLANS.items():
+        *parents, last = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last not in node:
+            node[last] = copy.deepcopy(value)
+            filled.append(dotted)
+    return out, filled

@@ -1,0 +1,171 @@
+"""The arithmetic of the three networks' geometry, shared by the planner, the overrides and the schema's checks.
+
+The screening FCN is the one place with a hard constraint: its valid convolutions must map the block to exactly
+1x1x1, which fixes the last kernel once the first kernels and the block are chosen (see
+:func:`screening_layer_sizes`). Everything here is pure arithmetic on sizes; nothing reads or writes plans files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from cmbunet.errors import CMBUNetError
+
+if TYPE_CHECKING:
+    from cmbunet.plans.schema import Plans
+
+ANISOTROPY_THRESHOLD = 3.0
+FCN_STRIDE = 2  # one 2x2x2 max-pool in the screening FCN
+MID_CONVS = 2  # C3, C4: two 3x3x3 valid convs after the pool, each removes 2 voxels
+DISCRIMINATION_EXTRA_VOX = 4  # 002: 20x20x16 -> 24x24x20
+SEGMENTATION_FACTOR = 1.5  # 002: 20x20x16 -> 32x32x24
+SEGMENTATION_POSITIVE_FRACTION = 0.5  # segmentation samples are positives and screening FPs, 1:1
+NOMINAL_TILE = (160, 160, 80)  # 002 reference code's tile, in voxels
+
+
+def needs_separate_z(target_spacing: Sequence[float], threshold: float = ANISOTROPY_THRESHOLD) -> bool:
+    """Resample the coarse axis separately (order 0) when max/min spacing exceeds ``threshold`` (nnU-Net)."""
+    return bool(max(target_spacing) / min(target_spacing) > threshold)
+
+
+
+def screening_block_for_box(box_vox: Sequence[int], first_kernels: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Round a box up to the next block the screening FCN maps to 1x1x1; return ``(block, last_kernel)``.
+
+    With C1, C2 (kernel k1), a 2x pool, C3, C4 (kernel 3) and C5 (kernel k5), all valid, a block B reaches
+    1 voxel iff ``B = 2*(k1-1) + 2*(4 + k5)`` with ``k5 >= 1``.
+    """
+    block, last = [], []
+    for b, k1 in zip(box_vox, first_kernels):
+        k5 = max(1, int(math.ceil((int(b) - 2 * (k1 - 1)) / 2 - (2 * MID_CONVS))))
+        last.append(k5)
+        block.append(2 * (k1 - 1) + 2 * (2 * MID_CONVS + k5))
+    return block, last
+
+
+def last_kernel_for_block(block: Sequence[int], first_kernels: Sequence[int]) -> list[int]:
+    """The C5 kernel that maps ``block`` to 1x1x1; raise when no valid kernel exists for this block."""
+    out = []
+    for axis, (b, k1) in enumerate(zip(block, first_kernels)):
+        rest = int(b) - 2 * (int(k1) - 1)
+        k5 = rest // 2 - 2 * MID_CONVS
+        if rest % 2 or k5 < 1:
+            valid = [2 * (k1 - 1) + 2 * (2 * MID_CONVS + k) for k in range(1, 5)]
+            raise CMBUNetError(
+                f"screening block {list(block)} with first kernel {k1} on axis {'xyz'[axis]} cannot be mapped to "
+                f"1x1x1 by the screening FCN; valid sizes on that axis are {valid}, ..."
+            )
+        out.append(int(k5))
+    return out
+
+
+def screening_layer_sizes(block: Sequence[int], first_kernels: Sequence[int], last_kernel: Sequence[int]) -> list[list[int]]:
+    """Spatial size after each screening layer (input, C1, C2, M1, C3, C4, C5, C6), as in 002 Table 1."""
+    size = np.asarray(block, dtype=int)
+    k1 = np.asarray(first_kernels, dtype=int)
+    sizes = [size]
+    for kernel in (k1, k1):
+        sizes.append(sizes[-1] - kernel + 1)
+    sizes.append(sizes[-1] // FCN_STRIDE)
+    for kernel in (3, 3, np.asarray(last_kernel, dtype=int), 1):
+        sizes.append(sizes[-1] - kernel + 1)
+    return [[int(v) for v in s] for s in sizes]
+
+
+def discrimination_feature_size(block: Sequence[int], first_kernels: Sequence[int]) -> list[int]:
+    """Spatial size of the discrimination CNN's last conv output (002: 4x4x4 for 24x24x20); raise if invalid."""
+    out = []
+    for axis, (b, k1) in enumerate(zip(block, first_kernels)):
+        rest = int(b) - 2 * (int(k1) - 1)
+        size = rest // 2 - 2 * MID_CONVS
+        if rest % 2 or size < 1:
+            raise CMBUNetError(
+                f"discrimination block {list(block)} is too small or odd for first kernel {k1} on axis "
+                f"{'xyz'[axis]}: need (block - 2*(k1-1)) even and (block - 2*(k1-1))/2 - 4 >= 1"
+            )
+        out.append(int(size))
+    return out
+
+
+def segmentation_patch_size(screening_block: Sequence[int], num_levels: int = 4) -> list[int]:
+    """Smallest multiple of ``2**(num_levels-1)`` that is >= 1.5x the screening block (002: 32x32x24)."""
+    divisor = 2 ** (num_levels - 1)
+    return [int(divisor * math.ceil(SEGMENTATION_FACTOR * b / divisor - 1e-9)) for b in screening_block]
+
+
+def segmentation_foreground_prior(median_cmb_voxels: float, patch_size: Sequence[int],
+                                  positive_fraction: float = SEGMENTATION_POSITIVE_FRACTION) -> float:
+    """Expected CMB fraction of a segmentation training patch, the U-Net output layer's starting probability.
+
+    Half of the training patches hold one CMB (the others are screening false positives), so the expected
+    fraction is ``0.5 * median CMB voxels / patch voxels`` (1.5e-3 for a 14 mm3 CMB at 0.49x0.49x0.8 mm in
+    002's 32x32x24 patch). Starting the output there rather than at a generic 1% matters for the batch Dice:
+    1% of every patch voxel can outweigh the CMB voxels tens of times, and the U-Net then spends its first
+    epochs shrinking background mass before Dice sees a lesion at all. Clipped to [1e-5, 1e-2].
+    """
+    fraction = positive_fraction * max(float(median_cmb_voxels), 1.0) / float(np.prod(patch_size))
+    return float(np.clip(fraction, 1e-5, 1e-2))
+
+
+def tile_size(screening_block: Sequence[int], nominal: Sequence[int] = NOMINAL_TILE) -> list[int]:
+    """Whole-volume FCN tile near ``nominal`` with ``tile - block`` a multiple of the stride, so tile outputs abut.
+
+    A tile of size T yields ``(T - B)/2 + 1`` output voxels; with ``T - B`` even, consecutive tiles overlapping
+    by ``B - 2`` voxels cover the score map exactly. Never smaller than twice the block.
+    """
+    out = []
+    for b, t in zip(screening_block, nominal):
+        t = max(int(t), 2 * int(b))
+        out.append(int(b) + FCN_STRIDE * int(round((t - int(b)) / FCN_STRIDE)))
+    return out
+
+
+def nms_size(block: Sequence[int]) -> list[int]:
+    """NMS neighbourhood in input voxels: block // 4, odd, at least 3 (002 block 20x20x16 -> 5x5x5)."""
+    return [max(3, (int(b) // 4) | 1) for b in block]
+
+
+
+def consistency_problems(plans: Plans) -> list[str]:
+    """Every inconsistency between values of ``plans`` whose types and ranges are already checked (empty when the
+    three networks can be built, the screening block maps to 1x1x1 and the screening tiles abut)."""
+    problems: list[str] = []
+    scr, disc, seg, inf = plans.screening, plans.discrimination, plans.segmentation, plans.inference
+    block, first = list(scr.block_size), list(scr.network.first_kernels)
+    try:
+        last = last_kernel_for_block(block, first)
+        if list(scr.network.last_kernel) != last:
+            problems.append(f"screening.network.last_kernel {list(scr.network.last_kernel)} should be {last} for "
+                            f"block {block}")
+    except CMBUNetError as e:
+        problems.append(str(e))
+    if list(scr.fcn_offset) != [b // 2 for b in block]:
+        problems.append(f"screening.fcn_offset {list(scr.fcn_offset)} should be block_size // 2 = "
+                        f"{[b // 2 for b in block]}")
+    if len(scr.network.features) != 5:
+        problems.append("screening.network.features needs 5 entries (C1, C2, C3, C4, C5)")
+    if len(disc.network.features) != 4:
+        problems.append("discrimination.network.features needs 4 entries (C1, C2, C3, C4)")
+    try:
+        discrimination_feature_size(disc.block_size, disc.network.first_kernels)
+    except CMBUNetError as e:
+        problems.append(str(e))
+    levels = len(seg.network.features)
+    divisor = 2 ** (levels - 1)
+    if levels < 2:
+        problems.append("segmentation.network.features needs at least 2 entries")
+    elif any(int(s) % divisor for s in seg.patch_size):
+        problems.append(f"segmentation.patch_size {list(seg.patch_size)} must be a multiple of {divisor} "
+                        f"({levels - 1} downsamplings) on every axis")
+    for b, t in zip(block, inf.tile_size):
+        if t < b or (t - b) % FCN_STRIDE:
+            problems.append(f"inference.tile_size {list(inf.tile_size)} must be >= the screening block {block} "
+                            f"and differ from it by a multiple of {FCN_STRIDE}")
+            break
+    for name, config in (("screening", scr), ("discrimination", disc), ("segmentation", seg)):
+        if int(config.network.in_channels) != int(plans.num_input_channels):
+            problems.append(f"{name}.network.in_channels differs from num_input_channels")
+    return problems
