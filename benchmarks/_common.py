@@ -76,7 +76,7 @@ def print_machine(info: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ plans
-def make_plans(preset: str = "paper", spacing: Sequence[float] = VALDO_SPACING, overrides: list[str] | None = None) -> dict:
+def make_plans(preset: str = "paper", spacing: Sequence[float] = VALDO_SPACING, overrides: list[str] | None = None):
     """Plans from a VALDO-like fingerprint (10 cases at ``spacing``, CMB extents as in VALDO)."""
     from cmbunet.plans.planner import plan_experiment
 
@@ -89,12 +89,14 @@ def make_plans(preset: str = "paper", spacing: Sequence[float] = VALDO_SPACING, 
                            {"channel_names": {"0": "T2S"}}, preset=preset, overrides=overrides)
 
 
-def build_networks(plans: dict, seed: int = 0) -> dict[str, nn.Module]:
+def build_networks(plans, seed: int = 0) -> dict[str, nn.Module]:
     """The three stage networks with random (seeded) weights, in eval mode."""
     from cmbunet.networks import build_network
 
     nets = {}
-    for i, stage in enumerate(("screening", "discrimination", "segmentation")):
+    from cmbunet.plans import STAGES
+
+    for i, stage in enumerate(STAGES):
         torch.manual_seed(seed + i)
         nets[stage] = build_network(stage, plans).eval()
     return nets
@@ -127,21 +129,21 @@ def conv_flops(network: nn.Module, input_shape: Sequence[int]) -> float:
     return total[0]
 
 
-def screening_fcn_flops(network: nn.Module, volume_shape: Sequence[int], plans: dict, tile_size=None) -> float:
+def screening_fcn_flops(network: nn.Module, volume_shape: Sequence[int], plans, tile_size=None) -> float:
     """FLOPs of the tiled whole-volume FCN pass exactly as ``screening_score_map`` cuts the padded volume."""
     from cmbunet.inference.screening import _geometry, _tiles, score_map_shape
 
     block, stride, _ = _geometry(plans)
     n_out = score_map_shape(volume_shape, plans)
     if tile_size is None:
-        tile_size = plans.get("inference", {}).get("tile_size")
+        tile_size = plans.inference.tile_size
     tile_out = [max(1, (int(t) - int(b)) // int(s) + 1) for t, b, s in zip(tile_size, block, stride)]
     cache: dict[tuple, float] = {}
     total = 0.0
     for sl in _tiles(n_out, tile_out):
         shape = tuple((s.stop - 1 - s.start) * st + b for s, st, b in zip(sl, stride, block))
         if shape not in cache:
-            cache[shape] = conv_flops(network, (1, int(plans.get("num_input_channels", 1)), *shape))
+            cache[shape] = conv_flops(network, (1, int(plans.num_input_channels), *shape))
         total += cache[shape]
     return total
 

@@ -40,7 +40,7 @@ def main() -> None:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     net.classifier[-1].weight.mul_(1e-3)  # random weights saturate the softmax; keep it in range to compare
-    block = [int(b) for b in plans["discrimination"]["block_size"]]
+    block = [int(b) for b in plans.discrimination.block_size]
     rng = np.random.default_rng(0)
     shape = (160, 200, 100)
     volume = rng.normal(size=(1, *shape)).astype(np.float32)

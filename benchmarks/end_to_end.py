@@ -82,19 +82,19 @@ def child(args: dict) -> None:
         clock = time.perf_counter()
         score_map = pred.screening_pass(data)
         t["screening"], clock = time.perf_counter() - clock, time.perf_counter()
-        centres, scores = find_candidates(score_map, plans, settings["screening_threshold"], settings["nms_size_vox"],
-                                          settings["max_candidates"])
+        centres, scores = find_candidates(score_map, plans, settings.screening_threshold, settings.nms_size_vox,
+                                          settings.max_candidates)
         # forced workload of the float32 recomputation: the neighbourhoods of the forced candidates, i.e. every
         # score within the margin of the weakest forced candidate (a trained model's threshold plays that role)
         if len(scores):
             score_map = pred.refine_screening(data, score_map, threshold=float(scores[-1]))
         t["refine"], clock = time.perf_counter() - clock, time.perf_counter()
-        centres, scores = find_candidates(score_map, plans, settings["screening_threshold"], settings["nms_size_vox"],
-                                          settings["max_candidates"])
+        centres, scores = find_candidates(score_map, plans, settings.screening_threshold, settings.nms_size_vox,
+                                          settings.max_candidates)
         t["candidates"], clock = time.perf_counter() - clock, time.perf_counter()
         stats = dict(pred.last_screening_stats)
         disc, moved = discriminate_candidates(pred.networks["discrimination"], data, centres, plans, pred.device,
-                                              settings["discrimination_shift_vox"], settings["discrimination_aggregate"],
+                                              settings.discrimination_shift_vox, settings.discrimination_aggregate,
                                               pred.discrimination_batch_size, pred.stage_precision["discrimination"])
         kept = np.zeros(len(disc), dtype=bool)
         kept[np.argsort(-disc, kind="stable")[: args["kept"]]] = True
@@ -102,10 +102,10 @@ def child(args: dict) -> None:
         prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,
                                       pred.segmentation_batch_size, pred.stage_precision["segmentation"])
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
-        native, binary, _ = export_segmentation(prob_pre, properties, float(settings["segmentation_threshold"]))
+        native, binary, _ = export_segmentation(prob_pre, properties, float(settings.segmentation_threshold))
         cmbs = cmb_table(binary, native, native_geometry(properties), None)
         t["export"], clock = time.perf_counter() - clock, time.perf_counter()
-        case = find_input_cases(args["image"], plans["channel_names"], ".nii.gz")[0]
+        case = find_input_cases(args["image"], plans.channel_names, ".nii.gz")[0]
         outputs = CaseOutputs.for_case(Path(args["outdir"]), case, False)
         Path(args["outdir"]).mkdir(parents=True, exist_ok=True)
         write_case({"geometry": dict(props), "binary": binary, "probabilities": native, "cmbs": cmbs}, outputs)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
-def preprocessed_realistic(plans: dict, seed: int) -> np.ndarray:
+def preprocessed_realistic(plans, seed: int) -> np.ndarray:
     from cmbunet.preprocessing.preprocessor import preprocess_case
 
     case = C.realistic_case(seed)
@@ -74,7 +74,7 @@ def main() -> None:
     diff_crop = float(np.abs(sl_map - crop_fcn).max())
 
     # positions whose block lies entirely inside the crop: same input as the whole-volume pass
-    block = np.asarray(plans["screening"]["block_size"])
+    block = np.asarray(plans.screening.block_size)
     half = block // 2
     inside = [np.arange(n) for n in sl_map.shape]
     inside = [j[(2 * j - h >= 0) & (2 * j - h + b <= c)] for j, h, b, c in zip(inside, half, block, crop.shape[1:])]

@@ -71,7 +71,7 @@ def main() -> None:
             totals, fixed = [], []
             for r in range(repeats):
                 args = {"image": str(image), "outdir": str(work / f"out_{size[0]}_{r}"), "bf16": False,
-                        "tile": plans["inference"]["tile_size"], "batch": 256, "threads": torch.get_num_threads(),
+                        "tile": list(plans.inference.tile_size), "batch": 256, "threads": torch.get_num_threads(),
                         "candidates": a.candidates, "kept": a.kept}
                 res = C.run_child(Path(__file__).with_name("end_to_end.py"), [json.dumps(args)], timeout=580)
                 totals.append(res["total"])

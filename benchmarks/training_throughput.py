@@ -16,6 +16,7 @@ measured here on a 96x96x64 volume and scaled by voxels to a preprocessed VALDO-
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,17 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmbunet.plans import STAGES
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-STAGES = ("screening", "discrimination", "segmentation")
 VALDO_PREPROCESSED = (298, 338, 150)
 
 
-def batch_for(stage: str, plans: dict, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    key = "patch_size" if stage == "segmentation" else "block_size"
-    size = [int(s) for s in plans[stage][key]]
-    x = torch.randn(batch_size, int(plans.get("num_input_channels", 1)), *size)
+def batch_for(stage: str, plans, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    size = [int(s) for s in plans.stage(stage).input_size]
+    x = torch.randn(batch_size, int(plans.num_input_channels), *size)
     if stage == "segmentation":
         y = torch.zeros(batch_size, *size, dtype=torch.int64)
         y[:, size[0] // 2 - 2: size[0] // 2 + 2, size[1] // 2 - 2: size[1] // 2 + 2, size[2] // 2 - 1: size[2] // 2 + 1] = 1
@@ -42,7 +43,7 @@ def batch_for(stage: str, plans: dict, batch_size: int) -> tuple[torch.Tensor, t
     return x, y
 
 
-def throughput(stage: str, plans: dict, schedule: dict, steps: int, repeats: int) -> dict:
+def throughput(stage: str, plans, schedule, steps: int, repeats: int) -> dict:
     from cmbunet.networks import build_network
     from cmbunet.training.loop import GRAD_CLIP_NORM, build_optimizer
     from cmbunet.training.losses import build_loss
@@ -51,7 +52,7 @@ def throughput(stage: str, plans: dict, schedule: dict, steps: int, repeats: int
     net = build_network(stage, plans).train()
     opt = build_optimizer(net, schedule)
     loss_fn = build_loss(schedule)
-    bs = int(schedule["batch_size"])
+    bs = int(schedule.batch_size)
     x, y = batch_for(stage, plans, bs)
 
     def train_steps():
@@ -76,7 +77,7 @@ def throughput(stage: str, plans: dict, schedule: dict, steps: int, repeats: int
             "train_times": train_times}
 
 
-def screening_seconds_per_voxel(plans: dict, quick: bool) -> float:
+def screening_seconds_per_voxel(plans, quick: bool) -> float:
     from cmbunet.inference.screening import screening_score_map
     from cmbunet.networks import build_network
 
@@ -101,21 +102,20 @@ def main() -> None:
     rows, schedule_rows = [], []
     for preset in a.presets:
         plans = C.make_plans(preset)
-        sched_all = plans["training"]["cpu"]
+        sched_all = plans.training.cpu
         s_per_vox = screening_seconds_per_voxel(plans, a.quick)
         total = 0.0
         for stage in STAGES:
-            sched = dict(sched_all[stage])
+            sched = getattr(sched_all, stage)
             if a.quick:
-                sched["batch_size"] = min(int(sched["batch_size"]), 4)
+                sched = dataclasses.replace(sched, batch_size=min(int(sched.batch_size), 4))
             r = throughput(stage, plans, sched, steps, repeats)
-            epochs, n, nval = int(sched["epochs"]), int(sched["samples_per_epoch"]), int(sched.get("val_samples", 0))
+            epochs, n, nval = int(sched.epochs), int(sched.samples_per_epoch), int(sched.val_samples)
             train_s = epochs * (n / r["train samples/s"] + nval / r["eval samples/s"])
-            mining = len(sched.get("mining_epochs", [])) + 1 if stage == "screening" else 0
+            mining = len(sched.mining_epochs) + 1 if stage == "screening" else 0
             mining_s = mining * a.train_cases * s_per_vox * float(np.prod(VALDO_PREPROCESSED))
             total += train_s + mining_s
-            key = "patch_size" if stage == "segmentation" else "block_size"
-            rows.append({"preset": preset, "stage": stage, "patch": [int(v) for v in plans[stage][key]],
+            rows.append({"preset": preset, "stage": stage, "patch": [int(v) for v in plans.stage(stage).input_size],
                          "batch": r["batch"], "train samples/s": r["train samples/s"],
                          "eval samples/s": r["eval samples/s"], "epochs x samples": f"{epochs} x {n}",
                          "stage minutes": train_s / 60, "mining minutes": mining_s / 60})
