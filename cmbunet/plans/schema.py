@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Union
 
 from cmbunet.errors import CMBUNetError, InputError, InvalidValueError
+from cmbunet.plans.section import Section, as_json, build, leaf, subsection, unplanned, value_problems
 from cmbunet.plans.topology import consistency_problems
-from cmbunet.plans.validation import (Check, boolean, channel_names, choice, integer, intensity, listing, number,
-                                      optional, proportions, raise_problems, string, text, text_table, triple)
+from cmbunet.plans.validation import (boolean, channel_names, choice, integer, intensity, listing, number, optional,
+                                      proportions, raise_problems, string, text, text_table, triple)
 
 STAGES = ("screening", "discrimination", "segmentation")
 #: ``plans["training"]`` holds one schedule per stage for each kind of device.
@@ -41,151 +42,59 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     **{f"training.{d}.screening.mining_keep": "all" for d in DEVICE_KINDS},  # mined FPs were all kept
 }
 
-_MISSING = object()
 _SIZE = triple(integer(1))
-
-
-def _leaf(check: Check | None) -> Any:
-    """A value; ``check`` says what is wrong with it (None: checked by its section as a whole)."""
-    return field(metadata={"check": check})
-
-
-def _section(cls: type, check: Check | None = None) -> Any:
-    """A nested object; ``check``, when given, checks the whole value (and may allow null) instead of its fields."""
-    return field(metadata={"section": cls, "check": check})
-
-
-def _unplanned(check: Check) -> Any:
-    """A key the planner does not write: absent means None, and None is left out of ``to_dict``."""
-    return field(default=None, metadata={"check": optional(check), "unplanned": True})
-
-
-def _fields(cls: Any) -> list:
-    return [f for f in fields(cls) if not f.metadata.get("internal")]
-
-
-def _problems(cls: type, data: Any, prefix: str) -> list[str]:
-    """``key = value: problem`` for every missing, unknown or unusable value of ``data`` against section ``cls``."""
-    if not isinstance(data, Mapping):
-        return [f"{prefix or 'plans'} = {json.dumps(data)}: must be an object"]
-    problems, names = [], {f.name for f in _fields(cls)}
-    for f in _fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        value = data.get(f.name, _MISSING)
-        if value is _MISSING:
-            if not f.metadata.get("unplanned"):
-                problems.append(f"{key} is missing")
-        elif f.metadata.get("check") is not None:
-            problem = f.metadata["check"](value)
-            if problem:
-                problems.append(f"{key} = {json.dumps(value)}: {problem}")
-        elif f.metadata.get("section") is not None:
-            problems += _problems(f.metadata["section"], value, key)
-    expected = ", ".join(sorted(names))
-    problems += [f"{prefix + '.' if prefix else ''}{k} is not a plans key (expected one of {expected})"
-                 for k in data if k not in names]
-    return problems
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _freeze(x) for k, x in v.items()}
-    return v
-
-
-def _thaw(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_thaw(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _thaw(x) for k, x in v.items()}
-    return v
-
-
-def _build(cls: type, data: Mapping[str, Any]) -> Any:
-    kwargs = {}
-    for f in _fields(cls):
-        if f.name in data:
-            value, section = data[f.name], f.metadata.get("section")
-            kwargs[f.name] = _build(section, value) if section is not None and value is not None else _freeze(value)
-    return cls(**kwargs)
-
-
-def _to_dict(obj: Any, prefix: str, skip: frozenset[str]) -> dict[str, Any]:
-    out = {}
-    for f in _fields(obj):
-        key, value = prefix + f.name, getattr(obj, f.name)
-        if key in skip or (f.metadata.get("unplanned") and value is None):
-            continue
-        out[f.name] = _to_dict(value, key + ".", skip) if is_dataclass(value) else _thaw(value)
-    return out
-
-
-class _Section:
-    """``from_dict`` (checked, naming each key under ``PREFIX``) and ``to_dict`` (the JSON it came from)."""
-
-    PREFIX = ""
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str | Path | None = None):  # noqa: ANN206
-        raise_problems(_problems(cls, data, cls.PREFIX), where, "plans value(s)")
-        return _build(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self, "", frozenset())
 
 
 # ------------------------------------------------------------------------------------------------ sections
 @dataclass(frozen=True)
-class Normalization(_Section):
+class Normalization(Section):
     PREFIX = "normalization"
-    scheme: str = _leaf(choice("zscore_foreground_per_case"))
-    background_value: float = _leaf(number())
+    scheme: str = leaf(choice("zscore_foreground_per_case"))
+    background_value: float = leaf(number())
 
 
 @dataclass(frozen=True)
-class Resampling(_Section):
+class Resampling(Section):
     PREFIX = "resampling"
-    image_order: int = _leaf(integer(0, 5))
-    image_order_z: int = _leaf(integer(0, 5))
-    separate_z: bool = _leaf(boolean)
-    anisotropy_threshold: float = _leaf(number(1))
-    label_rule: str = _leaf(text)
+    image_order: int = leaf(integer(0, 5))
+    image_order_z: int = leaf(integer(0, 5))
+    separate_z: bool = leaf(boolean)
+    anisotropy_threshold: float = leaf(number(1))
+    label_rule: str = leaf(text)
 
 
 @dataclass(frozen=True)
-class CMBBox(_Section):
+class CMBBox(Section):
     """What the planner measured of the CMBs (a record; nothing reads it but the overrides' re-derivation)."""
     PREFIX = "cmb_box"
-    quantile: float = _leaf(number(0, 1, lo_open=True))
-    box_vox: tuple[int, int, int] = _leaf(triple(integer(0)))
-    num_cmbs: int = _leaf(integer(0))
-    extent_vox: tuple[int, int, int] = _leaf(triple(integer(0)))
-    coverage: float = _leaf(number(0, 1))
-    context_vox: int = _leaf(integer(0))
-    median_cmb_voxels: float | None = _leaf(optional(number(0)))
-    rule: str = _leaf(text)
+    quantile: float = leaf(number(0, 1, lo_open=True))
+    box_vox: tuple[int, int, int] = leaf(triple(integer(0)))
+    num_cmbs: int = leaf(integer(0))
+    extent_vox: tuple[int, int, int] = leaf(triple(integer(0)))
+    coverage: float = leaf(number(0, 1))
+    context_vox: int = leaf(integer(0))
+    median_cmb_voxels: float | None = leaf(optional(number(0)))
+    rule: str = leaf(text)
 
 
 @dataclass(frozen=True)
-class ScreeningNetwork(_Section):
+class ScreeningNetwork(Section):
     PREFIX = "screening.network"
-    in_channels: int = _leaf(integer(1))
-    features: tuple[int, ...] = _leaf(listing(integer(1), min_length=1))
-    first_kernels: tuple[int, int, int] = _leaf(_SIZE)
-    last_kernel: tuple[int, int, int] = _leaf(_SIZE)
-    num_classes: int = _leaf(integer(2, 2))
-    negative_slope: float = _leaf(number(0))
+    in_channels: int = leaf(integer(1))
+    features: tuple[int, ...] = leaf(listing(integer(1), min_length=1))
+    first_kernels: tuple[int, int, int] = leaf(_SIZE)
+    last_kernel: tuple[int, int, int] = leaf(_SIZE)
+    num_classes: int = leaf(integer(2, 2))
+    negative_slope: float = leaf(number(0))
 
 
 @dataclass(frozen=True)
-class ScreeningConfig(_Section):
+class ScreeningConfig(Section):
     PREFIX = "screening"
-    block_size: tuple[int, int, int] = _leaf(_SIZE)
-    fcn_stride: tuple[int, int, int] = _leaf(_SIZE)
-    fcn_offset: tuple[int, int, int] = _leaf(triple(integer(0)))
-    network: ScreeningNetwork = _section(ScreeningNetwork)
+    block_size: tuple[int, int, int] = leaf(_SIZE)
+    fcn_stride: tuple[int, int, int] = leaf(_SIZE)
+    fcn_offset: tuple[int, int, int] = leaf(triple(integer(0)))
+    network: ScreeningNetwork = subsection(ScreeningNetwork)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -194,22 +103,22 @@ class ScreeningConfig(_Section):
 
 
 @dataclass(frozen=True)
-class DiscriminationNetwork(_Section):
+class DiscriminationNetwork(Section):
     PREFIX = "discrimination.network"
-    in_channels: int = _leaf(integer(1))
-    features: tuple[int, ...] = _leaf(listing(integer(1), min_length=1))
-    first_kernels: tuple[int, int, int] = _leaf(_SIZE)
-    fc_features: int = _leaf(integer(1))
-    dropout: float = _leaf(number(0, 1, hi_open=True))
-    num_classes: int = _leaf(integer(2, 2))
-    negative_slope: float = _leaf(number(0))
+    in_channels: int = leaf(integer(1))
+    features: tuple[int, ...] = leaf(listing(integer(1), min_length=1))
+    first_kernels: tuple[int, int, int] = leaf(_SIZE)
+    fc_features: int = leaf(integer(1))
+    dropout: float = leaf(number(0, 1, hi_open=True))
+    num_classes: int = leaf(integer(2, 2))
+    negative_slope: float = leaf(number(0))
 
 
 @dataclass(frozen=True)
-class DiscriminationConfig(_Section):
+class DiscriminationConfig(Section):
     PREFIX = "discrimination"
-    block_size: tuple[int, int, int] = _leaf(_SIZE)
-    network: DiscriminationNetwork = _section(DiscriminationNetwork)
+    block_size: tuple[int, int, int] = leaf(_SIZE)
+    network: DiscriminationNetwork = subsection(DiscriminationNetwork)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -217,20 +126,20 @@ class DiscriminationConfig(_Section):
 
 
 @dataclass(frozen=True)
-class SegmentationNetwork(_Section):
+class SegmentationNetwork(Section):
     PREFIX = "segmentation.network"
-    in_channels: int = _leaf(integer(1))
-    features: tuple[int, ...] = _leaf(listing(integer(1), min_length=1))
-    num_classes: int = _leaf(integer(2, 2))
-    negative_slope: float = _leaf(number(0))
-    foreground_prior: float = _leaf(number(0, 1, lo_open=True, hi_open=True))
+    in_channels: int = leaf(integer(1))
+    features: tuple[int, ...] = leaf(listing(integer(1), min_length=1))
+    num_classes: int = leaf(integer(2, 2))
+    negative_slope: float = leaf(number(0))
+    foreground_prior: float = leaf(number(0, 1, lo_open=True, hi_open=True))
 
 
 @dataclass(frozen=True)
-class SegmentationConfig(_Section):
+class SegmentationConfig(Section):
     PREFIX = "segmentation"
-    patch_size: tuple[int, int, int] = _leaf(_SIZE)
-    network: SegmentationNetwork = _section(SegmentationNetwork)
+    patch_size: tuple[int, int, int] = leaf(_SIZE)
+    network: SegmentationNetwork = subsection(SegmentationNetwork)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -243,100 +152,100 @@ Range = tuple[float, float]
 
 
 @dataclass(frozen=True)
-class Intensity(_Section):
+class Intensity(Section):
     """``augmentation.intensity``: each transform's range and per-patch probability (checked as a whole)."""
     PREFIX = "augmentation.intensity"
-    low_resolution_zoom: tuple[Range, Range, Range] = _leaf(None)
-    low_resolution_probability: float = _leaf(None)
-    blur_sigma: Range = _leaf(None)
-    blur_probability: float = _leaf(None)
-    noise_variance: Range = _leaf(None)
-    noise_probability: float = _leaf(None)
-    brightness: Range = _leaf(None)
-    brightness_probability: float = _leaf(None)
-    contrast: Range = _leaf(None)
-    contrast_probability: float = _leaf(None)
-    gamma: Range = _leaf(None)
-    gamma_probability: float = _leaf(None)
+    low_resolution_zoom: tuple[Range, Range, Range] = leaf(None)
+    low_resolution_probability: float = leaf(None)
+    blur_sigma: Range = leaf(None)
+    blur_probability: float = leaf(None)
+    noise_variance: Range = leaf(None)
+    noise_probability: float = leaf(None)
+    brightness: Range = leaf(None)
+    brightness_probability: float = leaf(None)
+    contrast: Range = leaf(None)
+    contrast_probability: float = leaf(None)
+    gamma: Range = leaf(None)
+    gamma_probability: float = leaf(None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str | Path | None = None) -> Intensity:
         problem = intensity(data)
         raise_problems([f"{cls.PREFIX} = {json.dumps(data)}: {problem}"] if problem else [], where, "plans value(s)")
-        return _build(cls, data)
+        return build(cls, data)
 
 
 @dataclass(frozen=True)
-class Augmentation(_Section):
+class Augmentation(Section):
     PREFIX = "augmentation"
-    max_translation_vox: int = _leaf(integer(0))
-    max_rotation_deg: float = _leaf(number(0, 180))
-    flip_axes: tuple[int, ...] = _leaf(listing(integer(0, 2)))
-    flip_probability: float = _leaf(number(0, 1))
-    rotation_probability: float = _leaf(number(0, 1))
+    max_translation_vox: int = leaf(integer(0))
+    max_rotation_deg: float = leaf(number(0, 180))
+    flip_axes: tuple[int, ...] = leaf(listing(integer(0, 2)))
+    flip_probability: float = leaf(number(0, 1))
+    rotation_probability: float = leaf(number(0, 1))
     #: None: off (plans written before intensity augmentation existed)
-    intensity: Intensity | None = _section(Intensity, optional(intensity))
+    intensity: Intensity | None = subsection(Intensity, optional(intensity))
 
 
 @dataclass(frozen=True)
-class Schedule(_Section):
+class Schedule(Section):
     """One stage's training schedule on one kind of device."""
     PREFIX = "training.<device>.<stage>"
-    epochs: int = _leaf(integer(1))
-    samples_per_epoch: int = _leaf(integer(1))
-    batch_size: int = _leaf(integer(1))
-    optimizer: str = _leaf(choice("sgd", "adam"))
-    lr: float = _leaf(number(0, lo_open=True))
-    momentum: float = _leaf(number(0, 1))
-    nesterov: bool = _leaf(boolean)
-    weight_decay: float = _leaf(number(0))
-    loss: str = _leaf(choice("weighted_ce", "ce", "dice", "dice_ce"))
-    class_weights: tuple[float, float] | None = _leaf(optional(listing(number(0), length=2)))
-    lr_schedule: str = _leaf(choice("poly"))
-    poly_exponent: float = _leaf(number(0))
-    proportions: dict[str, float] = _leaf(proportions)
-    val_samples: int = _leaf(integer(1))
+    epochs: int = leaf(integer(1))
+    samples_per_epoch: int = leaf(integer(1))
+    batch_size: int = leaf(integer(1))
+    optimizer: str = leaf(choice("sgd", "adam"))
+    lr: float = leaf(number(0, lo_open=True))
+    momentum: float = leaf(number(0, 1))
+    nesterov: bool = leaf(boolean)
+    weight_decay: float = leaf(number(0))
+    loss: str = leaf(choice("weighted_ce", "ce", "dice", "dice_ce"))
+    class_weights: tuple[float, float] | None = leaf(optional(listing(number(0), length=2)))
+    lr_schedule: str = leaf(choice("poly"))
+    poly_exponent: float = leaf(number(0))
+    proportions: dict[str, float] = leaf(proportions)
+    val_samples: int = leaf(integer(1))
 
 
 @dataclass(frozen=True)
 class ScreeningSchedule(Schedule):
     """The screening schedule also says when and how false positives are mined."""
     PREFIX = "training.<device>.screening"
-    mining_epochs: tuple[int, ...] = _leaf(listing(integer(0)))
-    mining_threshold: float = _leaf(number(0, 1))
-    mining_cases: int | None = _leaf(optional(integer(1)))  # None: every pass screens all cases
-    mining_keep: str = _leaf(choice("all", "hard"))
+    mining_epochs: tuple[int, ...] = leaf(listing(integer(0)))
+    mining_threshold: float = leaf(number(0, 1))
+    mining_cases: int | None = leaf(optional(integer(1)))  # None: every pass screens all cases
+    mining_keep: str = leaf(choice("all", "hard"))
 
 
 @dataclass(frozen=True)
-class DeviceSchedules(_Section):
+class DeviceSchedules(Section):
     PREFIX = "training.<device>"
-    screening: ScreeningSchedule = _section(ScreeningSchedule)
-    discrimination: Schedule = _section(Schedule)
-    segmentation: Schedule = _section(Schedule)
+    screening: ScreeningSchedule = subsection(ScreeningSchedule)
+    discrimination: Schedule = subsection(Schedule)
+    segmentation: Schedule = subsection(Schedule)
 
 
 @dataclass(frozen=True)
-class Training(_Section):
+class Training(Section):
     PREFIX = "training"
-    gpu: DeviceSchedules = _section(DeviceSchedules)
-    cpu: DeviceSchedules = _section(DeviceSchedules)
+    gpu: DeviceSchedules = subsection(DeviceSchedules)
+    cpu: DeviceSchedules = subsection(DeviceSchedules)
 
 
 @dataclass(frozen=True)
-class InferenceSettings(_Section):
+class InferenceSettings(Section):
     """``plans["inference"]``, and the settings prediction runs with (see :meth:`merged`)."""
     PREFIX = "inference"
-    screening_threshold: float = _leaf(number(0, 1))
-    nms_size_vox: tuple[int, int, int] = _leaf(_SIZE)
-    max_candidates: int = _leaf(integer(1))
-    discrimination_threshold: float = _leaf(number(0, 1))
-    discrimination_shift_vox: int = _leaf(integer(0))
-    discrimination_aggregate: str = _leaf(choice("max", "mean"))
-    segmentation_threshold: float = _leaf(number(0, 1, lo_open=True))
-    tile_size: tuple[int, int, int] = _leaf(_SIZE)
+    screening_threshold: float = leaf(number(0, 1))
+    nms_size_vox: tuple[int, int, int] = leaf(_SIZE)
+    max_candidates: int = leaf(integer(1))
+    discrimination_threshold: float = leaf(number(0, 1))
+    discrimination_shift_vox: int = leaf(integer(0))
+    discrimination_aggregate: str = leaf(choice("max", "mean"))
+    segmentation_threshold: float = leaf(number(0, 1, lo_open=True))
+    tile_size: tuple[int, int, int] = leaf(_SIZE)
     #: not planned: set by inference_settings.json or the command line; None keeps every component
-    min_component_voxels: int | None = _unplanned(integer(0))
+    min_component_voxels: int | None = unplanned(integer(0))
 
     def merged(self, changes: Mapping[str, Any], where: str | Path | None = None) -> InferenceSettings:
         """These settings with ``changes`` (a subset of :data:`SETTING_KEYS`) checked and applied."""
@@ -366,26 +275,26 @@ def device_kind(device: object) -> str:
 
 # ------------------------------------------------------------------------------------------------ the plans
 @dataclass(frozen=True)
-class Plans(_Section):
+class Plans(Section):
     """Everything cmbunet derives from a dataset (see ``documentation/plans.md`` for each field's rule)."""
-    plans_version: int = _leaf(integer(1))
-    dataset_name: str = _leaf(string)
-    preset: str = _leaf(text)
-    channel_names: dict[str, str] = _leaf(channel_names)
-    num_input_channels: int = _leaf(integer(1))
-    target_spacing: tuple[float, float, float] = _leaf(triple(number(0, lo_open=True)))
-    target_spacing_rule: str = _leaf(text)
-    normalization: Normalization = _section(Normalization)
-    resampling: Resampling = _section(Resampling)
-    cmb_box: CMBBox = _section(CMBBox)
-    screening: ScreeningConfig = _section(ScreeningConfig)
-    discrimination: DiscriminationConfig = _section(DiscriminationConfig)
-    segmentation: SegmentationConfig = _section(SegmentationConfig)
-    augmentation: Augmentation = _section(Augmentation)
-    training: Training = _section(Training)
-    inference: InferenceSettings = _section(InferenceSettings)
-    rules: dict[str, str] = _leaf(text_table)
-    overrides: tuple[str, ...] = _leaf(listing(text))
+    plans_version: int = leaf(integer(1))
+    dataset_name: str = leaf(string)
+    preset: str = leaf(text)
+    channel_names: dict[str, str] = leaf(channel_names)
+    num_input_channels: int = leaf(integer(1))
+    target_spacing: tuple[float, float, float] = leaf(triple(number(0, lo_open=True)))
+    target_spacing_rule: str = leaf(text)
+    normalization: Normalization = subsection(Normalization)
+    resampling: Resampling = subsection(Resampling)
+    cmb_box: CMBBox = subsection(CMBBox)
+    screening: ScreeningConfig = subsection(ScreeningConfig)
+    discrimination: DiscriminationConfig = subsection(DiscriminationConfig)
+    segmentation: SegmentationConfig = subsection(SegmentationConfig)
+    augmentation: Augmentation = subsection(Augmentation)
+    training: Training = subsection(Training)
+    inference: InferenceSettings = subsection(InferenceSettings)
+    rules: dict[str, str] = leaf(text_table)
+    overrides: tuple[str, ...] = leaf(listing(text))
     #: dotted keys of :data:`FILLED_FOR_OLDER_PLANS` that the file lacked (left out of :meth:`to_dict`)
     filled: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
 
@@ -404,7 +313,7 @@ class Plans(_Section):
                          "cmbunet_plan_and_preprocess")
         validate_plans(data, where)
         data, filled = fill_older_plans(data)
-        plans = replace(_build(cls, data), filled=frozenset(filled))
+        plans = replace(build(cls, data), filled=frozenset(filled))
         problems = consistency_problems(plans)
         if problems:
             _fail(where, "is inconsistent: " + "; ".join(problems))
@@ -412,7 +321,7 @@ class Plans(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of these plans: what ``from_dict`` read (keys it filled in are left out again)."""
-        return _to_dict(self, "", self.filled)
+        return as_json(self, "", self.filled)
 
     def stage(self, name: str) -> StageConfig:
         """The ``screening``, ``discrimination`` or ``segmentation`` section."""
@@ -430,7 +339,7 @@ class Plans(_Section):
 def plans_value_problems(data: Mapping[str, Any]) -> list[str]:
     """``key = value: problem`` for every missing, unknown or unusable value of the plans JSON ``data`` (keys of
     older plans files filled in first)."""
-    return _problems(Plans, fill_older_plans(data)[0], "")
+    return value_problems(Plans, fill_older_plans(data)[0], "")
 
 
 def validate_plans(data: Mapping[str, Any], where: str | Path | None = None) -> None:
