@@ -231,6 +231,25 @@ def test_tiny_preset(paper_fp, auto_plans):
         plan_experiment(paper_fp, DATASET_JSON, preset="huge")
 
 
+def test_fast_preset_is_auto_at_quarter_width_with_a_short_schedule(paper_fp, auto_plans):
+    p = plan_experiment(paper_fp, DATASET_JSON, preset="fast")
+    assert p["preset"] == "fast"
+    for stage in ("screening", "discrimination", "segmentation"):
+        full, quarter = auto_plans[stage]["network"]["features"], p[stage]["network"]["features"]
+        assert [f // 4 for f in full] == quarter
+    assert p["discrimination"]["network"]["fc_features"] == auto_plans["discrimination"]["network"]["fc_features"] // 4
+    for key in ("target_spacing", "normalization", "inference"):
+        assert p[key] == auto_plans[key]
+    assert p["screening"]["block_size"] == auto_plans["screening"]["block_size"]
+    cpu = p["training"]["cpu"]
+    assert p["training"]["gpu"] == cpu
+    assert [cpu[s]["epochs"] for s in ("screening", "discrimination", "segmentation")] == [10, 30, 36]
+    assert cpu["screening"]["mining_epochs"] == [3, 6] and cpu["segmentation"]["lr"] == 0.01
+    # discrimination, which decides the false positives, gets the most samples
+    samples = {s: cpu[s]["epochs"] * cpu[s]["samples_per_epoch"] for s in cpu}
+    assert max(samples, key=samples.get) == "discrimination"
+
+
 def test_channels_follow_dataset_json(paper_fp):
     dj = dict(DATASET_JSON, channel_names={"0": "T2S", "1": "T1"})
     p = plan_experiment(paper_fp, dj)
