@@ -7,6 +7,7 @@ further through plan overrides so each training run takes seconds on a CPU.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -227,8 +228,9 @@ def test_candidate_hits():
 # --------------------------------------------------------------------------------------------------------------
 # the command line, checkpoints, resume, DDP
 # --------------------------------------------------------------------------------------------------------------
-def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
+def test_cli_trains_all_stages_of_fold_0(roots, tmp_path, capsys):
     assert _train(roots, tmp_path, "0", "--seed", "1", "-npp", "1") == 0
+    out = capsys.readouterr().out
     model_dir = tmp_path / DATASET / "cmbunet"
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         assert (model_dir / name).is_file()
@@ -265,6 +267,16 @@ def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
     summary = json.loads((validation / "summary.json").read_text())
     assert set(summary["per_case"]) == set(_splits(roots)[0]["val"])
     assert all((validation / f"{case}_probabilities.nii.gz").is_file() for case in summary["per_case"])
+    # every epoch line tells the time left; the run ends with a summary: each stage's time and validation, the
+    # fold's whole-pipeline F1 (the numbers of summary.json) and the thresholds in force
+    assert re.search(r"epoch 2/3 .* eta \d+s", log)
+    tail = out[out.index("== cmbunet_train summary: fold 0"):]
+    for stage in ("screening", "discrimination", "segmentation"):
+        info = json.loads((model_dir / "fold_0" / stage / "stage_summary.json").read_text())
+        assert info["seconds"] > 0 and info["epochs"] == plans["training"]["cpu"][stage]["epochs"]
+        assert re.search(rf"{stage}\s+\d+(m\d\ds|s)\s+{info['epochs']} epochs\s+best", tail)
+    assert f"F1 {summary['aggregate']['f1_pooled']:.3f}" in tail
+    assert "discrimination_threshold=" in tail
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(roots, tmp_path, monkeypatch):

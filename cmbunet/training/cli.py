@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import time
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, PlansMismatchError
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
+    started = time.time()
     D.launch(run_stages, args.num_gpus, args.device, configs)
     if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):
         from cmbunet.evaluation.thresholds import threshold_from_candidate_prior
@@ -160,4 +162,39 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_thresholds:
             from cmbunet.evaluation.thresholds import thresholds_after_cross_validation
             thresholds_after_cross_validation(model_dir, len(load_splits(pre_dir / SPLITS_FILE)))
+    print(run_summary(model, fold, [c.stage for c in configs], time.time() - started))
     return 0
+
+
+def run_summary(model: ModelFolder, fold: int | str, stages: list[str], seconds: float) -> str:
+    """What the run did, for the end of the console output: per stage its wall time, epochs and validation
+    metrics (``stage_summary.json``), then the fold's whole-pipeline validation and the thresholds in force."""
+    from cmbunet.model_folder import STAGE_SUMMARY_FILE
+    from cmbunet.training.loop import format_duration
+    from cmbunet.utilities.file_io import load_json
+
+    lines = [f"== cmbunet_train summary: fold {fold}, {format_duration(seconds)} in all =="]
+    for stage in stages:
+        path = model.stage_dir(fold, stage) / STAGE_SUMMARY_FILE
+        if not path.is_file():
+            lines.append(f"  {stage:<15} not finished")
+            continue
+        info = load_json(path)
+        last = info.get("last_validation", {})
+        shown = " ".join(f"{k[4:]}={v:.3f}" for k, v in last.items()
+                         if k[4:] in ("sensitivity", "precision", "f1", "auc", "dice") and isinstance(v, float))
+        lines.append(f"  {stage:<15} {format_duration(info['seconds']):>7}  {info['epochs']} epochs  "
+                     f"best {info['monitor']} {info['best']:.3f}  last epoch: {shown}"
+                     + ("  (resumed: time of this run only)" if info.get("resumed") else ""))
+    summary = model.validation_dir(fold) / "summary.json"
+    if fold != "all" and summary.is_file():
+        agg = load_json(summary).get("aggregate", {})
+        num = lambda key: f"{agg[key]:.3f}" if isinstance(agg.get(key), (int, float)) else "n/a"  # noqa: E731
+        lines.append(f"  validation cases (whole pipeline, VALDO rule): F1 {num('f1_pooled')}, sensitivity "
+                     f"{num('sensitivity')}, {num('fp_per_case')} FP per case, Dice {num('dice_mean')}")
+    settings = model.inference_settings()
+    if settings:
+        lines.append("  inference settings: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                          for k, v in settings.items())
+                     + f" ({model.inference_settings_file})")
+    return "\n".join(lines)

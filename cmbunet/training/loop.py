@@ -24,7 +24,8 @@ from tqdm import tqdm
 from cmbunet.errors import CMBUNetError, MissingStageError
 from cmbunet.training import distributed as D
 from cmbunet.training.augmentation import AugmentationParams
-from cmbunet.model_folder import VALIDATION_CANDIDATES_FILE, ModelFolder, checkpoint_file, load_checkpoint
+from cmbunet.model_folder import (STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE, ModelFolder, checkpoint_file,
+                                  load_checkpoint)
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
 from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
@@ -288,6 +289,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
     from cmbunet.networks import build_network
     from cmbunet.plans.plans_io import schedule_for
 
+    started = time.time()
     stage = STAGES[cfg.stage]
     schedule = schedule_for(cfg.plans, stage.name, cfg.device)
     out = cfg.out_dir
@@ -379,7 +381,8 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             save_checkpoint(latest, ckpt_now)
             plot_progress(history, out / "progress.png", stage.monitor)
             log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
-                         len(bank.active_false_positives), time.time() - t0))
+                         len(bank.active_false_positives), time.time() - t0)
+                + f" eta {format_duration(stage_eta(history['epoch_seconds'], epochs - epoch - 1))}")
         D.barrier(info)
 
     if stage.mines:
@@ -390,6 +393,10 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             raise CMBUNetError(f"{latest} is missing after training; cannot write the final checkpoint")
         save_checkpoint(checkpoint_file(out, "final"), final)
         log(f"{stage.name} finished: best validation {stage.monitor} = {best}")
+        save_json({"stage": stage.name, "fold": str(cfg.fold), "seconds": time.time() - started,
+                   "resumed": ckpt is not None, "epochs": epochs, "monitor": stage.monitor, "best": best,
+                   "last_validation": {k: v[-1] for k, v in history.items() if k.startswith("val_") and v}},
+                  out / STAGE_SUMMARY_FILE)
     D.barrier(info)
     return history
 
@@ -427,6 +434,20 @@ def _train_one_epoch(model: nn.Module, stage: Stage, cfg: TrainConfig, bank: Sam
         losses.append(loss.detach())
         bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
     return float(torch.stack(losses).mean()) if losses else float("nan")
+
+
+def stage_eta(epoch_seconds: Sequence[float], remaining_epochs: int) -> float:
+    """Seconds left in a stage: the median epoch so far (robust to the epochs that also mine) times the epochs
+    left."""
+    return float(np.median(epoch_seconds)) * remaining_epochs if len(epoch_seconds) and remaining_epochs > 0 else 0.0
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _summary(epoch: int, epochs: int, lr: float, train_loss: float, val: dict, monitor: str, improved: bool,
