@@ -248,3 +248,18 @@ def test_index_in_headless_browser(compared):
         assert browser.current_url.endswith("index.html")
     finally:
         browser.quit()
+
+
+def test_reference_errors_exit_2_before_writing(tmp_path, capsys):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    _, mask = _phantom([(20, 20, 6)])
+    SimpleITKIO.write(mask, pred / "caseX.nii.gz", _geometry())
+    assert main(["-i", str(pred), "-ref", str(tmp_path / "nope"), "-o", str(tmp_path / "r")]) == 2
+    assert "reference folder does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["-i", str(pred), "-ref", str(tmp_path / "empty"), "-o", str(tmp_path / "r")]) == 2
+    assert "no reference label files found" in capsys.readouterr().err
+    assert main(["-i", str(pred), "-ref", str(pred), "--dist", "0", "-o", str(tmp_path / "r")]) == 2
+    assert "--dist must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
