@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         from cmbunet.report.cli import main as report_main
 
         extras = sorted(str(p) for p in fold_dir.glob("*/progress.png"))
-        report_argv = ["-i", str(predictions), "-img", str(valdo_test), "-o", str(report_dir)]
+        report_argv = ["-i", str(predictions), "-img", str(valdo_test), "-ref", str(valdo_test), "-o", str(report_dir)]
         if extras:
             report_argv += ["--extra-images", *extras]
         times["report"] = _step("7/7 visual report", "cmbunet_report", report_main, report_argv)

@@ -225,6 +225,30 @@ def test_candidate_hits():
     assert n == 2 and detected.tolist() == [1, 2] and is_fp.tolist() == [False, True, False]
 
 
+@pytest.mark.parametrize("stage, fold, held_out", [("segmentation", "all", False), ("screening", 2, True)])
+def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, held_out, tmp_path):
+    """Fold all has no validation cases: its curves are training patches and must not be called validation.
+    The monitored metric is plotted once (segmentation monitors Dice, which is also a plotted metric)."""
+    monitor = STAGES[stage].monitor
+    metrics = ["dice"] if stage == "segmentation" else ["sensitivity", "precision", "f1", "f2", "auc"]
+    history = {"epoch": [0, 1, 2], "lr": [0.01, 0.006, 0.002], "train_loss": [0.9, 0.7, 0.6],
+               "val_loss": [1.0, 0.8, None], **{f"val_{m}": [0.2, 0.4, 0.5] for m in metrics}}
+    fig = loop.progress_figure(history, monitor, stage, fold, held_out)
+    labels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes]
+    curve = (lambda m: f"validation {m}") if held_out else (lambda m: f"{m} on fixed training patches")
+    expected_metrics = [m for m in ("sensitivity", "precision", "auc", "dice") if m in metrics] + \
+        ([monitor] if monitor != "dice" else [])
+    assert labels[1] == [curve(m) + (" (selects checkpoint_best)" if m == monitor else "") for m in expected_metrics]
+    assert labels[0] == ["training loss (augmented epoch batches)", curve("loss")]
+    assert labels[2] == ["learning rate"]
+    title = fig.get_suptitle()
+    assert title.startswith(f"{stage} stage, fold {fold}\n")
+    assert ("TRAINING" in title) != held_out
+    assert not any("validation" in label for label in labels[0] + labels[1]) or held_out
+    loop.plot_progress(history, tmp_path / "progress.png", monitor, stage, fold, held_out)
+    assert (tmp_path / "progress.png").stat().st_size > 10_000
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the command line, checkpoints, resume, DDP
 # --------------------------------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 Per epoch: set the poly learning rate, redraw the epoch's samples (fixed counts and proportions, RNG derived
 from (seed, rank, epoch)), train on batches built by data-loading workers, validate on a fixed set of
 patches, mine screening false positives when the schedule says so, and write ``checkpoint_latest.pth``
-(plus ``checkpoint_best.pth`` on a new best), the log line and ``progress.png``. After the last epoch the
-screening stage is also validated on whole volumes (candidate sensitivity, false positives per case), and
-``checkpoint_final.pth`` is written last, so its presence means the stage is complete.
+(plus ``checkpoint_best.pth`` on a new best), the log line and ``progress.png`` (titled with stage and fold;
+for fold ``all``, which has no validation cases, its curves say that they come from training patches).
+After the last epoch the screening stage is also validated on whole volumes (candidate sensitivity, false
+positives per case), and ``checkpoint_final.pth`` is written last, so its presence means the stage is
+complete.
 """
 
 from __future__ import annotations
@@ -116,29 +118,49 @@ class TrainingLog:
             f.write(line + "\n")
 
 
-def plot_progress(history: dict[str, list], path: Path, monitor: str) -> None:
-    """``progress.png``: losses, validation metrics and learning rate per epoch (matplotlib, Agg)."""
-    import matplotlib
+#: Patch metrics plotted when recorded (the monitored one is added, once, when not among them).
+PROGRESS_METRICS = ("sensitivity", "precision", "auc", "dice")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def progress_figure(history: dict[str, list], monitor: str, stage: str, fold: int | str, held_out: bool) -> Any:
+    """The figure of ``progress.png``: losses, patch metrics and learning rate per epoch, titled with the
+    stage and fold. ``held_out`` says whether the fixed patches come from validation cases; for fold ``all``
+    they are training patches, and the labels say so instead of calling them validation."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    def curve(name: str) -> str:  # what the fixed, unaugmented patches are
+        return f"validation {name}" if held_out else f"{name} on fixed training patches"
 
     epochs = np.asarray(history["epoch"]) + 1
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    axes[0].plot(epochs, history["train_loss"], label="train loss")
-    axes[0].plot(epochs, history["val_loss"], label="validation loss")
-    for key in ("val_sensitivity", "val_precision", "val_auc", "val_dice", f"val_{monitor}"):
-        if key in history and not all(v is None for v in history[key]):
-            axes[1].plot(epochs, [np.nan if v is None else v for v in history[key]], label=key[4:])
+    fig = Figure(figsize=(8, 9.4))
+    axes = fig.subplots(3, 1, sharex=True)
+    axes[0].plot(epochs, history["train_loss"], label="training loss (augmented epoch batches)")
+    axes[0].plot(epochs, [np.nan if v is None else v for v in history["val_loss"]], label=curve("loss"))
+    for name in dict.fromkeys((*PROGRESS_METRICS, monitor)):
+        values = history.get(f"val_{name}")
+        if values is not None and not all(v is None for v in values):
+            label = curve(name) + (" (selects checkpoint_best)" if name == monitor else "")
+            axes[1].plot(epochs, [np.nan if v is None else v for v in values], label=label)
     axes[2].plot(epochs, history["lr"], label="learning rate")
     for ax in axes:
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
     axes[2].set_xlabel("epoch")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    subtitle = ("metrics on fixed, unaugmented patches of the validation cases" if held_out else
+                "no validation cases (fold all): metrics on fixed, unaugmented patches of the TRAINING cases")
+    fig.suptitle(f"{stage} stage, fold {fold}\n{subtitle}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_progress(history: dict[str, list], path: Path, monitor: str, stage: str, fold: int | str,
+                  held_out: bool) -> None:
+    """Write ``progress.png`` (see :func:`progress_figure`) atomically."""
+    fig = progress_figure(history, monitor, stage, fold, held_out)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -379,7 +401,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             if improved:
                 save_checkpoint(checkpoint_file(out, "best"), ckpt_now)
             save_checkpoint(latest, ckpt_now)
-            plot_progress(history, out / "progress.png", stage.monitor)
+            plot_progress(history, out / "progress.png", stage.monitor, stage.name, cfg.fold, val_bank is not bank)
             log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
                          len(bank.active_false_positives), time.time() - t0)
                 + f" eta {format_duration(stage_eta(history['epoch_seconds'], epochs - epoch - 1))}")
