@@ -21,7 +21,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
+from cmbunet.inference import bids
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
@@ -217,24 +218,34 @@ class CaseOutputs:
     prediction: Path
     cmbs: Path
     probabilities: Path | None
+    cmbs_sidecar: Path | None = None  # the JSON sidecar of a BIDS ``.tsv`` table
 
     @classmethod
-    def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool) -> "CaseOutputs":
+    def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool,
+                 output_format: str = "flat") -> "CaseOutputs":
+        """``flat``: ``CASE.nii.gz`` (VALDO: ``sub-XXX_space-T2S_prediction.nii.gz``), ``CASE_cmbs.csv`` and
+        ``CASE_probabilities.nii.gz`` in ``output_dir``; ``bids``: a BIDS derivative (:mod:`cmbunet.inference.bids`)."""
+        if output_format == "bids":
+            p = bids.case_paths(output_dir, case.case, save_probabilities)
+            return cls(p["mask"], p["cmbs"], p["probseg"], p["cmbs_sidecar"])
         out = Path(output_dir)
         return cls(out / f"{case.output_stem}.nii.gz", out / f"{case.case}_cmbs.csv",
                    out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None)
 
     def finished(self) -> bool:
-        return all(p.is_file() for p in (self.prediction, self.cmbs, self.probabilities) if p is not None)
+        return all(p.is_file() for p in (self.prediction, self.cmbs, self.probabilities, self.cmbs_sidecar)
+                   if p is not None)
 
 
 def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save_probabilities: bool,
-                              summary_path: Path) -> None:
+                              summary_path: Path, output_format: str = "flat") -> None:
     """Stop before writing anything when an output file would replace one of the input images."""
     inputs = {Path(p).resolve() for case in cases for p in case.images}
     for case in cases:
-        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
-        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, summary_path):
+        if not case.ok:
+            continue
+        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities, output_format)
+        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, outputs.cmbs_sidecar, summary_path):
             if path is not None and path.resolve() in inputs:
                 raise InputError(path, "is an input image and would be overwritten by the prediction; "
                                        "choose another output folder")
@@ -251,7 +262,10 @@ def write_case(result: Mapping[str, Any], outputs: CaseOutputs) -> None:
     geometry = result["geometry"]
     if outputs.probabilities is not None:
         SimpleITKIO.write(result["probabilities"].astype(np.float32), outputs.probabilities, geometry)
-    write_csv(result["cmbs"], outputs.cmbs)
+    if outputs.cmbs.suffix == ".tsv":
+        bids.write_cmb_tsv(result["cmbs"], outputs.cmbs, outputs.cmbs_sidecar)
+    else:
+        write_csv(result["cmbs"], outputs.cmbs)
     SimpleITKIO.write(result["binary"].astype(np.uint8), outputs.prediction, geometry)
 
 
@@ -277,7 +291,7 @@ def skipped_row(case: InputCase, outputs: CaseOutputs, previous: pd.DataFrame | 
             row["status"] = "skipped (done before)"
             return row
     try:
-        cmbs = pd.read_csv(outputs.cmbs)
+        cmbs = bids.read_cmb_tsv(outputs.cmbs) if outputs.cmbs.suffix == ".tsv" else pd.read_csv(outputs.cmbs)
         extra = {"num_cmbs": len(cmbs), "total_volume_mm3": float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0}
     except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
         extra = {}
@@ -500,40 +514,52 @@ class CMBPredictor:
     # ---------------------------------------------------------------------------------------- a folder
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, save_probabilities: bool = False,
                        overwrite: bool = False, num_parts: int = 1, part_id: int = 0, num_workers: int = 1,
-                       file_ending: str = ".nii.gz", progress: bool | None = None) -> pd.DataFrame:
-        """Predict every case of ``input_path`` (a VALDO tree, a ``CASE_0000`` folder or one file) into ``output_dir``.
+                       file_ending: str = ".nii.gz", progress: bool | None = None,
+                       output_format: str = "flat") -> pd.DataFrame:
+        """Predict every case of ``input_path`` (a VALDO tree, a BIDS dataset, a ``CASE_0000`` folder or one file)
+        into ``output_dir``.
 
         Failing cases are reported in the returned summary (also ``summary.csv``) and do not stop the others;
         entries of the input that are not input images are listed there as ``ignored``, with the reason;
         finished cases are skipped unless ``overwrite``. ``num_parts``/``part_id`` select this machine's share.
+        ``output_format``: ``flat`` (every file in ``output_dir``) or ``bids`` (a BIDS derivative dataset; cases
+        whose id is not made of BIDS entities fail).
         """
+        if output_format not in ("flat", "bids"):
+            raise CMBUNetError(f"unknown output format '{output_format}'; expected flat or bids")
         output_dir = Path(output_dir)
         cases = select_part(find_input_cases(input_path, self.channel_names, file_ending, with_ignored=True),
                             num_parts, part_id)
+        if output_format == "bids":
+            cases = [replace(c, error=bids.not_bids_problem(c.case)) if c.ok else c for c in cases]
         summary_path = output_dir / summary_name(num_parts, part_id)
-        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path)
+        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path, output_format)
         previous = pd.read_csv(summary_path, dtype={"case": str}, keep_default_na=False, na_values=[""]) if summary_path.is_file() else None
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
         for case in cases:
-            outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
             if case.ignored is not None:  # every entry of the input is accounted for, with its reason
                 rows.append(summary_row(case.case, "ignored", error=case.ignored))
             elif not case.ok:
                 rows.append(summary_row(case.case, "failed", error=case.error or ""))
-            elif outputs.finished() and not overwrite:
+            elif (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format)).finished() \
+                    and not overwrite:
                 rows.append(skipped_row(case, outputs, previous))
             else:
                 todo.append(case)
         output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(output_dir)  # left by a killed run; never mistaken for outputs, but clutter
+        if output_format == "bids":
+            bids.write_dataset_description(output_dir)
+        # left by a killed run; never mistaken for outputs, but clutter
+        remove_stale_temp_files(output_dir, recursive=output_format == "bids")
 
         def prepare(case: InputCase) -> tuple[np.ndarray, dict, ImageProperties, dict]:
             return self.load_and_preprocess(case.images, case.case)
 
         for case, future in tqdm(prefetch(prepare, todo, num_workers), total=len(todo), desc="predicting",
                                  unit="case", disable=None if progress is None else not progress):
-            rows.append(self._run_one(case, future, CaseOutputs.for_case(output_dir, case, save_probabilities)))
+            rows.append(self._run_one(case, future, CaseOutputs.for_case(output_dir, case, save_probabilities,
+                                                                         output_format)))
             self._write_summary(rows, cases, summary_path)
         return self._write_summary(rows, cases, summary_path)
 
