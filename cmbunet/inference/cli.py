@@ -5,6 +5,7 @@ Examples::
     cmbunet_predict -i valdo_test/ -o predictions/ -d 1
     cmbunet_predict -i imagesTs/ -o predictions/ -m $CMBUNET_RESULTS/Dataset001_VALDO/cmbunet -f 0 1 2 3 4
     cmbunet_predict -i imagesTs/ -o predictions/ -d 1 -num_parts 4 -part_id 0     # first of four machines
+    cmbunet_predict -i bids_root/ -o bids_root/derivatives/cmbunet -d 1 --output-format bids
 """
 
 from __future__ import annotations
@@ -27,9 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "written back in the geometry of each input scan.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-i", "--input", required=True,
-                   help="a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a folder of CASE_0000.nii.gz "
+                   help="a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a BIDS dataset "
+                        "(sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_T2starw.nii.gz), a folder of CASE_0000.nii.gz "
                         "files, or one image file")
     p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--output-format", choices=("flat", "bids"), default="flat",
+                   help="flat: every file in OUTPUT, named after the case (VALDO: sub-XXX_space-T2S_prediction.nii.gz); "
+                        "bids: OUTPUT becomes a BIDS derivative dataset (sub-XXX/[ses-YYY/]anat/..._desc-cmb_mask.nii.gz, "
+                        "_desc-cmb_probseg.nii.gz, _desc-cmb_cmbs.tsv)")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("-d", "--dataset", help="dataset id or name; the model is CMBUNET_RESULTS/DatasetXXX_Name/cmbunet")
     model.add_argument("-m", "--model",
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     print(predictor.precision_line())
     summary = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
-                                       num_workers=args.npp, file_ending=dataset_file_ending(model_dir))
+                                       num_workers=args.npp, file_ending=dataset_file_ending(model_dir),
+                                       output_format=args.output_format)
     failed = summary[summary["status"] == "failed"]
     ignored = summary[summary["status"] == "ignored"]
     done = int((summary["status"] == "ok").sum())
