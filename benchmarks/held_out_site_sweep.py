@@ -4,7 +4,7 @@ A cheap proxy for ``leave_one_site_out.py`` to choose between levers before a fu
 (training sites -> held-out site) combination it trains screening and discrimination the way the learning test
 ``tests/test_site_generalisation.py`` does (small synthetic subjects, ``tiny`` preset, the learning schedule),
 then scores the held-out subjects' candidates in preprocessed space at several discrimination thresholds and
-with both shift aggregations (``max``, ``mean``), without retraining. Each false positive is put down to the
+with both shift aggregations (``max``, ``mean``) and with test-time mirroring, without retraining. Each false positive is put down to the
 nearest unlabelled mimic of the synthetic truth (``background`` when none is near), so the table says which
 mimics fool the detector. Segmentation is not trained: this measures detection only.
 
@@ -37,6 +37,8 @@ COMBINATIONS = (
     (("thin15T", "coarse3T"), "swi3T"),
 )
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+#: Discrimination variants scored on the same candidates: (shift aggregation, test-time mirroring).
+VARIANTS = {"max": ("max", False), "mean": ("mean", False), "max_mirror": ("max", True)}
 
 
 def mimic_reach_mm(mimic: dict) -> float:
@@ -103,15 +105,17 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
         record = {"case": case.name, "cmbs": n_cmbs, "candidates": []}
         if len(centres):
             probs = {}
-            for how in ("max", "mean"):
-                probs[how], moved = discriminate_candidates([discrimination], case.data, centres, plans, aggregate=how)
+            for how in VARIANTS:
+                aggregate, mirror = VARIANTS[how]
+                probs[how], moved = discriminate_candidates([discrimination], case.data, centres, plans,
+                                                            aggregate=aggregate, mirror=mirror)
                 if how == "max":  # the CMB (component id, 0 = none) each candidate reaches, as candidate_hits rules
                     labels, _ = ndimage.label(case.seg > 0, structure=np.ones((3, 3, 3)))
                     reached = extract_patches(labels, moved, (4, 4, 4)).reshape(len(moved), -1).max(axis=1)
                     native = preprocessed_to_native(moved, props)
             for k in range(len(centres)):
                 record["candidates"].append({
-                    "max": float(probs["max"][k]), "mean": float(probs["mean"][k]), "cmb": int(reached[k]),
+                    **{how: float(probs[how][k]) for how in VARIANTS}, "cmb": int(reached[k]),
                     "cause": "" if reached[k] else cause_of(native[k] * spacing, entry["mimics"], spacing)})
         rows.append(record)
     return rows
@@ -122,7 +126,7 @@ def operating_points(cases: list[dict]) -> list[dict]:
     kept candidate lies on it."""
     out = []
     total = sum(c["cmbs"] for c in cases)
-    for how in ("max", "mean"):
+    for how in VARIANTS:
         for t in THRESHOLDS:
             fp = sum(1 for c in cases for x in c["candidates"] if not x["cmb"] and x[how] > t)
             tp = sum(len({x["cmb"] for x in c["candidates"] if x["cmb"] and x[how] > t}) for c in cases)

@@ -106,6 +106,21 @@ def test_epoch_draw_proportions_labels_and_negatives_inside_brain(roots):
     assert np.array_equal(STAGES["segmentation"].targets(seg), (seg > 0).astype(np.int64))
 
 
+def test_hard_sampling_draws_the_false_positives_the_network_still_takes_for_cmbs(roots):
+    from cmbunet.training.samples import HARD_SAMPLING_FLOOR, hardness_weights
+
+    w = hardness_weights(np.array([0.0, 0.0, 0.1, 0.9]))
+    assert w.sum() == pytest.approx(1.0) and w[0] == pytest.approx(HARD_SAMPLING_FLOOR / 4)  # never forgotten
+    assert w[3] > w[2] > w[1] and w[3] == pytest.approx(HARD_SAMPLING_FLOOR / 4 + (1 - HARD_SAMPLING_FLOOR) * 0.9)
+    bank = _bank(roots)
+    merge_false_positives(bank, np.array([[0, 5, 5, 5], [0, 6, 6, 6], [0, 7, 7, 7]]), np.zeros(3), epoch=1)
+    bank.fp_weights = hardness_weights(np.array([0.0, 0.0, 1.0]))
+    rows = draw_epoch_samples(bank, 4000, {"positive": 1, "false_positive": 1}, np.random.default_rng(0))
+    fps = rows[rows[:, 4] == 2]
+    share = (fps[:, 1] == 7).mean()  # the hard one: 1/12 + 3/4 of the draws
+    assert abs(share - (HARD_SAMPLING_FLOOR / 3 + 1 - HARD_SAMPLING_FLOOR)) < 0.03
+
+
 def test_fixed_validation_set_is_reproducible(roots):
     bank = _bank(roots)
     a = draw_fixed_samples(bank, 20, {"positive": 1, "negative": 2}, seed=4)

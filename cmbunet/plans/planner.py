@@ -274,6 +274,7 @@ def _schedule(
     segmentation_loss: str = "dice_ce",
     mining_cases: int | None = None,
     mining_keep: str = "all",
+    fp_sampling: str = "uniform",
 ) -> dict:
     """One stage's schedule; optimiser, loss and proportions follow 002 for the stage.
 
@@ -298,6 +299,8 @@ def _schedule(
         sched["mining_keep"] = mining_keep
     else:
         sched["proportions"] = {"positive": 1, "false_positive": 1}
+    if stage == "discrimination":
+        sched["fp_sampling"] = fp_sampling
     sched["val_samples"] = val_samples
     return sched
 

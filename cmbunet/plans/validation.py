@@ -169,6 +169,7 @@ SCHEDULE_RULES: dict[str, Check] = {
     "mining_threshold": number(0, 1),
     "mining_cases": optional(integer(1)),
     "mining_keep": choice("all", "hard"),
+    "fp_sampling": choice("uniform", "hard"),
     "val_samples": integer(1),
 }
 SCHEDULE_REQUIRED = ("epochs", "samples_per_epoch", "batch_size", "lr", "proportions")

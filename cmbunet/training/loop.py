@@ -31,10 +31,10 @@ from cmbunet.model_folder import (STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
 from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
-                                      load_false_positives, merge_false_positives, mine_false_positives,
+                                      hardness_weights, load_false_positives, merge_false_positives, mine_false_positives,
                                       retire_easy_false_positives, save_false_positives)
 from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
-                                     screening_validation)
+                                     false_positive_probabilities, screening_validation)
 from cmbunet.utilities.file_io import atomic_path, save_json
 
 #: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
@@ -363,8 +363,11 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[int(device.split(":")[1])]
                                                     if device.startswith("cuda") else None)
     n_batches = batches_per_rank(schedule, info.world_size)
+    hard_fps = stage.classifier and not stage.mines and schedule.get("fp_sampling", "uniform") == "hard"
     for epoch in range(start, epochs):
         t0 = time.time()
+        if hard_fps and epoch > 0:  # from the weights at the start of the epoch, so a resumed run draws the same
+            bank.fp_weights = hardness_weights(false_positive_probabilities(net, stage, cfg.plans, bank, device))
         lr = poly_lr(schedule["lr"], epoch, epochs, schedule.get("poly_exponent", 0.9))
         for group in opt.param_groups:
             group["lr"] = lr
