@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=16, help="synthetic test cases (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--preset", choices=PRESETS, default="fast",
-                   help="planner preset (default: %(default)s, quarter-width networks and a ~10-minute CPU schedule; "
+                   help="planner preset (default: %(default)s, quarter-width networks and a ~13-minute CPU schedule; "
                         "auto: the full-width self-configured plan)")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="plan overrides passed to cmbunet_plan_and_preprocess")
