@@ -11,7 +11,7 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, PlansMismatchError
 from cmbunet.model_folder import DATASET_FILES, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, deprecated_alias, run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
 STAGE_CHOICES = ("screening", "discrimination", "segmentation", "all")
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmbunet_train",
         description="Train the three cmbunet stages (screening FCN -> discrimination CNN -> segmentation U-Net) "
         "on one cross-validation fold of a preprocessed dataset.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", help="dataset id (e.g. 1) or name (Dataset001_Name)")
     p.add_argument("fold", help="cross-validation fold (0-4) or 'all' to train on every case")
@@ -38,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, default=1, metavar="N",
                    help="train with N DistributedDataParallel processes (GPUs with -device cuda, CPU processes otherwise)")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed for weights and sampling; with a seed, a resumed run ends with the same weights as an "
-                   "uninterrupted one (on CPU)")
-    p.add_argument("--preprocessed-root", type=Path, default=None, help="default: $CMBUNET_PREPROCESSED")
-    p.add_argument("--results-root", type=Path, default=None, help="default: $CMBUNET_RESULTS")
+                   help="seed for weights and sampling (default: a random one); with a seed, a resumed run ends with "
+                   "the same weights as an uninterrupted one (on CPU)")
+    p.add_argument("--preprocessed-root", type=Path, default=None,
+                   help="preprocessed data root (default: $CMBUNET_PREPROCESSED)")
+    p.add_argument("--results-root", type=Path, default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--no-validation", action="store_true",
                    help="do not predict and evaluate the fold's validation cases after training")
     p.add_argument("--no-thresholds", action="store_true",
@@ -50,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "validation predictions (cmbunet_find_thresholds) once every fold is validated")
     p.add_argument("--raw-root", type=Path, default=None,
                    help="raw data root holding the reference labels for validation (default: $CMBUNET_RAW)")
-    p.add_argument("-npp", type=int, default=default_num_workers(), metavar="N",
+    p.add_argument("--num-workers", dest="npp", type=int, default=default_num_workers(), metavar="N",
                    help="data-loading worker processes per training process (0: build batches in the training "
                    "process; default: min(4, CPUs - 1))")
+    # -npp was this option's old name; cmbunet_predict's -npp (as nnU-Net's) counts preprocessing workers instead
+    p.add_argument("-npp", dest="npp", type=int, default=argparse.SUPPRESS, metavar="N",
+                   action=deprecated_alias("--num-workers"), help=argparse.SUPPRESS)
     return p
 
 
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_gpus < 1:
         raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")
     if args.npp < 0:
-        raise CMBUNetError(f"-npp must be 0 or more, got {args.npp}")
+        raise CMBUNetError(f"--num-workers must be 0 or more, got {args.npp}")
     if args.device == "cuda":
         import torch
 
