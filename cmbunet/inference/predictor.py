@@ -262,7 +262,7 @@ class CMBPredictor:
         disc, moved = discriminate_candidates(
             self.networks["discrimination"], data, centres, self.plans, self.device, s.get("discrimination_shift_vox"),
             s.get("discrimination_aggregate"), self.discrimination_batch_size, self.stage_precision["discrimination"],
-            self.channels_last)
+            self.channels_last, s.get("discrimination_mirror"))
         kept = disc > float(s.get("discrimination_threshold", 0.5))
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 

@@ -146,6 +146,7 @@ SETTINGS_RULES: dict[str, Check] = {
     "discrimination_threshold": number(0, 1),
     "discrimination_shift_vox": integer(0),
     "discrimination_aggregate": choice("max", "mean"),
+    "discrimination_mirror": boolean,
     "segmentation_threshold": number(0, 1, lo_open=True),
     "tile_size": triple(integer(1)),
     "min_component_voxels": optional(integer(0)),
