@@ -34,6 +34,7 @@ setup(
         "matplotlib>=3.7",
         "nilearn>=0.10",  # ships the MNI152 template used for real anatomy in synthetic data
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2"]},
+    # browser: the report's headless-browser test (also needs Chromium and ChromeDriver from the system)
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2"], "browser": ["selenium>=4.11"]},
     entry_points={"console_scripts": [f"{name}={target}" for name, target in COMMANDS.items()]},
 )

@@ -51,7 +51,7 @@ fi
 
 # 1. one fold on the device (fp16 autocast on CUDA)
 timed "training fold 0 on $DEVICE" "$PY" -c "from cmbunet.training.cli import main; raise SystemExit(main())" \
-  "$DATASET" 0 -device "$DEVICE" --seed 0 -npp 1 > "$WORK/train_single.log" 2>&1
+  "$DATASET" 0 -device "$DEVICE" --seed 0 --num-workers 1 > "$WORK/train_single.log" 2>&1
 grep -h "finished" "$WORK/train_single.log" || true
 
 # 2. the same fold with DDP over every GPU, started by torchrun (its own results folder)
@@ -61,7 +61,7 @@ raise SystemExit(main())
 EOF
 timed "training fold 0, DDP over $NPROC process(es) (torchrun)" \
   "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" "$WORK/train_entry.py" \
-  "$DATASET" 0 -device "$DEVICE" --seed 0 -npp 1 --results-root "$WORK/results_ddp" > "$WORK/train_ddp.log" 2>&1
+  "$DATASET" 0 -device "$DEVICE" --seed 0 --num-workers 1 --results-root "$WORK/results_ddp" > "$WORK/train_ddp.log" 2>&1
 grep -h "finished" "$WORK/train_ddp.log" || true
 
 # 3. prediction on the device (auto precision: fp16 screening on CUDA) and on the CPU in float32

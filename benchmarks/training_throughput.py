@@ -5,7 +5,7 @@ VALDO spacing, and the time the full default CPU schedule takes, estimated as
     sum over stages of epochs x (samples_per_epoch / train samples/s + val_samples / eval samples/s)
     + mining passes (len(mining_epochs) + 1 final) x training cases x one whole-volume screening pass.
 
-Batches are random tensors of the stage's patch size (the training loop builds them in ``-npp`` background
+Batches are random tensors of the stage's patch size (the training loop builds them in ``--num-workers`` background
 processes while the network trains, so the network step is the bottleneck on 2 cores only when the workers keep
 up; this script measures the network step alone). The whole-volume screening time of the mining passes is
 measured here on a 96x96x64 volume and scaled by voxels to a preprocessed VALDO-sized case (298x338x150).

@@ -18,7 +18,7 @@ from typing import Callable
 
 from cmbunet.errors import CMBUNetError
 from cmbunet.plans.planner import PRESETS
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SyntheticDemo"
@@ -37,19 +37,20 @@ def _step(title: str, command: str, main: Callable[[list[str]], int], argv: list
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cmbunet_demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cmbunet_demo", description=__doc__.splitlines()[0].replace("``", ""),
+                                formatter_class=HelpFormatter)
     p.add_argument("-o", "--output", type=Path, default=Path("cmbunet_demo_output"), help="folder for everything the demo writes")
     p.add_argument("--cases", type=int, default=60, help="synthetic training cases (default 60)")
     p.add_argument("--test-cases", type=int, default=16, help="synthetic test cases (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--preset", choices=PRESETS, default="fast",
-                   help="planner preset (default: %(default)s, quarter-width networks and a ~10-minute CPU schedule; "
+                   help="planner preset (default: %(default)s, quarter-width networks and a ~13-minute CPU schedule; "
                         "auto: the full-width self-configured plan)")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="plan overrides passed to cmbunet_plan_and_preprocess")
     p.add_argument("--full-size-networks", action="store_true",
                    help="same as --preset auto: the full-width networks and the CPU budget schedule (over an hour)")
-    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="where training and prediction run")
     p.add_argument("--no-report", action="store_true", help="skip the visual report")
     return p
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         from cmbunet.report.cli import main as report_main
 
         extras = sorted(str(p) for p in fold_dir.glob("*/progress.png"))
-        report_argv = ["-i", str(predictions), "-img", str(valdo_test), "-o", str(report_dir)]
+        report_argv = ["-i", str(predictions), "-img", str(valdo_test), "-ref", str(valdo_test), "-o", str(report_dir)]
         if extras:
             report_argv += ["--extra-images", *extras]
         times["report"] = _step("7/7 visual report", "cmbunet_report", report_main, report_argv)

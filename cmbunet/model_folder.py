@@ -8,6 +8,7 @@ Layout (``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet``, or any folder given to ``cm
     cv_table.csv, cv_summary.json, froc*.{csv,png}         cmbunet_evaluate_cv
     fold_F/<stage>/checkpoint_{latest,best,final}.pth      stage = screening, discrimination, segmentation
     fold_F/<stage>/training_log.txt, progress.png, ...
+    fold_F/<stage>/stage_summary.json                      wall time and validation metrics of the finished stage
     fold_F/screening/validation_candidates.json            screening's whole-volume validation (candidate prior)
     fold_F/validation/                                     predictions and metrics of the fold's held-out cases
     fold_F/validation/validation_settings.json             the inference settings those predictions used
@@ -45,6 +46,8 @@ DATASET_FILES = (PLANS_FILE, DATASET_JSON_FILE, FINGERPRINT_FILE)
 VALIDATION_DIR = "validation"
 VALIDATION_SETTINGS_FILE = "validation_settings.json"
 VALIDATION_CANDIDATES_FILE = "validation_candidates.json"
+#: Written by cmbunet_train when a stage finishes: its wall time and validation metrics (the end-of-run summary).
+STAGE_SUMMARY_FILE = "stage_summary.json"
 CV_TABLE_FILE = "cv_table.csv"
 CV_SUMMARY_FILE = "cv_summary.json"
 CHECKPOINT_KINDS = ("latest", "best", "final")

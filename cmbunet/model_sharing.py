@@ -29,7 +29,7 @@ from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE_SETTINGS_FILE, MODEL_SUBFOLDER,
                                   PLANS_FILE, STAGES, ModelFolder, load_checkpoint)
 from cmbunet.paths import get_root, is_dataset_name, resolve_dataset_name
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import atomic_path
 
 MANIFEST = "manifest.json"
@@ -285,7 +285,8 @@ def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmbunet_export_model",
         description="Pack a trained model (plans, settings and the final checkpoints of the chosen folds) into one "
-                    "zip with a manifest of sha256 checksums, for cmbunet_install_model on another machine.")
+                    "zip with a manifest of sha256 checksums, for cmbunet_install_model on another machine.",
+        formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-d", "--dataset", help="dataset id or name; the model is CMBUNET_RESULTS/DatasetXXX_Name/cmbunet")
     src.add_argument("-m", "--model", help="a trained model folder (holding plans.json and fold_F/)")
@@ -317,7 +318,8 @@ def install_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmbunet_install_model",
         description="Verify a model zip written by cmbunet_export_model (every checksum) and install it as "
-                    "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet, ready for cmbunet_predict -d.")
+                    "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet, ready for cmbunet_predict -d.",
+        formatter_class=HelpFormatter)
     p.add_argument("zip", help="the model zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--force", action="store_true", help="replace a model already installed for that dataset")

@@ -24,7 +24,7 @@ from cmbunet.plans.planner import PRESETS
 from cmbunet.plans.schema import Plans
 from cmbunet.preprocessing.preprocessor import case_files, preprocess_case, save_preprocessed_case
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
@@ -42,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmbunet_plan_and_preprocess",
         description="Fingerprint a raw dataset, write its plans and preprocess every training case "
         "(crop, z-score, resample to the target spacing), then write the cross-validation splits.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("-d", required=True, metavar="ID", help="dataset id (e.g. 1) or name (Dataset001_Name)")
-    p.add_argument("--verify_dataset_integrity", action="store_true",
+    p.add_argument("-d", "--dataset", dest="d", required=True, metavar="ID",
+                   help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p.add_argument("--verify-dataset-integrity", "--verify_dataset_integrity", dest="verify_dataset_integrity",
+                   action="store_true",
                    help="check every raw file first and stop, writing nothing, if anything is wrong")
-    p.add_argument("-np", type=int, default=default_num_processes(), metavar="N",
+    p.add_argument("-np", "--num-processes", dest="np", type=int, default=default_num_processes(), metavar="N",
                    help="worker processes for fingerprinting and preprocessing (default: min(4, CPUs))")
     p.add_argument("--preset", choices=PRESETS, default="auto",
                    help="auto (default): derived from the dataset, full-width networks; fast: quarter-width networks "

@@ -245,13 +245,13 @@ def test_discrimination_threshold_from_the_share_of_cmbs_among_candidates(tmp_pa
     written = json.loads((model_dir / "inference_settings.json").read_text())
     assert written["discrimination_threshold"] == pytest.approx(0.9) and "candidate prior" in written["selected_by"]
     assert "9.0 false positives per CMB" in capsys.readouterr().out
-    # few candidates per CMB: never below the paper's 0.5; many: capped at 0.95
+    # few candidates per CMB: never below the paper's 0.5; many: capped at 0.98
     (model_dir / "fold_0" / "screening" / "validation_candidates.json").write_text(json.dumps(
         {"cases": [{"detected": 10, "false_positives": 2}]}))
     assert thresholds.candidate_prior_threshold(model_dir, ["0"])[0] == 0.5
     (model_dir / "fold_1" / "screening" / "validation_candidates.json").write_text(json.dumps(
         {"cases": [{"detected": 1, "false_positives": 90}]}))
-    assert thresholds.candidate_prior_threshold(model_dir, ["1"])[0] == 0.95
+    assert thresholds.candidate_prior_threshold(model_dir, ["1"])[0] == 0.98
     # thresholds chosen on cross-validation, or set by hand, are not replaced
     (model_dir / "inference_settings.json").write_text(json.dumps({"discrimination_threshold": 0.6,
                                                                     "selected_by": "maximum pooled F1 over 9 cases"}))

@@ -160,9 +160,19 @@ def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_
     assert ref.std() > 1e-3  # the probabilities differ between shifts, so a wrong window would show
     np.testing.assert_allclose(plain, ref, atol=1e-5)
     np.testing.assert_allclose(shared, ref, atol=1e-5)
-    prob, moved = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, batch_size=7)
+    prob, moved = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, batch_size=7, mirror=False)
     np.testing.assert_allclose(prob, ref.max(axis=1), atol=1e-5)
     assert (moved >= 0).all() and (moved < np.array(vol.shape[1:])).all()
+    # test-time mirroring along x: the mean of each block's score and its mirrored block's, in both passes
+    with torch.inference_mode():
+        flipped = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(blocks[:, :, ::-1]))), 1)[:, 1].numpy()
+    mirrored_ref = (ref + flipped.reshape(ref.shape)) / 2
+    for share in (True, False):
+        mirrored = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=60,
+                                         share_trunk=share, mirror_axes=(0,))
+        np.testing.assert_allclose(mirrored, mirrored_ref, atol=1e-5)
+    prob, _ = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, mirror=True)
+    np.testing.assert_allclose(prob, mirrored_ref.max(axis=1), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- segmentation

@@ -10,6 +10,7 @@ import pytest
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.plans import Plans, apply_overrides, load_plans, plan_experiment, plans_hash, save_plans
+from cmbunet.plans.schema import STAGES
 from cmbunet.plans.planner import INTENSITY_AUGMENTATION, first_kernel_sizes, quantile_box, target_spacing_from_cases
 from cmbunet.utilities.file_io import save_json
 
@@ -231,6 +232,25 @@ def test_tiny_preset(paper_fp, auto_plans):
     assert p["training"]["cpu"]["screening"]["mining_epochs"] == [1]
     with pytest.raises(CMBUNetError, match="unknown preset"):
         plan_experiment(paper_fp, DATASET_JSON, preset="huge")
+
+
+def test_fast_preset_is_auto_at_quarter_width_with_a_short_schedule(paper_fp, auto_plans):
+    p = plan_experiment(paper_fp, DATASET_JSON, preset="fast")
+    assert p.preset == "fast"
+    for stage in STAGES:
+        full, quarter = auto_plans.stage(stage).network.features, p.stage(stage).network.features
+        assert tuple(f // 4 for f in full) == tuple(quarter)
+    assert p.discrimination.network.fc_features == auto_plans.discrimination.network.fc_features // 4
+    assert p.target_spacing == auto_plans.target_spacing and p.normalization == auto_plans.normalization
+    assert p.inference == auto_plans.inference
+    assert p.screening.block_size == auto_plans.screening.block_size
+    assert p.training.gpu == p.training.cpu
+    cpu = {stage: p.schedule(stage, "cpu") for stage in STAGES}
+    assert [cpu[s].epochs for s in STAGES] == [10, 30, 36]
+    assert tuple(cpu["screening"].mining_epochs) == (3, 6) and cpu["segmentation"].lr == 0.01
+    # discrimination, which decides the false positives, gets the most samples
+    samples = {s: cpu[s].epochs * cpu[s].samples_per_epoch for s in STAGES}
+    assert max(samples, key=samples.get) == "discrimination"
 
 
 def test_channels_follow_dataset_json(paper_fp):

@@ -18,15 +18,8 @@ from scipy.spatial.transform import Rotation
 
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.report.cli import main, unique_names
-from cmbunet.report.sheets import (
-    axis_letters,
-    choose_overview_slices,
-    crop_view,
-    normalise_cmb_table,
-    outline_segments,
-    voxel_to_world,
-    world_to_voxel,
-)
+from cmbunet.report.panels import choose_overview_slices, crop_view, outline_segments
+from cmbunet.report.volumes import axis_letters, normalise_cmb_table, voxel_to_world, world_to_voxel
 
 SHAPE = (48, 44, 14)
 SPACING = [0.6, 0.7, 2.5]
@@ -261,10 +254,10 @@ def test_unique_names():
     assert unique_names(paths) == ["fold_0_screening_progress.png", "fold_1_screening_progress.png", "froc.png"]
 
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
 def test_index_renders_in_headless_chromium(prediction, tmp_path):
     shot = tmp_path / "index.png"
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -7,6 +7,7 @@ further through plan overrides so each training run takes seconds on a CPU.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,21 @@ def test_epoch_draw_proportions_labels_and_negatives_inside_brain(roots):
     assert not labels[rows[:, 4] == NEGATIVE].any()
     # segmentation targets are the label patches themselves
     assert np.array_equal(STAGES["segmentation"].targets(seg), (seg > 0).astype(np.int64))
+
+
+def test_hard_sampling_draws_the_false_positives_the_network_still_takes_for_cmbs(roots):
+    from cmbunet.training.samples import HARD_SAMPLING_FLOOR, hardness_weights
+
+    w = hardness_weights(np.array([0.0, 0.0, 0.1, 0.9]))
+    assert w.sum() == pytest.approx(1.0) and w[0] == pytest.approx(HARD_SAMPLING_FLOOR / 4)  # never forgotten
+    assert w[3] > w[2] > w[1] and w[3] == pytest.approx(HARD_SAMPLING_FLOOR / 4 + (1 - HARD_SAMPLING_FLOOR) * 0.9)
+    bank = _bank(roots)
+    merge_false_positives(bank, np.array([[0, 5, 5, 5], [0, 6, 6, 6], [0, 7, 7, 7]]), np.zeros(3), epoch=1)
+    bank.fp_weights = hardness_weights(np.array([0.0, 0.0, 1.0]))
+    rows = draw_epoch_samples(bank, 4000, {"positive": 1, "false_positive": 1}, np.random.default_rng(0))
+    fps = rows[rows[:, 4] == 2]
+    share = (fps[:, 1] == 7).mean()  # the hard one: 1/12 + 3/4 of the draws
+    assert abs(share - (HARD_SAMPLING_FLOOR / 3 + 1 - HARD_SAMPLING_FLOOR)) < 0.03
 
 
 def test_fixed_validation_set_is_reproducible(roots):
@@ -224,11 +240,36 @@ def test_candidate_hits():
     assert n == 2 and detected.tolist() == [1, 2] and is_fp.tolist() == [False, True, False]
 
 
+@pytest.mark.parametrize("stage, fold, held_out", [("segmentation", "all", False), ("screening", 2, True)])
+def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, held_out, tmp_path):
+    """Fold all has no validation cases: its curves are training patches and must not be called validation.
+    The monitored metric is plotted once (segmentation monitors Dice, which is also a plotted metric)."""
+    monitor = STAGES[stage].monitor
+    metrics = ["dice"] if stage == "segmentation" else ["sensitivity", "precision", "f1", "f2", "auc"]
+    history = {"epoch": [0, 1, 2], "lr": [0.01, 0.006, 0.002], "train_loss": [0.9, 0.7, 0.6],
+               "val_loss": [1.0, 0.8, None], **{f"val_{m}": [0.2, 0.4, 0.5] for m in metrics}}
+    fig = loop.progress_figure(history, monitor, stage, fold, held_out)
+    labels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes]
+    curve = (lambda m: f"validation {m}") if held_out else (lambda m: f"{m} on fixed training patches")
+    expected_metrics = [m for m in ("sensitivity", "precision", "auc", "dice") if m in metrics] + \
+        ([monitor] if monitor != "dice" else [])
+    assert labels[1] == [curve(m) + (" (selects checkpoint_best)" if m == monitor else "") for m in expected_metrics]
+    assert labels[0] == ["training loss (augmented epoch batches)", curve("loss")]
+    assert labels[2] == ["learning rate"]
+    title = fig.get_suptitle()
+    assert title.startswith(f"{stage} stage, fold {fold}\n")
+    assert ("TRAINING" in title) != held_out
+    assert not any("validation" in label for label in labels[0] + labels[1]) or held_out
+    loop.plot_progress(history, tmp_path / "progress.png", monitor, stage, fold, held_out)
+    assert (tmp_path / "progress.png").stat().st_size > 10_000
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the command line, checkpoints, resume, DDP
 # --------------------------------------------------------------------------------------------------------------
-def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
+def test_cli_trains_all_stages_of_fold_0(roots, tmp_path, capsys):
     assert _train(roots, tmp_path, "0", "--seed", "1", "-npp", "1") == 0
+    out = capsys.readouterr().out
     model_dir = tmp_path / DATASET / "cmbunet"
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         assert (model_dir / name).is_file()
@@ -265,6 +306,16 @@ def test_cli_trains_all_stages_of_fold_0(roots, tmp_path):
     summary = json.loads((validation / "summary.json").read_text())
     assert set(summary["per_case"]) == set(_splits(roots)[0]["val"])
     assert all((validation / f"{case}_probabilities.nii.gz").is_file() for case in summary["per_case"])
+    # every epoch line tells the time left; the run ends with a summary: each stage's time and validation, the
+    # fold's whole-pipeline F1 (the numbers of summary.json) and the thresholds in force
+    assert re.search(r"epoch 2/3 .* eta \d+s", log)
+    tail = out[out.index("== cmbunet_train summary: fold 0"):]
+    for stage in ("screening", "discrimination", "segmentation"):
+        info = json.loads((model_dir / "fold_0" / stage / "stage_summary.json").read_text())
+        assert info["seconds"] > 0 and info["epochs"] == plans.schedule(stage, "cpu").epochs
+        assert re.search(rf"{stage}\s+\d+(m\d\ds|s)\s+{info['epochs']} epochs\s+best", tail)
+    assert f"F1 {summary['aggregate']['f1_pooled']:.3f}" in tail
+    assert "discrimination_threshold=" in tail
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(roots, tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
 from cmbunet.inference.input_cases import SUBJECT_PATTERN
 from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label, count_nonfinite, verify_dataset_integrity
 from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 VALDO_MODALITIES = ("T2S", "T1", "T2")
@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmbunet_convert_valdo",
         description="Convert a VALDO 2021 task-2 folder (sub-XXX/...) into a cmbunet raw dataset "
                     "RAW/DatasetXXX_NAME. The input folder is never modified.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-i", "--input", required=True, type=Path, help="VALDO task-2 folder holding the sub-XXX folders")
     p.add_argument("-d", "--dataset-id", required=True, type=int, help="integer id of the new dataset (e.g. 1 -> Dataset001_NAME)")

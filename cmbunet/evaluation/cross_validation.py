@@ -36,7 +36,7 @@ from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import load_json, outputs_complete, save_json
 
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
@@ -259,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Summarise the cross-validation of a trained dataset: the official VALDO task-2 metrics of "
         "every fold's validation cases (Dice, volume difference, F1, count difference per fold and their mean), "
         "pooled sensitivity, precision and FP per case, and the FROC over the discrimination threshold.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("-d", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
-    p.add_argument("--folds", nargs="+", default=None,
+    p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to summarise (default: every fold of splits_final.json)")
     p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
                    help="linking distance in mm between predicted and reference CMB centres (default %(default)s)")
@@ -269,9 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict the validation cases of folds whose model is trained but not yet validated")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu",
                    help="device for --predict-missing (default cpu)")
-    p.add_argument("--results-root", type=Path, default=None, help="default: $CMBUNET_RESULTS")
-    p.add_argument("--raw-root", type=Path, default=None, help="default: $CMBUNET_RAW (reference labels)")
-    p.add_argument("--preprocessed-root", type=Path, default=None, help="default: $CMBUNET_PREPROCESSED")
+    p.add_argument("--results-root", type=Path, default=None, help="results root (default: $CMBUNET_RESULTS)")
+    p.add_argument("--raw-root", type=Path, default=None,
+                   help="raw data root holding the reference labels (default: $CMBUNET_RAW)")
+    p.add_argument("--preprocessed-root", type=Path, default=None,
+                   help="preprocessed data root (default: $CMBUNET_PREPROCESSED)")
     return p
 
 

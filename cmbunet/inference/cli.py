@@ -4,7 +4,8 @@ Examples::
 
     cmbunet_predict -i valdo_test/ -o predictions/ -d 1
     cmbunet_predict -i imagesTs/ -o predictions/ -m $CMBUNET_RESULTS/Dataset001_VALDO/cmbunet -f 0 1 2 3 4
-    cmbunet_predict -i imagesTs/ -o predictions/ -d 1 -num_parts 4 -part_id 0     # first of four machines
+    cmbunet_predict -i imagesTs/ -o predictions/ -d 1 --num-parts 4 --part-id 0   # first of four machines
+    cmbunet_predict -i bids_root/ -o bids_root/derivatives/cmbunet -d 1 --output-format bids
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.model_folder import DATASET_JSON_FILE, MODEL_SUBFOLDER, PLANS_FILE, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 
 
@@ -25,11 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmbunet_predict",
         description="Detect and segment cerebral microbleeds: screening FCN -> discrimination CNN -> U-Net, "
                     "written back in the geometry of each input scan.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("-i", "--input", required=True,
-                   help="a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a folder of CASE_0000.nii.gz "
+                   help="a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a BIDS dataset "
+                        "(sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_T2starw.nii.gz), a folder of CASE_0000.nii.gz "
                         "files, or one image file")
     p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--output-format", choices=("flat", "bids"), default="flat",
+                   help="flat: every file in OUTPUT, named after the case (VALDO: sub-XXX_space-T2S_prediction.nii.gz); "
+                        "bids: OUTPUT becomes a BIDS derivative dataset (sub-XXX/[ses-YYY/]anat/..._desc-cmb_mask.nii.gz, "
+                        "_desc-cmb_probseg.nii.gz, _desc-cmb_cmbs.tsv)")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("-d", "--dataset", help="dataset id or name; the model is CMBUNET_RESULTS/DatasetXXX_Name/cmbunet")
     model.add_argument("-m", "--model",
@@ -41,23 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases); "
                         "default: every fold with all three stages trained")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final", help="which checkpoint of each stage")
-    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     p.add_argument("--mode", choices=("fcn", "sliding"), default="fcn",
                    help="screening as one fully convolutional pass (fast) or as an explicit sliding window (reference)")
-    p.add_argument("--save_probabilities", action="store_true", help="also write CASE_probabilities.nii.gz")
+    p.add_argument("--save-probabilities", "--save_probabilities", dest="save_probabilities", action="store_true",
+                   help="also write CASE_probabilities.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="predict cases again even if their outputs exist")
-    p.add_argument("-num_parts", "--num_parts", type=int, default=1, help="split the cases over this many machines")
-    p.add_argument("-part_id", "--part_id", type=int, default=0, help="which share this run does (0-based)")
-    p.add_argument("-npp", "--npp", type=int, default=1,
+    p.add_argument("--num-parts", "-num_parts", "--num_parts", dest="num_parts", type=int, default=1, metavar="K",
+                   help="split the cases over K machines or jobs")
+    p.add_argument("--part-id", "-part_id", "--part_id", dest="part_id", type=int, default=0, metavar="I",
+                   help="which share this run does (0-based)")
+    p.add_argument("-npp", "--preprocessing-workers", "--npp", dest="npp", type=int, default=1, metavar="N",
                    help="background threads reading and preprocessing the next cases (0: no background work)")
     p.add_argument("--screening-threshold", type=float, default=None,
                    help="default: inference_settings.json of the model, else the plans (0.1)")
     p.add_argument("--discrimination-threshold", type=float, default=None,
                    help="default: inference_settings.json of the model, else the plans (0.5)")
-    p.add_argument("--segmentation-threshold", type=float, default=None, help="binarisation of the probabilities (0.5)")
-    p.add_argument("--max-candidates", type=int, default=None)
+    p.add_argument("--segmentation-threshold", type=float, default=None,
+                   help="binarisation of the probabilities (default: inference_settings.json of the model, else the "
+                        "plans (0.5))")
+    p.add_argument("--max-candidates", type=int, default=None,
+                   help="at most this many screening candidates per scan, the most probable ones (default: "
+                        "inference_settings.json of the model, else the plans (1000))")
     p.add_argument("--min-component-voxels", type=int, default=None,
-                   help="drop predicted CMBs smaller than this many voxels of the input image")
+                   help="drop predicted CMBs smaller than this many voxels of the input image (default: "
+                        "inference_settings.json of the model, else 0: keep all)")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -128,7 +142,7 @@ def dataset_file_ending(model_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.npp < 0:
-        raise CMBUNetError("--batch-size must be >= 1 and -npp >= 0")
+        raise CMBUNetError("--batch-size must be >= 1 and -npp (--preprocessing-workers) >= 0")
     refuse_dataset_output(Path(args.output))
     from cmbunet.inference.predictor import CMBPredictor
 
@@ -151,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     print(predictor.precision_line())
     summary = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
-                                       num_workers=args.npp, file_ending=dataset_file_ending(model_dir))
+                                       num_workers=args.npp, file_ending=dataset_file_ending(model_dir),
+                                       output_format=args.output_format)
     failed = summary[summary["status"] == "failed"]
     ignored = summary[summary["status"] == "ignored"]
     done = int((summary["status"] == "ok").sum())

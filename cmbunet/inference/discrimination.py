@@ -113,13 +113,18 @@ def shifted_probabilities(
     precision: str | bool = False,
     channels_last: bool = False,
     share_trunk: bool = True,
+    mirror_axes: Sequence[int] = (),
 ) -> np.ndarray:
     """``(N, S)`` fold-averaged CMB probability of every candidate at every shifted centre.
 
     ``batch_size`` counts (candidate, shift) blocks. Networks that expose a shift-invariant trunk (the
     discrimination CNN) compute it once per candidate unless ``share_trunk`` is False; any other network sees
-    every shifted block.
+    every shifted block. ``mirror_axes`` (spatial axes 0-2) adds test-time mirroring: every combination of flips
+    along them is scored too and averaged (2^k passes), as the blocks were flipped in training.
     """
+    if mirror_axes:
+        return _mirrored(networks, padded, centres, shifts, block_size, device, batch_size, precision, channels_last,
+                         share_trunk, mirror_axes)
     n, s = len(centres), len(shifts)
     if share_trunk and _shares_trunk(networks) and n:
         reach = int(np.abs(shifts).max())
@@ -139,6 +144,47 @@ def shifted_probabilities(
         with autocast_context(device, precision):
             out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
     return out.reshape(n, s)
+
+
+def _mirrored(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, shifts: np.ndarray,
+              block_size: Sequence[int], device: torch.device, batch_size: int, precision: str | bool,
+              channels_last: bool, share_trunk: bool, mirror_axes: Sequence[int]) -> np.ndarray:
+    """Mean over every flip combination of ``mirror_axes``: the networks see each block mirrored. With a shared
+    trunk the grown block is flipped once, and its window at a shift holds the flipped block of the opposite
+    shift (the block is grown symmetrically), so those columns are mapped back."""
+    axes = sorted({int(a) for a in mirror_axes})
+    index = {tuple(v): i for i, v in enumerate(shifts.tolist())}
+    share_trunk = share_trunk and _shares_trunk(networks)  # the wrappers below always offer the trunk interface
+    total = np.zeros((len(centres), len(shifts)), dtype=np.float64)
+    combos = [[a for k, a in enumerate(axes) if mask >> k & 1] for mask in range(2 ** len(axes))]
+    for flip in combos:
+        flipped = [_Flipped(net, [2 + a for a in flip]) for net in networks] if flip else list(networks)
+        probs = shifted_probabilities(flipped, padded, centres, shifts, block_size, device, batch_size, precision,
+                                      channels_last, share_trunk)
+        sign = np.ones(3, dtype=np.int64)
+        if share_trunk:  # column j of the flipped trunk pass saw the original block at shift sign * shifts[j]
+            sign[flip] = -1
+        order = np.array([index[tuple((sign * v).tolist())] for v in shifts])
+        total[:, order] += probs
+    return (total / len(combos)).astype(np.float32)
+
+
+class _Flipped(nn.Module):
+    """A network that sees its input flipped along ``dims``; keeps the shift-invariant trunk interface, flipping
+    the grown block once before the trunk."""
+
+    def __init__(self, net: nn.Module, dims: Sequence[int]):
+        super().__init__()
+        self.net, self.dims = net, list(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.flip(x, self.dims))
+
+    def shift_invariant_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.shift_invariant_features(torch.flip(x, self.dims))
+
+    def forward_from_shared(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_from_shared(y)
 
 
 def aggregate_shifts(probs: np.ndarray, centres: np.ndarray, shifts: np.ndarray, how: str = "max",
@@ -175,11 +221,13 @@ def discriminate_candidates(
     batch_size: int = 256,
     precision: str | bool = False,
     channels_last: bool = False,
+    mirror: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Discrimination probability ``(N,)`` and refined centres ``(N, 3)`` of candidates in ``volume`` ``(C, X, Y, Z)``.
 
     With several networks (folds) the per-shift probabilities are averaged over folds before aggregation, so
-    all folds agree on one refined centre.
+    all folds agree on one refined centre. ``mirror`` (default: the plans' ``discrimination_mirror``) also
+    scores every block mirrored along the training flip axes (``augmentation.flip_axes``) and averages.
     """
     device = torch.device(device)
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
@@ -192,5 +240,8 @@ def discriminate_candidates(
     shifts = shift_offsets(shift_vox)
     pad_value = float(plans.normalization.background_value)
     padded = PaddedVolume.create(volume, [b // 2 + b % 2 + shift_vox for b in block], pad_value)
-    probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last)
+    mirror = bool(inf.discrimination_mirror if mirror is None else mirror)
+    axes = [int(a) for a in plans.augmentation.flip_axes] if mirror else []
+    probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last,
+                                  mirror_axes=axes)
     return aggregate_shifts(probs, centres, shifts, aggregate, volume.shape[1:])

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from cmbunet.errors import InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO
+from cmbunet.inference import bids
 from cmbunet.inference.input_cases import InputCase
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
 from cmbunet.utilities.file_io import atomic_path, outputs_complete
@@ -98,24 +99,33 @@ class CaseOutputs:
     prediction: Path
     cmbs: Path
     probabilities: Path | None
+    cmbs_sidecar: Path | None = None  # the JSON sidecar of a BIDS ``.tsv`` table
 
     @classmethod
-    def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool) -> "CaseOutputs":
+    def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool,
+                 output_format: str = "flat") -> "CaseOutputs":
+        """``flat``: ``CASE.nii.gz`` (VALDO: ``sub-XXX_space-T2S_prediction.nii.gz``), ``CASE_cmbs.csv`` and
+        ``CASE_probabilities.nii.gz`` in ``output_dir``; ``bids``: a BIDS derivative (:mod:`cmbunet.inference.bids`)."""
+        if output_format == "bids":
+            p = bids.case_paths(output_dir, case.case, save_probabilities)
+            return cls(p["mask"], p["cmbs"], p["probseg"], p["cmbs_sidecar"])
         out = Path(output_dir)
         return cls(out / f"{case.output_stem}.nii.gz", out / f"{case.case}_cmbs.csv",
                    out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None)
 
     def finished(self) -> bool:
-        return outputs_complete((self.prediction, self.cmbs, self.probabilities))
+        return outputs_complete((self.prediction, self.cmbs, self.probabilities, self.cmbs_sidecar))
 
 
 def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save_probabilities: bool,
-                              summary_path: Path) -> None:
+                              summary_path: Path, output_format: str = "flat") -> None:
     """Stop before writing anything when an output file would replace one of the input images."""
     inputs = {Path(p).resolve() for case in cases for p in case.images}
     for case in cases:
-        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
-        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, summary_path):
+        if not case.ok:
+            continue
+        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities, output_format)
+        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, outputs.cmbs_sidecar, summary_path):
             if path is not None and path.resolve() in inputs:
                 raise InputError(path, "is an input image and would be overwritten by the prediction; "
                                        "choose another output folder")
@@ -132,7 +142,10 @@ def write_case(result: Mapping[str, Any], outputs: CaseOutputs) -> None:
     geometry = result["geometry"]
     if outputs.probabilities is not None:
         SimpleITKIO.write(result["probabilities"].astype(np.float32), outputs.probabilities, geometry)
-    write_csv(result["cmbs"], outputs.cmbs)
+    if outputs.cmbs.suffix == ".tsv":
+        bids.write_cmb_tsv(result["cmbs"], outputs.cmbs, outputs.cmbs_sidecar)
+    else:
+        write_csv(result["cmbs"], outputs.cmbs)
     SimpleITKIO.write(result["binary"].astype(np.uint8), outputs.prediction, geometry)
 
 
@@ -158,7 +171,7 @@ def skipped_row(case: InputCase, outputs: CaseOutputs, previous: pd.DataFrame | 
             row["status"] = "skipped (done before)"
             return row
     try:
-        cmbs = pd.read_csv(outputs.cmbs)
+        cmbs = bids.read_cmb_tsv(outputs.cmbs) if outputs.cmbs.suffix == ".tsv" else pd.read_csv(outputs.cmbs)
         extra = {"num_cmbs": len(cmbs), "total_volume_mm3": float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0}
     except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
         extra = {}

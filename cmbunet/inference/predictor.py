@@ -21,6 +21,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
+from cmbunet.inference import bids
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
@@ -259,7 +261,7 @@ class CMBPredictor:
         disc, moved = discriminate_candidates(
             self.networks["discrimination"], data, centres, self.plans, self.device, s.discrimination_shift_vox,
             s.discrimination_aggregate, self.discrimination_batch_size, self.stage_precision["discrimination"],
-            self.channels_last)
+            self.channels_last, s.discrimination_mirror)
         kept = disc > float(s.discrimination_threshold)
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 
@@ -309,40 +311,52 @@ class CMBPredictor:
     # ---------------------------------------------------------------------------------------- a folder
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, save_probabilities: bool = False,
                        overwrite: bool = False, num_parts: int = 1, part_id: int = 0, num_workers: int = 1,
-                       file_ending: str = ".nii.gz", progress: bool | None = None) -> pd.DataFrame:
-        """Predict every case of ``input_path`` (a VALDO tree, a ``CASE_0000`` folder or one file) into ``output_dir``.
+                       file_ending: str = ".nii.gz", progress: bool | None = None,
+                       output_format: str = "flat") -> pd.DataFrame:
+        """Predict every case of ``input_path`` (a VALDO tree, a BIDS dataset, a ``CASE_0000`` folder or one file)
+        into ``output_dir``.
 
         Failing cases are reported in the returned summary (also ``summary.csv``) and do not stop the others;
         entries of the input that are not input images are listed there as ``ignored``, with the reason;
         finished cases are skipped unless ``overwrite``. ``num_parts``/``part_id`` select this machine's share.
+        ``output_format``: ``flat`` (every file in ``output_dir``) or ``bids`` (a BIDS derivative dataset; cases
+        whose id is not made of BIDS entities fail).
         """
+        if output_format not in ("flat", "bids"):
+            raise CMBUNetError(f"unknown output format '{output_format}'; expected flat or bids")
         output_dir = Path(output_dir)
         cases = select_part(find_input_cases(input_path, self.channel_names, file_ending, with_ignored=True),
                             num_parts, part_id)
+        if output_format == "bids":
+            cases = [replace(c, error=bids.not_bids_problem(c.case)) if c.ok else c for c in cases]
         summary_path = output_dir / summary_name(num_parts, part_id)
-        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path)
+        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path, output_format)
         previous = pd.read_csv(summary_path, dtype={"case": str}, keep_default_na=False, na_values=[""]) if summary_path.is_file() else None
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
         for case in cases:
-            outputs = CaseOutputs.for_case(output_dir, case, save_probabilities)
             if case.ignored is not None:  # every entry of the input is accounted for, with its reason
                 rows.append(summary_row(case.case, "ignored", error=case.ignored))
             elif not case.ok:
                 rows.append(summary_row(case.case, "failed", error=case.error or ""))
-            elif outputs.finished() and not overwrite:
+            elif (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format)).finished() \
+                    and not overwrite:
                 rows.append(skipped_row(case, outputs, previous))
             else:
                 todo.append(case)
         output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(output_dir)  # left by a killed run; never mistaken for outputs, but clutter
+        if output_format == "bids":
+            bids.write_dataset_description(output_dir)
+        # left by a killed run; never mistaken for outputs, but clutter
+        remove_stale_temp_files(output_dir, recursive=output_format == "bids")
 
         def prepare(case: InputCase) -> tuple[np.ndarray, dict, ImageProperties, dict]:
             return self.load_and_preprocess(case.images, case.case)
 
         for case, future in tqdm(prefetch(prepare, todo, num_workers), total=len(todo), desc="predicting",
                                  unit="case", disable=None if progress is None else not progress):
-            rows.append(self._run_one(case, future, CaseOutputs.for_case(output_dir, case, save_probabilities)))
+            rows.append(self._run_one(case, future, CaseOutputs.for_case(output_dir, case, save_probabilities,
+                                                                         output_format)))
             self._write_summary(rows, cases, summary_path)
         return self._write_summary(rows, cases, summary_path)
 

@@ -328,6 +328,7 @@ def plan_experiment(
             "discrimination_threshold": 0.5,
             "discrimination_shift_vox": 1,
             "discrimination_aggregate": "max",
+            "discrimination_mirror": True,
             "segmentation_threshold": 0.5,
             "tile_size": tile_size(block),
         },

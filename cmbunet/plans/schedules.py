@@ -49,6 +49,8 @@ def _schedule(
         sched["mining_threshold"] = 0.1
         sched["mining_cases"] = mining_cases
         sched["mining_keep"] = mining_keep
+    if stage == "discrimination":
+        sched["fp_sampling"] = "uniform"  # "hard": in proportion to the network's current CMB probability
     return sched
 
 

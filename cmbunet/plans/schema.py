@@ -40,6 +40,8 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "cmb_box.median_cmb_voxels": None,  # not measured
     **{f"training.{d}.screening.mining_cases": None for d in DEVICE_KINDS},  # every mining pass screened all cases
     **{f"training.{d}.screening.mining_keep": "all" for d in DEVICE_KINDS},  # mined FPs were all kept
+    **{f"training.{d}.discrimination.fp_sampling": "uniform" for d in DEVICE_KINDS},  # FPs drawn evenly
+    "inference.discrimination_mirror": False,  # no test-time mirroring
 }
 
 _SIZE = triple(integer(1))
@@ -218,10 +220,17 @@ class ScreeningSchedule(Schedule):
 
 
 @dataclass(frozen=True)
+class DiscriminationSchedule(Schedule):
+    """The discrimination schedule also says how its false positives are drawn."""
+    PREFIX = "training.<device>.discrimination"
+    fp_sampling: str = leaf(choice("uniform", "hard"))  # hard: in proportion to the current CMB probability
+
+
+@dataclass(frozen=True)
 class DeviceSchedules(Section):
     PREFIX = "training.<device>"
     screening: ScreeningSchedule = subsection(ScreeningSchedule)
-    discrimination: Schedule = subsection(Schedule)
+    discrimination: DiscriminationSchedule = subsection(DiscriminationSchedule)
     segmentation: Schedule = subsection(Schedule)
 
 
@@ -242,6 +251,7 @@ class InferenceSettings(Section):
     discrimination_threshold: float = leaf(number(0, 1))
     discrimination_shift_vox: int = leaf(integer(0))
     discrimination_aggregate: str = leaf(choice("max", "mean"))
+    discrimination_mirror: bool = leaf(boolean)  # also score every block mirrored along the flip axes
     segmentation_threshold: float = leaf(number(0, 1, lo_open=True))
     tile_size: tuple[int, int, int] = leaf(_SIZE)
     #: not planned: set by inference_settings.json or the command line; None keeps every component

@@ -1,7 +1,8 @@
 """Visual quality-control report of a prediction folder: per-case PNG sheets and an offline ``index.html``.
 
-``write_report(pred_dir, image_input, report_dir)`` is what ``cmbunet_report`` and ``cmbunet_predict --report``
-run; see ``documentation/report.md`` for how to read the sheets.
+``write_report(pred_dir, image_input, report_dir, reference=None)`` is what ``cmbunet_report`` runs (with
+``reference``, detections are scored against the labels and misses shown); see ``documentation/report.md``
+for how to read the sheets.
 """
 
 from __future__ import annotations

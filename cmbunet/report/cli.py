@@ -1,7 +1,9 @@
 """``cmbunet_report``: a visual quality-control report of a prediction folder.
 
 Every case gets one or more PNG sheets (overview mosaic plus close-ups of each detected CMB, see
-:mod:`cmbunet.report.sheets`) and a line on ``index.html`` (:mod:`cmbunet.report.html`). Problems with one
+:mod:`cmbunet.report.sheets`) and a line on ``index.html`` (:mod:`cmbunet.report.html`). With reference
+labels (``-ref``) every detection is marked as true or false positive and every missed reference CMB gets
+its own close-ups, by the official VALDO matching rule (:mod:`cmbunet.report.reference`). Problems with one
 case (unreadable mask, missing image, broken table) are written on the page next to that case instead of
 stopping the report, so the report is most useful exactly when something went wrong.
 """
@@ -22,8 +24,11 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
 from cmbunet.report.html import CaseEntry, write_index
-from cmbunet.report.sheets import CaseVolumes, normalise_cmb_table, render_sheets, render_thumbnail
-from cmbunet.utilities.cli import run_cli
+from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_cases, label_detections,
+                                      missed_table, read_reference, report_aggregate)
+from cmbunet.report.sheets import render_missed_sheets, render_sheets, render_thumbnail
+from cmbunet.report.volumes import CaseVolumes, empty_cmb_table, normalise_cmb_table
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import atomic_path, load_json
 
 VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
@@ -169,14 +174,53 @@ def _read_t2s(image_case: Any, geometry: dict, problems: list[str]) -> np.ndarra
     return image[0]
 
 
-def load_case(case: str, mask_path: Path, csv_path: Path, image_case: Any | None, problems: list[str]) -> CaseVolumes:
-    """Mask, CMB table and T2* image of one case; raises :class:`InputError` only when the mask is unusable."""
-    mask, geometry = SimpleITKIO.read_seg(mask_path)
-    mask = np.asarray(mask) >= 0.5
-    table, notes = normalise_cmb_table(_read_table(csv_path, problems), mask, geometry)
+def _reference_comparison(ref_path: Path, prediction: np.ndarray | None, geometry: dict | None, dist_mm: float,
+                          problems: list[str]) -> tuple[Any, np.ndarray, dict] | None:
+    """Score the prediction (``None``: no prediction, scored as an empty one, as ``cmbunet_evaluate`` does)
+    against its reference; returns (comparison, prediction, geometry) or ``None`` with the reason in
+    ``problems`` when the two cannot be compared."""
+    try:
+        reference, ref_geometry = read_reference(ref_path)
+    except InputError as e:
+        problems.append(f"reference could not be read, detections not scored: {e}")
+        return None
+    if prediction is None:
+        prediction, geometry = np.zeros(reference.shape, dtype=np.float32), ref_geometry
+    mismatch = geometry_mismatch(ref_geometry, geometry)
+    if mismatch:
+        problems.append(f"detections not scored: the reference {ref_path.name} is on another grid than the "
+                        f"prediction ({mismatch}); cmbunet_evaluate refuses it too unless run with --resample")
+        return None
+    return compare(reference, prediction, ref_geometry, dist_mm), prediction, geometry
+
+
+def load_case(case: str, mask_path: Path | None, csv_path: Path, image_case: Any | None, problems: list[str],
+              ref_path: Path | None = None, dist_mm: float = DEFAULT_DIST_MM) -> tuple[CaseVolumes, dict | None]:
+    """Mask, CMB table, T2* image and, with ``ref_path``, the comparison with the reference of one case;
+    returns the volumes and ``cmbunet_evaluate``'s metrics (``None`` when not compared).
+
+    Raises :class:`InputError` only when the mask is unusable. Without a mask (``mask_path`` None) the case
+    is drawn on the reference grid with an empty prediction, every reference CMB a miss."""
+    prediction, geometry = SimpleITKIO.read_seg(mask_path) if mask_path is not None else (None, None)
+    comparison = None
+    if ref_path is not None:
+        compared = _reference_comparison(ref_path, prediction, geometry, dist_mm, problems)
+        if compared is not None:
+            comparison, prediction, geometry = compared
+    if prediction is None:
+        raise InputError(None, "nothing to draw without a prediction or a readable reference")
+    mask = np.asarray(prediction) >= 0.5
+    raw_table = _read_table(csv_path, problems) if mask_path is not None else empty_cmb_table()
+    table, notes = normalise_cmb_table(raw_table, mask, geometry)
     problems.extend(notes)
+    metrics, reference, missed = None, None, None
+    if comparison is not None:
+        table, notes = label_detections(table, comparison, geometry)
+        problems.extend(notes)
+        reference, missed = comparison.reference, missed_table(comparison, geometry)
+        metrics = dict(comparison.metrics, missing=mask_path is None)
     image = _read_t2s(image_case, geometry, problems) if image_case is not None else None
-    return CaseVolumes(case, mask, geometry, image, table)
+    return CaseVolumes(case, mask, geometry, image, table, reference=reference, missed=missed), metrics
 
 
 def _summary_fields(row: dict[str, Any] | None) -> dict[str, Any]:
@@ -189,18 +233,25 @@ def _summary_fields(row: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def report_case(case: str, mask_path: Path | None, pred_dir: Path, image_case: Any | None, image_input: Path | None,
-                summary: dict[str, Any] | None, report_dir: Path, max_per_sheet: int, num_slices: int) -> CaseEntry:
+                summary: dict[str, Any] | None, report_dir: Path, max_per_sheet: int, num_slices: int,
+                ref_path: Path | None = None, ref_dir: Path | None = None, dist_mm: float = DEFAULT_DIST_MM) -> CaseEntry:
     """Render one case and describe it for the index; any problem ends up in ``entry.problems``."""
     entry = CaseEntry(case, **_summary_fields(summary))
     if image_input is not None and image_case is None:
         entry.problems.append(f"no T2* image for this case in {image_input}: the sheet shows the mask only")
+    if ref_dir is not None and ref_path is None:
+        entry.problems.append(f"no reference for this case in {ref_dir}: detections not scored")
     if mask_path is None:
-        entry.problems.append("no prediction file for this case")
-        if summary and not pd.isna(summary.get("num_cmbs", np.nan)):
-            entry.num_cmbs = int(summary["num_cmbs"])
-        return entry
+        if ref_path is None:
+            entry.problems.append("no prediction file for this case")
+            if summary and not pd.isna(summary.get("num_cmbs", np.nan)):
+                entry.num_cmbs = int(summary["num_cmbs"])
+            return entry
+        entry.problems.append("no prediction file for this case: scored as an empty prediction, as cmbunet_evaluate "
+                              "does (every reference CMB missed)")
     try:
-        vol = load_case(case, mask_path, pred_dir / f"{case}_cmbs.csv", image_case, entry.problems)
+        vol, entry.metrics = load_case(case, mask_path, pred_dir / f"{case}_cmbs.csv", image_case, entry.problems,
+                                       ref_path, dist_mm)
     except InputError as e:
         entry.problems.append(f"prediction could not be read: {e}")
         return entry
@@ -208,7 +259,12 @@ def report_case(case: str, mask_path: Path | None, pred_dir: Path, image_case: A
     volumes = pd.to_numeric(vol.cmbs["volume_mm3"], errors="coerce") if "volume_mm3" in vol.cmbs else None
     entry.total_volume_mm3 = float(volumes.sum()) if volumes is not None and volumes.notna().any() else (0.0 if not len(vol.cmbs) else None)
     cases_dir = report_dir / "cases"
-    entry.sheets = [p.relative_to(report_dir).as_posix() for p in render_sheets(vol, cases_dir, max_per_sheet, num_slices)]
+
+    def rel(paths: Iterable[Path]) -> list[str]:
+        return [p.relative_to(report_dir).as_posix() for p in paths]
+
+    entry.sheets = rel(render_sheets(vol, cases_dir, max_per_sheet, num_slices))
+    entry.missed_sheets = rel(render_missed_sheets(vol, cases_dir, max_per_sheet))
     entry.thumbnail = render_thumbnail(vol, cases_dir / f"{case}_thumb.png").relative_to(report_dir).as_posix()
     return entry
 
@@ -216,43 +272,74 @@ def report_case(case: str, mask_path: Path | None, pred_dir: Path, image_case: A
 # ------------------------------------------------------------------------------------------------ report
 def write_report(pred_dir: str | Path, image_input: str | Path | None, report_dir: str | Path,
                  max_cmbs_per_sheet: int = DEFAULT_MAX_CMBS_PER_SHEET, extra_images: Sequence[str | Path] = (),
-                 num_slices: int = 16) -> Path:
+                 num_slices: int = 16, reference: str | Path | None = None, dist_mm: float = DEFAULT_DIST_MM) -> Path:
     """Write the QC report of ``pred_dir`` into ``report_dir`` and return the path of its ``index.html``.
 
     ``image_input`` (a VALDO tree, a ``CASE_0000`` folder or one file) supplies the T2* background; without
-    it the masks are drawn alone. ``extra_images`` (files or folders, e.g. a model folder's ``progress.png``)
-    are copied into ``report_dir/extras``; ``pred_dir/evaluation`` (summary.json, FROC plot) is picked up."""
+    it the masks are drawn alone. ``reference`` (what ``cmbunet_evaluate -ref`` takes) adds the reference
+    outlines, marks every detection as true or false positive and every missed reference CMB, with the
+    official VALDO rule at ``dist_mm``, and lists the cases worst first. ``extra_images`` (files or folders,
+    e.g. a model folder's ``progress.png``) are copied into ``report_dir/extras``; ``pred_dir/evaluation``
+    (summary.json, FROC plot) is picked up."""
     pred_dir, report_dir = Path(pred_dir), Path(report_dir)
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "prediction folder does not exist" if not pred_dir.exists() else "prediction must be a folder")
     if max_cmbs_per_sheet < 1:
         raise InputError(None, f"--max-cmbs-per-sheet must be at least 1, got {max_cmbs_per_sheet}")
+    if dist_mm <= 0:
+        raise InputError(None, f"the linking distance --dist must be positive, got {dist_mm}")
     image_path = None if image_input is None else Path(image_input)
+    ref_dir = None if reference is None else Path(reference)
+    references = find_reference_cases(ref_dir) if ref_dir is not None else {}
     images = find_case_images(image_path) if image_path is not None else {}
     extras = expand_images(extra_images)
     predictions, summaries = find_prediction_files(pred_dir), read_summaries(pred_dir)
-    cases = sorted(set(predictions) | set(summaries) | set(images))
-    if not cases:
+    if not (set(predictions) | set(summaries) | set(images)):
         raise InputError(pred_dir, "no predictions found; expected CASE.nii.gz or sub-XXX_space-T2S_prediction.nii.gz files")
+    cases = sorted(set(predictions) | set(summaries) | set(images) | set(references))
     entries = [report_case(case, predictions.get(case), pred_dir, images.get(case), image_path, summaries.get(case),
-                           report_dir, max_cmbs_per_sheet, num_slices)
+                           report_dir, max_cmbs_per_sheet, num_slices, references.get(case), ref_dir, dist_mm)
                for case in tqdm(cases, desc="report", unit="case", disable=None)]
     aggregate, note = load_evaluation(pred_dir)
+    if ref_dir is not None:
+        aggregate, note = _reference_aggregate(entries, references, ref_dir, dist_mm)
     eval_pngs = sorted((pred_dir / "evaluation").rglob("*.png")) if (pred_dir / "evaluation").is_dir() else []
     sources = {"predictions": str(pred_dir.resolve())}
     sources["images"] = str(image_path.resolve()) if image_path is not None else "none given (masks shown alone)"
+    if ref_dir is not None:
+        sources["reference"] = f"{ref_dir.resolve()} (VALDO matching, centres closer than {dist_mm:g} mm)"
     return write_index(report_dir / "index.html", entries, sources, evaluation=aggregate, evaluation_note=note,
                        evaluation_images=copy_images(eval_pngs, report_dir / "evaluation", report_dir),
-                       extras=copy_images(extras, report_dir / "extras", report_dir))
+                       extras=copy_images(extras, report_dir / "extras", report_dir), compared=ref_dir is not None)
+
+
+def _reference_aggregate(entries: Sequence[CaseEntry], references: dict[str, Path], ref_dir: Path,
+                         dist_mm: float) -> tuple[dict[str, Any] | None, str]:
+    """``cmbunet_evaluate``'s aggregates over the reference cases, and a note saying where they come from."""
+    scored = {e.case: e.metrics for e in entries if e.metrics is not None}
+    note = (f"Computed by this report against {ref_dir} with the official VALDO rule (linking distance "
+            f"{dist_mm:g} mm): the numbers cmbunet_evaluate gives.")
+    unscored = sorted(set(references) - set(scored))
+    if unscored:
+        note += f" Not scored (see their problems): {', '.join(unscored)}."
+    return (report_aggregate(scored) if scored else None), note
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cmbunet_report", description="Visual quality-control report of a cmbunet "
-                                "prediction folder: PNG sheets per case and an index.html that opens offline.")
+                                "prediction folder: PNG sheets per case and an index.html that opens offline.",
+                                formatter_class=HelpFormatter)
     p.add_argument("-i", "--input", dest="pred_dir", required=True, help="prediction folder written by cmbunet_predict")
     p.add_argument("-img", "--images", dest="images", default=None,
                    help="the images that were predicted (VALDO tree, folder of CASE_0000.nii.gz or one file); "
                         "without it only the masks are drawn")
+    p.add_argument("-ref", "--reference", dest="reference", default=None,
+                   help="reference labels, as for cmbunet_evaluate (VALDO tree, labelsTr-style folder or a dataset "
+                        "folder with labelsTr/): draws the reference, marks detections as true/false positives, "
+                        "shows missed CMBs and sorts the cases worst first")
+    p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
+                   help="with -ref: a detection matches a reference CMB whose centre is closer than this many mm "
+                        "(default: %(default)s, as cmbunet_evaluate)")
     p.add_argument("-o", "--output", dest="report_dir", required=True, help="report folder (created)")
     p.add_argument("--max-cmbs-per-sheet", type=int, default=DEFAULT_MAX_CMBS_PER_SHEET,
                    help=f"CMB rows per PNG sheet; more sheets are written when needed (default {DEFAULT_MAX_CMBS_PER_SHEET})")
@@ -268,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.overview_slices < 1:
         raise InputError(None, f"--overview-slices must be at least 1, got {args.overview_slices}")
     index = write_report(args.pred_dir, args.images, args.report_dir, args.max_cmbs_per_sheet, args.extra_images,
-                         args.overview_slices)
+                         args.overview_slices, args.reference, args.dist)
     print(f"report written: {index}")
     return 0
 

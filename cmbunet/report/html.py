@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
+from cmbunet.report.panels import legend_entries
 from cmbunet.utilities.file_io import save_text
 
 #: summary.json aggregates shown on the page: (key, label, format)
@@ -51,6 +52,13 @@ tr.problem td { background: #fff4e5; }
 img.thumb { width: 240px; display: block; border: 1px solid #999; background: black; }
 figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
 figure img { max-width: 560px; border: 1px solid #ccc; background: white; }
+.legend ul { list-style: none; padding: 0; margin: 0.3em 0; display: flex; flex-wrap: wrap; gap: 0.4em 1.4em; }
+.legend li { font-size: 0.9em; display: flex; align-items: center; }
+.swatch { display: inline-block; width: 14px; height: 14px; margin-right: 0.4em; background: #333; }
+.swatch.line { height: 0; border-top: 3px solid; background: none; width: 22px; }
+.swatch.circle { border: 2px solid; border-radius: 50%; width: 12px; height: 12px; }
+td.case-problems { max-width: 24em; overflow-wrap: anywhere; }
+td.missed { color: #b3261e; font-weight: bold; }
 figcaption { font-size: 0.85em; color: #555; max-width: 560px; word-break: break-all; }
 """
 
@@ -68,6 +76,13 @@ class CaseEntry:
     sheets: list[str] = field(default_factory=list)
     thumbnail: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: ``cmbunet_evaluate``'s per-case metrics (tp, fp, fn, f1, n_ref, ...) when compared with a reference
+    metrics: dict[str, Any] | None = None
+    missed_sheets: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.problems) or self.status.startswith("failed")
 
 
 def href(relative: str) -> str:
@@ -84,23 +99,68 @@ def _number(value: Any, fmt: str) -> str:
         return html.escape(str(value))
 
 
-def case_row(entry: CaseEntry) -> str:
-    """``<tr>`` of one case: thumbnail linking to sheet 1, counts, status, links to every sheet, problems."""
+def _metric(entry: CaseEntry, key: str) -> Any:
+    return None if entry.metrics is None else entry.metrics.get(key)
+
+
+def _data_number(value: Any) -> str:
+    """A metric for a ``data-`` attribute: full precision, empty when undefined."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return format(value, ".6g") if isinstance(value, float) else str(value)
+
+
+def worst_first_key(entry: CaseEntry) -> tuple:
+    """Sort key putting the worst case first: lowest F1 first (a case without reference CMBs, whose F1 is
+    undefined, counts as F1 0 when it has false positives and 1 otherwise), then most errors (FP + FN);
+    cases not compared with a reference come last."""
+    m = entry.metrics
+    if m is None:
+        return (1, 0.0, 0, entry.case)
+    f1, errors = m.get("f1"), int(m.get("fp", 0)) + int(m.get("fn", 0))
+    score = float(f1) if f1 is not None and math.isfinite(float(f1)) else (0.0 if m.get("fp") else 1.0)
+    return (0, score, -errors, entry.case)
+
+
+def case_row(entry: CaseEntry, compared: bool = False) -> str:
+    """``<tr>`` of one case: thumbnail linking to sheet 1, counts (and TP/FP/FN/F1 against the reference),
+    status, links to every sheet and to the sheets of missed CMBs, problems."""
     esc = html.escape
     thumb = (f'<a href="{href(entry.sheets[0])}"><img class="thumb" src="{href(entry.thumbnail)}" '
              f'alt="overview of {esc(entry.case)}"></a>') if entry.thumbnail and entry.sheets else ""
-    links = " ".join(f'<a href="{href(s)}">sheet&nbsp;{n + 1}</a>' for n, s in enumerate(entry.sheets)) or "no sheet"
+    links = [f'<a class="sheet" href="{href(s)}">sheet&nbsp;{n + 1}</a>' for n, s in enumerate(entry.sheets)]
+    links += [f'<a class="missed-sheet" href="{href(s)}">missed&nbsp;CMBs&nbsp;{n + 1}</a>'
+              for n, s in enumerate(entry.missed_sheets)]
     status_class = ' class="status-failed"' if entry.status.startswith("failed") else ""
     status = f"<span{status_class}>{esc(entry.status or '–')}</span>"
     if entry.error:
         status += f"<br><small>{esc(entry.error)}</small>"
     problems = ("<ul class=\"problems\">" + "".join(f"<li>{esc(p)}</li>" for p in entry.problems) + "</ul>") if entry.problems else ""
-    cls = ' class="problem"' if entry.problems or entry.status.startswith("failed") else ""
-    return (f'<tr{cls} id="case-{esc(entry.case, quote=True)}"><td>{esc(entry.case)}</td>'
-            f'<td class="num cmb-count">{_number(entry.num_cmbs, "d")}</td>'
+    cls = ' class="problem"' if entry.flagged else ""
+    data = ""
+    scores = ""
+    if compared:
+        data = "".join(f' data-{k.replace("_", "-")}="{_data_number(_metric(entry, k))}"'
+                       for k in ("tp", "fp", "fn", "f1", "n_ref"))
+        fn = _metric(entry, "fn")
+        scores = (f'<td class="num n-ref">{_number(_metric(entry, "n_ref"), "d")}</td>'
+                  f'<td class="num tp">{_number(_metric(entry, "tp"), "d")}</td>'
+                  f'<td class="num fp">{_number(_metric(entry, "fp"), "d")}</td>'
+                  f'<td class="num fn{" missed" if fn else ""}">{_number(fn, "d")}</td>'
+                  f'<td class="num f1">{_number(_metric(entry, "f1"), ".3f")}</td>')
+    return (f'<tr{cls}{data} id="case-{esc(entry.case, quote=True)}"><td>{esc(entry.case)}</td>'
+            f'<td class="num cmb-count">{_number(entry.num_cmbs, "d")}</td>{scores}'
             f'<td class="num">{_number(entry.total_volume_mm3, ".1f")}</td>'
             f'<td>{status}</td><td class="num">{_number(entry.seconds, ".1f")}</td>'
-            f"<td>{thumb}{links}</td><td>{problems}</td></tr>")
+            f'<td class="case-sheets">{thumb}{" ".join(links) or "no sheet"}</td><td class="case-problems">{problems}</td></tr>')
+
+
+def legend(compared: bool) -> str:
+    """The colours of the sheets: outlines as lines, markers as circles."""
+    items = []
+    for kind, color, text in legend_entries(compared):
+        items.append(f'<li><span class="swatch {kind}" style="border-color:{color}"></span>{html.escape(text)}</li>')
+    return f'<div class="legend" id="legend"><b>Legend</b><ul>{"".join(items)}</ul></div>'
 
 
 def evaluation_section(aggregate: Mapping[str, Any] | None, images: Sequence[str], note: str | None) -> str:
@@ -125,15 +185,23 @@ def _figures(images: Sequence[str]) -> str:
 
 def render_index(entries: Sequence[CaseEntry], sources: Mapping[str, str], evaluation: Mapping[str, Any] | None = None,
                  evaluation_images: Sequence[str] = (), evaluation_note: str | None = None,
-                 extras: Sequence[str] = ()) -> str:
-    """The whole page as a string (all text escaped, all links relative)."""
+                 extras: Sequence[str] = (), compared: bool = False) -> str:
+    """The whole page as a string (all text escaped, all links relative). With ``compared`` (detections
+    matched against a reference) the cases are listed worst first with their TP, FP, FN and F1."""
     esc = html.escape
     total = sum(e.num_cmbs or 0 for e in entries)
-    flagged = sum(1 for e in entries if e.problems or e.status.startswith("failed"))
+    flagged = sum(1 for e in entries if e.flagged)
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     source_lines = "".join(f"<li>{esc(k)}: <code>{esc(v)}</code></li>" for k, v in sources.items())
-    rows = "\n".join(case_row(e) for e in entries)
+    ordered = sorted(entries, key=worst_first_key) if compared else list(entries)
+    rows = "\n".join(case_row(e, compared) for e in ordered)
     extra = f"<h2>Training and other figures</h2>{_figures(extras)}" if extras else ""
+    score_heads = ("<th>reference CMBs</th><th>TP</th><th>FP</th><th>FN (missed)</th><th>F1</th>" if compared else "")
+    missed = sum(int(e.metrics.get("fn", 0)) for e in entries if e.metrics)
+    counts = f' &middot; <span id="total-missed">{missed}</span> reference CMBs missed' if compared else ""
+    order = ("<p class=\"meta\">Cases are sorted worst first: lowest F1 first (a case without reference CMBs "
+             "counts as F1 0 when it has false positives), then most false positives plus false negatives; "
+             "cases without a reference come last.</p>" if compared else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -142,15 +210,16 @@ def render_index(entries: Sequence[CaseEntry], sources: Mapping[str, str], evalu
 <body>
 <h1>Cerebral microbleed detection report</h1>
 <p class="meta">generated {esc(when)} &middot; <span id="num-cases">{len(entries)}</span> cases &middot;
-<span id="total-cmbs">{total}</span> CMBs detected &middot; {flagged} case(s) need attention</p>
+<span id="total-cmbs">{total}</span> CMBs detected{counts} &middot; {flagged} case(s) need attention</p>
 <ul class="meta">{source_lines}</ul>
 <p class="meta">Sheets: axial panels show voxel x to the right and voxel y downwards, coronal and sagittal panels
-voxel z upwards; the blue letters give the nearest anatomical direction of each edge. Red lines outline the
-predicted segmentation voxel by voxel, yellow circles mark detected CMBs on the overview.</p>
+voxel z upwards; the blue letters give the nearest anatomical direction of each edge.</p>
+{legend(compared)}
 <h2>Cases</h2>
+{order}
 <table class="cases">
-<thead><tr><th>case</th><th>CMBs</th><th>total volume (mm³)</th><th>status</th><th>runtime (s)</th>
-<th>sheets</th><th>problems</th></tr></thead>
+<thead><tr><th>case</th><th>CMBs detected</th>{score_heads}<th>total volume (mm³)</th><th>status</th>
+<th>runtime (s)</th><th>sheets</th><th>problems</th></tr></thead>
 <tbody>
 {rows}
 </tbody></table>

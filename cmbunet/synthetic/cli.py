@@ -9,7 +9,7 @@ from cmbunet.paths import dataset_name_from_id
 from cmbunet.synthetic.generator import ANATOMIES, MODALITIES, SIZES
 from cmbunet.synthetic.sites import SITES
 from cmbunet.synthetic.writer import LAYOUTS, TRUTH_FILE, write_dataset
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,13 +17,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmbunet_synthetic",
         description="Generate synthetic skull-stripped T2*-weighted scans with labelled cerebral microbleeds and "
         "unlabelled mimics (veins, calcifications, iron-rich nuclei, non-round dark spots).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-o", "--output", required=True, type=Path,
                    help="raw layout: the dataset folder itself (or the raw root when --dataset-id is given); "
                    "valdo layout: the folder that receives sub-XXX/ (test subjects go to OUTPUT_test)")
     p.add_argument("--cases", type=int, required=True, help="number of training cases")
     p.add_argument("--test-cases", type=int, default=0, help="number of test cases, written with their labels")
-    p.add_argument("--layout", choices=LAYOUTS, default="raw")
+    p.add_argument("--layout", choices=LAYOUTS, default="raw",
+                   help="raw: an nnU-Net-style raw dataset (dataset.json, imagesTr, labelsTr, imagesTs, labelsTs); "
+                   "valdo: VALDO task-2 subject folders sub-XXX/ with T1, T2 and T2S, for cmbunet_convert_valdo")
     p.add_argument("--seed", type=int, default=0, help="same seed, same data (default 0)")
     p.add_argument("--size", choices=SIZES, default="small",
                    help="small: ~64^3 shrunken brains for quick tests; realistic: full-size brains at 0.45-1 mm")
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw layout: write into OUTPUT/DatasetXXX_NAME instead of OUTPUT")
     p.add_argument("--name", default=None, help="dataset name (default Synthetic)")
     p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=["T2S"],
-                   help="channels of the raw layout, in order (the valdo layout always writes T1, T2 and T2S)")
+                   help="channels of the raw layout, in order (default: T2S; the valdo layout always writes T1, T2 "
+                   "and T2S)")
     p.add_argument("--anatomy", choices=ANATOMIES, default="auto",
                    help="brain model: warped MNI152 template (real anatomy), parametric phantom, or auto "
                    "(template for realistic cases, phantom for small ones; default auto)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import time
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, PlansMismatchError
 from cmbunet.model_folder import DATASET_FILES, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.plans.schema import STAGES
-from cmbunet.utilities.cli import run_cli
+from cmbunet.utilities.cli import HelpFormatter, deprecated_alias, run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
 STAGE_CHOICES = (*STAGES, "all")
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmbunet_train",
         description="Train the three cmbunet stages (screening FCN -> discrimination CNN -> segmentation U-Net) "
         "on one cross-validation fold of a preprocessed dataset.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", help="dataset id (e.g. 1) or name (Dataset001_Name)")
     p.add_argument("fold", help="cross-validation fold (0-4) or 'all' to train on every case")
@@ -38,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, default=1, metavar="N",
                    help="train with N DistributedDataParallel processes (GPUs with -device cuda, CPU processes otherwise)")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed for weights and sampling; with a seed, a resumed run ends with the same weights as an "
-                   "uninterrupted one (on CPU)")
-    p.add_argument("--preprocessed-root", type=Path, default=None, help="default: $CMBUNET_PREPROCESSED")
-    p.add_argument("--results-root", type=Path, default=None, help="default: $CMBUNET_RESULTS")
+                   help="seed for weights and sampling (default: a random one); with a seed, a resumed run ends with "
+                   "the same weights as an uninterrupted one (on CPU)")
+    p.add_argument("--preprocessed-root", type=Path, default=None,
+                   help="preprocessed data root (default: $CMBUNET_PREPROCESSED)")
+    p.add_argument("--results-root", type=Path, default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--no-validation", action="store_true",
                    help="do not predict and evaluate the fold's validation cases after training")
     p.add_argument("--no-thresholds", action="store_true",
@@ -50,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "validation predictions (cmbunet_find_thresholds) once every fold is validated")
     p.add_argument("--raw-root", type=Path, default=None,
                    help="raw data root holding the reference labels for validation (default: $CMBUNET_RAW)")
-    p.add_argument("-npp", type=int, default=default_num_workers(), metavar="N",
+    p.add_argument("--num-workers", dest="npp", type=int, default=default_num_workers(), metavar="N",
                    help="data-loading worker processes per training process (0: build batches in the training "
                    "process; default: min(4, CPUs - 1))")
+    # -npp was this option's old name; cmbunet_predict's -npp (as nnU-Net's) counts preprocessing workers instead
+    p.add_argument("-npp", dest="npp", type=int, default=argparse.SUPPRESS, metavar="N",
+                   action=deprecated_alias("--num-workers"), help=argparse.SUPPRESS)
     return p
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_gpus < 1:
         raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")
     if args.npp < 0:
-        raise CMBUNetError(f"-npp must be 0 or more, got {args.npp}")
+        raise CMBUNetError(f"--num-workers must be 0 or more, got {args.npp}")
     if args.device == "cuda":
         import torch
 
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
+    started = time.time()
     D.launch(run_stages, args.num_gpus, args.device, configs)
     if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):
         from cmbunet.evaluation.thresholds import threshold_from_candidate_prior
@@ -159,4 +166,39 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_thresholds:
             from cmbunet.evaluation.thresholds import thresholds_after_cross_validation
             thresholds_after_cross_validation(model_dir, len(load_splits(pre_dir / SPLITS_FILE)))
+    print(run_summary(model, fold, [c.stage for c in configs], time.time() - started))
     return 0
+
+
+def run_summary(model: ModelFolder, fold: int | str, stages: list[str], seconds: float) -> str:
+    """What the run did, for the end of the console output: per stage its wall time, epochs and validation
+    metrics (``stage_summary.json``), then the fold's whole-pipeline validation and the thresholds in force."""
+    from cmbunet.model_folder import STAGE_SUMMARY_FILE
+    from cmbunet.training.loop import format_duration
+    from cmbunet.utilities.file_io import load_json
+
+    lines = [f"== cmbunet_train summary: fold {fold}, {format_duration(seconds)} in all =="]
+    for stage in stages:
+        path = model.stage_dir(fold, stage) / STAGE_SUMMARY_FILE
+        if not path.is_file():
+            lines.append(f"  {stage:<15} not finished")
+            continue
+        info = load_json(path)
+        last = info.get("last_validation", {})
+        shown = " ".join(f"{k[4:]}={v:.3f}" for k, v in last.items()
+                         if k[4:] in ("sensitivity", "precision", "f1", "auc", "dice") and isinstance(v, float))
+        lines.append(f"  {stage:<15} {format_duration(info['seconds']):>7}  {info['epochs']} epochs  "
+                     f"best {info['monitor']} {info['best']:.3f}  last epoch: {shown}"
+                     + ("  (resumed: time of this run only)" if info.get("resumed") else ""))
+    summary = model.validation_dir(fold) / "summary.json"
+    if fold != "all" and summary.is_file():
+        agg = load_json(summary).get("aggregate", {})
+        num = lambda key: f"{agg[key]:.3f}" if isinstance(agg.get(key), (int, float)) else "n/a"  # noqa: E731
+        lines.append(f"  validation cases (whole pipeline, VALDO rule): F1 {num('f1_pooled')}, sensitivity "
+                     f"{num('sensitivity')}, {num('fp_per_case')} FP per case, Dice {num('dice_mean')}")
+    settings = model.inference_settings()
+    if settings:
+        lines.append("  inference settings: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                          for k, v in settings.items())
+                     + f" ({model.inference_settings_file})")
+    return "\n".join(lines)

@@ -3,9 +3,11 @@
 Per epoch: set the poly learning rate, redraw the epoch's samples (fixed counts and proportions, RNG derived
 from (seed, rank, epoch)), train on batches built by data-loading workers, validate on a fixed set of
 patches, mine screening false positives when the schedule says so, and write ``checkpoint_latest.pth``
-(plus ``checkpoint_best.pth`` on a new best), the log line and ``progress.png``. After the last epoch the
-screening stage is also validated on whole volumes (candidate sensitivity, false positives per case), and
-``checkpoint_final.pth`` is written last, so its presence means the stage is complete.
+(plus ``checkpoint_best.pth`` on a new best), the log line and ``progress.png`` (titled with stage and fold;
+for fold ``all``, which has no validation cases, its curves say that they come from training patches).
+After the last epoch the screening stage is also validated on whole volumes (candidate sensitivity, false
+positives per case), and ``checkpoint_final.pth`` is written last, so its presence means the stage is
+complete.
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ from tqdm import tqdm
 from cmbunet.errors import CMBUNetError, MissingStageError
 from cmbunet.training import distributed as D
 from cmbunet.training.augmentation import AugmentationParams
-from cmbunet.model_folder import VALIDATION_CANDIDATES_FILE, ModelFolder, checkpoint_file, load_checkpoint
+from cmbunet.model_folder import (STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE, ModelFolder, checkpoint_file,
+                                  load_checkpoint)
 from cmbunet.plans.schema import Plans, Schedule, ScreeningSchedule
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
 from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
-                                      load_false_positives, merge_false_positives, mine_false_positives,
+                                      hardness_weights, load_false_positives, merge_false_positives, mine_false_positives,
                                       retire_easy_false_positives, save_false_positives)
 from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
-                                     screening_validation)
+                                     false_positive_probabilities, screening_validation)
 from cmbunet.utilities.file_io import atomic_path, save_json
 
 #: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
@@ -116,29 +119,49 @@ class TrainingLog:
             f.write(line + "\n")
 
 
-def plot_progress(history: dict[str, list], path: Path, monitor: str) -> None:
-    """``progress.png``: losses, validation metrics and learning rate per epoch (matplotlib, Agg)."""
-    import matplotlib
+#: Patch metrics plotted when recorded (the monitored one is added, once, when not among them).
+PROGRESS_METRICS = ("sensitivity", "precision", "auc", "dice")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def progress_figure(history: dict[str, list], monitor: str, stage: str, fold: int | str, held_out: bool) -> Any:
+    """The figure of ``progress.png``: losses, patch metrics and learning rate per epoch, titled with the
+    stage and fold. ``held_out`` says whether the fixed patches come from validation cases; for fold ``all``
+    they are training patches, and the labels say so instead of calling them validation."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    def curve(name: str) -> str:  # what the fixed, unaugmented patches are
+        return f"validation {name}" if held_out else f"{name} on fixed training patches"
 
     epochs = np.asarray(history["epoch"]) + 1
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    axes[0].plot(epochs, history["train_loss"], label="train loss")
-    axes[0].plot(epochs, history["val_loss"], label="validation loss")
-    for key in ("val_sensitivity", "val_precision", "val_auc", "val_dice", f"val_{monitor}"):
-        if key in history and not all(v is None for v in history[key]):
-            axes[1].plot(epochs, [np.nan if v is None else v for v in history[key]], label=key[4:])
+    fig = Figure(figsize=(8, 9.4))
+    axes = fig.subplots(3, 1, sharex=True)
+    axes[0].plot(epochs, history["train_loss"], label="training loss (augmented epoch batches)")
+    axes[0].plot(epochs, [np.nan if v is None else v for v in history["val_loss"]], label=curve("loss"))
+    for name in dict.fromkeys((*PROGRESS_METRICS, monitor)):
+        values = history.get(f"val_{name}")
+        if values is not None and not all(v is None for v in values):
+            label = curve(name) + (" (selects checkpoint_best)" if name == monitor else "")
+            axes[1].plot(epochs, [np.nan if v is None else v for v in values], label=label)
     axes[2].plot(epochs, history["lr"], label="learning rate")
     for ax in axes:
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
     axes[2].set_xlabel("epoch")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    subtitle = ("metrics on fixed, unaugmented patches of the validation cases" if held_out else
+                "no validation cases (fold all): metrics on fixed, unaugmented patches of the TRAINING cases")
+    fig.suptitle(f"{stage} stage, fold {fold}\n{subtitle}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_progress(history: dict[str, list], path: Path, monitor: str, stage: str, fold: int | str,
+                  held_out: bool) -> None:
+    """Write ``progress.png`` (see :func:`progress_figure`) atomically."""
+    fig = progress_figure(history, monitor, stage, fold, held_out)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,6 +309,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
     """Train one stage of one fold; returns the history. Collective calls keep the ranks in step."""
     from cmbunet.networks import build_network
 
+    started = time.time()
     stage = STAGES[cfg.stage]
     schedule = cfg.plans.schedule(stage.name, cfg.device)
     out = cfg.out_dir
@@ -337,8 +361,11 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[int(device.split(":")[1])]
                                                     if device.startswith("cuda") else None)
     n_batches = batches_per_rank(schedule, info.world_size)
+    hard_fps = getattr(schedule, "fp_sampling", "uniform") == "hard"  # discrimination's schedule only
     for epoch in range(start, epochs):
         t0 = time.time()
+        if hard_fps and epoch > 0:  # from the weights at the start of the epoch, so a resumed run draws the same
+            bank.fp_weights = hardness_weights(false_positive_probabilities(net, stage, cfg.plans, bank, device))
         lr = poly_lr(schedule.lr, epoch, epochs, schedule.poly_exponent)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -375,9 +402,10 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             if improved:
                 save_checkpoint(checkpoint_file(out, "best"), ckpt_now)
             save_checkpoint(latest, ckpt_now)
-            plot_progress(history, out / "progress.png", stage.monitor)
+            plot_progress(history, out / "progress.png", stage.monitor, stage.name, cfg.fold, val_bank is not bank)
             log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
-                         len(bank.active_false_positives), time.time() - t0))
+                         len(bank.active_false_positives), time.time() - t0)
+                + f" eta {format_duration(stage_eta(history['epoch_seconds'], epochs - epoch - 1))}")
         D.barrier(info)
 
     if stage.mines:
@@ -388,6 +416,10 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             raise CMBUNetError(f"{latest} is missing after training; cannot write the final checkpoint")
         save_checkpoint(checkpoint_file(out, "final"), final)
         log(f"{stage.name} finished: best validation {stage.monitor} = {best}")
+        save_json({"stage": stage.name, "fold": str(cfg.fold), "seconds": time.time() - started,
+                   "resumed": ckpt is not None, "epochs": epochs, "monitor": stage.monitor, "best": best,
+                   "last_validation": {k: v[-1] for k, v in history.items() if k.startswith("val_") and v}},
+                  out / STAGE_SUMMARY_FILE)
     D.barrier(info)
     return history
 
@@ -425,6 +457,20 @@ def _train_one_epoch(model: nn.Module, stage: Stage, cfg: TrainConfig, bank: Sam
         losses.append(loss.detach())
         bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
     return float(torch.stack(losses).mean()) if losses else float("nan")
+
+
+def stage_eta(epoch_seconds: Sequence[float], remaining_epochs: int) -> float:
+    """Seconds left in a stage: the median epoch so far (robust to the epochs that also mine) times the epochs
+    left."""
+    return float(np.median(epoch_seconds)) * remaining_epochs if len(epoch_seconds) and remaining_epochs > 0 else 0.0
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _summary(epoch: int, epochs: int, lr: float, train_loss: float, val: dict, monitor: str, improved: bool,

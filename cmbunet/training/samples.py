@@ -68,6 +68,8 @@ class SampleBank:
     #: epoch at which ``mining_keep="hard"`` retired each FP, -1 while it is in use. Retired rows stay in place, so
     #: the order of the pool, and with it a resumed run's draws, never changes.
     fp_dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: sampling weight of each active FP (``fp_sampling="hard"``); None: drawn uniformly
+    fp_weights: np.ndarray | None = None
 
     @property
     def active_false_positives(self) -> np.ndarray:
@@ -242,7 +244,11 @@ def draw_epoch_samples(bank: SampleBank, n: int, proportions: dict[str, float], 
             if len(pool) == 0:
                 raise CMBUNetError(f"no {kind.replace('_', ' ')} samples in cases {bank.names[:5]}...; "
                                    "training needs at least one CMB in the training cases")
-            rows = pool[rng.integers(0, len(pool), k)]
+            weights = bank.fp_weights if kind == "false_positive" else None
+            if weights is not None and len(weights) == len(pool):
+                rows = pool[rng.choice(len(pool), size=k, p=weights)]
+            else:
+                rows = pool[rng.integers(0, len(pool), k)]
         parts.append(np.column_stack([rows, np.full(k, KIND_NAMES[kind])]))
     out = np.concatenate(parts).astype(np.int64)
     return out[rng.permutation(len(out))]
@@ -252,6 +258,23 @@ def draw_fixed_samples(bank: SampleBank, n: int, proportions: dict[str, float], 
     """A fixed validation set: one draw from a seed of its own, duplicates removed (rows sorted)."""
     rows = draw_epoch_samples(bank, n, proportions, np.random.default_rng([int(seed), 7919]))
     return np.unique(rows, axis=0)
+
+
+#: Share of the draws spread evenly over all false positives under ``fp_sampling="hard"``, so that an FP the
+#: network rejects today is still seen and not forgotten.
+HARD_SAMPLING_FLOOR = 0.25
+
+
+def hardness_weights(cmb_probability: np.ndarray, floor: float = HARD_SAMPLING_FLOOR) -> np.ndarray:
+    """Sampling weights of false positives from the network's current CMB probability of each: a quarter of the
+    draws uniform, the rest in proportion to the probability, so the mimics the network still takes for CMBs
+    (the ones that cost precision on new sites) come up most often. Sums to 1."""
+    p = np.clip(np.asarray(cmb_probability, dtype=np.float64), 0.0, 1.0)
+    if p.size == 0:
+        return p
+    hard = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
+    w = floor / p.size + (1.0 - floor) * hard
+    return w / w.sum()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from typing import Callable
@@ -12,6 +13,37 @@ from cmbunet.errors import CMBUNetError
 INTERRUPTED = "interrupted; finished outputs are kept and a re-run continues where this one stopped"
 
 Main = Callable[[list[str] | None], int | None]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` of every cmbunet command: each option's default is shown exactly once.
+
+    ``(default: X)`` is appended to an option's help unless the text already says what the default is (it
+    contains "default", e.g. ``default: $CMBUNET_RESULTS``), or the default is None, False or empty (a switch
+    that is off, an option that is required or whose absence means "not set"). Used instead of
+    ``ArgumentDefaultsHelpFormatter``, which printed ``(default: None)`` and a second default after hand-written
+    ones."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def deprecated_alias(replacement: str) -> type[argparse.Action]:
+    """An argparse action for an old option spelling that still works but is hidden from ``--help``: it stores
+    the value like ``replacement`` and prints a one-line deprecation warning. Declare it with
+    ``help=argparse.SUPPRESS, default=argparse.SUPPRESS`` and the ``dest`` of ``replacement``."""
+
+    class DeprecatedAlias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+            print(f"warning: {option_string} is deprecated; use {replacement}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    return DeprecatedAlias
 
 
 def run_cli(main: Main | None = None, *, interrupted: str = INTERRUPTED) -> Callable:

@@ -1,0 +1,165 @@
+"""What a report sheet draws, in voxel-index space: the prediction, the optional reference and T2* image on
+the same grid, and the CMB tables, plus the geometry and intensity helpers they need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from cmbunet.imageio.reader_writer import ImageProperties
+
+#: Percentiles of the brain intensities that map to black and white.
+WINDOW_PERCENTILES = (0.5, 99.5)
+STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+#: Without an image the mask itself is the background: 0 black, 1 light grey under the red outline.
+MASK_ONLY_WINDOW = (0.0, 1.25)
+CMB_TABLE_COLUMNS = ("id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3")
+
+
+@dataclass
+class CaseVolumes:
+    """What one sheet needs: the binary prediction, its geometry, the T2* image on the same grid (or None)
+    and the CMB table with centre voxels ``i, j, k`` and, where known, volume and scores.
+
+    With a reference, ``reference`` is its binary mask on the same grid, ``cmbs`` has an ``outcome`` column
+    (``TP``, ``FP``) and ``missed`` lists the reference CMBs no detection matched (false negatives), with
+    the same centre and volume columns."""
+
+    case: str
+    mask: np.ndarray
+    geometry: ImageProperties
+    image: np.ndarray | None
+    cmbs: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    reference: np.ndarray | None = None
+    missed: pd.DataFrame | None = None
+
+    @property
+    def compared(self) -> bool:
+        """Whether detections were matched against a reference (TP/FP/FN known)."""
+        return self.reference is not None
+
+    @property
+    def missed_rows(self) -> pd.DataFrame:
+        return self.missed if self.missed is not None else empty_cmb_table()
+
+
+def empty_cmb_table() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=float) for c in CMB_TABLE_COLUMNS})
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+def _direction(geometry: ImageProperties) -> np.ndarray:
+    return np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
+
+
+def voxel_to_world(points: np.ndarray, geometry: ImageProperties) -> np.ndarray:
+    """World (mm) positions of continuous voxel positions ``(n, 3)``, as SimpleITK defines them."""
+    scaled = np.asarray(points, dtype=float).reshape(-1, 3) * np.asarray(geometry["spacing"], dtype=float)
+    return np.asarray(geometry["origin"], dtype=float) + scaled @ _direction(geometry).T
+
+
+def world_to_voxel(points: np.ndarray, geometry: ImageProperties) -> np.ndarray:
+    """Continuous voxel positions of world points ``(n, 3)``; the inverse of :func:`voxel_to_world`."""
+    offset = np.asarray(points, dtype=float).reshape(-1, 3) - np.asarray(geometry["origin"], dtype=float)
+    return np.linalg.solve(_direction(geometry), offset.T).T / np.asarray(geometry["spacing"], dtype=float)
+
+
+def axis_letters(geometry: ImageProperties) -> list[tuple[str, str]]:
+    """For each voxel axis, the anatomical letters of its low and high end (LPS world: +x=L, +y=P, +z=S).
+
+    The dominant direction cosine decides, so an oblique scan gets the nearest anatomical direction."""
+    ends = (("R", "L"), ("A", "P"), ("I", "S"))
+    d = _direction(geometry)
+    out = []
+    for axis in range(3):
+        world = int(np.argmax(np.abs(d[:, axis])))
+        low, high = ends[world]
+        out.append((low, high) if d[world, axis] > 0 else (high, low))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CMB table
+def table_from_centres(ids: Sequence, centres_vox: np.ndarray, num_voxels: np.ndarray,
+                       geometry: ImageProperties) -> pd.DataFrame:
+    """CMB table from continuous voxel centres ``(n, 3)``: rounded centre voxel, world centre, volume."""
+    centres_vox = np.asarray(centres_vox, dtype=float).reshape(-1, 3)
+    if not len(centres_vox):
+        return empty_cmb_table()
+    world = voxel_to_world(centres_vox, geometry)
+    vox = np.rint(centres_vox).astype(np.int64)
+    return pd.DataFrame({"id": list(ids), "i": vox[:, 0], "j": vox[:, 1], "k": vox[:, 2],
+                         "x_mm": world[:, 0], "y_mm": world[:, 1], "z_mm": world[:, 2],
+                         "volume_mm3": np.asarray(num_voxels, dtype=float) * float(np.prod(geometry["spacing"]))})
+
+
+def cmbs_from_mask(mask: np.ndarray, geometry: ImageProperties) -> pd.DataFrame:
+    """One row per 26-connected component: id, centre voxel (centre of mass, rounded), world centre, volume."""
+    labels, n = ndimage.label(mask, structure=STRUCTURE_26)
+    if n == 0:
+        return empty_cmb_table()
+    index = np.arange(1, n + 1)
+    com = np.asarray(ndimage.center_of_mass(mask, labels, index), dtype=float).reshape(-1, 3)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    return table_from_centres(index, com, counts, geometry)
+
+
+def normalise_cmb_table(table: pd.DataFrame | None, mask: np.ndarray, geometry: ImageProperties) -> tuple[pd.DataFrame, list[str]]:
+    """Make a CMB table drawable: ids, integer centre voxels inside the volume; notes say what was filled in.
+
+    Centres come from ``i, j, k``, else from the world columns, else the whole table is rebuilt from the
+    mask, so an incomplete or absent CSV never prevents a sheet."""
+    notes: list[str] = []
+    if table is None:
+        return cmbs_from_mask(mask, geometry), notes
+    table = table.copy()
+    if not {"i", "j", "k"} <= set(table.columns):
+        if {"x_mm", "y_mm", "z_mm"} <= set(table.columns):
+            vox = world_to_voxel(table[["x_mm", "y_mm", "z_mm"]].to_numpy(float), geometry)
+            table[["i", "j", "k"]] = np.rint(vox).astype(np.int64)
+            notes.append("CMB table has no voxel centres (i, j, k); they were computed from the world centres")
+        else:
+            notes.append("CMB table has neither voxel (i, j, k) nor world (x_mm, y_mm, z_mm) centres; "
+                         "CMBs were taken from the mask instead")
+            return cmbs_from_mask(mask, geometry), notes
+    centres = table[["i", "j", "k"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(centres).all(axis=1)
+    shape = np.asarray(mask.shape)
+    outside = ~bad & ((np.nan_to_num(centres) < 0) | (np.nan_to_num(centres) > shape - 1)).any(axis=1)
+    if bad.any() or outside.any():
+        notes.append(f"{int(bad.sum() + outside.sum())} CMB row(s) without a usable centre inside the image were skipped")
+    table = table.loc[~(bad | outside)].copy()
+    table[["i", "j", "k"]] = np.rint(centres[~(bad | outside)]).astype(np.int64)
+    if "id" not in table.columns:
+        table.insert(0, "id", np.arange(1, len(table) + 1))
+    return table.reset_index(drop=True), notes
+
+
+# ------------------------------------------------------------------------------------------------ intensities
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Voxels brighter than Otsu's threshold: the brain of a skull-stripped scan, the head otherwise."""
+    finite = np.isfinite(image)
+    values = image[finite]
+    if values.size == 0 or values.min() == values.max():
+        return finite
+    return finite & (image > threshold_otsu(values))
+
+
+def display_window(image: np.ndarray, brain: np.ndarray | None = None) -> tuple[float, float]:
+    """Black and white levels from robust percentiles of the brain, so bright vessels or zero backgrounds
+    do not wash out the contrast in which CMBs are judged."""
+    values = image[brain] if brain is not None and brain.any() else image[np.isfinite(image)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, WINDOW_PERCENTILES))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def case_window(vol: CaseVolumes) -> tuple[float, float]:
+    """Display window of a case: from its T2* image, or the fixed mask-only window."""
+    return display_window(vol.image, brain_mask(vol.image)) if vol.image is not None else MASK_ONLY_WINDOW

@@ -1,0 +1,400 @@
+"""The documentation runs: every command it shows parses with the real command's parser, the README's "Using it
+on your own data" block runs end to end, and every relative link and repository path it names exists.
+
+What is checked, in README.md and documentation/*.md:
+
+1. **Options.** Every line of a fenced ```bash / ```sh / ```console / ```shell block, and every line of any
+   other fenced block that starts with ``cmbunet_``, is split like the shell splits it (comments dropped,
+   ``\\`` continuations joined, ``;``/``&&``/``|`` separating commands). Each ``cmbunet_*`` command found must
+   be a command of setup.py's ``COMMANDS``, and its arguments are parsed by that command's own argparse parser
+   (``build_parser()``): an unknown option or a value outside an option's choices fails, naming the file and
+   line. Option values are not type-checked, so placeholders (``-d ID``, ``-np N``, ``/data/...``) are fine.
+   A synopsis line (``cmbunet_train DATASET FOLD [-s screening|...] [--c]``) is checked option by option: each
+   option must exist and each ``a|b|c`` alternative must be among its choices. A missing required argument
+   fails too, unless the line is in ``EXCERPTS`` (a short, commented allow-list).
+2. **The README's own-data flow runs.** Its ```bash block is executed by bash (``set -e -o pipefail``) with
+   the worktree's commands on the PATH, after these substitutions only:
+
+   - ``/data/`` becomes a temporary folder, and the VALDO input the flow reads is written first by
+     ``cmbunet_synthetic --layout valdo --size small`` (6 training and 2 test subjects; the test subjects,
+     labels included, are the prediction input and the reference);
+   - ``cmbunet_plan_and_preprocess`` gets ``--preset tiny`` and the tests' shortest schedule
+     (``tests/tiny_schedule.py``'s ``TINY_TRAINING_OVERRIDES``) appended, so that training takes seconds.
+
+   Every command must exit 0, and the predictions, the evaluation, the report and the trained fold must exist.
+3. **Links and paths.** Every relative markdown link points to an existing file (and a ``#anchor`` to a heading
+   of the target document), and every inline-code path into the repository (``cmbunet/...``, ``tests/...``,
+   ``benchmarks/...``, ``scripts/...``, ``documentation/...``) and every ``NAME.md`` named in the text exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cli_commands import REPO, build_parser, commands
+from tiny_schedule import TINY_TRAINING_OVERRIDES
+
+DOCS = [REPO / "README.md", *sorted((REPO / "documentation").glob("*.md"))]
+SHELL_LANGUAGES = {"bash", "sh", "console", "shell"}
+SEPARATORS = {";", "&&", "||", "|", "&", ";;", "(", ")", "do", "then", "else"}
+REDIRECTIONS = {">", ">>", "<", ">&", "&>", "<&", ">|"}
+REPO_FOLDERS = ("cmbunet/", "tests/", "benchmarks/", "scripts/", "documentation/")
+
+#: Documented command lines that are deliberately incomplete excerpts: (document, command) -> why. A missing
+#: required argument on any other line fails the test.
+EXCERPTS: dict[tuple[str, str], str] = {}
+
+
+# ------------------------------------------------------------------------------------------- reading the docs
+@dataclass
+class Block:
+    path: Path
+    language: str
+    lines: list[tuple[int, str]]  # (1-based line number in the file, text)
+
+
+def fenced_blocks(path: Path) -> list[Block]:
+    blocks, current = [], None
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            if current is None:
+                current = Block(path, stripped[3:].strip().lower(), [])
+            else:
+                blocks.append(current)
+                current = None
+        elif current is not None:
+            current.lines.append((number, line))
+    assert current is None, f"{path.name}: unclosed code fence"
+    return blocks
+
+
+def prose_lines(path: Path) -> list[tuple[int, str]]:
+    """Lines outside fenced blocks."""
+    inside, lines = False, []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip().startswith("```"):
+            inside = not inside
+        elif not inside:
+            lines.append((number, line))
+    return lines
+
+
+def logical_lines(block: Block) -> list[tuple[int, str]]:
+    """Lines with ``\\`` continuations joined and a ``$ `` prompt removed, numbered by their first line."""
+    out: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for number, line in block.lines:
+        if pending is not None:
+            number, line = pending[0], pending[1] + " " + line.strip()
+            pending = None
+        if line.rstrip().endswith("\\"):
+            pending = (number, line.rstrip()[:-1])
+            continue
+        out.append((number, re.sub(r"^\s*\$ ", "", line)))
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
+@dataclass
+class DocCommand:
+    where: str  # "README.md:52"
+    doc: str
+    command: str
+    args: list[str]
+
+
+#: A usage synopsis rather than a command line: ``[-s a|b]``, ``[options]``.
+SYNOPSIS = re.compile(r"\[-|\w\|\w|\[options\]")
+
+
+def split_commands(text: str) -> list[tuple[str, list[str]]]:
+    """The ``cmbunet_*`` commands on one shell line and their arguments (up to a separator or redirection). A
+    synopsis line is one command with every word an argument (its ``|`` separates choices, not commands)."""
+    if SYNOPSIS.search(text) and text.lstrip().startswith("cmbunet_"):
+        words = shlex.split(text, comments=True)
+        return [(words[0], words[1:])]
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    found: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    words_before = 0  # words of the current simple command before its command name
+    for token in lexer:
+        if token in SEPARATORS or token in REDIRECTIONS:
+            current, words_before = None, 0
+            continue
+        if current is not None:
+            current.append(token)
+            continue
+        name = token.rsplit("/", 1)[-1]
+        if words_before == 0 and re.fullmatch(r"cmbunet_\w+", name):
+            current = []
+            found.append((name, current))
+        elif not (re.fullmatch(r"[A-Za-z_]\w*=.*", token) or token in ("time", "nohup", "exec")):
+            words_before += 1  # a command that is not cmbunet's: its arguments are not commands
+    return found
+
+
+def documented_commands() -> list[DocCommand]:
+    found = []
+    for path in DOCS:
+        for block in fenced_blocks(path):
+            lines = logical_lines(block)
+            for i in range(len(lines) - 1, 0, -1):  # a synopsis wrapped onto indented lines: "    [--seed S] ..."
+                if lines[i][1].lstrip().startswith("[") and SYNOPSIS.search(lines[i - 1][1]):
+                    lines[i - 1] = (lines[i - 1][0], lines[i - 1][1] + " " + lines.pop(i)[1].strip())
+            for number, line in lines:
+                if block.language not in SHELL_LANGUAGES and not line.lstrip().startswith("cmbunet_"):
+                    continue
+                try:
+                    parsed = split_commands(line)
+                except ValueError as e:
+                    raise AssertionError(f"{path.name}:{number}: cannot be split like a shell line ({e}): {line}")
+                found += [DocCommand(f"{path.name}:{number}", path.name, name, args) for name, args in parsed]
+    return found
+
+
+# --------------------------------------------------------------------------------------- 1. options and choices
+class ParseError(Exception):
+    pass
+
+
+def placeholder_parser(command: str) -> argparse.ArgumentParser:
+    """The command's parser with value types switched off (placeholders such as ``N`` parse), no abbreviated
+    options (the docs spell options out) and errors raised."""
+    parser = build_parser(command)
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        action.type = None
+
+    def error(message: str):
+        raise ParseError(message)
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def is_synopsis(args: list[str]) -> bool:
+    return any(a.startswith("[") or a == "..." or ("|" in a and a != "|") for a in args)
+
+
+def check_synopsis(command: str, args: list[str]) -> list[str]:
+    parser = build_parser(command)
+    options = parser._option_string_actions
+    problems, previous = [], None
+    for raw in args:
+        token = raw.strip("[]").removesuffix("...").strip("[]")
+        if re.match(r"^--?[A-Za-z]", token):
+            name = token.split("=")[0]
+            if name not in options:
+                problems.append(f"unknown option {name}")
+            elif options[name].help is argparse.SUPPRESS:
+                problems.append(f"{name} is deprecated and hidden from --help; document its new name")
+            previous = options.get(name)
+        elif "|" in token and previous is not None and previous.choices is not None:
+            problems += [f"{'/'.join(previous.option_strings)}: '{choice}' is not one of {list(previous.choices)}"
+                         for choice in token.split("|") if choice and choice not in previous.choices]
+            previous = None
+        else:
+            previous = None
+    return problems
+
+
+def check_command(doc_command: DocCommand) -> list[str]:
+    if doc_command.command not in commands():
+        return [f"{doc_command.command} is not a command of setup.py"]
+    if is_synopsis(doc_command.args):
+        return check_synopsis(doc_command.command, doc_command.args)
+    parser = placeholder_parser(doc_command.command)
+    options = parser._option_string_actions
+    hidden = [a for a in doc_command.args if a.split("=")[0] in options and options[a.split("=")[0]].help is argparse.SUPPRESS]
+    if hidden:
+        return [f"{', '.join(hidden)}: deprecated and hidden from --help; document the new name"]
+    try:
+        parser.parse_args(doc_command.args)
+    except ParseError as e:
+        message = str(e)
+        required = "required" in message and not any(w in message for w in ("unrecognized", "invalid choice"))
+        if required and (doc_command.doc, doc_command.command) in EXCERPTS:
+            return []
+        return [message]
+    except SystemExit as e:  # --help, --version
+        return [] if e.code == 0 else [f"exit {e.code}"]
+    return []
+
+
+def test_documented_commands_use_real_options_and_choices():
+    found = documented_commands()
+    assert len({c.command for c in found}) >= 8, "the documentation should show most commands"
+    problems = [f"{c.where}: {c.command} {shlex.join(c.args)}\n    -> {p}" for c in found for p in check_command(c)]
+    assert not problems, "documented commands the parsers refuse:\n" + "\n".join(problems)
+
+
+def test_documented_command_check_catches_mistakes():
+    """The check itself: an unknown option, a wrong choice and a missing required argument are caught."""
+    bad = [DocCommand("x.md:1", "x.md", "cmbunet_train", ["1", "0", "--no-such-option"]),
+           DocCommand("x.md:2", "x.md", "cmbunet_predict", ["-i", "a", "-o", "b", "-d", "1", "-device", "tpu"]),
+           DocCommand("x.md:3", "x.md", "cmbunet_evaluate", ["-pred", "p"]),
+           DocCommand("x.md:4", "x.md", "cmbunet_train", ["DATASET", "FOLD", "[-s", "screening|pruning]"]),
+           DocCommand("x.md:5", "x.md", "cmbunet_trian", ["1", "0"]),
+           DocCommand("x.md:8", "x.md", "cmbunet_train", ["1", "0", "--num-work", "2"])]  # abbreviated
+    assert all(check_command(c) for c in bad)
+    good = DocCommand("x.md:6", "x.md", "cmbunet_plan_and_preprocess", ["-d", "ID", "-np", "N", "--preset", "tiny"])
+    assert check_command(good) == []
+    assert split_commands("for f in 0 1; do cmbunet_train 1 $f --c; done  # all folds") == [("cmbunet_train", ["1", "$f", "--c"])]
+    assert split_commands("export CMBUNET_RAW=/x/cmbunet_raw; A=1 cmbunet_evaluate -np 2 | tee log") == [
+        ("cmbunet_evaluate", ["-np", "2"])]
+    assert check_command(DocCommand("x.md:7", "x.md", "cmbunet_train", ["1", "0", "-npp", "2"]))  # deprecated
+
+
+# ----------------------------------------------------------------------------------- 2. the README's own-data flow
+def own_data_block() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Using it on your own data", 1)
+    assert len(section) == 2, "README.md has no '## Using it on your own data' section"
+    match = re.search(r"```bash\n(.*?)```", section[1].split("\n## ", 1)[0], re.S)
+    assert match, "the 'Using it on your own data' section has no ```bash block"
+    return match.group(1)
+
+
+def write_command_wrappers(folder: Path) -> None:
+    """An executable per command of setup.py that runs this checkout's code with this interpreter."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, target in commands().items():
+        module, func = target.split(":")
+        script = folder / name
+        script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                          f"from {module} import {func}\nif __name__ == '__main__':\n    sys.exit({func}())\n")
+        script.chmod(0o755)
+
+
+def parsed(block: str, command: str) -> list[argparse.Namespace]:
+    return [build_parser(command).parse_args(args) for line in block.splitlines()
+            for name, args in split_commands(line) if name == command]
+
+
+def test_readme_own_data_flow_runs_end_to_end(tmp_path):
+    from cmbunet.synthetic.cli import main as synthetic_main
+
+    original = own_data_block()
+    assert "/data/" in original
+    block = original.replace("/data/", f"{tmp_path}/data/")
+    # the one documented substitution: the tiny preset and the tests' shortest schedule
+    extra = " --preset tiny --override " + " ".join(shlex.quote(o) for o in TINY_TRAINING_OVERRIDES)
+    block, count = re.subn(r"^(cmbunet_plan_and_preprocess\b[^#\n]*?)(\s*(?:#.*)?)$", rf"\1{extra}\2", block, flags=re.M)
+    assert count == 1, "expected one cmbunet_plan_and_preprocess line in the own-data block"
+    assert not re.search(r"(?<![\w/])/data/", block)
+
+    # the VALDO input the flow reads: training subjects for the conversion, test subjects (with labels) for the rest
+    (valdo_train,) = [a.input for a in parsed(block, "cmbunet_convert_valdo")]
+    assert synthetic_main(["-o", str(valdo_train), "--layout", "valdo", "--size", "small", "--cases", "6",
+                           "--test-cases", "2", "--seed", "0"]) == 0
+    valdo_test = valdo_train.parent / f"{valdo_train.name}_test"
+    (predict,) = parsed(block, "cmbunet_predict")
+    (evaluate,) = parsed(block, "cmbunet_evaluate")
+    report = parsed(block, "cmbunet_report")
+    for needed in {Path(predict.input), evaluate.ref, *(Path(p) for r in report for p in (r.images, r.reference) if p)}:
+        if not needed.exists():
+            needed.parent.mkdir(parents=True, exist_ok=True)
+            needed.symlink_to(valdo_test, target_is_directory=True)
+
+    bin_dir = tmp_path / "bin"
+    write_command_wrappers(bin_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMBUNET_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
+    run = subprocess.run(["bash", "-e", "-o", "pipefail", "-x", "-c", block], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    log = (run.stdout + run.stderr)[-6000:]
+    assert run.returncode == 0, f"the README's own-data block failed (exit {run.returncode}):\n{block}\n...\n{log}"
+    ran = [line for line in run.stderr.splitlines() if re.match(r"^\++ cmbunet_", line)]
+    expected = [name for line in block.splitlines() for name, _ in split_commands(line)]
+    assert [line.lstrip("+ ").split()[0] for line in ran] == expected, log
+
+    # the outputs the flow promises
+    subjects = sorted(p.name for p in valdo_test.glob("sub-*") if p.is_dir())
+    assert len(subjects) == 2
+    out = Path(predict.output)
+    assert all((out / f"{s}_space-T2S_prediction.nii.gz").is_file() for s in subjects)
+    summary = json.loads(((evaluate.out_dir or evaluate.pred / "evaluation") / "summary.json").read_text())
+    assert summary["aggregate"]["num_cases"] == 2 and summary["aggregate"]["num_missing_predictions"] == 0
+    assert all((Path(r.report_dir) / "index.html").is_file() for r in report)
+    trained = list(tmp_path.glob("data/**/cmbunet/fold_*/segmentation/checkpoint_final.pth"))
+    assert trained, "no trained fold"
+
+
+# ----------------------------------------------------------------------------------------------- 3. links and paths
+def github_anchor(heading: str) -> str:
+    """GitHub's heading anchor: lower case, a link counted by its text, every character but letters, digits,
+    ``_``, ``-`` and spaces dropped, spaces made ``-``."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())  # a link in a heading counts by its text
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    result = set()
+    for _, line in prose_lines(path):
+        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match:
+            slug = github_anchor(match.group(1))
+            result.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return result
+
+
+def without_code_spans(line: str) -> str:
+    return re.sub(r"`[^`]*`", "", line)
+
+
+def test_relative_links_and_anchors_exist():
+    problems = []
+    for path in DOCS:
+        for number, line in prose_lines(path):
+            for target in re.findall(r"\]\(([^)\s]+)\)", without_code_spans(line)):
+                if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                    continue
+                file_part, _, anchor = target.partition("#")
+                linked = (path.parent / file_part).resolve() if file_part else path
+                if not linked.exists():
+                    problems.append(f"{path.name}:{number}: link to a missing file: {target}")
+                elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                    problems.append(f"{path.name}:{number}: no heading '#{anchor}' in {linked.name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_named_repository_files_exist():
+    problems = []
+    for path in DOCS:
+        for number, line in prose_lines(path):
+            for span in re.findall(r"`([^`]+)`", line):
+                name = span.split()[0].rstrip(".,:;") if span.split() else ""
+                if name.startswith(REPO_FOLDERS) and not re.search(r"[*{}<>]|XXX|_F/", name):
+                    if not (REPO / name).exists():
+                        problems.append(f"{path.name}:{number}: `{span}` is not in the repository")
+            for name in re.findall(r"(?<![\w/.-])([\w.-]+\.md)\b", without_code_spans(line)):
+                if not any((folder / name).exists() for folder in (path.parent, REPO, REPO / "documentation")):
+                    problems.append(f"{path.name}:{number}: {name} is not in the repository")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("heading, anchor", [
+    ("## Presets: time and what they reach", "presets-time-and-what-they-reach"),
+    ("## 2. End to end: one realistic case", "2-end-to-end-one-realistic-case"),
+    ("# Training: `cmbunet_train`", "training-cmbunet_train"),
+    ("### 6a. Small held-out-site experiment (what chose the defaults)",
+     "6a-small-held-out-site-experiment-what-chose-the-defaults"),
+])
+def test_github_anchor(heading, anchor):
+    assert github_anchor(heading.lstrip("# ")) == anchor
