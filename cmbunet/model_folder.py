@@ -1,7 +1,8 @@
 """The trained-model folder: the one place that knows its layout, which folds and stages it holds, how a stage
 network is loaded from a checkpoint, which plans it was trained with and which inference settings it carries.
 
-Layout (``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet``, or any folder given to ``cmbunet_predict -m``)::
+Layout (``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet``, ``cmbunet__PLANS`` for the plans name ``PLANS`` other than the
+default ``cmbunetPlans``, or any folder given to ``cmbunet_predict -m``)::
 
     plans.json, dataset.json, dataset_fingerprint.json     copied from the preprocessed dataset by cmbunet_train
     inference_settings.json                                optional: thresholds chosen on validation data or by hand
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from cmbunet.errors import InputError, MissingStageError, PlansMismatchError
-from cmbunet.paths import results_dataset_dir
+from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, results_dataset_dir
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, Plans, validate_settings  # noqa: F401 - re-exported
 from cmbunet.utilities.file_io import load_json
 
@@ -52,6 +53,13 @@ CV_TABLE_FILE = "cv_table.csv"
 CV_SUMMARY_FILE = "cv_summary.json"
 CHECKPOINT_KINDS = ("latest", "best", "final")
 _FOLD_RE = re.compile(r"^fold_(?P<fold>.+)$")
+
+
+def model_subfolder(plans_name: str = DEFAULT_PLANS_NAME) -> str:
+    """``cmbunet`` for the default plans name, ``cmbunet__PLANS`` for another (nnU-Net's ``Trainer__Plans``)."""
+    if plans_name == DEFAULT_PLANS_NAME:
+        return MODEL_SUBFOLDER
+    return f"{MODEL_SUBFOLDER}__{check_plans_name(plans_name)}"
 
 
 def fold_sort_key(fold: str) -> tuple[bool, int, str]:
@@ -95,9 +103,11 @@ class ModelFolder:
         object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
-    def of_dataset(cls, dataset_name: str, results_root: Path | None = None) -> "ModelFolder":
-        """``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet`` (``results_root`` overrides the variable)."""
-        return cls(results_dataset_dir(dataset_name, results_root) / MODEL_SUBFOLDER)
+    def of_dataset(cls, dataset_name: str, results_root: Path | None = None,
+                   plans_name: str = DEFAULT_PLANS_NAME) -> "ModelFolder":
+        """``CMBUNET_RESULTS/DatasetXXX_Name/cmbunet`` (``cmbunet__PLANS`` for another plans name than the
+        default; ``results_root`` overrides the variable)."""
+        return cls(results_dataset_dir(dataset_name, results_root) / model_subfolder(plans_name))
 
     # ------------------------------------------------------------------------------------------ paths
     @property

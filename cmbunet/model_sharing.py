@@ -28,7 +28,7 @@ from cmbunet import __version__
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE_SETTINGS_FILE, MODEL_SUBFOLDER,
                                   PLANS_FILE, STAGES, ModelFolder, load_checkpoint)
-from cmbunet.paths import get_root, is_dataset_name, resolve_dataset_name
+from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, is_dataset_name, resolve_dataset_name
 from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import atomic_path
 
@@ -296,6 +296,9 @@ def export_parser() -> argparse.ArgumentParser:
                    help="folds to export, e.g. 0 1 2 3 4 or all (default: every fold with all three stages trained)")
     p.add_argument("-o", "--output", required=True, help="the zip file to write, e.g. model.zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
+    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
+                   help=f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
+                        "another name: cmbunet__NAME)")
     return p
 
 
@@ -306,7 +309,7 @@ def export_main(argv: list[str] | None = None) -> int:
         model_dir = Path(args.model)
     else:
         root = get_root("results", args.results_root)
-        model_dir = ModelFolder.of_dataset(resolve_dataset_name(args.dataset, root), root).path
+        model_dir = ModelFolder.of_dataset(resolve_dataset_name(args.dataset, root), root, args.plans_name).path
     manifest = export_model(model_dir, args.output, args.folds, args.name)
     size = Path(args.output).stat().st_size / 2**20
     print(f"exported {manifest['dataset']} (folds {' '.join(manifest['folds'])}, plans {manifest['plans_hash']}, "

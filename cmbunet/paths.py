@@ -58,6 +58,35 @@ def resolve_dataset_name(dataset: str | int, *search_roots: Path) -> str:
     return found.pop()
 
 
+#: The plans name of ``cmbunet_plan_and_preprocess``/``cmbunet_train``/``cmbunet_predict -p`` when none is given; it
+#: keeps the original layout (``plans.json``, ``data/``, ``results/DatasetXXX_Name/cmbunet``).
+DEFAULT_PLANS_NAME = "cmbunetPlans"
+_PLANS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+def check_plans_name(plans_name: str) -> str:
+    """``plans_name`` if usable as a file and folder name part, else a :class:`CMBUNetError`."""
+    if not _PLANS_NAME_RE.match(plans_name) or "__" in plans_name or plans_name in ("plans", "dataset",
+                                                                                     "dataset_fingerprint"):
+        raise CMBUNetError(f"plans name '{plans_name}' is not usable: use letters, digits, '-' and single '_' "
+                           "(not 'plans', 'dataset' or 'dataset_fingerprint')")
+    return plans_name
+
+
+def plans_file_name(plans_name: str = DEFAULT_PLANS_NAME) -> str:
+    """``plans.json`` for the default plans name, ``NAME.json`` for another."""
+    return "plans.json" if plans_name == DEFAULT_PLANS_NAME else f"{check_plans_name(plans_name)}.json"
+
+
+def preprocessed_case_root(preprocessed_dir: Path, plans_name: str, preprocessing_hash: str) -> Path:
+    """The folder holding ``data/`` (and ``unpacked/``) of the cases preprocessed under ``plans_name``: the dataset
+    folder itself for the default plans name, else ``pp_<preprocessing hash>``, shared by every plans name whose
+    preprocessing (spacing, normalisation, resampling, channels) is the same."""
+    if plans_name == DEFAULT_PLANS_NAME:
+        return Path(preprocessed_dir)
+    return Path(preprocessed_dir) / f"pp_{preprocessing_hash}"
+
+
 def preprocessed_dataset_dir(dataset_name: str, preprocessed_root: Path | None = None) -> Path:
     return get_root("preprocessed", preprocessed_root) / dataset_name
 

@@ -1,8 +1,14 @@
 """``cmbunet_plan_and_preprocess``: fingerprint a raw dataset, derive its plans, preprocess it and split it.
 
 Everything goes to ``CMBUNET_PREPROCESSED/DatasetXXX_Name/``; the raw dataset is only read. A re-run skips the
-cases already preprocessed with the same plans (their ``CASE.json`` records the plans hash), so an interrupted
-run continues where it stopped and a change of plans redoes exactly the affected cases.
+cases already preprocessed with the same preprocessing (their ``CASE.json`` records the preprocessing hash: the
+channels, target spacing, normalisation and resampling), so an interrupted run continues where it stopped, a
+change of spacing redoes exactly the affected cases and a change of networks, schedules or inference redoes none.
+
+``-p NAME`` keeps several plans side by side: ``plans.json`` and ``data/`` belong to the default name
+``cmbunetPlans``; another name writes ``NAME.json`` and its cases to ``pp_<preprocessing hash>/data/``, shared by
+every plans name with the same preprocessing. A re-plan of a name keeps that name's earlier ``--override``s
+unless ``--clear-overrides`` is given.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from tqdm import tqdm
 from cmbunet.dataset.raw_dataset import binarise_label, list_training_cases, load_dataset_json, verify_dataset_integrity
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
-from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
+                           resolve_dataset_name)
 from cmbunet.plans.planner import PRESETS
 from cmbunet.plans.schema import Plans
-from cmbunet.preprocessing.preprocessor import case_files, preprocess_case, save_preprocessed_case
+from cmbunet.preprocessing.preprocessor import (case_files, preprocess_case, recorded_hash_matches,
+                                                save_preprocessed_case)
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
@@ -56,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a short schedule for a quick trial; paper: the published 20x20x16 blocks; tiny: tests")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="set plans entries, e.g. target_spacing=[0.5,0.5,0.8] (value parsed as JSON)")
+    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
+                   help=f"name of the plans to write (default {DEFAULT_PLANS_NAME}: plans.json and data/); another name "
+                        "writes NAME.json beside them, so several configurations can be trained side by side")
+    p.add_argument("--clear-overrides", action="store_true",
+                   help="forget the --override values of the earlier plans of this name (by default a re-plan keeps "
+                        "them and applies the new ones after them)")
     p.add_argument("--raw-root", type=Path, default=None, help="raw data root (default: $CMBUNET_RAW)")
     p.add_argument("--preprocessed-root", type=Path, default=None,
                    help="preprocessed data root (default: $CMBUNET_PREPROCESSED)")
@@ -77,19 +91,43 @@ def fingerprint_matches(fingerprint_path: Path, cases: list[str]) -> bool:
         return False
 
 
-def case_is_done(out_dir: Path, case: str, phash: str) -> bool:
-    """Both files exist and the properties were written under the same plans."""
+def case_is_done(out_dir: Path, case: str, pp_hash: str, phash: str | None = None) -> bool:
+    """Both files exist and the properties were written under the same preprocessing (``pp_hash``); cases of
+    older versions, which record only the full plans hash, count when it equals ``phash``."""
     npz, js = case_files(out_dir, case)
     if not (npz.is_file() and js.is_file()):
         return False
     try:
-        return load_json(js).get("plans_hash") == phash
+        return recorded_hash_matches(load_json(js), pp_hash, phash)
     except (OSError, ValueError, AttributeError):
         return False
 
 
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].strip()
+
+
+def merge_overrides(earlier: list[str] | tuple[str, ...], new: list[str]) -> tuple[list[str], list[str]]:
+    """The overrides to apply (earlier ones first, each key once, a new value winning) and the earlier ones kept."""
+    new_keys = {_override_key(o) for o in new}
+    kept: dict[str, str] = {}
+    for item in earlier:
+        if _override_key(item) not in new_keys:
+            kept[_override_key(item)] = item
+    return list(kept.values()) + list(new), list(kept.values())
+
+
+def earlier_overrides(plans_path: Path) -> list[str]:
+    """The ``overrides`` recorded in an existing plans file (``[]`` when it is absent or unreadable)."""
+    try:
+        found = load_json(plans_path).get("overrides", []) if plans_path.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(o) for o in found] if isinstance(found, list) else []
+
+
 def preprocess_training_case(case: str, images: list[Path], label: Path, plans: Plans, out_dir: Path,
-                             phash: str) -> dict[str, Any]:
+                             phash: str, pp_hash: str | None = None) -> dict[str, Any]:
     """Read, preprocess and save one training case; returns a short summary for the report."""
     data, props = SimpleITKIO.read_images(images)
     seg, seg_props = SimpleITKIO.read_seg(label)
@@ -101,6 +139,8 @@ def preprocess_training_case(case: str, images: list[Path], label: Path, plans: 
     except InputError as e:
         raise InputError(images[0], e.problem) from None
     properties["plans_hash"] = phash
+    if pp_hash is not None:
+        properties["preprocessing_hash"] = pp_hash
     save_preprocessed_case(out_dir, case, data, seg_pp, brain, properties)
     return summary_of(properties)
 
@@ -159,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         raise CMBUNetError(f"-np must be at least 1, got {args.np}")
     from cmbunet.plans import (extract_fingerprint, load_fingerprint, plan_experiment, plans_hash, save_fingerprint,
                                save_plans)
+    from cmbunet.plans.plans_io import preprocessing_hash
+
+    plans_name = check_plans_name(args.plans_name)
 
     raw_root = get_root("raw", args.raw_root)
     pre_root = get_root("preprocessed", args.preprocessed_root)
@@ -181,18 +224,23 @@ def main(argv: list[str] | None = None) -> int:
         fingerprint = load_fingerprint(fp_path)
     else:
         fingerprint = extract_fingerprint(raw_dir, num_processes=args.np)
-    plans = plan_experiment(fingerprint, dataset_json, preset=args.preset, overrides=args.override,
-                            dataset_name=name)
+    plans_path = out_dir / plans_file_name(plans_name)
+    overrides, kept = merge_overrides([] if args.clear_overrides else earlier_overrides(plans_path), args.override)
+    if kept:
+        print(f"keeping the earlier overrides of {plans_path.name} (--clear-overrides forgets them): {' '.join(kept)}")
+    plans = plan_experiment(fingerprint, dataset_json, preset=args.preset, overrides=overrides, dataset_name=name)
     phash = plans_hash(plans)
+    pp_hash = preprocessing_hash(plans)
+    case_root = preprocessed_case_root(out_dir, plans_name, pp_hash)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (out_dir, out_dir / DATA_DIR):
+    for folder in (out_dir, case_root / DATA_DIR):
         remove_stale_temp_files(folder)  # left by a killed run
     save_fingerprint(fingerprint, fp_path)
-    save_plans(plans, out_dir / PLANS_FILE)
+    save_plans(plans, plans_path)
     save_json(dataset_json, out_dir / "dataset.json")
-    if args.clean and (out_dir / DATA_DIR).is_dir():
-        shutil.rmtree(out_dir / DATA_DIR)
+    if args.clean and (case_root / DATA_DIR).is_dir():
+        shutil.rmtree(case_root / DATA_DIR)
 
     has_cmb = {r["case"]: r.get("num_cmbs", 0) > 0 for r in fingerprint["cases"]}
     if len(cases) >= 2:
@@ -200,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"only one training case: no {SPLITS_FILE} written; train with fold 'all'")
     if args.no_preprocess:
-        print(f"{name}: plans written to {out_dir / PLANS_FILE} (preprocessing skipped)")
+        print(f"{name}: plans written to {plans_path} (preprocessing skipped)")
         return 0
 
-    todo = [c for c in cases if not case_is_done(out_dir, c, phash)]
-    jobs = [(c, cases[c]["images"], cases[c]["label"], plans, out_dir, phash) for c in todo]
+    todo = [c for c in cases if not case_is_done(case_root, c, pp_hash, phash)]
+    jobs = [(c, cases[c]["images"], cases[c]["label"], plans, case_root, phash, pp_hash) for c in todo]
     done = preprocess_cases(jobs, args.np) if jobs else []
-    print(format_summary(name, out_dir, plans, done, len(cases) - len(todo)))
+    if not todo:
+        print(f"{name}: preprocessed cases up to date (preprocessing {pp_hash}) in {case_root / DATA_DIR}")
+    print(format_summary(name, case_root, plans, done, len(cases) - len(todo)))
     return 0
 
 

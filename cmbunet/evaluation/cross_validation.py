@@ -35,7 +35,7 @@ from cmbunet.evaluation.froc import COMPONENTS_CSV, POS_COLUMNS, write_csv, writ
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
-from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
 from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import load_json, outputs_complete, save_json
 
@@ -165,7 +165,8 @@ def validation_cases(preprocessed_dir: Path, fold: int | str) -> list[str]:
 
 def validate_fold(dataset_name: str, fold: int | str, preprocessed_root: Path | None = None,
                   results_root: Path | None = None, device: str = "cpu", raw_root: Path | None = None,
-                  dist_mm: float = DEFAULT_DIST_MM, predict: bool = True, overwrite: bool = False) -> Path | None:
+                  dist_mm: float = DEFAULT_DIST_MM, predict: bool = True, overwrite: bool = False,
+                  plans_name: str = DEFAULT_PLANS_NAME) -> Path | None:
     """Predict and evaluate fold ``fold``'s validation cases into ``fold_F/validation``; returns that folder.
 
     Finished cases are skipped (``overwrite`` redoes them); the evaluation always runs again, so a changed
@@ -178,12 +179,17 @@ def validate_fold(dataset_name: str, fold: int | str, preprocessed_root: Path | 
     cases = validation_cases(pre_dir, fold)
     if not cases:
         return None
-    model = ModelFolder.of_dataset(name, get_root("results", results_root))
+    model = ModelFolder.of_dataset(name, get_root("results", results_root), plans_name)
+    case_root = pre_dir
+    if plans_name != DEFAULT_PLANS_NAME:
+        from cmbunet.plans.plans_io import preprocessing_hash
+
+        case_root = preprocessed_case_root(pre_dir, plans_name, preprocessing_hash(model.load_plans()))
     out = model.validation_dir(fold)
     out.mkdir(parents=True, exist_ok=True)
     if predict:
-        predict_validation_cases(model.path, fold, cases, pre_dir, out, device, overwrite)
-    evaluate_validation(out, cases, reference_files(name, cases, raw_root), pre_dir, dist_mm)
+        predict_validation_cases(model.path, fold, cases, case_root, out, device, overwrite)
+    evaluate_validation(out, cases, reference_files(name, cases, raw_root), case_root, dist_mm)
     return out
 
 
@@ -262,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
+                   help=f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
+                        "another name: cmbunet__NAME)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to summarise (default: every fold of splits_final.json)")
     p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
@@ -288,7 +297,7 @@ def collect_folds(name: str, folds: Sequence[str], pre_dir: Path, results_root: 
                   ) -> tuple[dict[str, tuple[dict, pd.DataFrame]], dict[str, str]]:
     """Evaluate (and with ``--predict-missing`` predict) each fold as needed; returns usable summaries and
     every fold's status line."""
-    model = ModelFolder.of_dataset(name, results_root)
+    model = ModelFolder.of_dataset(name, results_root, args.plans_name)
     complete = model.complete_folds()
     summaries, status = {}, {}
     for fold in folds:
@@ -299,7 +308,7 @@ def collect_folds(name: str, folds: Sequence[str], pre_dir: Path, results_root: 
         has_outputs = any(case_finished(out, c) for c in cases)
         if state != "ok" and ((args.predict_missing and trained) or has_outputs):
             validate_fold(name, fold, pre_dir.parent, results_root, args.device, args.raw_root, args.dist,
-                          predict=args.predict_missing and trained)
+                          predict=args.predict_missing and trained, plans_name=args.plans_name)
             state = fold_status(out, cases, args.dist)
         if state != "ok" and not trained:
             state += "; model not trained" if model.fold_dir(fold).is_dir() else "; no model folder"
@@ -322,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     pre_dir = pre_root / name
     folds = [str(f) for f in args.folds] if args.folds else _all_folds(pre_dir)
     summaries, status = collect_folds(name, folds, pre_dir, results_root, args)
-    model = ModelFolder.of_dataset(name, results_root)
+    model = ModelFolder.of_dataset(name, results_root, args.plans_name)
     for fold, state in status.items():
         print(f"fold {fold}: {state}")
     if not summaries:

@@ -32,7 +32,7 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, load_components
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
-from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, resolve_dataset_name
 from cmbunet.plans.schema import Plans
 from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
+                   help=f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
+                        "another name: cmbunet__NAME)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds whose validation results to use (default: every fold with fold_F/validation)")
     p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CMBUNetError(f"--dist must be positive, got {args.dist}")
     results_root = get_root("results", args.results_root)
     name = resolve_dataset_name(args.dataset, results_root)
-    model_dir = ModelFolder.of_dataset(name, results_root).path
+    model_dir = ModelFolder.of_dataset(name, results_root, args.plans_name).path
     dirs = _validation_dirs(model_dir, args.folds)
     result = find_thresholds(model_dir, dirs, args.dist, args.merge_mm, sizes=(0,) if args.no_min_size else DEFAULT_SIZES)
     s, best = result["settings"], result["best"]

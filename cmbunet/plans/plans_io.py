@@ -65,6 +65,14 @@ def hashed_content(plans: Plans, stage: str | None = None) -> dict:
     return _canonical(content)
 
 
+def preprocessing_hash(plans: Plans) -> str:
+    """Stable 16-hex hash of the part of the plans that preprocessing reads (channels, target spacing,
+    normalisation, resampling): plans that differ only in networks, schedules or inference share their
+    preprocessed cases."""
+    data = plans.to_dict()
+    return json_hash(_canonical({k: data[k] for k in _HASHED_TOP}))
+
+
 def plans_hash(plans: Plans, stage: str | None = None) -> str:
     """Stable 16-hex hash of :func:`hashed_content`; with ``stage``, only the shared part and that stage."""
     return json_hash(hashed_content(plans, stage))

@@ -353,23 +353,42 @@ def load_preprocessed_case(
 
 
 @functools.lru_cache(maxsize=8)
-def _plans_hash_of_file(path: str, mtime_ns: int, size: int) -> str:
-    from cmbunet.plans.plans_io import load_plans, plans_hash
+def _plans_hashes_of_file(path: str, mtime_ns: int, size: int) -> tuple[str, str]:
+    from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
 
-    return plans_hash(load_plans(path))
+    plans = load_plans(path)
+    return preprocessing_hash(plans), plans_hash(plans)
+
+
+def recorded_hash_matches(properties: Any, pp_hash: str, full_hash: str | None) -> bool:
+    """Whether a case's properties were written under plans with preprocessing hash ``pp_hash``: cases record
+    ``preprocessing_hash``; older ones only the full ``plans_hash``, accepted when it equals ``full_hash``."""
+    if not isinstance(properties, dict):
+        return False
+    if "preprocessing_hash" in properties:
+        return properties["preprocessing_hash"] == pp_hash
+    return full_hash is not None and properties.get("plans_hash") == full_hash
 
 
 def _check_case_plans(preprocessed_dataset_dir: Path, case_json: Path, properties: Any) -> None:
     """Refuse a case preprocessed under other plans than the dataset's current ``plans.json`` (e.g. re-planned
-    with ``--no-preprocess``): its spacing or crop would silently disagree with what the plans promise."""
-    plans_file = preprocessed_dataset_dir / "plans.json"
-    recorded = properties.get("plans_hash") if isinstance(properties, dict) else None
-    if recorded is None or not plans_file.is_file():
+    with ``--no-preprocess``): its spacing or crop would silently disagree with what the plans promise. Cases of
+    another plans name lie in ``pp_<preprocessing hash>/data`` and are checked against that hash."""
+    if not isinstance(properties, dict) or ("plans_hash" not in properties and "preprocessing_hash" not in properties):
         return
-    st = plans_file.stat()
-    current = _plans_hash_of_file(str(plans_file), st.st_mtime_ns, st.st_size)
-    if recorded != current:
+    folder = preprocessed_dataset_dir.name
+    if folder.startswith("pp_"):
+        expected, full, source = folder[3:], None, str(preprocessed_dataset_dir)
+    else:
+        plans_file = preprocessed_dataset_dir / "plans.json"
+        if not plans_file.is_file():
+            return
+        st = plans_file.stat()
+        expected, full = _plans_hashes_of_file(str(plans_file), st.st_mtime_ns, st.st_size)
+        source = str(plans_file)
+    if not recorded_hash_matches(properties, expected, full):
+        recorded = properties.get("preprocessing_hash", properties.get("plans_hash"))
         raise PlansMismatchError(
-            f"{case_json} was preprocessed with plans {recorded} but {plans_file} hashes to {current}; "
+            f"{case_json} was preprocessed with plans {recorded} but {source} needs preprocessing {expected}; "
             "re-run cmbunet_plan_and_preprocess (without --no-preprocess) to preprocess the cases again"
         )

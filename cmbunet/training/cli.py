@@ -10,7 +10,8 @@ from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, PlansMismatchError
 from cmbunet.model_folder import DATASET_FILES, ModelFolder
-from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
+                           resolve_dataset_name)
 from cmbunet.plans.schema import STAGES
 from cmbunet.utilities.cli import HelpFormatter, deprecated_alias, run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fold", help="cross-validation fold (0-4) or 'all' to train on every case")
     p.add_argument("-s", "--stage", choices=STAGE_CHOICES, default="all",
                    help="stage to train (default all: the three stages in order)")
+    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
+                   help=f"plans to train with (default {DEFAULT_PLANS_NAME}: plans.json, model in "
+                        "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet); another name reads NAME.json and trains into "
+                        "cmbunet__NAME")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     p.add_argument("--c", "--continue", dest="resume", action="store_true",
                    help="continue from checkpoint_latest.pth; finished stages are skipped")
@@ -75,18 +80,24 @@ def stages_to_run(choice: str) -> list[str]:
     return list(STAGES) if choice == "all" else [choice]
 
 
-def prepare_model_folder(preprocessed_dir: Path, model: ModelFolder, plans_hash: str) -> None:
-    """Copy plans.json, dataset.json and dataset_fingerprint.json next to the folds; refuse other plans."""
-    model.check_plans(plans_hash, preprocessed_dir / "plans.json")
+def prepare_model_folder(preprocessed_dir: Path, model: ModelFolder, plans_hash: str,
+                         plans_name: str = DEFAULT_PLANS_NAME) -> None:
+    """Copy the plans (as plans.json), dataset.json and dataset_fingerprint.json next to the folds; refuse other
+    plans."""
+    plans_src = preprocessed_dir / plans_file_name(plans_name)
+    model.check_plans(plans_hash, plans_src)
     for name in DATASET_FILES:
-        src = preprocessed_dir / name
+        src = plans_src if name == "plans.json" else preprocessed_dir / name
         if src.is_file():
             with atomic_path(model.path / name) as tmp:
                 tmp.write_bytes(src.read_bytes())
 
 
-def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str) -> None:
-    """Refuse, before anything is written, preprocessed cases that are missing or were made with other plans."""
+def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str, pp_hash: str | None = None,
+                             plans_file: str = "plans.json") -> None:
+    """Refuse, before anything is written, preprocessed cases that are missing or were made with another
+    preprocessing (``pp_hash``; cases of older versions record only the full plans hash ``phash``)."""
+    from cmbunet.preprocessing.preprocessor import recorded_hash_matches
     from cmbunet.utilities.file_io import load_json
 
     for case in cases:
@@ -94,10 +105,14 @@ def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str) -> Non
         if not props_path.is_file() or not (pre_dir / "data" / f"{case}.npz").is_file():
             raise CMBUNetError(f"{props_path.with_suffix('.npz')}: preprocessed case is missing; run "
                                "cmbunet_plan_and_preprocess first")
-        recorded = load_json(props_path).get("plans_hash")
-        if recorded is not None and recorded != phash:
-            raise PlansMismatchError(f"{props_path}: was preprocessed with plans {recorded} but plans.json hashes to "
-                                     f"{phash}; re-run cmbunet_plan_and_preprocess")
+        props = load_json(props_path)
+        recorded = props.get("preprocessing_hash", props.get("plans_hash")) if isinstance(props, dict) else None
+        if recorded is None:
+            continue
+        if not (recorded_hash_matches(props, pp_hash, phash) if pp_hash is not None else recorded == phash):
+            what = "plans" if pp_hash is None else "preprocessing of the plans"
+            raise PlansMismatchError(f"{props_path}: was preprocessed with plans {recorded} but {plans_file} hashes to "
+                                     f"{pp_hash or phash} ({what}); re-run cmbunet_plan_and_preprocess")
 
 
 #: Ctrl-C: a plain re-run starts the interrupted stage from scratch; only --c continues from checkpoint_latest.pth.
@@ -109,7 +124,7 @@ INTERRUPTED = ("interrupted; the checkpoints saved so far are kept. Run the same
 @run_cli(interrupted=INTERRUPTED)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cmbunet.plans.plans_io import load_plans, plans_hash
+    from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
     from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
     from cmbunet.training import distributed as D
     from cmbunet.training.loop import TrainConfig, require_stages, run_stages
@@ -130,14 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     pre_root = get_root("preprocessed", args.preprocessed_root)
     name = resolve_dataset_name(args.dataset, pre_root)
     pre_dir = pre_root / name
-    plans = load_plans(pre_dir / "plans.json")
+    plans_name = check_plans_name(args.plans_name)
+    plans = load_plans(pre_dir / plans_file_name(plans_name))
     phash = plans_hash(plans)
+    pp_hash = preprocessing_hash(plans)
+    case_root = preprocessed_case_root(pre_dir, plans_name, pp_hash)
     train_cases, val_cases = get_fold_cases(load_splits(pre_dir / SPLITS_FILE), fold)
-    model = ModelFolder.of_dataset(name, get_root("results", args.results_root))
+    model = ModelFolder.of_dataset(name, get_root("results", args.results_root), plans_name)
     model_dir = model.path
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
 
-    configs = [TrainConfig(stage=s, fold=fold, plans=plans, plans_hash=phash, preprocessed_dir=pre_dir,
+    configs = [TrainConfig(stage=s, fold=fold, plans=plans, plans_hash=phash, preprocessed_dir=case_root,
                            model_dir=model_dir, train_cases=train_cases, val_cases=val_cases, device=args.device,
                            seed=seed, resume=args.resume, num_workers=args.npp)
                for s in stages_to_run(args.stage)]
@@ -145,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     first = configs[0]
     if not (first.resume and model.is_trained(fold, first.stage)):
         require_stages(first, STAGES[first.stage])
-    check_preprocessed_cases(pre_dir, train_cases + val_cases, phash)
-    prepare_model_folder(pre_dir, model, phash)
+    check_preprocessed_cases(case_root, train_cases + val_cases, phash, pp_hash, plans_file_name(plans_name))
+    prepare_model_folder(pre_dir, model, phash, plans_name)
     remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
     print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
           f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
@@ -161,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         # the fold is complete: predict its validation cases with the whole pipeline and score them (fold_F/validation)
         from cmbunet.evaluation.cross_validation import validate_fold
 
-        out = validate_fold(name, fold, pre_root, get_root("results", args.results_root), args.device, args.raw_root)
+        out = validate_fold(name, fold, pre_root, get_root("results", args.results_root), args.device, args.raw_root,
+                            plans_name=plans_name)
         print(f"validation predictions and metrics of fold {fold}: {out}")
         if not args.no_thresholds:
             from cmbunet.evaluation.thresholds import thresholds_after_cross_validation
