@@ -126,6 +126,24 @@ def earlier_overrides(plans_path: Path) -> list[str]:
     return [str(o) for o in found] if isinstance(found, list) else []
 
 
+def reuse_default_cases(out_dir: Path, case_root: Path, cases: list[str], pp_hash: str) -> list[str]:
+    """Link (or copy) into ``case_root/data`` the cases of the default plans' ``data/`` that were preprocessed
+    alike (same preprocessing hash), so another plans name does not preprocess them again; returns those cases."""
+    reused = []
+    for case in cases:
+        if case_root == out_dir or not case_is_done(out_dir, case, pp_hash):
+            continue
+        for src, dst in zip(case_files(out_dir, case), case_files(case_root, case)):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        reused.append(case)
+    return reused
+
+
 def preprocess_training_case(case: str, images: list[Path], label: Path, plans: Plans, out_dir: Path,
                              phash: str, pp_hash: str | None = None) -> dict[str, Any]:
     """Read, preprocess and save one training case; returns a short summary for the report."""
@@ -252,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     todo = [c for c in cases if not case_is_done(case_root, c, pp_hash, phash)]
+    reused = reuse_default_cases(out_dir, case_root, todo, pp_hash)
+    if reused:
+        print(f"{name}: {len(reused)} case(s) taken from {out_dir / DATA_DIR} (preprocessed alike)")
+        todo = [c for c in todo if c not in reused]
     jobs = [(c, cases[c]["images"], cases[c]["label"], plans, case_root, phash, pp_hash) for c in todo]
     done = preprocess_cases(jobs, args.np) if jobs else []
     if not todo:

@@ -67,7 +67,10 @@ def test_two_plans_names_are_planned_and_trained_side_by_side(roots, capsys):
     assert list(wide.screening.network.features) == [8, 8, 16, 16, 48]
     wide_data = pre_dir / f"pp_{preprocessing_hash(wide)}" / "data"
     assert len(list(wide_data.glob("*.npz"))) == 4
-    capsys.readouterr()
+    # preprocessed like the default plans: the cases of data/ are taken over, not preprocessed again
+    assert "4 case(s) taken from" in capsys.readouterr().out
+    for npz in wide_data.glob("*.npz"):
+        assert npz.read_bytes() == (pre_dir / "data" / npz.name).read_bytes()
 
     results = roots["base"] / "results"
     assert _plan(roots, "--override", *TINY_TRAINING_OVERRIDES) == 0  # the default plans with the tiny schedule
