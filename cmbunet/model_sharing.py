@@ -225,10 +225,10 @@ def holds_model(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def install_model(zip_path: str | Path, results_root: str | Path | None = None, force: bool = False
-                  ) -> tuple[Path, dict[str, Any]]:
-    """Verify ``zip_path`` and install it as ``RESULTS/DatasetXXX_Name/cmbunet``; returns that folder and the
-    manifest. An existing model is replaced only with ``force``, and only once the new one is verified."""
+def install_model(zip_path: str | Path, results_root: str | Path | None = None, force: bool = False,
+                  plans_name: str = DEFAULT_PLANS_NAME) -> tuple[Path, dict[str, Any]]:
+    """Verify ``zip_path`` and install it as ``RESULTS/DatasetXXX_Name/cmbunet`` (``cmbunet__PLANS`` for another
+    plans name than the default); returns that folder and the manifest. An existing model is replaced only with ``force``, and only once the new one is verified."""
     where = Path(zip_path)
     if not where.is_file():
         raise InputError(where, "model zip does not exist")
@@ -239,7 +239,7 @@ def install_model(zip_path: str | Path, results_root: str | Path | None = None, 
     with z:
         manifest = read_manifest(z, where)
         check_entries(z, manifest, where)
-        target = ModelFolder.of_dataset(manifest["dataset"], get_root("results", results_root)).path
+        target = ModelFolder.of_dataset(manifest["dataset"], get_root("results", results_root), plans_name).path
         if holds_model(target) and not force:
             raise InputError(target, "already holds a model; add --force to replace it (its folds, validation "
                                      "results and settings are all removed), or install into another --results-root")
@@ -326,13 +326,16 @@ def install_parser() -> argparse.ArgumentParser:
     p.add_argument("zip", help="the model zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--force", action="store_true", help="replace a model already installed for that dataset")
+    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
+                   help=f"install as the model of this plans name (default {DEFAULT_PLANS_NAME}: "
+                        "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; another name: cmbunet__NAME)")
     return p
 
 
 @run_cli
 def install_main(argv: list[str] | None = None) -> int:
     args = install_parser().parse_args(argv)
-    target, manifest = install_model(args.zip, args.results_root, args.force)
+    target, manifest = install_model(args.zip, args.results_root, args.force, args.plans_name)
     print(f"installed {manifest['dataset']} (folds {' '.join(manifest['folds'])}, plans {manifest['plans_hash']}, "
           f"exported with cmbunet {manifest.get('cmbunet_version', '?')}) into {target}")
     print(f"predict with: cmbunet_predict -i INPUT -o OUTPUT -m {target}")

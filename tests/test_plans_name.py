@@ -166,3 +166,11 @@ def test_unusable_plans_name_is_refused(roots):
     assert not (roots["pre"] / DATASET / "a__b.json").exists()
     with pytest.raises(CMBUNetError):
         ModelFolder.of_dataset(DATASET, roots["base"], "../x")
+
+
+def test_install_model_under_a_plans_name(tmp_path):
+    from cmbunet.model_sharing import install_parser
+
+    args = install_parser().parse_args(["model.zip", "-p", "Wide"])
+    assert args.plans_name == "Wide"
+    assert install_parser().parse_args(["model.zip"]).plans_name == "cmbunetPlans"
