@@ -29,7 +29,7 @@ from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE_SETTINGS_FILE, MODEL_SUBFOLDER,
                                   PLANS_FILE, STAGES, ModelFolder, load_checkpoint)
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, is_dataset_name, resolve_dataset_name
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.file_io import atomic_path
 
 MANIFEST = "manifest.json"
@@ -296,9 +296,7 @@ def export_parser() -> argparse.ArgumentParser:
                    help="folds to export, e.g. 0 1 2 3 4 or all (default: every fold with all three stages trained)")
     p.add_argument("-o", "--output", required=True, help="the zip file to write, e.g. model.zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
-    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
-                   help=f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
-                        "another name: cmbunet__NAME)")
+    add_plans_option(p)
     return p
 
 
@@ -326,8 +324,7 @@ def install_parser() -> argparse.ArgumentParser:
     p.add_argument("zip", help="the model zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--force", action="store_true", help="replace a model already installed for that dataset")
-    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
-                   help=f"install as the model of this plans name (default {DEFAULT_PLANS_NAME}: "
+    add_plans_option(p, help=f"install as the model of this plans name (default {DEFAULT_PLANS_NAME}: "
                         "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; another name: cmbunet__NAME)")
     return p
 

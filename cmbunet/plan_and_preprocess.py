@@ -32,7 +32,7 @@ from cmbunet.plans.schema import Plans
 from cmbunet.preprocessing.preprocessor import (case_files, preprocess_case, recorded_hash_matches,
                                                 save_preprocessed_case)
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a short schedule for a quick trial; paper: the published 20x20x16 blocks; tiny: tests")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="set plans entries, e.g. target_spacing=[0.5,0.5,0.8] (value parsed as JSON)")
-    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
-                   help=f"name of the plans to write (default {DEFAULT_PLANS_NAME}: plans.json and data/); another name "
+    add_plans_option(p, help=f"name of the plans to write (default {DEFAULT_PLANS_NAME}: plans.json and data/); another name "
                         "writes NAME.json beside them, so several configurations can be trained side by side")
     p.add_argument("--clear-overrides", action="store_true",
                    help="forget the --override values of the earlier plans of this name (by default a re-plan keeps "

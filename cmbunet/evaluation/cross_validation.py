@@ -36,7 +36,7 @@ from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.file_io import load_json, outputs_complete, save_json
 
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
@@ -268,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
-    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
-                   help=f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
-                        "another name: cmbunet__NAME)")
+    add_plans_option(p)
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to summarise (default: every fold of splits_final.json)")
     p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,

@@ -32,9 +32,9 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, load_components
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
-from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, resolve_dataset_name
+from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.plans.schema import Plans
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
 DEFAULT_TD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 4)
@@ -329,9 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
-    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
-                   help=f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
-                        "another name: cmbunet__NAME)")
+    add_plans_option(p)
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds whose validation results to use (default: every fold with fold_F/validation)")
     p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,

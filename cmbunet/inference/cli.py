@@ -16,8 +16,8 @@ from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.model_folder import DATASET_JSON_FILE, MODEL_SUBFOLDER, PLANS_FILE, ModelFolder
-from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, resolve_dataset_name
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.utilities.cli import MODEL_PLANS_HELP, HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 
 
@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a trained model folder (holding plans.json and fold_F/), e.g. one installed with "
                             "cmbunet_install_model or copied from another machine; the dataset's results folder "
                             "around it is accepted too")
-    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
-                   help=f"with -d: plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
-                        "another name: cmbunet__NAME)")
+    add_plans_option(p, help="with -d: " + MODEL_PLANS_HELP)
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases); "

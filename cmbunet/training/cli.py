@@ -13,7 +13,7 @@ from cmbunet.model_folder import DATASET_FILES, ModelFolder
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
                            resolve_dataset_name)
 from cmbunet.plans.schema import STAGES
-from cmbunet.utilities.cli import HelpFormatter, deprecated_alias, run_cli
+from cmbunet.utilities.cli import HelpFormatter, add_plans_option, deprecated_alias, run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
 STAGE_CHOICES = (*STAGES, "all")
@@ -35,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fold", help="cross-validation fold (0-4) or 'all' to train on every case")
     p.add_argument("-s", "--stage", choices=STAGE_CHOICES, default="all",
                    help="stage to train (default all: the three stages in order)")
-    p.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
-                   help=f"plans to train with (default {DEFAULT_PLANS_NAME}: plans.json, model in "
+    add_plans_option(p, help=f"plans to train with (default {DEFAULT_PLANS_NAME}: plans.json, model in "
                         "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet); another name reads NAME.json and trains into "
                         "cmbunet__NAME")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")

@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from cmbunet.errors import CMBUNetError
+from cmbunet.paths import DEFAULT_PLANS_NAME
 
 #: What Ctrl-C prints for commands whose plain re-run skips finished work (prediction, preprocessing, conversion).
 INTERRUPTED = "interrupted; finished outputs are kept and a re-run continues where this one stopped"
@@ -31,6 +32,16 @@ class HelpFormatter(argparse.HelpFormatter):
                 or default is argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default)):
             return text
         return f"{text} (default: %(default)s)"
+
+
+#: Help of ``-p`` on the commands that find a trained model by dataset.
+MODEL_PLANS_HELP = (f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
+                    "another name: cmbunet__NAME)")
+
+
+def add_plans_option(parser: argparse.ArgumentParser, help: str = MODEL_PLANS_HELP) -> None:
+    """``-p/--plans PLANS_NAME`` (into ``plans_name``), the same on every command that plans, trains or reads a model."""
+    parser.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME", help=help)
 
 
 def deprecated_alias(replacement: str) -> type[argparse.Action]:
