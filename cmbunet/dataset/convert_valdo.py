@@ -32,6 +32,7 @@ from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
 from cmbunet.inference.input_cases import SUBJECT_PATTERN
 from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label, count_nonfinite, verify_dataset_integrity
 from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
+from cmbunet.utilities.case_names import channel_file_name
 from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
@@ -137,7 +138,7 @@ def find_subjects(valdo_dir: Path, out_dir: Path, modalities: Sequence[str]) -> 
                 case=case,
                 images=tuple(images),
                 label=label,
-                out_images=tuple(img_dir / f"{case}_{c:04d}{FILE_ENDING}" for c in range(len(modalities))),
+                out_images=tuple(img_dir / channel_file_name(case, c, FILE_ENDING) for c in range(len(modalities))),
                 out_label=out_dir / "labelsTr" / f"{case}{FILE_ENDING}" if label else None,
             ))
     if missing:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,11 @@ from tqdm import tqdm
 
 from cmbunet.errors import DatasetIntegrityError, InputError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO, geometry_mismatch
+from cmbunet.utilities.case_names import CHANNEL_STEM_RE, channel_file_name
 
 #: The only label definition cmbunet accepts: binary CMB segmentation.
 EXPECTED_LABELS = {"background": 0, "CMB": 1}
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-#: ``CASE_0000`` -> case ``CASE``, channel 0. The case id itself may contain underscores.
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 Problem = tuple[str, str]
 
@@ -111,7 +109,7 @@ def _scan_folder(folder: Path, file_ending: str, n_channels: int | None) -> tupl
         if n_channels is None:
             cases[stem][0] = f
             continue
-        m = _CHANNEL_RE.match(stem)
+        m = CHANNEL_STEM_RE.match(stem)
         if m is None:
             problems.append((str(f), f"unexpected file: image names must be CASE_XXXX{file_ending} (4-digit channel index)"))
             continue
@@ -124,7 +122,7 @@ def _scan_folder(folder: Path, file_ending: str, n_channels: int | None) -> tupl
         if n_channels is not None:
             for c in range(n_channels):
                 if c not in channels:
-                    problems.append((str(folder / f"{case}_{c:04d}{file_ending}"), f"case '{case}' is missing channel {c}"))
+                    problems.append((str(folder / channel_file_name(case, c, file_ending)), f"case '{case}' is missing channel {c}"))
     return dict(sorted(cases.items())), problems
 
 
@@ -170,7 +168,7 @@ def list_training_cases(raw_dir: str | Path, dataset_json: dict | None = None) -
             raise InputError(labels_dir / f"{case}{ending}", f"label of training case '{case}' is missing")
     for case, files in labels.items():
         if case not in images:
-            raise InputError(files[0], f"label without images: no imagesTr/{case}_0000{ending}")
+            raise InputError(files[0], f"label without images: no imagesTr/{channel_file_name(case, 0, ending)}")
     return {case: {"images": chans, "label": labels[case][0]} for case, chans in images.items()}
 
 
@@ -332,7 +330,7 @@ def _name_collisions(case_ids: list[str], folder: Path) -> list[Problem]:
             problems.append((str(folder), f"case names {', '.join(sorted(group))} differ only in letter case"))
     ids = set(case_ids)
     for c in case_ids:
-        m = _CHANNEL_RE.match(c)
+        m = CHANNEL_STEM_RE.match(c)
         if m and m["case"] in ids:
             problems.append((str(folder), f"case name '{c}' is ambiguous with channel {m['channel']} of case '{m['case']}'"))
     return problems
@@ -363,7 +361,7 @@ def _scan_dataset(raw_dir: Path, dj: dict) -> tuple[list[tuple[list[Path], Path 
         jobs.append((_channel_list(chans), label))
     for case, files in lab.items():
         if case not in tr:
-            problems.append((str(files[0]), f"label without images: no imagesTr/{case}_0000{ending}"))
+            problems.append((str(files[0]), f"label without images: no imagesTr/{channel_file_name(case, 0, ending)}"))
     if images_tr.is_dir() and not tr:
         problems.append((str(images_tr), "dataset is empty: no training images found"))
     if tr and dj["numTraining"] != len(tr):

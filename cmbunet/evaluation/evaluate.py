@@ -26,6 +26,7 @@ from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS, ImageProperties, geometry_mismatch
 from cmbunet.inference.input_cases import SUBJECT_PATTERN
+from cmbunet.utilities.case_names import image_stem
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files, save_json
 
 VALDO_REFERENCE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")  # BIDS entities kept
@@ -37,14 +38,6 @@ CASE_COLUMNS = ["case", *METRIC_COLUMNS, "missing", "reference", "prediction"]
 
 PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_JSON = "summary.json"
-
-
-def _strip_ending(name: str) -> str | None:
-    """File name without its image ending, or ``None`` when it is not an image file."""
-    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return None
 
 
 def find_reference_cases(ref_dir: str | Path) -> dict[str, Path]:
@@ -65,7 +58,7 @@ def find_reference_cases(ref_dir: str | Path) -> dict[str, Path]:
     if found:
         return found
     for path in sorted(ref_dir.iterdir()):
-        case = _strip_ending(path.name)
+        case = image_stem(path.name)
         if path.is_file() and case and not path.name.startswith("."):
             if case in found:
                 raise InputError(path, f"second reference for case {case} (first: {found[case]})")

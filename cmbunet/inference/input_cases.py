@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from cmbunet.errors import InputError
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
+from cmbunet.utilities.case_names import CHANNEL_STEM_PATTERN, channel_file_name, image_stem
 
 #: A subject id with its BIDS entities (``sub-101``, ``sub-101_ses-2_acq-3D_run-1``); any characters but ``_`` and
 #: ``/`` in the labels, so non-ASCII ids that the converter accepts are found here too.
@@ -40,7 +41,7 @@ BIDS_TOP_FILES = ("dataset_description.json", "participants.tsv", "participants.
                   "README.rst", "README.txt", "CHANGES", "LICENSE", "CITATION.cff", "genetic_info.json",
                   "samples.tsv", "samples.json")
 BIDS_TOP_FOLDERS = ("derivatives", "sourcedata", "code", "stimuli", "phenotype")
-CHANNEL_RE = re.compile(r"^(.+)_(\d{4})(" + "|".join(re.escape(e) for e in SUPPORTED_ENDINGS) + ")$")
+CHANNEL_RE = re.compile(rf"^{CHANNEL_STEM_PATTERN}(" + "|".join(re.escape(e) for e in SUPPORTED_ENDINGS) + ")$")
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,9 @@ def ordered_channel_names(channel_names: Mapping[str, str]) -> list[str]:
 
 
 def strip_ending(name: str, endings: Sequence[str] = SUPPORTED_ENDINGS) -> str:
-    """File name without its image ending (``.nii.gz`` counts as one ending)."""
-    for ending in sorted(endings, key=len, reverse=True):
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return name
+    """File name without its image ending (``.nii.gz`` counts as one ending); the name itself without one."""
+    stem = image_stem(name, endings)
+    return name if stem is None else stem
 
 
 def _one_file(files: Sequence[Path], what: str) -> tuple[Path | None, str | None]:
@@ -145,7 +144,7 @@ def _bids_case(case: str, chans: Mapping[int, Sequence[Path]], names: Sequence[s
 def _channel_case(case: str, chans: Mapping[int, Sequence[Path]], num_channels: int, folder: Path,
                   file_ending: str) -> InputCase:
     """Assemble one ``CASE_000C`` case, naming missing or duplicated channel files."""
-    missing = [f"{case}_{c:04d}{file_ending}" for c in range(num_channels) if c not in chans]
+    missing = [channel_file_name(case, c, file_ending) for c in range(num_channels) if c not in chans]
     if missing:
         return InputCase(case, (), case, f"missing channel file(s) {', '.join(missing)} in {folder}")
     images = []
@@ -300,7 +299,7 @@ def _single_file_case(path: Path, contrasts: Sequence[str], file_ending: str,
     m = CHANNEL_RE.match(path.name)
     if m:
         case = m.group(1)
-        chans = {c: [p for e in SUPPORTED_ENDINGS if (p := path.parent / f"{case}_{c:04d}{e}").is_file()]
+        chans = {c: [p for e in SUPPORTED_ENDINGS if (p := path.parent / channel_file_name(case, c, e)).is_file()]
                  for c in range(len(contrasts))}
         return _channel_case(case, {c: f for c, f in chans.items() if f}, len(contrasts), path.parent, file_ending)
     names = list(names) if names is not None else list(contrasts)

@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
-from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
 from cmbunet.report.html import CaseEntry, write_index
 from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_cases, label_detections,
                                       missed_table, read_reference, report_aggregate)
 from cmbunet.report.sheets import render_missed_sheets, render_sheets, render_thumbnail
 from cmbunet.report.volumes import CaseVolumes, empty_cmb_table, normalise_cmb_table
+from cmbunet.utilities.case_names import image_stem
 from cmbunet.utilities.cli import HelpFormatter, run_cli
 from cmbunet.utilities.file_io import atomic_path, load_json
 
@@ -38,19 +38,12 @@ DEFAULT_MAX_CMBS_PER_SHEET = 8
 
 
 # ------------------------------------------------------------------------------------------------ discovery
-def _strip_ending(name: str) -> str | None:
-    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return None
-
-
 def find_prediction_files(pred_dir: Path) -> dict[str, Path]:
     """Case id -> binary prediction file (``CASE.nii.gz`` or VALDO ``sub-XXX_space-T2S_prediction.nii.gz``);
     probability maps and hidden temporary files are not predictions."""
     found: dict[str, Path] = {}
     for path in sorted(pred_dir.iterdir()):
-        stem = _strip_ending(path.name)
+        stem = image_stem(path.name)
         if stem is None or path.name.startswith(".") or not path.is_file() or stem.endswith(PROBABILITIES_SUFFIX):
             continue
         case = stem[: -len(VALDO_PREDICTION_SUFFIX)] if stem.endswith(VALDO_PREDICTION_SUFFIX) else stem

@@ -12,6 +12,7 @@ from cmbunet.errors import InputError
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.synthetic.generator import ANATOMIES, MODALITIES, SIZES, SyntheticCase, synthesize_case
 from cmbunet.synthetic.sites import parse_sites
+from cmbunet.utilities.case_names import channel_file_name
 from cmbunet.utilities.file_io import save_json
 
 LAYOUTS = ("raw", "valdo")
@@ -62,7 +63,7 @@ def _truth_entry(case: SyntheticCase, split: str, index: int) -> dict:
 def _write_raw_case(case: SyntheticCase, out: Path, case_id: str, split: str, modalities: Sequence[str]) -> None:
     img_dir, lab_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
     for ch, m in enumerate(modalities):
-        SimpleITKIO.write(case.images[m], out / img_dir / f"{case_id}_{ch:04d}.nii.gz", case.props)
+        SimpleITKIO.write(case.images[m], out / img_dir / channel_file_name(case_id, ch, ".nii.gz"), case.props)
     SimpleITKIO.write(case.label, out / lab_dir / f"{case_id}.nii.gz", case.props)
 
 
