@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmbunet.utilities.autocast import autocast_context
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 #: VALDO-like target spacing (mm) of the benchmarks' plans.
@@ -160,26 +162,18 @@ def conv_peak(dtype: str = "fp32", repeats: int = 3, shape: Sequence[int] | None
     x = torch.randn(1, 64, *shape)
     out_vox = np.prod([s - k + 1 for s, k in zip(shape, (5, 5, 3))])
     flops = 2.0 * 64 * 64 * 75 * out_vox
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else (lambda: _null())
+    precision = "bf16" if dtype == "bf16" else "fp32"
     times = []
     with torch.inference_mode():
-        with ctx():
+        with autocast_context("cpu", precision):
             conv(x)  # warm-up (oneDNN primitive creation)
         for _ in range(repeats):
             t = time.perf_counter()
-            with ctx():
+            with autocast_context("cpu", precision):
                 conv(x)
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     return {"dtype": dtype, "shape": list(shape), "seconds": med, "gflop": flops / 1e9, "gflops": flops / med / 1e9, "load": loadavg()}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ------------------------------------------------------------------------------------------------ synthetic data

@@ -15,7 +15,6 @@ the same probabilities up to float rounding.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from cmbunet.plans.schema import Plans
+from cmbunet.utilities.autocast import autocast_context, to_device
 from cmbunet.utilities.patches import extract_patches
 
 
@@ -55,21 +55,6 @@ def shift_offsets(shift_vox: int) -> np.ndarray:
     return grid[zero_first]
 
 
-def autocast_context(device: torch.device, precision: str | bool = False) -> contextlib.AbstractContextManager:
-    """Autocast for a resolved ``precision`` (``fp32``, ``bf16``, ``fp16``; see ``cpu_features.resolve_precision``).
-
-    A bool is the older ``cpu_bf16`` flag: fp16 autocast on CUDA whatever its value, bf16 on the CPU when True.
-    """
-    device = torch.device(device)
-    if isinstance(precision, bool):
-        precision = "fp16" if device.type == "cuda" else ("bf16" if precision else "fp32")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision in ("bf16", "fp16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    raise ValueError(f"unknown precision '{precision}'; expected fp32, bf16 or fp16 (resolve 'auto' first)")
-
-
 def ensemble_probability(networks: Sequence[nn.Module], batch: torch.Tensor) -> torch.Tensor:
     """CMB probability (softmax channel 1) averaged over the networks of the chosen folds."""
     total = None
@@ -77,11 +62,6 @@ def ensemble_probability(networks: Sequence[nn.Module], batch: torch.Tensor) -> 
         p = torch.softmax(net(batch).float(), dim=1)[:, 1]
         total = p if total is None else total + p
     return total / len(networks)
-
-
-def _to_device(patches: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = torch.from_numpy(patches).to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
 
 
 def _shares_trunk(networks: Sequence[nn.Module]) -> bool:
@@ -132,7 +112,7 @@ def shifted_probabilities(
         out = np.empty((n, s), dtype=np.float32)
         per_batch = max(1, batch_size // s)
         for start in range(0, n, per_batch):
-            x = _to_device(padded.patches(centres[start : start + per_batch], grown_size), device, channels_last)
+            x = to_device(padded.patches(centres[start : start + per_batch], grown_size), device, channels_last)
             with autocast_context(device, precision):
                 total = sum(_shared_trunk_probability(net, x, shifts, reach, channels_last) for net in networks)
             out[start : start + len(x)] = (total / len(networks)).cpu().numpy()
@@ -140,7 +120,7 @@ def shifted_probabilities(
     all_centres = (np.asarray(centres, dtype=np.int64)[:, None, :] + shifts[None]).reshape(-1, 3)
     out = np.empty(n * s, dtype=np.float32)
     for start in range(0, n * s, batch_size):
-        x = _to_device(padded.patches(all_centres[start : start + batch_size], block_size), device, channels_last)
+        x = to_device(padded.patches(all_centres[start : start + batch_size], block_size), device, channels_last)
         with autocast_context(device, precision):
             out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
     return out.reshape(n, s)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmbunet.inference.discrimination import autocast_context
 from cmbunet.plans.schema import Plans
+from cmbunet.utilities.autocast import autocast_context
 from cmbunet.utilities.patches import extract_patches
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmbunet.inference.discrimination import PaddedVolume, _to_device, autocast_context, ensemble_probability
+from cmbunet.inference.discrimination import PaddedVolume, ensemble_probability
 from cmbunet.plans.schema import Plans
+from cmbunet.utilities.autocast import autocast_context, to_device
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
@@ -44,7 +45,7 @@ def patch_probabilities(
     """``(N, *patch_size)`` fold-averaged CMB probabilities of the patches centred at ``centres``."""
     out = np.empty((len(centres), *patch_size), dtype=np.float32)
     for start in range(0, len(centres), batch_size):
-        x = _to_device(padded.patches(centres[start : start + batch_size], patch_size), device, channels_last)
+        x = to_device(padded.patches(centres[start : start + batch_size], patch_size), device, channels_last)
         with autocast_context(device, precision):
             out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
     return out

@@ -36,6 +36,7 @@ from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples
                                       retire_easy_false_positives, save_false_positives)
 from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
                                      false_positive_probabilities, screening_validation)
+from cmbunet.utilities.autocast import autocast_context
 from cmbunet.utilities.file_io import atomic_path, save_json
 
 #: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
@@ -99,7 +100,7 @@ def batches_per_rank(schedule: Schedule, world_size: int) -> int:
 
 def autocast(device: str) -> contextlib.AbstractContextManager:
     """Mixed precision on CUDA only; CPU training stays in fp32 so a resumed run is bit-identical."""
-    return torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda") else contextlib.nullcontext()
+    return autocast_context(device, "fp16" if torch.device(device).type == "cuda" else "fp32")
 
 
 class TrainingLog:
