@@ -14,10 +14,10 @@ from cmbunet.plans.fingerprint import (
     cmb_components,
     extract_fingerprint,
     load_fingerprint,
-    nonzero_bbox,
     save_fingerprint,
 )
 from cmbunet.plans.planner import plan_experiment
+from cmbunet.utilities.geometry import mask_bbox
 
 
 def _props(shape, spacing):
@@ -168,7 +168,7 @@ def test_nonfinite_voxels_are_background(tmp_path):
 
 
 def test_nonzero_bbox_empty_keeps_whole_image():
-    assert nonzero_bbox(np.zeros((4, 5, 6), bool)) == [[0, 4], [0, 5], [0, 6]]
+    assert mask_bbox(np.zeros((4, 5, 6), bool)) == [[0, 4], [0, 5], [0, 6]]
 
 
 def test_errors_name_the_file(tmp_path, raw_dataset):

@@ -19,7 +19,8 @@ from scipy.spatial.transform import Rotation
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.report.cli import main, unique_names
 from cmbunet.report.panels import choose_overview_slices, crop_view, outline_segments
-from cmbunet.report.volumes import axis_letters, normalise_cmb_table, voxel_to_world, world_to_voxel
+from cmbunet.report.volumes import axis_letters, normalise_cmb_table
+from cmbunet.utilities.geometry import voxel_to_world, world_to_voxel
 
 SHAPE = (48, 44, 14)
 SPACING = [0.6, 0.7, 2.5]

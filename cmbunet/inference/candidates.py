@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from cmbunet.inference.screening import score_voxels_to_input
 from cmbunet.plans.schema import Plans
+from cmbunet.utilities.components import label_components
 
 
 def nms_footprint(plans: Plans, nms_size: int | Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -33,7 +34,7 @@ def decision_boxes(score_map: np.ndarray, plans: Plans, threshold: float | None 
     if not near.any():
         return []
     grown = ndimage.binary_dilation(near, structure=np.ones(nms_footprint(plans, nms_size), dtype=bool))
-    labels, _ = ndimage.label(grown, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = label_components(grown)
     return [box for box in ndimage.find_objects(labels) if box is not None]
 
 

@@ -19,23 +19,16 @@ from cmbunet.imageio.reader_writer import SimpleITKIO
 from cmbunet.inference import bids
 from cmbunet.inference.input_cases import InputCase
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
+from cmbunet.utilities.components import centre_table, find_components, label_components
 from cmbunet.utilities.file_io import atomic_path, outputs_complete
 
 CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
                "screening_score", "discrimination_score", "segmentation_score"]
 CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
 TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
-# ------------------------------------------------------------------------------------------------ geometry
-def voxel_to_world(index: np.ndarray, geometry: Mapping[str, Any]) -> np.ndarray:
-    """World positions (mm) of continuous voxel indices ``(N, 3)``: origin + direction @ (index * spacing)."""
-    direction = np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
-    scaled = np.asarray(index, dtype=float).reshape(-1, 3) * np.asarray(geometry["spacing"], dtype=float)
-    return np.asarray(geometry["origin"], dtype=float) + scaled @ direction.T
-
-
+# ------------------------------------------------------------------------------------------------ CMB table
 def preprocessed_to_native(points: np.ndarray, properties: Mapping[str, Any]) -> np.ndarray:
     """Continuous native voxel positions of preprocessed voxels: undo the resampling, then the crop."""
     pts = map_points_to_new_grid(np.asarray(points, dtype=float).reshape(-1, 3),
@@ -48,13 +41,29 @@ def drop_small_components(binary: np.ndarray, probabilities: np.ndarray, min_vox
     probabilities, so both outputs keep agreeing (``min_component_voxels``, chosen on validation data)."""
     if min_voxels <= 1 or not binary.any():
         return binary, probabilities
-    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
+    labels, n = label_components(binary > 0)
     small = np.bincount(labels.ravel(), minlength=n + 1) < int(min_voxels)
     small[0] = False
     drop = small[labels]
     binary, probabilities = binary.copy(), probabilities.copy()
     binary[drop], probabilities[drop] = 0, 0.0
     return binary, probabilities
+
+
+def nearest_candidate_scores(centres: np.ndarray, candidates: pd.DataFrame | None,
+                             spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Screening and discrimination scores of the kept candidate nearest (in mm) to each native voxel centre
+    ``(n, 3)``; NaN without kept candidates."""
+    scr = disc = np.full(len(centres), np.nan)
+    if candidates is not None and len(candidates) and "native_i" in candidates:
+        kept = candidates[candidates["kept"]]
+        if len(kept):
+            cpos = kept[["native_i", "native_j", "native_k"]].to_numpy(float) * spacing
+            dist = np.linalg.norm(centres[:, None, :] * spacing - cpos[None], axis=2)
+            nearest = dist.argmin(axis=1)
+            scr = kept["screening_score"].to_numpy(float)[nearest]
+            disc = kept["discrimination_score"].to_numpy(float)[nearest]
+    return scr, disc
 
 
 def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[str, Any],
@@ -64,31 +73,16 @@ def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[s
     Centre = centre of mass (voxel i, j, k rounded; world mm exact). The screening and discrimination scores are
     those of the kept candidate nearest to the CMB; the segmentation score is the CMB's highest probability.
     """
-    labels, n = ndimage.label(binary > 0, structure=STRUCTURE_26)
-    if n == 0:
+    cmbs = find_components(binary > 0)
+    if cmbs.count == 0:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in CMB_COLUMNS})
-    index = np.arange(1, n + 1)
-    com = np.asarray(ndimage.center_of_mass(binary > 0, labels, index), dtype=float).reshape(-1, 3)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    seg_score = np.asarray(ndimage.maximum(probabilities, labels, index), dtype=float).reshape(-1)
-    world = voxel_to_world(com, geometry)
-    spacing = np.asarray(geometry["spacing"], dtype=float)
-    scr = disc = np.full(n, np.nan)
-    if candidates is not None and len(candidates) and "native_i" in candidates:
-        kept = candidates[candidates["kept"]]
-        if len(kept):
-            cpos = kept[["native_i", "native_j", "native_k"]].to_numpy(float) * spacing
-            dist = np.linalg.norm(com[:, None, :] * spacing - cpos[None], axis=2)
-            nearest = dist.argmin(axis=1)
-            scr = kept["screening_score"].to_numpy(float)[nearest]
-            disc = kept["discrimination_score"].to_numpy(float)[nearest]
-    vox = np.rint(com).astype(np.int64)
-    return pd.DataFrame({
-        "id": index, "i": vox[:, 0], "j": vox[:, 1], "k": vox[:, 2],
-        "x_mm": world[:, 0], "y_mm": world[:, 1], "z_mm": world[:, 2],
-        "volume_mm3": counts * float(np.prod(spacing)), "num_voxels": counts,
-        "screening_score": scr, "discrimination_score": disc, "segmentation_score": seg_score,
-    })[CMB_COLUMNS]
+    table = centre_table(cmbs.ids, cmbs.centres, cmbs.num_voxels, geometry)
+    table["num_voxels"] = cmbs.num_voxels
+    scr, disc = nearest_candidate_scores(cmbs.centres, candidates, np.asarray(geometry["spacing"], dtype=float))
+    table["screening_score"], table["discrimination_score"] = scr, disc
+    peak = ndimage.maximum(probabilities, cmbs.labels, cmbs.ids)
+    table["segmentation_score"] = np.asarray(peak, dtype=float).reshape(-1)
+    return table[CMB_COLUMNS]
 
 
 # ------------------------------------------------------------------------------------------------ outputs

@@ -39,7 +39,7 @@ from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
 from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs, cmb_table,  # noqa: F401 - re-exported
                                        drop_small_components, preprocessed_to_native, refuse_overwriting_inputs,
-                                       skipped_row, summary_name, summary_row, voxel_to_world, write_case, write_csv)
+                                       skipped_row, summary_name, summary_row, write_case, write_csv)
 from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
 from cmbunet.model_folder import ModelFolder
@@ -47,6 +47,7 @@ from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.utilities.cpu_features import resolve_precision
 from cmbunet.utilities.file_io import remove_stale_temp_files
+from cmbunet.utilities.geometry import voxel_to_world
 
 #: Stages that run in reduced precision (bf16 on the CPU, fp16 on CUDA). Screening is nearly all of the time;
 #: discrimination and segmentation stay in float32 so that the kept candidates, their centres and the masks are

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from torch import nn
 
 from cmbunet.plans.schema import Plans
@@ -195,11 +196,7 @@ def score_box(network: nn.Module, volume: np.ndarray, plans: Plans, box: Sequenc
     # padded coordinates [s*j0, s*(j1-1) + B) are voxels [.. - offset) of the volume, zeros outside it
     lo = np.array([s.start * st for s, st in zip(box, stride)]) - offset
     hi = np.array([(s.stop - 1) * st + b for s, st, b in zip(box, stride, block)]) - offset
-    sub = np.zeros((volume.shape[0], *(hi - lo)), dtype=np.float32)
-    src = [slice(int(max(0, a)), int(min(n, b))) for a, b, n in zip(lo, hi, volume.shape[1:])]
-    if all(s.stop > s.start for s in src):
-        dst = tuple(slice(int(s.start - a), int(s.stop - a)) for s, a in zip(src, lo))
-        sub[(slice(None), *dst)] = volume[(slice(None), *src)]
+    sub = crop_and_pad_nd(np.asarray(volume, dtype=np.float32), [[int(a), int(b)] for a, b in zip(lo, hi)], pad_value=0)
     scores = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
     _fcn_pass(network, sub, scores, plans, device, tile_size, precision, channels_last, skip_empty=True)
     return scores

@@ -17,53 +17,35 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 from tqdm import tqdm
 
 from cmbunet.dataset.raw_dataset import binarise_label, list_training_cases, load_dataset_json
 from cmbunet.errors import InputError
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
+from cmbunet.utilities.components import find_components
 from cmbunet.utilities.file_io import save_json
+from cmbunet.utilities.geometry import mask_bbox
 
 FINGERPRINT_VERSION = 1
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
-
-
-def nonzero_bbox(mask: np.ndarray) -> list[list[int]]:
-    """Half-open ``[[x0, x1], [y0, y1], [z0, z1]]`` of the true voxels; the whole image when none is true."""
-    if not mask.any():
-        return [[0, int(s)] for s in mask.shape]
-    out = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=others))
-        out.append([int(hit[0]), int(hit[-1]) + 1])
-    return out
 
 
 def cmb_components(cmb_mask: np.ndarray, spacing: Sequence[float]) -> list[dict]:
     """One record per 26-connected CMB: volume, bounding box, extent (voxels and mm), centre of mass (voxels)."""
-    labels, n = ndimage.label(cmb_mask, structure=_CONNECTIVITY_26)
-    if n == 0:
-        return []
+    cmbs = find_components(cmb_mask)
     sp = np.asarray(spacing, dtype=float)
-    volumes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    coords = np.nonzero(labels)
-    ids = labels[coords]
-    centres = np.stack([np.bincount(ids, weights=c, minlength=n + 1)[1:] for c in coords], axis=1) / volumes[:, None]
-    boxes = np.array([[[s.start, s.stop] for s in obj] for obj in ndimage.find_objects(labels)], dtype=int)
+    boxes = cmbs.boxes()
     extents = boxes[:, :, 1] - boxes[:, :, 0]
     voxel_mm3 = float(np.prod(sp))
     return [
         {
-            "volume_vox": int(volumes[i]),
-            "volume_mm3": float(volumes[i] * voxel_mm3),
-            "bbox": boxes[i].tolist(),
-            "extent_vox": extents[i].tolist(),
-            "extent_mm": (extents[i] * sp).tolist(),
-            "center_vox": centres[i].tolist(),
+            "volume_vox": int(volume),
+            "volume_mm3": float(volume * voxel_mm3),
+            "bbox": box.tolist(),
+            "extent_vox": extent.tolist(),
+            "extent_mm": (extent * sp).tolist(),
+            "center_vox": centre.tolist(),
         }
-        for i in range(n)
+        for volume, box, extent, centre in zip(cmbs.num_voxels, boxes, extents, cmbs.centres)
     ]
 
 
@@ -83,7 +65,7 @@ def case_fingerprint(case: str, images: Sequence[Path], label: Path, num_samples
     if nonfinite:
         data = np.where(finite, data, np.float32(0))
     brain = np.any(data != 0, axis=0)
-    bbox = nonzero_bbox(brain)
+    bbox = mask_bbox(brain)
     fg_index = np.flatnonzero(brain)
     rng = np.random.default_rng([seed, *case.encode()])
     take = min(len(fg_index), max(0, int(num_samples)))

@@ -30,10 +30,10 @@ from cmbunet.preprocessing.resampling import (
     separate_axis,
     spacing_equal,
 )
+from cmbunet.utilities.components import component_centres, find_components, label_components
 from cmbunet.utilities.file_io import load_json, save_json, save_npz
+from cmbunet.utilities.geometry import BoundingBox, bounding_box_to_slice, mask_bbox
 
-#: 26-connectivity, the VALDO rule for what counts as one CMB.
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 #: Smallest standard deviation used for z-scoring, so a constant image does not divide by zero.
 MIN_STD = 1e-8
 
@@ -53,26 +53,7 @@ def nonzero_mask(images: np.ndarray) -> np.ndarray:
     return np.any(images != 0, axis=0)
 
 
-def crop_to_mask(mask: np.ndarray) -> list[list[int]]:
-    """Half-open bounding box ``[[x0, x1], [y0, y1], [z0, z1]]`` of a non-empty mask, in original voxels.
-
-    Same convention as ``acvl_utils``' ``get_bbox_from_mask``, computed from the three axis projections; that
-    module imports torch and blosc2 (seconds per worker process), which preprocessing does not otherwise need.
-    """
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=others))
-        box.append([int(hits[0]), int(hits[-1]) + 1])
-    return box
-
-
-def bounding_box_to_slice(bbox: list[list[int]]) -> tuple[slice, ...]:
-    """Slices selecting a half-open bounding box."""
-    return tuple(slice(int(a), int(b)) for a, b in bbox)
-
-
-def cmbs_outside_box(seg: np.ndarray, bbox: list[list[int]]) -> int:
+def cmbs_outside_box(seg: np.ndarray, bbox: BoundingBox) -> int:
     """How many 26-connected CMBs of a binary label have a voxel outside the half-open ``bbox``.
 
     The crop box comes from the non-zero image voxels; a CMB labelled beyond it (a label on background, or an
@@ -97,39 +78,16 @@ def zscore_foreground(images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray,
     return out, stats
 
 
-def label_components(seg: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label 26-connected components of a binary map."""
-    labels, n = ndi.label(seg > 0, structure=STRUCTURE_26)
-    return labels, int(n)
-
-
-def component_centers(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centres of mass ``(n, 3)`` and voxel counts ``(n,)`` of labelled components.
-
-    Works on the labelled voxels only (bincount over their coordinates), which on a whole scan is far faster
-    than ``ndimage.center_of_mass``, whose cost grows with the full volume for every component.
-    """
-    coords = np.nonzero(labels)
-    lab = labels[coords]
-    counts = np.bincount(lab, minlength=n + 1)[1:]
-    sums = np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] for c in coords], axis=1)
-    return sums / np.maximum(counts, 1)[:, None], counts
-
-
 def describe_cmbs(seg: np.ndarray) -> list[dict[str, Any]]:
     """Centre of mass, half-open bbox and voxel count of every 26-connected CMB, in one labelling pass."""
-    labels, n = label_components(seg)
-    if n == 0:
-        return []
-    centers, volumes = component_centers(labels, n)
-    boxes = ndi.find_objects(labels)
+    cmbs = find_components(seg)
     return [
         {
             "center": [float(v) for v in ctr],
-            "bbox": [[int(s.start), int(s.stop)] for s in box],
+            "bbox": [[int(a), int(b)] for a, b in box],
             "volume_voxels": int(vol),
         }
-        for ctr, box, vol in zip(centers, boxes, volumes)
+        for ctr, box, vol in zip(cmbs.centres, cmbs.boxes(), cmbs.num_voxels)
     ]
 
 
@@ -148,7 +106,7 @@ def rescue_vanished_components(old_labels: np.ndarray, n: int, new_binary: np.nd
     lost = np.flatnonzero(~kept[1:]) + 1
     if not len(lost):
         return np.zeros((0, 4), dtype=np.int64)
-    centers = component_centers(old_labels, n)[0][lost - 1]
+    centers = component_centres(old_labels, n)[0][lost - 1]
     target = np.rint(map_points_to_new_grid(centers, old_labels.shape, new_shape)).astype(np.int64)
     target = np.clip(target, 0, np.asarray(new_shape) - 1)
     return np.column_stack([lost, target])
@@ -203,10 +161,10 @@ def preprocess_case(
     if not mask.any():
         nan = f" (its {n_nonfinite} NaN/inf voxels count as 0)" if n_nonfinite else ""
         raise InputError(where, f"image is entirely zero{nan} (no brain voxels); is it empty or wrongly masked?")
-    bbox = crop_to_mask(mask)
+    bbox = mask_bbox(mask)
     outside = 0 if seg is None else cmbs_outside_box(np.asarray(seg) > 0, bbox)
     if outside:  # a labelled CMB beyond the non-zero box: grow the crop so that no label is cut away
-        bbox = crop_to_mask(mask | (np.asarray(seg) > 0))
+        bbox = mask_bbox(mask | (np.asarray(seg) > 0))
     slicer = bounding_box_to_slice(bbox)
     images = images[(slice(None),) + slicer]
     mask = mask[slicer]

@@ -26,9 +26,10 @@ from cmbunet.report.html import CaseEntry, write_index
 from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_cases, label_detections,
                                       missed_table, read_reference, report_aggregate)
 from cmbunet.report.sheets import render_missed_sheets, render_sheets, render_thumbnail
-from cmbunet.report.volumes import CaseVolumes, empty_cmb_table, normalise_cmb_table
+from cmbunet.report.volumes import CaseVolumes, normalise_cmb_table
 from cmbunet.utilities.case_names import image_stem
 from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.components import empty_centre_table
 from cmbunet.utilities.file_io import atomic_path, load_json
 
 VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
@@ -203,7 +204,7 @@ def load_case(case: str, mask_path: Path | None, csv_path: Path, image_case: Any
     if prediction is None:
         raise InputError(None, "nothing to draw without a prediction or a readable reference")
     mask = np.asarray(prediction) >= 0.5
-    raw_table = _read_table(csv_path, problems) if mask_path is not None else empty_cmb_table()
+    raw_table = _read_table(csv_path, problems) if mask_path is not None else empty_centre_table()
     table, notes = normalise_cmb_table(raw_table, mask, geometry)
     problems.extend(notes)
     metrics, reference, missed = None, None, None

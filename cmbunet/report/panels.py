@@ -30,6 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
 from cmbunet.report.volumes import CaseVolumes, axis_letters, brain_mask
+from cmbunet.utilities.geometry import mask_bbox_or_none
 
 #: Side of the close-up crops in mm: a CMB is 2-10 mm wide, so its surroundings stay readable.
 CROP_FOV_MM = 24.0
@@ -173,13 +174,10 @@ def foreground_box(image: np.ndarray | None, mask: np.ndarray, margin: int = 3) 
     if image is None:
         return [(0, s - 1) for s in mask.shape]
     brain = brain_mask(image)
-    fg = brain | mask
-    if not fg.any():
+    found = mask_bbox_or_none(brain | mask)
+    if found is None:
         return [(0, s - 1) for s in mask.shape]
-    box = []
-    for axis in range(2):
-        nz = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append((max(int(nz[0]) - margin, 0), min(int(nz[-1]) + margin, mask.shape[axis] - 1)))
+    box = [(max(lo - margin, 0), min(hi - 1 + margin, mask.shape[axis] - 1)) for axis, (lo, hi) in enumerate(found[:2])]
     area = brain.sum(axis=(0, 1))
     nz = np.flatnonzero((area >= 0.1 * area.max()) | mask.any(axis=(0, 1)))
     box.append((int(nz[0]), int(nz[-1])))

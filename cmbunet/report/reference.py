@@ -19,7 +19,7 @@ import pandas as pd
 from cmbunet.evaluation.evaluate import METRIC_COLUMNS, aggregate_metrics, find_reference_cases
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, binarise_reference, case_metrics
 from cmbunet.imageio.reader_writer import ImageProperties
-from cmbunet.report.volumes import table_from_centres
+from cmbunet.utilities.components import centre_table
 
 __all__ = ["DEFAULT_DIST_MM", "Comparison", "compare", "find_reference_cases", "label_detections",
            "missed_table", "report_aggregate"]
@@ -81,7 +81,7 @@ def label_detections(table: pd.DataFrame, comparison: Comparison,
     centre. Notes say where the CMB table and the mask disagree."""
     comps = comparison.pred_components
     comp_vox = _centres_vox(comps, comparison.spacing)
-    out = table_from_centres(comps["label"].to_numpy(), comp_vox, comps["volume_vox"].to_numpy(), geometry)
+    out = centre_table(comps["label"].to_numpy(), comp_vox, comps["volume_vox"].to_numpy(), geometry)
     table = table.reset_index(drop=True)
     table_vox = table[["i", "j", "k"]].to_numpy(float).reshape(-1, 3) if len(table) else np.zeros((0, 3))
     src = _match_rows(table_vox, comp_vox, comparison.spacing)
@@ -109,8 +109,8 @@ def missed_table(comparison: Comparison, geometry: ImageProperties) -> pd.DataFr
     centre, volume and the distance to the nearest detection (inf when there is none)."""
     refs = comparison.ref_components
     missed = refs.loc[~refs["detected"].to_numpy(bool)]
-    table = table_from_centres(missed["label"].to_numpy(), _centres_vox(missed, comparison.spacing),
-                               missed["volume_vox"].to_numpy(), geometry)
+    table = centre_table(missed["label"].to_numpy(), _centres_vox(missed, comparison.spacing),
+                         missed["volume_vox"].to_numpy(), geometry)
     pred_mm = comparison.pred_components[["x_mm", "y_mm", "z_mm"]].to_numpy(float).reshape(-1, 3)
     ref_mm = missed[["x_mm", "y_mm", "z_mm"]].to_numpy(float).reshape(-1, 3)
     if len(pred_mm):

@@ -4,21 +4,19 @@ the same grid, and the CMB tables, plus the geometry and intensity helpers they 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from cmbunet.imageio.reader_writer import ImageProperties
+from cmbunet.utilities.components import centre_table, empty_centre_table, find_components
+from cmbunet.utilities.geometry import direction_matrix, world_to_voxel
 
 #: Percentiles of the brain intensities that map to black and white.
 WINDOW_PERCENTILES = (0.5, 99.5)
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 #: Without an image the mask itself is the background: 0 black, 1 light grey under the red outline.
 MASK_ONLY_WINDOW = (0.0, 1.25)
-CMB_TABLE_COLUMNS = ("id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3")
 
 
 @dataclass
@@ -46,36 +44,16 @@ class CaseVolumes:
 
     @property
     def missed_rows(self) -> pd.DataFrame:
-        return self.missed if self.missed is not None else empty_cmb_table()
-
-
-def empty_cmb_table() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=float) for c in CMB_TABLE_COLUMNS})
+        return self.missed if self.missed is not None else empty_centre_table()
 
 
 # ------------------------------------------------------------------------------------------------ geometry
-def _direction(geometry: ImageProperties) -> np.ndarray:
-    return np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
-
-
-def voxel_to_world(points: np.ndarray, geometry: ImageProperties) -> np.ndarray:
-    """World (mm) positions of continuous voxel positions ``(n, 3)``, as SimpleITK defines them."""
-    scaled = np.asarray(points, dtype=float).reshape(-1, 3) * np.asarray(geometry["spacing"], dtype=float)
-    return np.asarray(geometry["origin"], dtype=float) + scaled @ _direction(geometry).T
-
-
-def world_to_voxel(points: np.ndarray, geometry: ImageProperties) -> np.ndarray:
-    """Continuous voxel positions of world points ``(n, 3)``; the inverse of :func:`voxel_to_world`."""
-    offset = np.asarray(points, dtype=float).reshape(-1, 3) - np.asarray(geometry["origin"], dtype=float)
-    return np.linalg.solve(_direction(geometry), offset.T).T / np.asarray(geometry["spacing"], dtype=float)
-
-
 def axis_letters(geometry: ImageProperties) -> list[tuple[str, str]]:
     """For each voxel axis, the anatomical letters of its low and high end (LPS world: +x=L, +y=P, +z=S).
 
     The dominant direction cosine decides, so an oblique scan gets the nearest anatomical direction."""
     ends = (("R", "L"), ("A", "P"), ("I", "S"))
-    d = _direction(geometry)
+    d = direction_matrix(geometry)
     out = []
     for axis in range(3):
         world = int(np.argmax(np.abs(d[:, axis])))
@@ -85,28 +63,10 @@ def axis_letters(geometry: ImageProperties) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------------ CMB table
-def table_from_centres(ids: Sequence, centres_vox: np.ndarray, num_voxels: np.ndarray,
-                       geometry: ImageProperties) -> pd.DataFrame:
-    """CMB table from continuous voxel centres ``(n, 3)``: rounded centre voxel, world centre, volume."""
-    centres_vox = np.asarray(centres_vox, dtype=float).reshape(-1, 3)
-    if not len(centres_vox):
-        return empty_cmb_table()
-    world = voxel_to_world(centres_vox, geometry)
-    vox = np.rint(centres_vox).astype(np.int64)
-    return pd.DataFrame({"id": list(ids), "i": vox[:, 0], "j": vox[:, 1], "k": vox[:, 2],
-                         "x_mm": world[:, 0], "y_mm": world[:, 1], "z_mm": world[:, 2],
-                         "volume_mm3": np.asarray(num_voxels, dtype=float) * float(np.prod(geometry["spacing"]))})
-
-
 def cmbs_from_mask(mask: np.ndarray, geometry: ImageProperties) -> pd.DataFrame:
     """One row per 26-connected component: id, centre voxel (centre of mass, rounded), world centre, volume."""
-    labels, n = ndimage.label(mask, structure=STRUCTURE_26)
-    if n == 0:
-        return empty_cmb_table()
-    index = np.arange(1, n + 1)
-    com = np.asarray(ndimage.center_of_mass(mask, labels, index), dtype=float).reshape(-1, 3)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    return table_from_centres(index, com, counts, geometry)
+    cmbs = find_components(mask)
+    return centre_table(cmbs.ids, cmbs.centres, cmbs.num_voxels, geometry)
 
 
 def normalise_cmb_table(table: pd.DataFrame | None, mask: np.ndarray, geometry: ImageProperties) -> tuple[pd.DataFrame, list[str]]:

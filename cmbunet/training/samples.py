@@ -30,6 +30,7 @@ from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
 from cmbunet.plans.schema import Plans
 from cmbunet.utilities.file_io import atomic_path, load_json, save_json
+from cmbunet.utilities.geometry import mask_bbox
 from cmbunet.utilities.patches import extract_patches
 
 POSITIVE, NEGATIVE, FALSE_POSITIVE = 0, 1, 2
@@ -109,11 +110,9 @@ def unpack_case(preprocessed_dir: str | Path, case: str) -> dict[str, Path]:
 
 
 def _brain_box(brain: np.ndarray) -> np.ndarray:
-    """Half-open bounding box of the mask; the whole volume when the mask is empty."""
-    idx = [np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != d))) for d in range(3)]
-    if any(len(i) == 0 for i in idx):
-        return np.array([[0, 0, 0], list(brain.shape)], dtype=np.int64)
-    return np.array([[i[0] for i in idx], [i[-1] + 1 for i in idx]], dtype=np.int64)
+    """Half-open bounding box of the mask as ``(2, 3)`` rows ``[starts, stops]``; the whole volume when the mask
+    is empty."""
+    return np.array(mask_bbox(brain), dtype=np.int64).T.copy()
 
 
 def cmb_centres_from_properties(properties: dict) -> np.ndarray:
