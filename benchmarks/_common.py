@@ -133,16 +133,16 @@ def conv_flops(network: nn.Module, input_shape: Sequence[int]) -> float:
 
 def screening_fcn_flops(network: nn.Module, volume_shape: Sequence[int], plans, tile_size=None) -> float:
     """FLOPs of the tiled whole-volume FCN pass exactly as ``screening_score_map`` cuts the padded volume."""
-    from cmbunet.inference.screening import _geometry, _tiles, score_map_shape
+    from cmbunet.inference.screening import fcn_geometry, output_tiles, score_map_shape
 
-    block, stride, _ = _geometry(plans)
+    block, stride, _ = fcn_geometry(plans)
     n_out = score_map_shape(volume_shape, plans)
     if tile_size is None:
         tile_size = plans.inference.tile_size
     tile_out = [max(1, (int(t) - int(b)) // int(s) + 1) for t, b, s in zip(tile_size, block, stride)]
     cache: dict[tuple, float] = {}
     total = 0.0
-    for sl in _tiles(n_out, tile_out):
+    for sl in output_tiles(n_out, tile_out):
         shape = tuple((s.stop - 1 - s.start) * st + b for s, st, b in zip(sl, stride, block))
         if shape not in cache:
             cache[shape] = conv_flops(network, (1, int(plans.num_input_channels), *shape))

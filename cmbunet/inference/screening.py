@@ -30,7 +30,8 @@ from cmbunet.utilities.autocast import autocast_context
 from cmbunet.utilities.patches import extract_patches
 
 
-def _geometry(plans: Plans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fcn_geometry(plans: Plans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block size, FCN stride and offset of the screening network: where each score-map voxel looks."""
     scr = plans.screening
     block = np.asarray(scr.block_size, dtype=np.int64)
     stride = np.asarray(scr.fcn_stride, dtype=np.int64)
@@ -40,13 +41,13 @@ def _geometry(plans: Plans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def score_map_shape(volume_shape: Sequence[int], plans: Plans) -> tuple[int, ...]:
     """Number of block positions per axis: one per ``stride`` input voxels (ceil)."""
-    _, stride, _ = _geometry(plans)
+    _, stride, _ = fcn_geometry(plans)
     return tuple(int(-(-n // s)) for n, s in zip(volume_shape, stride))
 
 
 def score_voxels_to_input(indices: np.ndarray, plans: Plans) -> np.ndarray:
     """Map score-map indices ``(N, 3)`` to the input voxels their blocks are centred on (exact)."""
-    _, stride, _ = _geometry(plans)
+    _, stride, _ = fcn_geometry(plans)
     return np.asarray(indices, dtype=np.int64).reshape(-1, 3) * stride
 
 
@@ -56,13 +57,14 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 def _pad_volume(volume: np.ndarray, plans: Plans, n_out: Sequence[int]) -> np.ndarray:
     """Pad so that output voxel j (j < n_out) covers padded ``[s*j, s*j + B)``."""
-    block, stride, offset = _geometry(plans)
+    block, stride, offset = fcn_geometry(plans)
     lo = offset
     hi = [int((n - 1) * s + b - lo_ - shape) for n, s, b, lo_, shape in zip(n_out, stride, block, lo, volume.shape[1:])]
     return np.pad(volume, [(0, 0)] + [(int(a), max(0, int(b))) for a, b in zip(lo, hi)])
 
 
-def _tiles(n_out: Sequence[int], tile_out: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+def output_tiles(n_out: Sequence[int], tile_out: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+    """Score-map tiles of at most ``tile_out`` positions that together cover ``n_out``, in C order."""
     ranges = [range(0, n, t) for n, t in zip(n_out, tile_out)]
     for starts in itertools.product(*ranges):
         yield tuple(slice(s, min(s + t, n)) for s, t, n in zip(starts, tile_out, n_out))
@@ -116,7 +118,7 @@ def screening_score_map(
     """
     device = torch.device(device)
     network = network.to(device).eval()
-    block, stride, _ = _geometry(plans)
+    block, stride, _ = fcn_geometry(plans)
     n_out = score_map_shape(volume.shape[1:], plans)
     padded = _pad_volume(np.asarray(volume, dtype=np.float32), plans, n_out)
     scores = np.zeros(n_out, dtype=np.float32)
@@ -149,7 +151,7 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
               tile_size: Sequence[int] | None, precision: str | bool, channels_last: bool, skip_empty: bool) -> dict:
     """Fill ``scores`` (its shape is the number of block positions) from ``padded``, in which score voxel ``j``
     is the block ``[s*j, s*j + B)``; tiles, and with ``skip_empty`` only the boxes of blocks touching non-zeros."""
-    block, stride, _ = _geometry(plans)
+    block, stride, _ = fcn_geometry(plans)
     n_out = scores.shape
     if tile_size is None:
         tile_size = plans.inference.tile_size
@@ -159,7 +161,7 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
     if skip_empty and not occupied.all():
         scores.fill(empty_block_score(network, padded.shape[0], block, device, precision, channels_last))
     counts = {"tiles": 0, "tiles_skipped": 0, "positions": int(np.prod(n_out)), "positions_computed": 0}
-    for sl in _tiles(n_out, tile_out):
+    for sl in output_tiles(n_out, tile_out):
         counts["tiles"] += 1
         if skip_empty:
             lo = [s.start * st for s, st in zip(sl, stride)]
@@ -190,7 +192,7 @@ def score_box(network: nn.Module, volume: np.ndarray, plans: Plans, box: Sequenc
     equal to ``screening_score_map(...)[box]``."""
     device = torch.device(device)
     network = network.to(device).eval()
-    block, stride, offset = _geometry(plans)
+    block, stride, offset = fcn_geometry(plans)
     n_out = score_map_shape(volume.shape[1:], plans)
     box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, n_out))
     # padded coordinates [s*j0, s*(j1-1) + B) are voxels [.. - offset) of the volume, zeros outside it
