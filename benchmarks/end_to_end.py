@@ -58,7 +58,8 @@ STAGE_KEYS = ["read", "preprocess", "screening", "refine", "candidates", "discri
 def child(args: dict) -> None:
     from cmbunet.inference.candidates import find_candidates
     from cmbunet.inference.discrimination import discriminate_candidates
-    from cmbunet.inference.predictor import SCREENING_MARGIN, CMBPredictor, CaseOutputs, cmb_table, resolve_settings, write_case
+    from cmbunet.inference.predictor import (SCREENING_MARGIN, CaseOutputs, CasePrediction, CMBPredictor, cmb_table,
+                                             resolve_settings, write_case)
     from cmbunet.inference.input_cases import find_input_cases
     from cmbunet.inference.segmentation import segment_candidates
     from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
@@ -108,7 +109,7 @@ def child(args: dict) -> None:
         case = find_input_cases(args["image"], plans.channel_names, ".nii.gz")[0]
         outputs = CaseOutputs.for_case(Path(args["outdir"]), case, False)
         Path(args["outdir"]).mkdir(parents=True, exist_ok=True)
-        write_case({"geometry": dict(props), "binary": binary, "probabilities": native, "cmbs": cmbs}, outputs)
+        write_case(CasePrediction(probabilities=native, binary=binary, cmbs=cmbs, geometry=dict(props)), outputs)
         t["write"] = time.perf_counter() - clock
     flops = C.screening_fcn_flops(nets["screening"], data.shape[1:], plans, args["tile"])
     np.savez_compressed(Path(args["outdir"]) / "check.npz", binary=binary, centres=centres, scores=scores, kept=moved[kept],

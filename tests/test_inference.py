@@ -214,7 +214,7 @@ def test_fold_average_of_segmentation_equals_mean_of_single_folds(plans):
 def test_planted_cmb_is_found_at_its_world_position(plans, planted):
     folder, world = planted
     result = standin_predictor(plans).predict_case([folder / "case_0000.nii.gz"], case="case")
-    cmbs = result["cmbs"]
+    cmbs = result.cmbs
     assert len(cmbs) == 1, cmbs
     found = cmbs[["x_mm", "y_mm", "z_mm"]].to_numpy()[0]
     assert np.linalg.norm(found - world) < 0.75, (found, world)
@@ -223,11 +223,11 @@ def test_planted_cmb_is_found_at_its_world_position(plans, planted):
     # the planted sphere (r = 1.6 mm) has a volume of about 4/3 pi r^3 = 17 mm^3
     assert 8 < cmbs["volume_mm3"].iloc[0] < 40
     # NMS over a quarter block may keep a few neighbouring candidates on one CMB; they merge into one component
-    assert 1 <= (result["candidates"]["kept"]).sum() <= 4
+    assert 1 <= (result.candidates["kept"]).sum() <= 4
     _, props = SimpleITKIO.read_images([folder / "case_0000.nii.gz"])
-    assert result["geometry"] == props and result["binary"].shape == tuple(props["shape"])
-    assert set(np.unique(result["binary"])) == {0, 1}
-    assert result["binary"][tuple(np.rint(PLANTED_INDEX).astype(int))] == 1
+    assert result.geometry == props and result.binary.shape == tuple(props["shape"])
+    assert set(np.unique(result.binary)) == {0, 1}
+    assert result.binary[tuple(np.rint(PLANTED_INDEX).astype(int))] == 1
 
 
 def test_geometry_round_trip_of_oblique_anisotropic_case(plans, planted, tmp_path):
@@ -260,11 +260,11 @@ def test_fcn_and_sliding_window_give_the_same_prediction(plans, tmp_path):
         pred = CMBPredictor.from_model_folder(model, mode=mode, settings_overrides=overrides)
         results[mode] = pred.predict_case([tmp_path / "small_0000.nii.gz"])
     fcn, sliding = results["fcn"], results["sliding"]
-    assert len(fcn["candidates"]) == 6
-    np.testing.assert_array_equal(fcn["candidates"][["x", "y", "z"]].to_numpy(), sliding["candidates"][["x", "y", "z"]].to_numpy())
-    np.testing.assert_allclose(fcn["candidates"]["screening_score"], sliding["candidates"]["screening_score"], atol=1e-5)
-    np.testing.assert_allclose(fcn["probabilities"], sliding["probabilities"], atol=1e-5)
-    assert fcn["probabilities"].max() > 0  # segmentation ran around the kept candidates
+    assert len(fcn.candidates) == 6
+    np.testing.assert_array_equal(fcn.candidates[["x", "y", "z"]].to_numpy(), sliding.candidates[["x", "y", "z"]].to_numpy())
+    np.testing.assert_allclose(fcn.candidates["screening_score"], sliding.candidates["screening_score"], atol=1e-5)
+    np.testing.assert_allclose(fcn.probabilities, sliding.probabilities, atol=1e-5)
+    assert fcn.probabilities.max() > 0  # segmentation ran around the kept candidates
 
 
 def test_min_component_voxels_drops_small_cmbs_from_both_maps(plans, planted):
@@ -277,15 +277,15 @@ def test_min_component_voxels_drops_small_cmbs_from_both_maps(plans, planted):
     folder, _ = planted
     s = resolve_settings(plans, None, {"min_component_voxels": 1000})
     result = standin_predictor(plans, settings=s).predict_case([folder / "case_0000.nii.gz"])
-    assert len(result["cmbs"]) == 0 and result["binary"].sum() == 0 and result["probabilities"].max() < 0.5
+    assert len(result.cmbs) == 0 and result.binary.sum() == 0 and result.probabilities.max() < 0.5
 
 
 def test_cpu_bf16_stays_close_to_fp32(plans, planted):
     folder, _ = planted
     fp32 = standin_predictor(plans).predict_case([folder / "case_0000.nii.gz"])
     bf16 = standin_predictor(plans, cpu_bf16=True).predict_case([folder / "case_0000.nii.gz"])
-    assert np.abs(fp32["probabilities"] - bf16["probabilities"]).max() < 0.02
-    assert len(bf16["cmbs"]) == len(fp32["cmbs"]) == 1
+    assert np.abs(fp32.probabilities - bf16.probabilities).max() < 0.02
+    assert len(bf16.cmbs) == len(fp32.cmbs) == 1
 
 
 # ----------------------------------------------------------------------------------------------- inputs, settings

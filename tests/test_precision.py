@@ -102,13 +102,13 @@ def test_bf16_gives_the_candidates_and_kept_cmbs_of_fp32_on_a_trained_model(trai
     for case in trained["cases"][:5]:
         data, _, _, props = load_preprocessed_case(trained["pre"], case)
         a, b = fp32.predict_preprocessed(data, props), bf16.predict_preprocessed(data, props)
-        ca, cb = a["candidates"], b["candidates"]
+        ca, cb = a.candidates, b.candidates
         np.testing.assert_array_equal(cb[["x", "y", "z"]].to_numpy(), ca[["x", "y", "z"]].to_numpy())
         np.testing.assert_allclose(cb["screening_score"], ca["screening_score"], atol=1e-5)
         np.testing.assert_array_equal(cb["kept"].to_numpy(), ca["kept"].to_numpy())
         np.testing.assert_allclose(cb["discrimination_score"], ca["discrimination_score"], atol=1e-6)
-        np.testing.assert_array_equal(b["binary"], a["binary"])
-        assert len(b["cmbs"]) == len(a["cmbs"])
+        np.testing.assert_array_equal(b.binary, a.binary)
+        assert len(b.cmbs) == len(a.cmbs)
         total_candidates, total_kept = total_candidates + len(ca), total_kept + int(ca["kept"].sum())
         # the bf16 pass itself (before the float32 recomputation) is close to float32, but not equal to it
         raw_diffs.append(float(np.abs(raw_bf16.screening(data) - fp32.screening(data)).max()))

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,10 +35,11 @@ from cmbunet.evaluation.evaluate import (CASE_COLUMNS, METRIC_COLUMNS, PER_CASE_
 from cmbunet.evaluation.froc import COMPONENTS_CSV, POS_COLUMNS, write_csv, write_froc
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
+from cmbunet.inference.outputs import CaseOutputs, write_case
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
 from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
-from cmbunet.utilities.file_io import load_json, outputs_complete, save_json
+from cmbunet.utilities.file_io import load_json, save_json
 
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
 #: The columns of the 002 authors' Table 3, with the cases each mean runs over.
@@ -50,18 +52,18 @@ TABLE_COLUMNS = ["fold", "num_cases", "num_cases_with_cmb", *TABLE3_COLUMNS, *PO
 
 
 # ------------------------------------------------------------------------------------------------ one fold
-def case_outputs(validation_dir: Path, case: str) -> dict[str, Path]:
+def case_outputs(validation_dir: Path, case: str) -> CaseOutputs:
     """The three files of a validated case; the binary map is written last and marks it finished."""
-    return {"probabilities": validation_dir / f"{case}_probabilities.nii.gz",
-            "candidates": validation_dir / f"{case}_candidates.csv",
-            "binary": validation_dir / f"{case}.nii.gz"}
+    return CaseOutputs(prediction=validation_dir / f"{case}.nii.gz", cmbs=None,
+                       probabilities=validation_dir / f"{case}_probabilities.nii.gz",
+                       candidates=validation_dir / f"{case}_candidates.csv")
 
 
 def case_finished(validation_dir: Path, case: str) -> bool:
-    return outputs_complete(case_outputs(validation_dir, case).values())
+    return case_outputs(validation_dir, case).finished()
 
 
-def candidate_table(candidates: pd.DataFrame, properties: dict[str, Any]) -> pd.DataFrame:
+def candidate_table(candidates: pd.DataFrame, properties: Mapping[str, Any]) -> pd.DataFrame:
     """The predictor's candidates plus their position in the official metric's frame (native index x spacing)."""
     table = candidates.copy()
     native = table[["native_i", "native_j", "native_k"]].to_numpy(float) if len(table) else np.zeros((0, 3))
@@ -84,12 +86,10 @@ def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[s
     predictor.settings = resolve_settings(predictor.plans)
     save_json(predictor.settings.to_dict(), validation_dir / VALIDATION_SETTINGS_FILE)
     for case in tqdm(todo, desc=f"validating fold {fold}", unit="case", disable=None):
-        data, _, _, properties = load_preprocessed_case(preprocessed_dir, case)
-        result = predictor.predict_preprocessed(data, properties)
-        out = case_outputs(validation_dir, case)
-        SimpleITKIO.write(result["probabilities"].astype(np.float32), out["probabilities"], result["geometry"])
-        write_csv(candidate_table(result["candidates"], properties), out["candidates"])
-        SimpleITKIO.write(result["binary"].astype(np.uint8), out["binary"], result["geometry"])
+        pre = load_preprocessed_case(preprocessed_dir, case)
+        result = predictor.predict_preprocessed(pre.data, pre.properties)
+        write_case(replace(result, candidates=candidate_table(result.candidates, pre.properties)),
+                   case_outputs(validation_dir, case))
     return todo
 
 
@@ -115,9 +115,9 @@ def load_reference(case: str, label_file: Path | None, preprocessed_dir: Path) -
         return ref, list(props["spacing"]), str(label_file)
     from cmbunet.preprocessing.preprocessor import export_to_native, load_preprocessed_case
 
-    _, seg, _, properties = load_preprocessed_case(preprocessed_dir, case)
-    native = export_to_native(seg.astype(np.float32), properties) >= 0.5
-    return native.astype(np.uint8), list(properties["original_spacing"]), "preprocessed label exported to native"
+    pre = load_preprocessed_case(preprocessed_dir, case)
+    native = export_to_native(pre.seg.astype(np.float32), pre.properties) >= 0.5
+    return native.astype(np.uint8), list(pre.properties["original_spacing"]), "preprocessed label exported to native"
 
 
 def component_rows(case: str, metrics: dict[str, Any]) -> pd.DataFrame:
@@ -136,7 +136,7 @@ def evaluate_validation(validation_dir: Path, cases: Sequence[str], references: 
     rows, components = [], []
     for case in tqdm(cases, desc="evaluating", unit="case", disable=None):
         reference, spacing, source = load_reference(case, references.get(case), preprocessed_dir)
-        pred_path = case_outputs(validation_dir, case)["binary"]
+        pred_path = case_outputs(validation_dir, case).prediction
         missing = not pred_path.is_file()
         prediction = np.zeros(reference.shape, np.uint8) if missing else SimpleITKIO.read_seg(pred_path)[0]
         if prediction.shape != reference.shape:

@@ -1,21 +1,24 @@
-"""What a prediction produces: the CMB table in the native geometry of the input, and the files of a case.
+"""What a prediction produces: the :class:`CasePrediction` of a case, its CMB table in the native geometry of
+the input, and the one writer of a case's files.
 
 Per case, ``cmbunet_predict`` writes ``CASE_probabilities.nii.gz`` (optional), ``CASE_cmbs.csv`` and last the
 binary map, each atomically, so the binary map marks a finished case; ``summary.csv`` gets one line per case.
+The validation of a cross-validation fold writes its files with the same :func:`write_case` (probabilities,
+candidates, then the binary map).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
 from cmbunet.errors import InputError
-from cmbunet.imageio.reader_writer import SimpleITKIO
+from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
 from cmbunet.inference import bids
 from cmbunet.inference.input_cases import InputCase
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
@@ -26,6 +29,25 @@ CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_v
                "screening_score", "discrimination_score", "segmentation_score"]
 CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
 TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
+#: Candidate tables keep 8 digits: the threshold search reads their scores again.
+CANDIDATE_FLOAT_FORMAT = "%.8g"
+
+
+# ------------------------------------------------------------------------------------------------ one case
+@dataclass(frozen=True)
+class CasePrediction:
+    """Everything the prediction of one case produces, as :meth:`CMBPredictor.predict_preprocessed` returns it;
+    :func:`write_case` writes it."""
+
+    probabilities: np.ndarray  # (X, Y, Z) float32 on the native grid
+    binary: np.ndarray  # (X, Y, Z) uint8 on the native grid, probabilities >= segmentation threshold
+    cmbs: pd.DataFrame  # one row per CMB (CMB_COLUMNS), as in CASE_cmbs.csv
+    geometry: ImageProperties  # of the native grid: what the maps are written with
+    #: every screening candidate: preprocessed voxel, scores, kept, native voxel and world position
+    candidates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CANDIDATE_COLUMNS))
+    probabilities_preprocessed: np.ndarray | None = None  # (X', Y', Z') in the preprocessed space
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per step (TIMING_KEYS)
+    properties: Mapping[str, Any] = field(default_factory=dict)  # the preprocessing properties of the case
 
 
 # ------------------------------------------------------------------------------------------------ CMB table
@@ -88,12 +110,14 @@ def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[s
 # ------------------------------------------------------------------------------------------------ outputs
 @dataclass(frozen=True)
 class CaseOutputs:
-    """The files written for one case; the binary prediction is written last and marks a finished case."""
+    """The files written for one case (``None``: not written); the binary prediction is written last and marks a
+    finished case."""
 
     prediction: Path
-    cmbs: Path
+    cmbs: Path | None
     probabilities: Path | None
     cmbs_sidecar: Path | None = None  # the JSON sidecar of a BIDS ``.tsv`` table
+    candidates: Path | None = None  # every screening candidate (the validation of a fold writes them)
 
     @classmethod
     def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool,
@@ -107,8 +131,14 @@ class CaseOutputs:
         return cls(out / f"{case.output_stem}.nii.gz", out / f"{case.case}_cmbs.csv",
                    out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None)
 
+    def paths(self) -> Iterator[Path]:
+        """Every file that is written, the binary prediction last."""
+        for path in (self.probabilities, self.cmbs_sidecar, self.cmbs, self.candidates, self.prediction):
+            if path is not None:
+                yield path
+
     def finished(self) -> bool:
-        return outputs_complete((self.prediction, self.cmbs, self.probabilities, self.cmbs_sidecar))
+        return outputs_complete(self.paths())
 
 
 def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save_probabilities: bool,
@@ -119,39 +149,41 @@ def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save
         if not case.ok:
             continue
         outputs = CaseOutputs.for_case(output_dir, case, save_probabilities, output_format)
-        for path in (outputs.prediction, outputs.cmbs, outputs.probabilities, outputs.cmbs_sidecar, summary_path):
-            if path is not None and path.resolve() in inputs:
+        for path in (*outputs.paths(), summary_path):
+            if path.resolve() in inputs:
                 raise InputError(path, "is an input image and would be overwritten by the prediction; "
                                        "choose another output folder")
 
 
-def write_csv(table: pd.DataFrame, path: Path) -> None:
+def write_csv(table: pd.DataFrame, path: Path, float_format: str = "%.6g") -> None:
     """CSV written atomically."""
     with atomic_path(path, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+        table.to_csv(tmp, index=False, float_format=float_format)
 
 
-def write_case(result: Mapping[str, Any], outputs: CaseOutputs) -> None:
-    """Probabilities (optional), the CMB table, then the binary map, each atomically."""
-    geometry = result["geometry"]
+def write_case(prediction: CasePrediction, outputs: CaseOutputs) -> None:
+    """The requested files of one case, each atomically: probabilities, the CMB table, the candidates, then the
+    binary map, whose presence marks the case finished."""
+    geometry = prediction.geometry
     if outputs.probabilities is not None:
-        SimpleITKIO.write(result["probabilities"].astype(np.float32), outputs.probabilities, geometry)
-    if outputs.cmbs.suffix == ".tsv":
-        bids.write_cmb_tsv(result["cmbs"], outputs.cmbs, outputs.cmbs_sidecar)
-    else:
-        write_csv(result["cmbs"], outputs.cmbs)
-    SimpleITKIO.write(result["binary"].astype(np.uint8), outputs.prediction, geometry)
+        SimpleITKIO.write(prediction.probabilities.astype(np.float32), outputs.probabilities, geometry)
+    if outputs.cmbs is not None and outputs.cmbs.suffix == ".tsv":
+        bids.write_cmb_tsv(prediction.cmbs, outputs.cmbs, outputs.cmbs_sidecar)
+    elif outputs.cmbs is not None:
+        write_csv(prediction.cmbs, outputs.cmbs)
+    if outputs.candidates is not None:
+        write_csv(prediction.candidates, outputs.candidates, CANDIDATE_FLOAT_FORMAT)
+    SimpleITKIO.write(prediction.binary.astype(np.uint8), outputs.prediction, geometry)
 
 
-def summary_row(case: str, status: str, result: Mapping[str, Any] | None = None, error: str = "") -> dict[str, Any]:
+def summary_row(case: str, status: str, prediction: CasePrediction | None = None, error: str = "") -> dict[str, Any]:
     """One line of ``summary.csv``."""
     row: dict[str, Any] = {"case": case, "status": status, "error": error}
-    if result is not None:
-        cmbs = result["cmbs"]
+    if prediction is not None:
+        cmbs, candidates = prediction.cmbs, prediction.candidates
         row.update(num_cmbs=len(cmbs), total_volume_mm3=float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0,
-                   num_candidates=len(result["candidates"]),
-                   num_kept=int(result["candidates"]["kept"].sum()) if len(result["candidates"]) else 0)
-        timings = result.get("timings", {})
+                   num_candidates=len(candidates), num_kept=int(candidates["kept"].sum()) if len(candidates) else 0)
+        timings = prediction.timings
         row.update({f"seconds_{k}": timings.get(k, np.nan) for k in TIMING_KEYS})
         row["seconds_total"] = float(sum(timings.get(k, 0.0) for k in TIMING_KEYS))
     return row
@@ -164,6 +196,8 @@ def skipped_row(case: InputCase, outputs: CaseOutputs, previous: pd.DataFrame | 
         if row.get("status") == "ok" or str(row.get("status", "")).startswith("skipped"):
             row["status"] = "skipped (done before)"
             return row
+    if outputs.cmbs is None:
+        return {"case": case.case, "status": "skipped (done before)", "error": ""}
     try:
         cmbs = bids.read_cmb_tsv(outputs.cmbs) if outputs.cmbs.suffix == ".tsv" else pd.read_csv(outputs.cmbs)
         extra = {"num_cmbs": len(cmbs), "total_volume_mm3": float(cmbs["volume_mm3"].sum()) if len(cmbs) else 0.0}

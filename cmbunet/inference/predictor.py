@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,10 @@ from cmbunet.inference import bids
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
-from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs, cmb_table,  # noqa: F401 - re-exported
-                                       drop_small_components, preprocessed_to_native, refuse_overwriting_inputs,
-                                       skipped_row, summary_name, summary_row, write_case, write_csv)
+from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  # noqa: F401 - re-exported
+                                       CasePrediction, cmb_table, drop_small_components, preprocessed_to_native,
+                                       refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
+                                       write_csv)
 from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
 from cmbunet.model_folder import ModelFolder
@@ -116,6 +117,15 @@ def prefetch(fn: Callable[[InputCase], Any], items: Sequence[InputCase], workers
                 yield queue.popleft()
         while queue:
             yield queue.popleft()
+
+
+class PreparedCase(NamedTuple):
+    """A case read and preprocessed for prediction."""
+
+    data: np.ndarray  # (C, X', Y', Z') float32, preprocessed
+    properties: dict[str, Any]  # the preprocessing properties (architecture.md)
+    geometry: ImageProperties  # the input's own header, which the outputs are written with
+    timings: dict[str, float]  # seconds reading and preprocessing
 
 
 class _Done:
@@ -245,11 +255,12 @@ class CMBPredictor:
         return score
 
     @torch.inference_mode()
-    def predict_preprocessed(self, data: np.ndarray, properties: Mapping[str, Any]) -> dict[str, Any]:
+    def predict_preprocessed(self, data: np.ndarray, properties: Mapping[str, Any]) -> CasePrediction:
         """Predict a preprocessed case ``(C, X, Y, Z)``; maps go back to the native grid described by ``properties``.
 
-        Returns ``probabilities`` and ``binary`` (native), ``probabilities_preprocessed``, ``cmbs`` (one row per
-        CMB), ``candidates`` (every screening candidate, preprocessed voxels), ``geometry`` and ``timings``.
+        The :class:`CasePrediction` holds ``probabilities`` and ``binary`` (native), ``probabilities_preprocessed``,
+        ``cmbs`` (one row per CMB), ``candidates`` (every screening candidate, preprocessed voxels), ``geometry``
+        (from ``properties``) and ``timings``.
         """
         s, t = self.settings, {}
         data = np.asarray(data, dtype=np.float32)
@@ -283,31 +294,30 @@ class CMBPredictor:
         candidates[["x_mm", "y_mm", "z_mm"]] = world if len(world) else np.zeros((0, 3))
         cmbs = cmb_table(binary, native, geometry, candidates)
         t["export"] = time.perf_counter() - clock
-        return {"probabilities": native, "binary": binary, "probabilities_preprocessed": prob_pre, "cmbs": cmbs,
-                "candidates": candidates, "geometry": geometry, "timings": t, "properties": dict(properties)}
+        return CasePrediction(probabilities=native, binary=binary, cmbs=cmbs, geometry=geometry, candidates=candidates,
+                              probabilities_preprocessed=prob_pre, timings=t, properties=dict(properties))
 
-    def load_and_preprocess(self, image_paths: Sequence[str | Path], case: str = "") -> tuple[np.ndarray, dict, ImageProperties, dict]:
+    def load_and_preprocess(self, image_paths: Sequence[str | Path], case: str = "") -> PreparedCase:
         """Read the channel files (one geometry) and preprocess them exactly as for training."""
         clock = time.perf_counter()
         images, props = SimpleITKIO.read_images([Path(p) for p in image_paths])
         t_read = time.perf_counter() - clock
         try:
-            data, _, _, properties = preprocess_case(images, props, self.plans, case=case)
+            case_data = preprocess_case(images, props, self.plans, case=case)
         except InputError as e:  # e.g. an all-zero scan: name the file, not only the case id
             raise InputError(image_paths[0], e.problem) from None
-        return data, properties, props, {"read": t_read, "preprocess": time.perf_counter() - clock - t_read}
+        timings = {"read": t_read, "preprocess": time.perf_counter() - clock - t_read}
+        return PreparedCase(case_data.data, case_data.properties, props, timings)
 
-    def predict_case(self, image_paths: Sequence[str | Path], case: str = "") -> dict[str, Any]:
+    def predict_case(self, image_paths: Sequence[str | Path], case: str = "") -> CasePrediction:
         """Read, preprocess and predict one case given its channel files in model channel order."""
-        data, properties, props, t = self.load_and_preprocess(image_paths, case)
-        return self._finish(self.predict_preprocessed(data, properties), props, t)
+        return self.predict_prepared(self.load_and_preprocess(image_paths, case))
 
-    @staticmethod
-    def _finish(result: dict[str, Any], props: ImageProperties, timings: Mapping[str, float]) -> dict[str, Any]:
-        """Write geometry = the input's own header (bit-exact), and merge the reading/preprocessing times."""
-        result["geometry"] = dict(props)
-        result["timings"] = {**timings, **result["timings"]}
-        return result
+    def predict_prepared(self, prepared: PreparedCase) -> CasePrediction:
+        """Predict a case from :meth:`load_and_preprocess`: the outputs get the input's own header (bit-exact)
+        as geometry, and the reading and preprocessing times join the timings."""
+        result = self.predict_preprocessed(prepared.data, prepared.properties)
+        return replace(result, geometry=dict(prepared.geometry), timings={**prepared.timings, **result.timings})
 
     # ---------------------------------------------------------------------------------------- a folder
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, save_probabilities: bool = False,
@@ -351,7 +361,7 @@ class CMBPredictor:
         # left by a killed run; never mistaken for outputs, but clutter
         remove_stale_temp_files(output_dir, recursive=output_format == "bids")
 
-        def prepare(case: InputCase) -> tuple[np.ndarray, dict, ImageProperties, dict]:
+        def prepare(case: InputCase) -> PreparedCase:
             return self.load_and_preprocess(case.images, case.case)
 
         for case, future in tqdm(prefetch(prepare, todo, num_workers), total=len(todo), desc="predicting",
@@ -364,11 +374,10 @@ class CMBPredictor:
     def _run_one(self, case: InputCase, future: Any, outputs: CaseOutputs) -> dict[str, Any]:
         """Predict and write one case; any error becomes a ``failed`` summary line naming the problem."""
         try:
-            data, properties, props, timings = future.result()
-            result = self._finish(self.predict_preprocessed(data, properties), props, timings)
+            result = self.predict_prepared(future.result())
             clock = time.perf_counter()
             write_case(result, outputs)
-            result["timings"]["write"] = time.perf_counter() - clock
+            result = replace(result, timings={**result.timings, "write": time.perf_counter() - clock})
             return summary_row(case.case, "ok", result)
         except CMBUNetError as e:
             print(f"error: case {case.case}: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ import functools
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -36,6 +36,16 @@ from cmbunet.utilities.geometry import BoundingBox, bounding_box_to_slice, mask_
 
 #: Smallest standard deviation used for z-scoring, so a constant image does not divide by zero.
 MIN_STD = 1e-8
+
+
+class PreprocessedCase(NamedTuple):
+    """One case in the preprocessed space: what :func:`preprocess_case` returns and ``data/CASE.npz`` with
+    ``data/CASE.json`` hold. A tuple, so ``data, seg, brain, properties = ...`` reads it too."""
+
+    data: np.ndarray  # (C, X, Y, Z) float32
+    seg: np.ndarray | None  # (X, Y, Z) uint8; None when preprocessed without a label (stored as zeros)
+    brain: np.ndarray  # (X, Y, Z) bool
+    properties: dict[str, Any]  # the case properties of architecture.md
 
 
 def replace_nonfinite(images: np.ndarray) -> tuple[np.ndarray, int]:
@@ -136,13 +146,13 @@ def preprocess_case(
     plans: Plans,
     seg: np.ndarray | None = None,
     case: str = "",
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, Any]]:
+) -> PreprocessedCase:
     """Crop, normalise and resample one case to the plans' target spacing.
 
     ``images`` is ``(C, X, Y, Z)`` with geometry ``props`` (from :class:`SimpleITKIO`), ``seg`` an optional
-    binary ``(X, Y, Z)`` label. Returns ``(data float32 (C, X', Y', Z'), seg uint8 or None, brain bool,
-    properties)`` where ``properties`` follows the contract in ``architecture.md`` and is all that
-    :func:`export_to_native` needs to go back.
+    binary ``(X, Y, Z)`` label. Returns the :class:`PreprocessedCase` ``(data float32 (C, X', Y', Z'), seg
+    uint8 or None, brain bool, properties)`` where ``properties`` follows the contract in ``architecture.md`` and
+    is all that :func:`export_to_native` needs to go back.
     """
     images = np.asarray(images, dtype=np.float32)
     where = case or None
@@ -205,7 +215,7 @@ def preprocess_case(
         "vanished_cmbs": int(vanished),
         "cmbs_outside_nonzero_box": int(outside),
     }
-    return data.astype(np.float32, copy=False), seg_out, np.asarray(brain, dtype=bool), properties
+    return PreprocessedCase(data.astype(np.float32, copy=False), seg_out, np.asarray(brain, dtype=bool), properties)
 
 
 def native_geometry(properties: dict[str, Any]) -> ImageProperties:
@@ -287,9 +297,7 @@ def save_preprocessed_case(
     save_json(properties, js)
 
 
-def load_preprocessed_case(
-    preprocessed_dataset_dir: str | Path, case: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+def load_preprocessed_case(preprocessed_dataset_dir: str | Path, case: str) -> PreprocessedCase:
     """Read ``(data, seg, brain, properties)`` of one preprocessed case."""
     npz, js = case_files(preprocessed_dataset_dir, case)
     for f in (npz, js):
@@ -307,7 +315,7 @@ def load_preprocessed_case(
     except ValueError as e:
         raise InputError(js, f"cannot be read as JSON ({e}); re-run with --clean") from None
     _check_case_plans(Path(preprocessed_dataset_dir), js, properties)
-    return data, seg, brain, properties
+    return PreprocessedCase(data, seg, brain, properties)
 
 
 @functools.lru_cache(maxsize=8)
