@@ -42,7 +42,7 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs, cm
                                        skipped_row, summary_name, summary_row, voxel_to_world, write_case, write_csv)
 from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.model_folder import ModelFolder
+from cmbunet.model_folder import ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.utilities.cpu_features import resolve_precision
@@ -181,7 +181,7 @@ class CMBPredictor:
         model = ModelFolder(Path(model_dir))
         model_dir = model.path
         if not model_dir.is_dir():
-            raise InputError(model_dir, "model folder does not exist")
+            raise InputError(model_dir, "model folder does not exist" + other_plans_hint(model_dir))
         plans = model.load_plans()
         fold_names = [str(f) for f in folds] if folds else model.complete_folds(checkpoint)
         if not fold_names:
