@@ -31,18 +31,17 @@ from cmbunet.model_folder import (STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE
 from cmbunet.plans.schema import Plans, Schedule, ScreeningSchedule
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
-from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
-                                      hardness_weights, load_false_positives, merge_false_positives, mine_false_positives,
-                                      retire_easy_false_positives, save_false_positives)
+from cmbunet.training.mining import (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, false_positive_probabilities,
+                                     hardness_weights, load_false_positives, mine_into_bank, mining_cases,
+                                     save_false_positives, screening_false_positives)
+from cmbunet.training.samples import SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
 from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
-                                     false_positive_probabilities, screening_validation)
+                                     screening_validation)
 from cmbunet.utilities.file_io import atomic_path, save_json
 
 #: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
 #: batch of hard samples.
 GRAD_CLIP_NORM = 12.0
-FALSE_POSITIVES_FILE = "false_positives.json"
-VALIDATION_FP_FILE = "validation_false_positives.json"
 
 
 @dataclass
@@ -200,39 +199,6 @@ def evaluate(network: nn.Module, stage: Stage, plans: Plans, bank: SampleBank, r
     return metrics
 
 
-def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: int) -> list[int]:
-    """Cases that intermediate mining pass ``pass_index`` screens: all of them, or ``per_pass`` of them.
-
-    A subset is a window moving through one seeded permutation of the cases, so successive passes screen
-    different cases and every case comes round before any is screened twice. Depends on nothing but its
-    arguments, so a resumed run mines the same cases.
-    """
-    if not per_pass or int(per_pass) >= num_cases:
-        return list(range(num_cases))
-    order = np.random.default_rng(int(seed) + 7919).permutation(num_cases)
-    start = int(pass_index) * int(per_pass)
-    return sorted(int(order[(start + k) % num_cases]) for k in range(int(per_pass)))
-
-
-def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
-                   epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all") -> int:
-    """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
-    into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``."""
-    cases = list(range(len(bank.cases))) if cases is None else list(cases)
-    indices = cases[info.rank::info.world_size]
-    rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices)
-    gathered = D.all_gather_objects(info, (rows, scores, current))
-    rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
-    scores = np.concatenate([g[1] for g in gathered])
-    if keep == "hard":  # each pool FP was re-scored by one rank at most; the others hold NaN for it
-        stacked = np.stack([g[2] for g in gathered])
-        current = np.where(np.isnan(stacked).all(axis=0), np.nan, np.nanmax(np.nan_to_num(stacked, nan=-np.inf), axis=0))
-        retire_easy_false_positives(bank, current, threshold, epoch_tag)
-    elif keep != "all":
-        raise CMBUNetError(f"unknown mining_keep '{keep}' in the screening schedule; expected 'all' or 'hard'")
-    return merge_false_positives(bank, rows, scores, epoch_tag)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # stage data
 # ----------------------------------------------------------------------------------------------------------
@@ -245,28 +211,6 @@ def require_stages(cfg: TrainConfig, stage: Stage) -> None:
                 f"the {stage.name} stage of fold {cfg.fold} needs a trained {needed} stage, but {path} is missing; "
                 f"run cmbunet_train DATASET {cfg.fold} -s {needed} first (or -s all)"
             )
-
-
-def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBank, file_name: str,
-                              log: TrainingLog) -> None:
-    """Load the screening stage's FP list into ``bank``; if it is missing, mine it with the final screening model."""
-    scr_dir = cfg.folder.stage_dir(cfg.fold, "screening")
-    path = scr_dir / file_name
-    if path.is_file():
-        n = load_false_positives(path, bank)
-        log(f"loaded {n} screening false positives for {len(bank.cases)} cases from {path}")
-        return
-    log(f"{path} is missing: mining false positives with the final screening model")
-    net = cfg.folder.load_network(cfg.fold, "screening", cfg.plans, info.device)
-    threshold = D.broadcast_object(info, _mining_threshold(cfg))
-    n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1)
-    if info.is_main:
-        save_false_positives(path, bank, threshold)
-    log(f"mined {n} false positives")
-
-
-def _mining_threshold(cfg: TrainConfig) -> float:
-    return float(cfg.plans.schedule("screening", cfg.device).mining_threshold)  # type: ignore[attr-defined]
 
 
 def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: TrainingLog) -> tuple[SampleBank, SampleBank]:
