@@ -17,7 +17,7 @@ import torch
 from cmbunet.errors import MissingStageError, PlansMismatchError
 from cmbunet.plans.plans_io import load_plans, plans_hash
 from cmbunet.training import cli as train_cli
-from cmbunet.training import loop
+from cmbunet.training import loop, progress
 from cmbunet.training.augmentation import AugmentationParams, cut_patches, make_patches, rotate_and_crop
 from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, load_stage_network
 from cmbunet.training.losses import soft_dice_loss, weighted_cross_entropy
@@ -249,7 +249,7 @@ def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, he
     metrics = ["dice"] if stage == "segmentation" else ["sensitivity", "precision", "f1", "f2", "auc"]
     history = {"epoch": [0, 1, 2], "lr": [0.01, 0.006, 0.002], "train_loss": [0.9, 0.7, 0.6],
                "val_loss": [1.0, 0.8, None], **{f"val_{m}": [0.2, 0.4, 0.5] for m in metrics}}
-    fig = loop.progress_figure(history, monitor, stage, fold, held_out)
+    fig = progress.progress_figure(history, monitor, stage, fold, held_out)
     labels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes]
     curve = (lambda m: f"validation {m}") if held_out else (lambda m: f"{m} on fixed training patches")
     expected_metrics = [m for m in ("sensitivity", "precision", "auc", "dice") if m in metrics] + \
@@ -261,7 +261,7 @@ def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, he
     assert title.startswith(f"{stage} stage, fold {fold}\n")
     assert ("TRAINING" in title) != held_out
     assert not any("validation" in label for label in labels[0] + labels[1]) or held_out
-    loop.plot_progress(history, tmp_path / "progress.png", monitor, stage, fold, held_out)
+    progress.plot_progress(history, tmp_path / "progress.png", monitor, stage, fold, held_out)
     assert (tmp_path / "progress.png").stat().st_size > 10_000
 
 

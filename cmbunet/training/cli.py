@@ -192,7 +192,7 @@ def run_summary(model: ModelFolder, fold: int | str, stages: list[str], seconds:
     """What the run did, for the end of the console output: per stage its wall time, epochs and validation
     metrics (``stage_summary.json``), then the fold's whole-pipeline validation and the thresholds in force."""
     from cmbunet.model_folder import STAGE_SUMMARY_FILE
-    from cmbunet.training.loop import format_duration
+    from cmbunet.training.progress import format_duration
     from cmbunet.utilities.file_io import load_json
 
     lines = [f"== cmbunet_train summary: fold {fold}, {format_duration(seconds)} in all =="]

@@ -16,7 +16,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -34,10 +34,12 @@ from cmbunet.training.losses import as_class_logits, build_loss
 from cmbunet.training.mining import (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, false_positive_probabilities,
                                      hardness_weights, load_false_positives, mine_into_bank, mining_cases,
                                      save_false_positives, screening_false_positives)
+from cmbunet.training.progress import (TrainingLog, empty_history, epoch_summary, format_duration, plot_progress,
+                                       record_epoch, stage_eta)
 from cmbunet.training.samples import SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
 from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
                                      screening_validation)
-from cmbunet.utilities.file_io import atomic_path, save_json
+from cmbunet.utilities.file_io import save_json
 
 #: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
 #: batch of hard samples.
@@ -99,68 +101,6 @@ def batches_per_rank(schedule: Schedule, world_size: int) -> int:
 def autocast(device: str) -> contextlib.AbstractContextManager:
     """Mixed precision on CUDA only; CPU training stays in fp32 so a resumed run is bit-identical."""
     return torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda") else contextlib.nullcontext()
-
-
-class TrainingLog:
-    """Appends timestamped lines to ``training_log.txt`` and echoes them (rank 0 only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        tqdm.write(line)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
-#: Patch metrics plotted when recorded (the monitored one is added, once, when not among them).
-PROGRESS_METRICS = ("sensitivity", "precision", "auc", "dice")
-
-
-def progress_figure(history: dict[str, list], monitor: str, stage: str, fold: int | str, held_out: bool) -> Any:
-    """The figure of ``progress.png``: losses, patch metrics and learning rate per epoch, titled with the
-    stage and fold. ``held_out`` says whether the fixed patches come from validation cases; for fold ``all``
-    they are training patches, and the labels say so instead of calling them validation."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    def curve(name: str) -> str:  # what the fixed, unaugmented patches are
-        return f"validation {name}" if held_out else f"{name} on fixed training patches"
-
-    epochs = np.asarray(history["epoch"]) + 1
-    fig = Figure(figsize=(8, 9.4))
-    axes = fig.subplots(3, 1, sharex=True)
-    axes[0].plot(epochs, history["train_loss"], label="training loss (augmented epoch batches)")
-    axes[0].plot(epochs, [np.nan if v is None else v for v in history["val_loss"]], label=curve("loss"))
-    for name in dict.fromkeys((*PROGRESS_METRICS, monitor)):
-        values = history.get(f"val_{name}")
-        if values is not None and not all(v is None for v in values):
-            label = curve(name) + (" (selects checkpoint_best)" if name == monitor else "")
-            axes[1].plot(epochs, [np.nan if v is None else v for v in values], label=label)
-    axes[2].plot(epochs, history["lr"], label="learning rate")
-    for ax in axes:
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[2].set_xlabel("epoch")
-    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
-    subtitle = ("metrics on fixed, unaugmented patches of the validation cases" if held_out else
-                "no validation cases (fold all): metrics on fixed, unaugmented patches of the TRAINING cases")
-    fig.suptitle(f"{stage} stage, fold {fold}\n{subtitle}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_progress(history: dict[str, list], path: Path, monitor: str, stage: str, fold: int | str,
-                  held_out: bool) -> None:
-    """Write ``progress.png`` (see :func:`progress_figure`) atomically."""
-    fig = progress_figure(history, monitor, stage, fold, held_out)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,16 +170,6 @@ def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: Trainin
 # ----------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------
-def _empty_history() -> dict[str, list]:
-    return {"epoch": [], "lr": [], "train_loss": [], "val_loss": [], "epoch_seconds": [], "false_positives": []}
-
-
-def _record(history: dict[str, list], values: dict[str, Any]) -> None:
-    for k, v in values.items():
-        history.setdefault(k, [None] * (len(history["epoch"]) - (0 if k == "epoch" else 1)))
-        history[k].append(None if isinstance(v, float) and not np.isfinite(v) else v)
-
-
 def _checkpoint(stage: Stage, epoch: int, net: nn.Module, opt: torch.optim.Optimizer, scheduler: dict,
                 cfg: TrainConfig, best: float | None, history: dict, seed: int) -> dict:
     rng = capture_rng_state()
@@ -286,7 +216,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
     loss_fn = build_loss(schedule)
     augmentation = AugmentationParams.from_plans(cfg.plans)
-    history, best, start = _empty_history(), None, 0
+    history, best, start = empty_history(), None, 0
     torch.manual_seed(seed * 1009 + info.rank + 1)  # dropout differs between ranks
 
     if ckpt is not None:
@@ -333,7 +263,7 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
             metric = val.get(stage.monitor, float("nan"))
             improved = np.isfinite(metric) and (best is None or metric > best)
             best = float(metric) if improved else best
-            _record(history, {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"],
+            record_epoch(history, {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"],
                               "epoch_seconds": time.time() - t0, "false_positives": len(bank.active_false_positives),
                               **{f"val_{k}": v for k, v in val.items() if k != "loss"}})
             scheduler = {"kind": "poly", "base_lr": float(schedule.lr), "epochs": epochs,
@@ -347,8 +277,8 @@ def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
                 save_checkpoint(checkpoint_file(out, "best"), ckpt_now)
             save_checkpoint(latest, ckpt_now)
             plot_progress(history, out / "progress.png", stage.monitor, stage.name, cfg.fold, val_bank is not bank)
-            log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
-                         len(bank.active_false_positives), time.time() - t0)
+            log(epoch_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
+                              len(bank.active_false_positives), time.time() - t0)
                 + f" eta {format_duration(stage_eta(history['epoch_seconds'], epochs - epoch - 1))}")
         D.barrier(info)
 
@@ -401,28 +331,6 @@ def _train_one_epoch(model: nn.Module, stage: Stage, cfg: TrainConfig, bank: Sam
         losses.append(loss.detach())
         bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
     return float(torch.stack(losses).mean()) if losses else float("nan")
-
-
-def stage_eta(epoch_seconds: Sequence[float], remaining_epochs: int) -> float:
-    """Seconds left in a stage: the median epoch so far (robust to the epochs that also mine) times the epochs
-    left."""
-    return float(np.median(epoch_seconds)) * remaining_epochs if len(epoch_seconds) and remaining_epochs > 0 else 0.0
-
-
-def format_duration(seconds: float) -> str:
-    """``1h02m``, ``3m05s`` or ``42s``."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _summary(epoch: int, epochs: int, lr: float, train_loss: float, val: dict, monitor: str, improved: bool,
-             mined: int, num_fp: int, seconds: float) -> str:
-    metrics = " ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float) and np.isfinite(v))
-    extra = f" mined={mined} (total FPs {num_fp})" if mined else ""
-    return (f"epoch {epoch + 1}/{epochs} lr={lr:.2e} train_loss={train_loss:.4f} val: {metrics}"
-            f"{' *best ' + monitor if improved else ''}{extra} [{seconds:.1f}s]")
 
 
 def _after_screening(info: D.DistInfo, cfg: TrainConfig, net: nn.Module, bank: SampleBank, val_bank: SampleBank,
