@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
     from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
     from cmbunet.training import distributed as D
-    from cmbunet.training.loop import TrainConfig, require_stages, run_stages
+    from cmbunet.training.loop import require_stages, run_stages
     from cmbunet.training.stages import STAGES
+    from cmbunet.training.state import TrainConfig
 
     if args.num_gpus < 1:
         raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")

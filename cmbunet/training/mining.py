@@ -20,7 +20,7 @@ Passes are split across ranks by case and gathered, so every rank's bank holds t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import torch
@@ -29,16 +29,16 @@ from torch import nn
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
-from cmbunet.plans.schema import Plans
+from cmbunet.plans.schema import Plans, ScreeningSchedule
 from cmbunet.training import distributed as D
 from cmbunet.training.losses import as_class_logits
+from cmbunet.model_folder import VALIDATION_CANDIDATES_FILE
+from cmbunet.training.progress import TrainingLog
 from cmbunet.training.samples import SampleBank, touches_cmb
-from cmbunet.training.stages import Stage
+from cmbunet.training.stages import Stage, screening_validation
+from cmbunet.training.state import TrainConfig, TrainingState
 from cmbunet.utilities.file_io import load_json, save_json
 from cmbunet.utilities.patches import extract_patches
-
-if TYPE_CHECKING:
-    from cmbunet.training.loop import TrainConfig, TrainingLog
 
 FALSE_POSITIVES_FILE = "false_positives.json"
 VALIDATION_FP_FILE = "validation_false_positives.json"
@@ -239,3 +239,83 @@ def false_positive_probabilities(network: nn.Module, stage: Stage, plans: Plans,
             out[part] = torch.softmax(as_class_logits(network(x)).float(), 1)[:, 1].cpu().numpy()
     network.train(was_training)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the steps of the training loop
+# ----------------------------------------------------------------------------------------------------------
+def restore_mined_false_positives(state: TrainingState) -> None:
+    """On resume, the screening FPs mined by the epoch the run continues after (later ones belong to epochs to
+    be repeated)."""
+    path = state.out / FALSE_POSITIVES_FILE
+    if state.stage.mines and path.is_file():
+        n = load_false_positives(path, state.bank, max_epoch=state.start_epoch)
+        state.log(f"restored {n} mined false positives")
+
+
+def update_fp_weights(state: TrainingState, epoch: int) -> None:
+    """Under ``fp_sampling="hard"``, weight the FPs by the network's CMB probability at the start of ``epoch``
+    (from these weights, not later ones, so a resumed run draws the same)."""
+    if getattr(state.schedule, "fp_sampling", "uniform") == "hard" and epoch > 0:  # discrimination's schedule only
+        probability = false_positive_probabilities(state.network, state.stage, state.cfg.plans, state.bank,
+                                                   state.info.device)
+        state.bank.fp_weights = hardness_weights(probability)
+
+
+def mine_after_epoch(state: TrainingState, epoch: int) -> int:
+    """The screening schedule's mining pass after ``epoch`` when it has one; returns how many FPs were new.
+
+    None after the last epoch: :func:`final_mining` screens every case with the final weights then.
+    """
+    schedule, bank, done = state.schedule, state.bank, epoch + 1
+    if not (state.stage.mines and isinstance(schedule, ScreeningSchedule)):
+        return 0
+    passes = sorted({int(e) for e in schedule.mining_epochs})
+    if done not in passes or done >= state.epochs:
+        return 0
+    threshold = float(schedule.mining_threshold)
+    subset = mining_cases(len(bank.cases), schedule.mining_cases, passes.index(done), state.seed)
+    mined = mine_into_bank(state.info, state.network, bank, state.cfg.plans, threshold, done, subset,
+                           schedule.mining_keep)
+    if state.info.is_main:
+        save_false_positives(state.out / FALSE_POSITIVES_FILE, bank, threshold)
+        if len(subset) < len(bank.cases):
+            state.log(f"mining after epoch {done} screened {len(subset)} of {len(bank.cases)} training cases "
+                      f"(schedule mining_cases)")
+    return mined
+
+
+def final_mining(state: TrainingState) -> None:
+    """The last pass, over every training volume with the final screening weights."""
+    schedule, bank = cast(ScreeningSchedule, state.schedule), state.bank
+    threshold = float(schedule.mining_threshold)
+    retired_before = int((bank.fp_dropped >= 0).sum())
+    n = mine_into_bank(state.info, state.network, bank, state.cfg.plans, threshold, state.epochs,
+                       keep=schedule.mining_keep)
+    if state.info.is_main:
+        save_false_positives(state.out / FALSE_POSITIVES_FILE, bank, threshold)
+        in_use, retired = len(bank.active_false_positives), int((bank.fp_dropped >= 0).sum())
+        state.log(f"final mining: {n} new false positives, {in_use} in use "
+                  f"({in_use / max(1, len(bank.cases)):.1f} per training case)"
+                  + (f"; {retired - retired_before} retired that the final model scores below {threshold}"
+                     if retired > retired_before else ""))
+
+
+def screen_validation_volumes(state: TrainingState) -> None:
+    """Candidate sensitivity and FPs per case of the final screening model on whole validation volumes (rank 0).
+
+    Their FPs become ``validation_false_positives.json``, the validation negatives of the later stages.
+    """
+    cfg, val_bank, out = state.cfg, state.val_bank, state.out
+    inf_threshold = float(cfg.plans.inference.screening_threshold)
+    result = screening_validation(state.network, val_bank, cfg.plans, inf_threshold, state.info.device)
+    where = "validation" if state.held_out else "TRAINING (fold all has no validation cases)"
+    state.log(f"screening on whole {where} volumes at threshold {inf_threshold}: candidate sensitivity "
+              f"{result['sensitivity']:.3f}, {result['false_positives_per_case']:.1f} false positives per case")
+    if state.held_out:
+        val_bank.false_positives, val_bank.fp_scores = result["fp_rows"], result["fp_scores"]
+        val_bank.fp_epochs = np.full(len(result["fp_rows"]), state.epochs, np.int64)
+        val_bank.fp_dropped = np.full(len(result["fp_rows"]), -1, np.int64)
+        save_false_positives(out / VALIDATION_FP_FILE, val_bank, inf_threshold)
+    save_json({k: v for k, v in result.items() if k not in ("fp_rows", "fp_scores")} | {"volumes": where},
+              out / VALIDATION_CANDIDATES_FILE)
