@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
     from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
     from cmbunet.training import distributed as D
-    from cmbunet.training.loop import TrainConfig, require_stages, run_stages
+    from cmbunet.training.loop import require_stages, run_stages
     from cmbunet.training.stages import STAGES
+    from cmbunet.training.state import TrainConfig
 
     if args.num_gpus < 1:
         raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")
@@ -208,7 +209,7 @@ def run_summary(model: ModelFolder, fold: int | str, stages: list[str], seconds:
     """What the run did, for the end of the console output: per stage its wall time, epochs and validation
     metrics (``stage_summary.json``), then the fold's whole-pipeline validation and the thresholds in force."""
     from cmbunet.model_folder import STAGE_SUMMARY_FILE
-    from cmbunet.training.loop import format_duration
+    from cmbunet.training.progress import format_duration
     from cmbunet.utilities.file_io import load_json
 
     lines = [f"== cmbunet_train summary: fold {fold}, {format_duration(seconds)} in all =="]
