@@ -39,6 +39,14 @@ COMBINATIONS = (
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 #: Discrimination variants scored on the same candidates: (shift aggregation, test-time mirroring).
 VARIANTS = {"max": ("max", False), "mean": ("mean", False), "max_mirror": ("max", True)}
+#: Shape rules applied on top of ``max_mirror``: a candidate whose dark spot is longer than ``elongation`` times its
+#: width, wider than ``diameter_mm`` or leaving its 14 mm box by more than ``open_fraction`` is dropped.
+SHAPE_RULES = {
+    "shape_e3": {"elongation": 3.0},
+    "shape_e2.5": {"elongation": 2.5},
+    "shape_e3_d8": {"elongation": 3.0, "diameter_mm": 8.0},
+    "shape_e3_open": {"elongation": 3.0, "open_fraction": 0.05},
+}
 
 
 def mimic_reach_mm(mimic: dict) -> float:
@@ -84,10 +92,11 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
     from cmbunet.inference.discrimination import discriminate_candidates
     from cmbunet.inference.outputs import preprocessed_to_native
     from cmbunet.inference.screening import screening_score_map
+    from cmbunet.inference.shape import spot_shapes
     from cmbunet.model_folder import ModelFolder
     from cmbunet.training.samples import build_bank
-    from scipy import ndimage
 
+    from cmbunet.utilities.components import label_components
     from cmbunet.utilities.patches import extract_patches
     from cmbunet.utilities.file_io import load_json
 
@@ -110,14 +119,47 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
                 probs[how], moved = discriminate_candidates([discrimination], case.data, centres, plans,
                                                             aggregate=aggregate, mirror=mirror)
                 if how == "max":  # the CMB (component id, 0 = none) each candidate reaches, as candidate_hits rules
-                    labels, _ = ndimage.label(case.seg > 0, structure=np.ones((3, 3, 3)))
+                    labels, _ = label_components(case.seg > 0)
                     reached = extract_patches(labels, moved, (4, 4, 4)).reshape(len(moved), -1).max(axis=1)
                     native = preprocessed_to_native(moved, props)
+                    shapes = spot_shapes(case.data[0], moved, props["target_spacing"])
             for k in range(len(centres)):
                 record["candidates"].append({
                     **{how: float(probs[how][k]) for how in VARIANTS}, "cmb": int(reached[k]),
+                    "elongation": float(shapes.elongation[k]), "diameter_mm": float(shapes.diameter_mm[k]),
+                    "open_fraction": float(shapes.open_fraction[k]),
                     "cause": "" if reached[k] else cause_of(native[k] * spacing, entry["mimics"], spacing)})
         rows.append(record)
+    return rows
+
+
+def passes(x: dict, rule: dict) -> bool:
+    """Whether a candidate's spot shape keeps it under ``rule``; a candidate with no measurable spot is kept."""
+    return all(not (x[key] > limit) for key, limit in rule.items())
+
+
+def add_shape_variants(cases: list[dict]) -> None:
+    """Score each candidate under every shape rule: its ``max_mirror`` probability, or 0 when the rule drops it."""
+    for c in cases:
+        for x in c["candidates"]:
+            for name, rule in SHAPE_RULES.items():
+                x[name] = x["max_mirror"] if passes(x, rule) else 0.0
+
+
+def shape_summary(cases: list[dict], threshold: float = 0.5) -> list[dict]:
+    """Quartiles of the spot-shape measures of hits and of each false-positive cause above ``threshold``."""
+    groups: dict[str, list[dict]] = {}
+    for c in cases:
+        for x in c["candidates"]:
+            if x["max_mirror"] > threshold:
+                groups.setdefault("CMB" if x["cmb"] else x["cause"], []).append(x)
+    rows = []
+    for name, xs in sorted(groups.items()):
+        row = {"group": name, "n": len(xs)}
+        for key in ("elongation", "diameter_mm", "open_fraction"):
+            v = np.array([x[key] for x in xs], float)
+            row[key] = "/".join(f"{q:.2f}" for q in np.nanpercentile(v, (10, 50, 90))) if np.isfinite(v).any() else "nan"
+        rows.append(row)
     return rows
 
 
@@ -126,7 +168,7 @@ def operating_points(cases: list[dict]) -> list[dict]:
     kept candidate lies on it."""
     out = []
     total = sum(c["cmbs"] for c in cases)
-    for how in VARIANTS:
+    for how in (*VARIANTS, *SHAPE_RULES):
         for t in THRESHOLDS:
             fp = sum(1 for c in cases for x in c["candidates"] if not x["cmb"] and x[how] > t)
             tp = sum(len({x["cmb"] for x in c["candidates"] if x["cmb"] and x[how] > t}) for c in cases)
@@ -154,6 +196,7 @@ def main() -> None:
         settings = trained["model_dir"] / "inference_settings.json"
         prior = json.loads(settings.read_text())["discrimination_threshold"] if settings.is_file() else None
         cases = score(trained, base / "sites" / held_out)
+        add_shape_variants(cases)
         causes: dict[str, dict[str, int]] = {}
         for t in (0.5, 0.95):
             counts: dict[str, int] = {}
@@ -165,9 +208,11 @@ def main() -> None:
         points = operating_points(cases)
         print(f"\n# held out {held_out} (trained on {' + '.join(train_sites)}); prior threshold {prior}")
         print(f"false positives by cause: {causes}")
+        print("spot shape (10th/50th/90th percentile) of candidates with max_mirror > 0.5:")
+        print_table(shape_summary(cases), ["group", "n", "elongation", "diameter_mm", "open_fraction"])
         print_table(points, ["aggregate", "threshold", "tp", "fp", "fn", "sensitivity", "fp_per_case", "f1"])
         results.append({"held_out": held_out, "train_sites": list(train_sites), "prior_threshold": prior,
-                        "fp_causes": causes, "points": points})
+                        "fp_causes": causes, "points": points, "cases": cases})
     pooled = {}
     for r in results:
         for pt in r["points"]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from cmbunet.errors import InputError, MissingStageError, PlansMismatchError
+from cmbunet.errors import CMBUNetError, InputError, MissingStageError, PlansMismatchError
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, results_dataset_dir
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, Plans, validate_settings  # noqa: F401 - re-exported
 from cmbunet.utilities.file_io import load_json
@@ -60,6 +60,38 @@ def model_subfolder(plans_name: str = DEFAULT_PLANS_NAME) -> str:
     if plans_name == DEFAULT_PLANS_NAME:
         return MODEL_SUBFOLDER
     return f"{MODEL_SUBFOLDER}__{check_plans_name(plans_name)}"
+
+
+def plans_name_of(model_dir: str | Path) -> str | None:
+    """The plans name a model folder's name stands for (``cmbunet``: the default, ``cmbunet__NAME``: NAME), or
+    None for a folder named otherwise (a model copied to a folder of the user's choosing). The reverse of
+    :func:`model_subfolder`: only names it would produce count (``cmbunet__cmbunetPlans`` does not)."""
+    name = Path(model_dir).name
+    candidate = DEFAULT_PLANS_NAME if name == MODEL_SUBFOLDER else name.removeprefix(f"{MODEL_SUBFOLDER}__")
+    try:
+        return candidate if model_subfolder(candidate) == name else None
+    except CMBUNetError:
+        return None
+
+
+def plans_names_in(dataset_results_dir: str | Path) -> list[str]:
+    """Plans names of the models (folders holding ``plans.json``) in a dataset's results folder, sorted, so that a
+    command asked for a model that is not there can name the ``-p`` values that would find one."""
+    folder = Path(dataset_results_dir)
+    if not folder.is_dir():
+        return []
+    found = {plans_name_of(p) for p in folder.iterdir() if (p / PLANS_FILE).is_file()}
+    return sorted(name for name in found if name is not None)
+
+
+def other_plans_hint(missing: str | Path) -> str:
+    """For a model folder that does not exist: ``; ... pass -p NAME`` when models of other plans names lie beside
+    it (trained with ``-p``, asked for without it), else nothing."""
+    others = plans_names_in(Path(missing).parent)
+    if not others:
+        return ""
+    return (f"; this dataset has the model(s) of plans name(s) {', '.join(others)}: pass -p NAME to use one "
+            f"(e.g. -p {others[0]})")
 
 
 def fold_sort_key(fold: str) -> tuple[bool, int, str]:
@@ -188,13 +220,14 @@ class ModelFolder:
 
         return plans_hash(self.load_plans())
 
-    def check_plans(self, expected_hash: str, source: str | Path) -> None:
+    def check_plans(self, expected_hash: str, source: str | Path, remedy: str | None = None) -> None:
         """Refuse a model folder whose ``plans.json`` differs from the plans in use (``source`` names them);
-        a folder without ``plans.json`` is new and passes."""
+        a folder without ``plans.json`` is new and passes. ``remedy`` replaces the generic advice, so a command
+        can say exactly what to run."""
         if self.plans_file.is_file():
             require_plans_hash(self.plans_hash(), expected_hash, self.path,
-                               f"it holds models of other plans than {source}: move or delete {self.path} to "
-                               "train with the new plans")
+                               remedy or f"it holds models of other plans than {source}: move or delete {self.path} "
+                                         "to train with the new plans")
 
     def inference_settings(self) -> dict[str, Any]:
         """Settings saved next to the model (e.g. picked on validation data); flat or under an ``inference`` key.

@@ -3,7 +3,9 @@
 
 The zip holds what prediction needs (``plans.json``, ``dataset.json``, ``inference_settings.json`` when
 present, ``fold_F/<stage>/checkpoint_final.pth`` of the chosen folds) and ``manifest.json``: the format, the
-dataset name, the plans hash, the cmbunet version that exported it, and the size and sha256 of every file.
+dataset name, the plans name (when known) and hash, the cmbunet version that exported it, and the size and
+sha256 of every file. Installing uses the recorded plans name unless ``-p`` names another; zips without one
+install as the default plans name.
 Installing refuses, naming the file and the problem, any zip that is not exactly that: a file whose checksum
 or size differs, an entry missing from or absent in the manifest, a path that is absolute or leaves the model
 folder, a checkpoint of other plans. The model is extracted into a temporary folder beside the target and
@@ -27,9 +29,10 @@ from typing import Any, Sequence
 from cmbunet import __version__
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE_SETTINGS_FILE, MODEL_SUBFOLDER,
-                                  PLANS_FILE, STAGES, ModelFolder, load_checkpoint)
-from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, is_dataset_name, resolve_dataset_name
-from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
+                                  PLANS_FILE, STAGES, ModelFolder, load_checkpoint, other_plans_hint,
+                                  plans_name_of)
+from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, get_root, is_dataset_name, resolve_dataset_name
+from cmbunet.utilities.cli import MODEL_PLANS_HELP, HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.file_io import atomic_path
 
 MANIFEST = "manifest.json"
@@ -60,12 +63,15 @@ def _zip_problem(path: Path) -> str | None:
 
 
 def export_model(model_dir: str | Path, output: str | Path, folds: Sequence[int | str] | None = None,
-                 dataset_name: str | None = None) -> dict[str, Any]:
+                 dataset_name: str | None = None, plans_name: str | None = None) -> dict[str, Any]:
     """Write the model of ``model_dir`` (``folds``: default every fold with all three stages trained) to the zip
-    ``output`` atomically; returns the manifest. ``dataset_name`` defaults to the folder around the model."""
+    ``output`` atomically; returns the manifest. ``dataset_name`` defaults to the folder around the model,
+    ``plans_name`` to the one the model folder's name stands for (``cmbunet__NAME``: NAME); it is recorded so that
+    installing recreates the same folder, and left out when unknown."""
     model, output = ModelFolder(Path(model_dir)), Path(output)
     if not model.path.is_dir():
-        raise InputError(model.path, "model folder does not exist")
+        raise InputError(model.path, "model folder does not exist" + other_plans_hint(model.path))
+    plans_name = check_plans_name(plans_name) if plans_name else plans_name_of(model.path.resolve())
     name = dataset_name or model.path.resolve().parent.name
     if not is_dataset_name(name):
         raise CMBUNetError(f"{model.path}: cannot tell the dataset name (DatasetXXX_Name) from the folder; give it "
@@ -98,7 +104,8 @@ def export_model(model_dir: str | Path, output: str | Path, folds: Sequence[int 
                     size += len(block)
             files[rel] = {"sha256": digest.hexdigest(), "size": size}
         manifest = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "dataset": name,
-                    "plans_hash": plans_hash, "folds": fold_names, "cmbunet_version": __version__, "files": files}
+                    **({"plans_name": plans_name} if plans_name else {}), "plans_hash": plans_hash,
+                    "folds": fold_names, "cmbunet_version": __version__, "files": files}
         z.writestr(zipfile.ZipInfo(MANIFEST, date_time=(1980, 1, 1, 0, 0, 0)), json.dumps(manifest, indent=2) + "\n",
                    compress_type=zipfile.ZIP_DEFLATED)
     return manifest
@@ -133,6 +140,8 @@ def read_manifest(z: zipfile.ZipFile, where: Path) -> dict[str, Any]:
         problems.append(f"dataset {m.get('dataset')!r} is not a dataset name (DatasetXXX_Name)")
     if not isinstance(m.get("plans_hash"), str):
         problems.append("plans_hash is missing")
+    if "plans_name" in m and not _usable_plans_name(m["plans_name"]):
+        problems.append(f"plans_name {m['plans_name']!r} is not a usable plans name")
     if not isinstance(folds, list) or not folds or not all(isinstance(f, str) for f in folds):
         problems.append("folds must be a non-empty list of fold names")
     if not isinstance(files, dict) or PLANS_FILE not in files:
@@ -145,6 +154,14 @@ def read_manifest(z: zipfile.ZipFile, where: Path) -> dict[str, Any]:
     if problems:
         raise InputError(where, f"{MANIFEST} is malformed: " + "; ".join(problems))
     return m
+
+
+def _usable_plans_name(value: Any) -> bool:
+    """A manifest's plans name becomes part of a folder name: only names ``-p`` would accept."""
+    try:
+        return isinstance(value, str) and check_plans_name(value) == value
+    except CMBUNetError:
+        return False
 
 
 def check_entries(z: zipfile.ZipFile, manifest: dict[str, Any], where: Path) -> None:
@@ -226,9 +243,11 @@ def holds_model(path: Path) -> bool:
 
 
 def install_model(zip_path: str | Path, results_root: str | Path | None = None, force: bool = False,
-                  plans_name: str = DEFAULT_PLANS_NAME) -> tuple[Path, dict[str, Any]]:
+                  plans_name: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Verify ``zip_path`` and install it as ``RESULTS/DatasetXXX_Name/cmbunet`` (``cmbunet__PLANS`` for another
-    plans name than the default); returns that folder and the manifest. An existing model is replaced only with ``force``, and only once the new one is verified."""
+    plans name than the default); returns that folder and the manifest. ``plans_name`` defaults to the one the
+    manifest records, else the default name. An existing model is replaced only with ``force``, and only once the
+    new one is verified."""
     where = Path(zip_path)
     if not where.is_file():
         raise InputError(where, "model zip does not exist")
@@ -239,6 +258,7 @@ def install_model(zip_path: str | Path, results_root: str | Path | None = None, 
     with z:
         manifest = read_manifest(z, where)
         check_entries(z, manifest, where)
+        plans_name = plans_name or manifest.get("plans_name", DEFAULT_PLANS_NAME)
         target = ModelFolder.of_dataset(manifest["dataset"], get_root("results", results_root), plans_name).path
         if holds_model(target) and not force:
             raise InputError(target, "already holds a model; add --force to replace it (its folds, validation "
@@ -296,7 +316,9 @@ def export_parser() -> argparse.ArgumentParser:
                    help="folds to export, e.g. 0 1 2 3 4 or all (default: every fold with all three stages trained)")
     p.add_argument("-o", "--output", required=True, help="the zip file to write, e.g. model.zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
-    add_plans_option(p)
+    add_plans_option(p, help=f"with -d: {MODEL_PLANS_HELP}. Recorded in the zip as the plans name "
+                             "cmbunet_install_model installs it under; with -m it is taken from the folder name "
+                             "(cmbunet__NAME) unless given")
     return p
 
 
@@ -308,10 +330,12 @@ def export_main(argv: list[str] | None = None) -> int:
     else:
         root = get_root("results", args.results_root)
         model_dir = ModelFolder.of_dataset(resolve_dataset_name(args.dataset, root), root, args.plans_name).path
-    manifest = export_model(model_dir, args.output, args.folds, args.name)
+    given = args.plans_name if (args.plans_name_given or not args.model) else None
+    manifest = export_model(model_dir, args.output, args.folds, args.name, given)
     size = Path(args.output).stat().st_size / 2**20
-    print(f"exported {manifest['dataset']} (folds {' '.join(manifest['folds'])}, plans {manifest['plans_hash']}, "
-          f"{len(manifest['files'])} files) to {args.output} ({size:.1f} MiB)")
+    print(f"exported {manifest['dataset']} (folds {' '.join(manifest['folds'])}, plans "
+          f"{manifest.get('plans_name', '(name unknown)')} {manifest['plans_hash']}, {len(manifest['files'])} files) "
+          f"to {args.output} ({size:.1f} MiB)")
     return 0
 
 
@@ -324,16 +348,19 @@ def install_parser() -> argparse.ArgumentParser:
     p.add_argument("zip", help="the model zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--force", action="store_true", help="replace a model already installed for that dataset")
-    add_plans_option(p, help=f"install as the model of this plans name (default {DEFAULT_PLANS_NAME}: "
-                        "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; another name: cmbunet__NAME)")
+    add_plans_option(p, help="install as the model of this plans name (CMBUNET_RESULTS/DatasetXXX_Name/cmbunet for "
+                             f"{DEFAULT_PLANS_NAME}, cmbunet__NAME for another name); default: the plans name "
+                             f"recorded in the zip, {DEFAULT_PLANS_NAME} for zips that record none")
     return p
 
 
 @run_cli
 def install_main(argv: list[str] | None = None) -> int:
     args = install_parser().parse_args(argv)
-    target, manifest = install_model(args.zip, args.results_root, args.force, args.plans_name)
-    print(f"installed {manifest['dataset']} (folds {' '.join(manifest['folds'])}, plans {manifest['plans_hash']}, "
-          f"exported with cmbunet {manifest.get('cmbunet_version', '?')}) into {target}")
+    target, manifest = install_model(args.zip, args.results_root, args.force,
+                                     args.plans_name if args.plans_name_given else None)
+    print(f"installed {manifest['dataset']} as the model of plans name {plans_name_of(target)} (folds "
+          f"{' '.join(manifest['folds'])}, plans {manifest['plans_hash']}, exported with cmbunet "
+          f"{manifest.get('cmbunet_version', '?')}) into {target}")
     print(f"predict with: cmbunet_predict -i INPUT -o OUTPUT -m {target}")
     return 0

@@ -22,7 +22,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cmbunet.dataset.raw_dataset import binarise_label, list_training_cases, load_dataset_json, verify_dataset_integrity
+from cmbunet.dataset.integrity import verify_dataset_integrity
+from cmbunet.dataset.raw_dataset import binarise_label, list_training_cases, load_dataset_json
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,

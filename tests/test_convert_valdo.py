@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from cmbunet.dataset.convert_valdo import convert_valdo, main, valdo_image_name, valdo_label_name
-from cmbunet.dataset.raw_dataset import count_nonfinite_nifti, list_image_cases, list_training_cases, verify_dataset_integrity
+from cmbunet.dataset.integrity import count_nonfinite_nifti, verify_dataset_integrity
+from cmbunet.dataset.raw_dataset import list_image_cases, list_training_cases
 from cmbunet.errors import InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO
 from cmbunet.synthetic import write_dataset

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from cmbunet.dataset.integrity import count_nonfinite, count_nonfinite_nifti, verify_dataset_integrity
 from cmbunet.dataset.raw_dataset import (
-    count_nonfinite,
-    count_nonfinite_nifti,
     binarise_label,
     list_image_cases,
     list_training_cases,
     load_dataset_json,
-    verify_dataset_integrity,
 )
 from cmbunet.errors import DatasetIntegrityError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO

@@ -323,6 +323,10 @@ def test_find_channel_suffixed_cases_and_sharding(tmp_path):
     assert sorted(names) == ["a", "b", "c_x", "d"] and len(set(names)) == 4
     with pytest.raises(InputError):
         select_part(cases, 2, 2)
+    with pytest.raises(InputError, match=r"^--part-id must be in \[0, 1\] for --num-parts 2, got 2$"):
+        select_part(cases, 2, 2)
+    with pytest.raises(InputError, match=r"^--num-parts must be at least 1, got 0$"):
+        select_part(cases, 0, 0)
     with pytest.raises(InputError):
         find_input_cases(tmp_path / "nothing_here", {"0": "T2S"})
     shutil.rmtree(tmp_path)

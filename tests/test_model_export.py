@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from cmbunet import __version__
+from cmbunet.inference import cli as predict_cli
 from cmbunet.inference.cli import main as predict_main
 from cmbunet.model_folder import ModelFolder
 from cmbunet.model_sharing import MANIFEST, export_main, install_main
@@ -210,3 +212,102 @@ def test_existing_model_needs_force(exported, tmp_path, capsys):
     assert not (installed / "fold_0" / "validation").exists()
     assert ModelFolder(installed).complete_folds() == ["0", "1"]
     assert [p.name for p in (res / DATASET).iterdir()] == ["cmbunet"]
+
+
+def manifest_of(path: Path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read(MANIFEST))
+
+
+@pytest.fixture()
+def wide_root(source, tmp_path) -> Path:
+    """A results root holding the model of ``source`` as the model of plans name Wide (``cmbunet__Wide``)."""
+    root = tmp_path / "wide_results"
+    shutil.copytree(source / DATASET / "cmbunet", root / DATASET / "cmbunet__Wide")
+    return root
+
+
+def test_plans_name_travels_with_the_zip(exported, wide_root, tmp_path, capsys):
+    assert manifest_of(exported)["plans_name"] == "cmbunetPlans"
+    by_dataset, by_folder = tmp_path / "by_dataset.zip", tmp_path / "by_folder.zip"
+    assert export_main(["-d", "1", "-p", "Wide", "--results-root", str(wide_root), "-o", str(by_dataset)]) == 0
+    assert export_main(["-m", str(wide_root / DATASET / "cmbunet__Wide"), "-o", str(by_folder)]) == 0
+    assert manifest_of(by_dataset)["plans_name"] == manifest_of(by_folder)["plans_name"] == "Wide"
+    # without -p the zip installs under its recorded plans name; an explicit -p wins
+    fresh = tmp_path / "fresh"
+    assert install_main([str(by_dataset), "--results-root", str(fresh)]) == 0
+    assert ModelFolder(fresh / DATASET / "cmbunet__Wide").complete_folds() == ["0", "1"]
+    assert "as the model of plans name Wide" in capsys.readouterr().out
+    assert install_main([str(by_dataset), "--results-root", str(fresh), "-p", "Other"]) == 0
+    assert ModelFolder(fresh / DATASET / "cmbunet__Other").complete_folds() == ["0", "1"]
+    assert install_main([str(by_dataset), "--results-root", str(fresh), "-p", "cmbunetPlans"]) == 0
+    assert sorted(p.name for p in (fresh / DATASET).iterdir()) == ["cmbunet", "cmbunet__Other", "cmbunet__Wide"]
+
+
+def test_folder_of_another_name_exports_without_a_plans_name(source, tmp_path):
+    folder = tmp_path / "my_model"
+    shutil.copytree(source / DATASET / "cmbunet", folder)
+    out = tmp_path / "model.zip"
+    assert export_main(["-m", str(folder), "-n", DATASET, "-o", str(out)]) == 0
+    assert "plans_name" not in manifest_of(out)
+    assert export_main(["-m", str(folder), "-n", DATASET, "-p", "Mine", "-o", str(out)]) == 0
+    assert manifest_of(out)["plans_name"] == "Mine"
+
+
+def set_plans_name(name: str, data: bytes, value: object) -> bytes:
+    """Change (None: remove) the plans name of the manifest; the checksums cover the model files only."""
+    if name != MANIFEST:
+        return data
+    manifest = json.loads(data)
+    manifest.pop("plans_name", None)
+    if value is not None:
+        manifest["plans_name"] = value
+    return json.dumps(manifest).encode()
+
+
+def test_zip_without_a_plans_name_installs_as_the_default(wide_root, tmp_path, capsys):
+    wide = tmp_path / "wide.zip"
+    assert export_main(["-d", "1", "-p", "Wide", "--results-root", str(wide_root), "-o", str(wide)]) == 0
+    older = rewrite(wide, tmp_path / "older.zip", lambda n, d: set_plans_name(n, d, None))
+    fresh = tmp_path / "fresh"
+    assert install_main([str(older), "--results-root", str(fresh)]) == 0
+    assert [p.name for p in (fresh / DATASET).iterdir()] == ["cmbunet"]
+    assert install_main([str(older), "--results-root", str(fresh), "-p", "Wide"]) == 0
+    assert (fresh / DATASET / "cmbunet__Wide" / "plans.json").is_file()
+    for bad in ("../escape", "a__b", 7):
+        evil = rewrite(wide, tmp_path / "evil.zip", lambda n, d: set_plans_name(n, d, bad))
+        refused(capsys, [str(evil), "--results-root", str(tmp_path / "other")], "plans_name", "not a usable plans name")
+        assert not (tmp_path / "other").exists()
+
+
+def test_predict_refuses_plans_name_with_a_model_folder(source, wide_root, scans, tmp_path, capsys):
+    """-p picks a model inside a results folder: with -m naming a model folder it cannot apply and is refused,
+    instead of being ignored; with -m naming the results folder it picks the model of that plans name."""
+    out = tmp_path / "out"
+    assert predict_main(["-i", str(scans), "-o", str(out), "-m", str(source / DATASET / "cmbunet"),
+                         "-p", "Wide"]) == 2
+    err = capsys.readouterr().err
+    assert "the model of plans name cmbunetPlans" in err and "-p Wide cannot apply" in err
+    assert "-p and -m naming a model folder conflict" in err and "Drop -p" in err
+    assert not out.exists()
+    build = predict_cli.build_parser().parse_args
+    wide = wide_root / DATASET / "cmbunet__Wide"
+    assert predict_cli.model_folder(build(["-i", "x", "-o", "y", "-m", str(wide_root / DATASET), "-p", "Wide"])) == wide
+    assert predict_cli.model_folder(build(["-i", "x", "-o", "y", "-m", str(wide), "-p", "Wide"])) == wide
+    assert predict_cli.model_folder(build(["-i", "x", "-o", "y", "-m", str(wide)])) == wide
+    default = source / DATASET / "cmbunet"
+    assert predict_cli.model_folder(build(["-i", "x", "-o", "y", "-m", str(source / DATASET)])) == default
+
+
+def test_a_model_of_another_plans_name_is_pointed_at(wide_root, scans, tmp_path, capsys):
+    """Asked for the default model of a dataset that only has the model of plans name Wide, prediction and export
+    name the -p that finds it."""
+    out = tmp_path / "out"
+    assert predict_main(["-i", str(scans), "-o", str(out), "-d", "1", "--results-root", str(wide_root)]) == 2
+    err = capsys.readouterr().err
+    assert "model folder does not exist" in err and "plans name(s) Wide: pass -p NAME" in err
+    assert not out.exists()
+    assert export_main(["-d", "1", "--results-root", str(wide_root), "-o", str(tmp_path / "m.zip")]) == 2
+    assert "plans name(s) Wide: pass -p NAME" in capsys.readouterr().err
+    assert predict_main(["-i", str(scans), "-o", str(out), "-m", str(tmp_path / "nope")]) == 2
+    assert "pass -p" not in capsys.readouterr().err

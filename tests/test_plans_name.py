@@ -174,3 +174,29 @@ def test_install_model_under_a_plans_name(tmp_path):
     args = install_parser().parse_args(["model.zip", "-p", "Wide"])
     assert args.plans_name == "Wide"
     assert install_parser().parse_args(["model.zip"]).plans_name == "cmbunetPlans"
+
+
+def test_training_after_replanning_says_how_to_keep_the_old_model(roots, tmp_path, capsys):
+    """Re-planning the default plans with another network: training refuses the trained model folder, leaves it
+    as it was, and names the commands that keep it (or train the new plans beside it)."""
+    pre, results = tmp_path / "pre", tmp_path / "results"
+    shutil.copytree(roots["pre"] / DATASET, pre / DATASET)
+    model = ModelFolder.of_dataset(DATASET, results)
+    model.path.mkdir(parents=True)
+    shutil.copy(pre / DATASET / "plans.json", model.plans_file)  # a model trained with the plans before
+    before = model.plans_file.read_bytes()
+    assert _plan(roots, "--no-preprocess", "--override", WIDE, pre=pre) == 0
+    capsys.readouterr()
+    assert train_cli.main([DATASET, "0", "-s", "screening", "--num-workers", "0", "--preprocessed-root", str(pre),
+                           "--results-root", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert f"{model.path} was trained with plans" in err and "never deletes a trained model" in err
+    assert f"mv {model.path} {results / DATASET / 'cmbunet__previous'}" in err
+    assert f"cmbunet_predict -d {DATASET} -p previous" in err
+    assert f"cmbunet_plan_and_preprocess -d {DATASET} -p NAME" in err and f"cmbunet_train {DATASET} FOLD -p NAME" in err
+    assert model.plans_file.read_bytes() == before and [p.name for p in model.path.iterdir()] == ["plans.json"]
+    # what the message says works: the moved model is the model of plans name "previous"
+    model.path.rename(results / DATASET / "cmbunet__previous")
+    args = predict_cli.build_parser().parse_args(["-i", "in", "-o", "out", "-d", DATASET, "-p", "previous",
+                                                  "--results-root", str(results)])
+    assert predict_cli.model_folder(args) == results / DATASET / "cmbunet__previous"

@@ -17,13 +17,14 @@ import torch
 from cmbunet.errors import MissingStageError, PlansMismatchError
 from cmbunet.plans.plans_io import load_plans, plans_hash
 from cmbunet.training import cli as train_cli
-from cmbunet.training import loop
+from cmbunet.training import loop, progress
 from cmbunet.training.augmentation import AugmentationParams, cut_patches, make_patches, rotate_and_crop
 from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, load_stage_network
 from cmbunet.training.losses import soft_dice_loss, weighted_cross_entropy
+from cmbunet.training.mining import (load_false_positives, merge_false_positives, mining_cases,
+                                     retire_easy_false_positives, save_false_positives)
 from cmbunet.training.samples import (NEGATIVE, POSITIVE, CaseArrays, SampleBank, build_bank, draw_epoch_samples,
-                                      draw_fixed_samples, epoch_counts, load_false_positives, merge_false_positives,
-                                      retire_easy_false_positives, save_false_positives, split_counts, touches_cmb)
+                                      draw_fixed_samples, epoch_counts, split_counts, touches_cmb)
 from cmbunet.training.stages import STAGES, candidate_hits, rank_auc
 from tiny_schedule import TINY_TRAINING_OVERRIDES
 
@@ -107,7 +108,7 @@ def test_epoch_draw_proportions_labels_and_negatives_inside_brain(roots):
 
 
 def test_hard_sampling_draws_the_false_positives_the_network_still_takes_for_cmbs(roots):
-    from cmbunet.training.samples import HARD_SAMPLING_FLOOR, hardness_weights
+    from cmbunet.training.mining import HARD_SAMPLING_FLOOR, hardness_weights
 
     w = hardness_weights(np.array([0.0, 0.0, 0.1, 0.9]))
     assert w.sum() == pytest.approx(1.0) and w[0] == pytest.approx(HARD_SAMPLING_FLOOR / 4)  # never forgotten
@@ -129,12 +130,12 @@ def test_fixed_validation_set_is_reproducible(roots):
 
 
 def test_mining_subsets_rotate_through_all_cases():
-    passes = [loop.mining_cases(10, 4, k, seed=3) for k in range(3)]
+    passes = [mining_cases(10, 4, k, seed=3) for k in range(3)]
     assert all(len(p) == 4 and len(set(p)) == 4 for p in passes)
     assert set(passes[0]) | set(passes[1]) | set(passes[2]) == set(range(10))  # 12 draws cover all 10 cases
     assert not set(passes[0]) & set(passes[1])  # no case twice before every case came round once
-    assert passes == [loop.mining_cases(10, 4, k, seed=3) for k in range(3)]  # resume mines the same cases
-    assert loop.mining_cases(10, None, 0, 3) == list(range(10)) == loop.mining_cases(10, 16, 1, 3)
+    assert passes == [mining_cases(10, 4, k, seed=3) for k in range(3)]  # resume mines the same cases
+    assert mining_cases(10, None, 0, 3) == list(range(10)) == mining_cases(10, 16, 1, 3)
 
 
 def test_merge_false_positives_dedupes_and_keeps_first_epoch():
@@ -248,7 +249,7 @@ def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, he
     metrics = ["dice"] if stage == "segmentation" else ["sensitivity", "precision", "f1", "f2", "auc"]
     history = {"epoch": [0, 1, 2], "lr": [0.01, 0.006, 0.002], "train_loss": [0.9, 0.7, 0.6],
                "val_loss": [1.0, 0.8, None], **{f"val_{m}": [0.2, 0.4, 0.5] for m in metrics}}
-    fig = loop.progress_figure(history, monitor, stage, fold, held_out)
+    fig = progress.progress_figure(history, monitor, stage, fold, held_out)
     labels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes]
     curve = (lambda m: f"validation {m}") if held_out else (lambda m: f"{m} on fixed training patches")
     expected_metrics = [m for m in ("sensitivity", "precision", "auc", "dice") if m in metrics] + \
@@ -260,7 +261,7 @@ def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, he
     assert title.startswith(f"{stage} stage, fold {fold}\n")
     assert ("TRAINING" in title) != held_out
     assert not any("validation" in label for label in labels[0] + labels[1]) or held_out
-    loop.plot_progress(history, tmp_path / "progress.png", monitor, stage, fold, held_out)
+    progress.plot_progress(history, tmp_path / "progress.png", monitor, stage, fold, held_out)
     assert (tmp_path / "progress.png").stat().st_size > 10_000
 
 

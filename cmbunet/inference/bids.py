@@ -4,7 +4,7 @@ The output folder becomes a BIDS derivative dataset::
 
     OUTPUT/dataset_description.json                      DatasetType "derivative", GeneratedBy cmbunet
     OUTPUT/sub-X/[ses-Y/]anat/<entities>_desc-cmb_mask.nii.gz       binary CMB map (uint8), input geometry
-    OUTPUT/sub-X/[ses-Y/]anat/<entities>_desc-cmb_probseg.nii.gz    probabilities (with --save_probabilities)
+    OUTPUT/sub-X/[ses-Y/]anat/<entities>_desc-cmb_probseg.nii.gz    probabilities (with --save-probabilities)
     OUTPUT/sub-X/[ses-Y/]anat/<entities>_desc-cmb_cmbs.tsv          one row per CMB
     OUTPUT/sub-X/[ses-Y/]anat/<entities>_desc-cmb_cmbs.json         description of the TSV columns
 

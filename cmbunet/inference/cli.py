@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, InputError
-from cmbunet.model_folder import DATASET_JSON_FILE, MODEL_SUBFOLDER, PLANS_FILE, ModelFolder
+from cmbunet.model_folder import DATASET_JSON_FILE, PLANS_FILE, ModelFolder, model_subfolder, plans_name_of
 from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.utilities.cli import MODEL_PLANS_HELP, HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-m", "--model",
                        help="a trained model folder (holding plans.json and fold_F/), e.g. one installed with "
                             "cmbunet_install_model or copied from another machine; the dataset's results folder "
-                            "around it is accepted too")
-    add_plans_option(p, help="with -d: " + MODEL_PLANS_HELP)
+                            "around it is accepted too (-p then picks the model in it)")
+    add_plans_option(p, help="with -d, or with -m naming a dataset's results folder: " + MODEL_PLANS_HELP)
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases); "
@@ -88,13 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_folder(args: argparse.Namespace) -> Path:
     """The model folder given by ``-m`` or derived from ``-d`` and the results root. ``-m`` may also name the
-    dataset's results folder (``.../DatasetXXX_Name``) that holds the model folder."""
+    dataset's results folder (``.../DatasetXXX_Name``) that holds the model folder; ``-p`` picks the model of
+    that plans name in it. ``-p`` with ``-m`` naming a model folder is refused unless it names that very
+    model: it would otherwise be ignored silently."""
     if args.model:
         path = Path(args.model)
-        inner = path / MODEL_SUBFOLDER
-        return inner if not (path / PLANS_FILE).is_file() and (inner / PLANS_FILE).is_file() else path
+        given = getattr(args, "plans_name_given", False)
+        if (path / PLANS_FILE).is_file():
+            if given and plans_name_of(path.resolve()) != args.plans_name:
+                raise InputError(path, conflicting_plans_name(path, args.plans_name))
+            return path
+        inner = path / model_subfolder(args.plans_name)
+        return inner if given or (inner / PLANS_FILE).is_file() else path
     root = get_root("results", args.results_root)
     return ModelFolder.of_dataset(resolve_dataset_name(args.dataset, root), root, args.plans_name).path
+
+
+def conflicting_plans_name(model: Path, plans_name: str) -> str:
+    """Why ``-p`` cannot go with ``-m`` naming a model folder: the folder is the model, whatever ``-p`` says."""
+    own = plans_name_of(model.resolve())
+    what = f"the model of plans name {own}" if own else "a model folder"
+    return (f"is {what} (it holds {PLANS_FILE}), so -p {plans_name} cannot apply: -p and -m naming a model folder "
+            "conflict, as -p only picks a model inside a dataset's results folder (CMBUNET_RESULTS/DatasetXXX_Name/"
+            f"cmbunet__NAME). Drop -p to predict with this model, or give -m (or -d) the dataset whose model of plans "
+            f"name {plans_name} is meant")
 
 
 def dataset_folder_around(path: Path) -> tuple[Path, str] | None:

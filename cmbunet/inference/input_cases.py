@@ -348,8 +348,8 @@ def select_part(cases: Sequence[InputCase], num_parts: int, part_id: int) -> lis
     """The share of ``part_id`` when the sorted case list is split over ``num_parts`` machines (round robin),
     so that every case is predicted by exactly one part."""
     if num_parts < 1:
-        raise InputError(None, f"-num_parts must be at least 1, got {num_parts}")
+        raise InputError(None, f"--num-parts must be at least 1, got {num_parts}")
     if not 0 <= part_id < num_parts:
-        raise InputError(None, f"-part_id must be in [0, {num_parts - 1}], got {part_id}")
+        raise InputError(None, f"--part-id must be in [0, {num_parts - 1}] for --num-parts {num_parts}, got {part_id}")
     ordered = sorted(cases, key=lambda c: c.case)
     return ordered[part_id::num_parts]

@@ -27,7 +27,8 @@ from cmbunet.utilities.file_io import atomic_path, outputs_complete
 
 CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
                "screening_score", "discrimination_score", "segmentation_score"]
-CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "kept"]
+CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "spot_elongation", "spot_diameter_mm",
+                     "kept"]
 TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
 #: Candidate tables keep 8 digits: the threshold search reads their scores again.
 CANDIDATE_FLOAT_FORMAT = "%.8g"
@@ -43,7 +44,7 @@ class CasePrediction:
     binary: np.ndarray  # (X, Y, Z) uint8 on the native grid, probabilities >= segmentation threshold
     cmbs: pd.DataFrame  # one row per CMB (CMB_COLUMNS), as in CASE_cmbs.csv
     geometry: ImageProperties  # of the native grid: what the maps are written with
-    #: every screening candidate: preprocessed voxel, scores, kept, native voxel and world position
+    #: every screening candidate: preprocessed voxel, scores, dark-spot shape, kept, native voxel and world position
     candidates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CANDIDATE_COLUMNS))
     probabilities_preprocessed: np.ndarray | None = None  # (X', Y', Z') in the preprocessed space
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per step (TIMING_KEYS)

@@ -43,7 +43,8 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  #
                                        write_csv)
 from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.model_folder import ModelFolder
+from cmbunet.inference.shape import shape_keeps, spot_shapes, susceptibility_channel
+from cmbunet.model_folder import ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.utilities.cpu_features import resolve_precision
@@ -192,7 +193,7 @@ class CMBPredictor:
         model = ModelFolder(Path(model_dir))
         model_dir = model.path
         if not model_dir.is_dir():
-            raise InputError(model_dir, "model folder does not exist")
+            raise InputError(model_dir, "model folder does not exist" + other_plans_hint(model_dir))
         plans = model.load_plans()
         fold_names = [str(f) for f in folds] if folds else model.complete_folds(checkpoint)
         if not fold_names:
@@ -254,6 +255,16 @@ class CMBPredictor:
         self.last_screening_stats["positions_refined"] = refined
         return score
 
+    def spot_shape(self, data: np.ndarray, centres: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Elongation and diameter (mm) of the dark spot under each candidate above the discrimination threshold
+        (NaN for the others: only those can be kept, and measuring is not free), in the susceptibility channel."""
+        elongation, diameter = np.full(len(centres), np.nan), np.full(len(centres), np.nan)
+        if above.any():
+            channel = susceptibility_channel(self.plans.channel_names)
+            shapes = spot_shapes(data[channel], centres[above], self.plans.target_spacing)
+            elongation[above], diameter[above] = shapes.elongation, shapes.diameter_mm
+        return elongation, diameter
+
     @torch.inference_mode()
     def predict_preprocessed(self, data: np.ndarray, properties: Mapping[str, Any]) -> CasePrediction:
         """Predict a preprocessed case ``(C, X, Y, Z)``; maps go back to the native grid described by ``properties``.
@@ -275,6 +286,8 @@ class CMBPredictor:
             s.discrimination_aggregate, self.discrimination_batch_size, self.stage_precision["discrimination"],
             self.channels_last, s.discrimination_mirror)
         kept = disc > float(s.discrimination_threshold)
+        elongation, diameter = self.spot_shape(data, moved, kept)
+        kept &= shape_keeps(elongation, diameter, s.shape_max_elongation, s.shape_max_diameter_mm)
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 
         prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
@@ -288,7 +301,7 @@ class CMBPredictor:
         native_pos = preprocessed_to_native(moved, properties)
         candidates = pd.DataFrame({
             "x": moved[:, 0], "y": moved[:, 1], "z": moved[:, 2], "screening_score": scores,
-            "discrimination_score": disc, "kept": kept,
+            "discrimination_score": disc, "spot_elongation": elongation, "spot_diameter_mm": diameter, "kept": kept,
             "native_i": native_pos[:, 0], "native_j": native_pos[:, 1], "native_k": native_pos[:, 2]})
         world = voxel_to_world(native_pos, geometry)
         candidates[["x_mm", "y_mm", "z_mm"]] = world if len(world) else np.zeros((0, 3))

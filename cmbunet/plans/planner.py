@@ -329,6 +329,8 @@ def plan_experiment(
             "discrimination_shift_vox": 1,
             "discrimination_aggregate": "max",
             "discrimination_mirror": True,
+            "shape_max_elongation": 3.0,
+            "shape_max_diameter_mm": 10.0,
             "segmentation_threshold": 0.5,
             "tile_size": tile_size(block),
         },

@@ -42,6 +42,8 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     **{f"training.{d}.screening.mining_keep": "all" for d in DEVICE_KINDS},  # mined FPs were all kept
     **{f"training.{d}.discrimination.fp_sampling": "uniform" for d in DEVICE_KINDS},  # FPs drawn evenly
     "inference.discrimination_mirror": False,  # no test-time mirroring
+    "inference.shape_max_elongation": None,  # no shape rule
+    "inference.shape_max_diameter_mm": None,
 }
 
 _SIZE = triple(integer(1))
@@ -252,6 +254,10 @@ class InferenceSettings(Section):
     discrimination_shift_vox: int = leaf(integer(0))
     discrimination_aggregate: str = leaf(choice("max", "mean"))
     discrimination_mirror: bool = leaf(boolean)  # also score every block mirrored along the flip axes
+    #: a kept candidate whose dark spot is longer than this many times its width is dropped (None: no limit)
+    shape_max_elongation: float | None = leaf(optional(number(1)))
+    #: ... or whose dark spot is wider than this ball-equivalent diameter in mm (None: no limit)
+    shape_max_diameter_mm: float | None = leaf(optional(number(0, lo_open=True)))
     segmentation_threshold: float = leaf(number(0, 1, lo_open=True))
     tile_size: tuple[int, int, int] = leaf(_SIZE)
     #: not planned: set by inference_settings.json or the command line; None keeps every component

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, PlansMismatchError
-from cmbunet.model_folder import DATASET_FILES, ModelFolder
+from cmbunet.model_folder import DATASET_FILES, ModelFolder, model_subfolder
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
                            resolve_dataset_name)
 from cmbunet.plans.schema import STAGES
@@ -79,12 +79,28 @@ def stages_to_run(choice: str) -> list[str]:
     return list(STAGES) if choice == "all" else [choice]
 
 
+def plans_mismatch_remedy(model: ModelFolder, dataset: str, plans_name: str, plans_src: Path) -> str:
+    """What to run when the model folder holds models of other plans (typically the plans were re-planned with
+    another network after training). Training never deletes a trained model and has no option that overwrites
+    one, so the choices are: keep the old model under a plans name of its own, delete it, or train the new plans
+    under a new plans name."""
+    keep = "previous" if plans_name == DEFAULT_PLANS_NAME else f"{plans_name}-previous"
+    kept = model.path.parent / model_subfolder(keep)
+    return (f"it holds models of other plans than {plans_src} (were the plans re-planned after training?). "
+            "cmbunet_train never deletes a trained model and has no option to overwrite one; either\n"
+            f"  - keep it as the model of plans name {keep}: mv {model.path} {kept} (cmbunet_predict -d {dataset} "
+            f"-p {keep} still predicts with it), then run this command again; or\n"
+            f"  - delete {model.path} if it is no longer needed, then run this command again; or\n"
+            f"  - leave it and train the new plans under a new plans name: cmbunet_plan_and_preprocess -d {dataset} "
+            f"-p NAME (with the same --override), then cmbunet_train {dataset} FOLD -p NAME")
+
+
 def prepare_model_folder(preprocessed_dir: Path, model: ModelFolder, plans_hash: str,
                          plans_name: str = DEFAULT_PLANS_NAME) -> None:
     """Copy the plans (as plans.json), dataset.json and dataset_fingerprint.json next to the folds; refuse other
-    plans."""
+    plans, saying what to do."""
     plans_src = preprocessed_dir / plans_file_name(plans_name)
-    model.check_plans(plans_hash, plans_src)
+    model.check_plans(plans_hash, plans_src, plans_mismatch_remedy(model, preprocessed_dir.name, plans_name, plans_src))
     for name in DATASET_FILES:
         src = plans_src if name == "plans.json" else preprocessed_dir / name
         if src.is_file():
@@ -126,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
     from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
     from cmbunet.training import distributed as D
-    from cmbunet.training.loop import TrainConfig, require_stages, run_stages
+    from cmbunet.training.loop import require_stages, run_stages
     from cmbunet.training.stages import STAGES
+    from cmbunet.training.state import TrainConfig
 
     if args.num_gpus < 1:
         raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")
@@ -192,7 +209,7 @@ def run_summary(model: ModelFolder, fold: int | str, stages: list[str], seconds:
     """What the run did, for the end of the console output: per stage its wall time, epochs and validation
     metrics (``stage_summary.json``), then the fold's whole-pipeline validation and the thresholds in force."""
     from cmbunet.model_folder import STAGE_SUMMARY_FILE
-    from cmbunet.training.loop import format_duration
+    from cmbunet.training.progress import format_duration
     from cmbunet.utilities.file_io import load_json
 
     lines = [f"== cmbunet_train summary: fold {fold}, {format_duration(seconds)} in all =="]

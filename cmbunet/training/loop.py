@@ -1,22 +1,27 @@
 """The one training loop shared by the screening, discrimination and segmentation stages.
 
-Per epoch: set the poly learning rate, redraw the epoch's samples (fixed counts and proportions, RNG derived
-from (seed, rank, epoch)), train on batches built by data-loading workers, validate on a fixed set of
-patches, mine screening false positives when the schedule says so, and write ``checkpoint_latest.pth``
-(plus ``checkpoint_best.pth`` on a new best), the log line and ``progress.png`` (titled with stage and fold;
-for fold ``all``, which has no validation cases, its curves say that they come from training patches).
-After the last epoch the screening stage is also validated on whole volumes (candidate sensitivity, false
-positives per case), and ``checkpoint_final.pth`` is written last, so its presence means the stage is
-complete.
+``train_stage`` is a short sequence of named steps over one :class:`~cmbunet.training.state.TrainingState`,
+in the shape of nnU-Net's ``run_training``:
+
+- ``on_train_start``: banks, the fixed validation patches, network, optimiser; on resume the checkpoint's
+  weights, optimiser, history and RNG states, and the FPs mined by then.
+- per epoch: ``on_epoch_start`` (FP weights under hard sampling, the poly learning rate), ``train_one_epoch``
+  (the epoch's samples redrawn with fixed counts and proportions from an RNG derived from (seed, rank,
+  epoch), batches built by data-loading workers), ``validate`` (a fixed set of patches), the schedule's mining
+  pass (``mining.py``) and ``on_epoch_end``: ``checkpoint_latest.pth`` (plus ``checkpoint_best.pth`` on a new
+  best), the log line and ``progress.png`` (titled with stage and fold; for fold ``all``, which has no
+  validation cases, its curves say that they come from training patches).
+- ``on_train_end``: the screening stage mines once more and is validated on whole volumes (candidate
+  sensitivity, false positives per case); ``checkpoint_final.pth`` is written last, so its presence means the
+  stage is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -24,53 +29,26 @@ from torch import nn
 from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, MissingStageError
+from cmbunet.model_folder import STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE, checkpoint_file, load_checkpoint
+from cmbunet.plans.schema import Plans, Schedule
 from cmbunet.training import distributed as D
 from cmbunet.training.augmentation import AugmentationParams
-from cmbunet.model_folder import (STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE, ModelFolder, checkpoint_file,
-                                  load_checkpoint)
-from cmbunet.plans.schema import Plans, Schedule, ScreeningSchedule
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
-from cmbunet.training.samples import (SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples,
-                                      hardness_weights, load_false_positives, merge_false_positives, mine_false_positives,
-                                      retire_easy_false_positives, save_false_positives)
-from cmbunet.training.stages import (STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng,
-                                     false_positive_probabilities, screening_validation)
+from cmbunet.training.mining import (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, final_mining, mine_after_epoch,
+                                     restore_mined_false_positives, screen_validation_volumes,
+                                     screening_false_positives, update_fp_weights)
+from cmbunet.training.progress import (TrainingLog, empty_history, epoch_summary, format_duration, plot_progress,
+                                       record_epoch, stage_eta)
+from cmbunet.training.samples import SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
+from cmbunet.training.stages import STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng
+from cmbunet.training.state import TrainConfig, TrainingState
 from cmbunet.utilities.autocast import autocast_context
-from cmbunet.utilities.file_io import atomic_path, save_json
+from cmbunet.utilities.file_io import save_json
 
 #: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
 #: batch of hard samples.
 GRAD_CLIP_NORM = 12.0
-FALSE_POSITIVES_FILE = "false_positives.json"
-VALIDATION_FP_FILE = "validation_false_positives.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything one stage of one fold needs; built by the command line."""
-
-    stage: str
-    fold: int | str
-    plans: Plans
-    plans_hash: str
-    preprocessed_dir: Path
-    model_dir: Path  # results/DatasetXXX_Name/cmbunet
-    train_cases: list[str]
-    val_cases: list[str]
-    device: str = "cpu"
-    seed: int = 0
-    resume: bool = False
-    num_workers: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def folder(self) -> ModelFolder:
-        return ModelFolder(self.model_dir)
-
-    @property
-    def out_dir(self) -> Path:
-        return self.folder.stage_dir(self.fold, self.stage)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -101,68 +79,6 @@ def batches_per_rank(schedule: Schedule, world_size: int) -> int:
 def autocast(device: str) -> contextlib.AbstractContextManager:
     """Mixed precision on CUDA only; CPU training stays in fp32 so a resumed run is bit-identical."""
     return autocast_context(device, "fp16" if torch.device(device).type == "cuda" else "fp32")
-
-
-class TrainingLog:
-    """Appends timestamped lines to ``training_log.txt`` and echoes them (rank 0 only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        tqdm.write(line)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
-#: Patch metrics plotted when recorded (the monitored one is added, once, when not among them).
-PROGRESS_METRICS = ("sensitivity", "precision", "auc", "dice")
-
-
-def progress_figure(history: dict[str, list], monitor: str, stage: str, fold: int | str, held_out: bool) -> Any:
-    """The figure of ``progress.png``: losses, patch metrics and learning rate per epoch, titled with the
-    stage and fold. ``held_out`` says whether the fixed patches come from validation cases; for fold ``all``
-    they are training patches, and the labels say so instead of calling them validation."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    def curve(name: str) -> str:  # what the fixed, unaugmented patches are
-        return f"validation {name}" if held_out else f"{name} on fixed training patches"
-
-    epochs = np.asarray(history["epoch"]) + 1
-    fig = Figure(figsize=(8, 9.4))
-    axes = fig.subplots(3, 1, sharex=True)
-    axes[0].plot(epochs, history["train_loss"], label="training loss (augmented epoch batches)")
-    axes[0].plot(epochs, [np.nan if v is None else v for v in history["val_loss"]], label=curve("loss"))
-    for name in dict.fromkeys((*PROGRESS_METRICS, monitor)):
-        values = history.get(f"val_{name}")
-        if values is not None and not all(v is None for v in values):
-            label = curve(name) + (" (selects checkpoint_best)" if name == monitor else "")
-            axes[1].plot(epochs, [np.nan if v is None else v for v in values], label=label)
-    axes[2].plot(epochs, history["lr"], label="learning rate")
-    for ax in axes:
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[2].set_xlabel("epoch")
-    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
-    subtitle = ("metrics on fixed, unaugmented patches of the validation cases" if held_out else
-                "no validation cases (fold all): metrics on fixed, unaugmented patches of the TRAINING cases")
-    fig.suptitle(f"{stage} stage, fold {fold}\n{subtitle}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_progress(history: dict[str, list], path: Path, monitor: str, stage: str, fold: int | str,
-                  held_out: bool) -> None:
-    """Write ``progress.png`` (see :func:`progress_figure`) atomically."""
-    fig = progress_figure(history, monitor, stage, fold, held_out)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,39 +117,6 @@ def evaluate(network: nn.Module, stage: Stage, plans: Plans, bank: SampleBank, r
     return metrics
 
 
-def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: int) -> list[int]:
-    """Cases that intermediate mining pass ``pass_index`` screens: all of them, or ``per_pass`` of them.
-
-    A subset is a window moving through one seeded permutation of the cases, so successive passes screen
-    different cases and every case comes round before any is screened twice. Depends on nothing but its
-    arguments, so a resumed run mines the same cases.
-    """
-    if not per_pass or int(per_pass) >= num_cases:
-        return list(range(num_cases))
-    order = np.random.default_rng(int(seed) + 7919).permutation(num_cases)
-    start = int(pass_index) * int(per_pass)
-    return sorted(int(order[(start + k) % num_cases]) for k in range(int(per_pass)))
-
-
-def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
-                   epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all") -> int:
-    """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
-    into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``."""
-    cases = list(range(len(bank.cases))) if cases is None else list(cases)
-    indices = cases[info.rank::info.world_size]
-    rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices)
-    gathered = D.all_gather_objects(info, (rows, scores, current))
-    rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
-    scores = np.concatenate([g[1] for g in gathered])
-    if keep == "hard":  # each pool FP was re-scored by one rank at most; the others hold NaN for it
-        stacked = np.stack([g[2] for g in gathered])
-        current = np.where(np.isnan(stacked).all(axis=0), np.nan, np.nanmax(np.nan_to_num(stacked, nan=-np.inf), axis=0))
-        retire_easy_false_positives(bank, current, threshold, epoch_tag)
-    elif keep != "all":
-        raise CMBUNetError(f"unknown mining_keep '{keep}' in the screening schedule; expected 'all' or 'hard'")
-    return merge_false_positives(bank, rows, scores, epoch_tag)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # stage data
 # ----------------------------------------------------------------------------------------------------------
@@ -246,28 +129,6 @@ def require_stages(cfg: TrainConfig, stage: Stage) -> None:
                 f"the {stage.name} stage of fold {cfg.fold} needs a trained {needed} stage, but {path} is missing; "
                 f"run cmbunet_train DATASET {cfg.fold} -s {needed} first (or -s all)"
             )
-
-
-def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBank, file_name: str,
-                              log: TrainingLog) -> None:
-    """Load the screening stage's FP list into ``bank``; if it is missing, mine it with the final screening model."""
-    scr_dir = cfg.folder.stage_dir(cfg.fold, "screening")
-    path = scr_dir / file_name
-    if path.is_file():
-        n = load_false_positives(path, bank)
-        log(f"loaded {n} screening false positives for {len(bank.cases)} cases from {path}")
-        return
-    log(f"{path} is missing: mining false positives with the final screening model")
-    net = cfg.folder.load_network(cfg.fold, "screening", cfg.plans, info.device)
-    threshold = D.broadcast_object(info, _mining_threshold(cfg))
-    n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1)
-    if info.is_main:
-        save_false_positives(path, bank, threshold)
-    log(f"mined {n} false positives")
-
-
-def _mining_threshold(cfg: TrainConfig) -> float:
-    return float(cfg.plans.schedule("screening", cfg.device).mining_threshold)  # type: ignore[attr-defined]
 
 
 def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: TrainingLog) -> tuple[SampleBank, SampleBank]:
@@ -285,166 +146,118 @@ def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: Trainin
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the loop
+# the steps
 # ----------------------------------------------------------------------------------------------------------
-def _empty_history() -> dict[str, list]:
-    return {"epoch": [], "lr": [], "train_loss": [], "val_loss": [], "epoch_seconds": [], "false_positives": []}
+@dataclass
+class EpochResult:
+    """What one epoch produced, for its history entry, checkpoint and log line."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    val: dict[str, float]  # empty on ranks other than 0
+    mined: int
+    started: float
 
 
-def _record(history: dict[str, list], values: dict[str, Any]) -> None:
-    for k, v in values.items():
-        history.setdefault(k, [None] * (len(history["epoch"]) - (0 if k == "epoch" else 1)))
-        history[k].append(None if isinstance(v, float) and not np.isfinite(v) else v)
+def previous_run(info: D.DistInfo, cfg: TrainConfig) -> dict | None:
+    """The checkpoint to continue from (``--c`` and a ``checkpoint_latest.pth``); a fresh run first removes the
+    files an earlier run of the stage left that it would otherwise append to or mix with its own."""
+    latest = checkpoint_file(cfg.out_dir, "latest")
+    ckpt = load_checkpoint(latest, cfg.plans_hash) if cfg.resume and latest.is_file() else None
+    if info.is_main and ckpt is None:
+        for stale in (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, VALIDATION_CANDIDATES_FILE, "training_log.txt"):
+            (cfg.out_dir / stale).unlink(missing_ok=True)
+    D.barrier(info)
+    return ckpt
 
 
-def _checkpoint(stage: Stage, epoch: int, net: nn.Module, opt: torch.optim.Optimizer, scheduler: dict,
-                cfg: TrainConfig, best: float | None, history: dict, seed: int) -> dict:
-    rng = capture_rng_state()
-    rng["seed"] = int(seed)
-    return {"stage": stage.name, "epoch": int(epoch), "weights": net.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": scheduler, "plans_hash": cfg.plans_hash, "best_metric": best, "history": history,
-            "rng": rng}
-
-
-def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
-    """Train one stage of one fold; returns the history. Collective calls keep the ranks in step."""
+def on_train_start(info: D.DistInfo, cfg: TrainConfig) -> TrainingState:
+    """Everything before the first epoch still to run. The RNG calls keep their order, so the same seed gives
+    the same weights."""
     from cmbunet.networks import build_network
 
     started = time.time()
     stage = STAGES[cfg.stage]
     schedule = cfg.plans.schedule(stage.name, cfg.device)
-    out = cfg.out_dir
-    log = TrainingLog(out / "training_log.txt", info.is_main)
+    log = TrainingLog(cfg.out_dir / "training_log.txt", info.is_main)
     require_stages(cfg, stage)
-    epochs, batch_size = int(schedule.epochs), int(schedule.batch_size)
-    mining_epochs = {int(e) for e in schedule.mining_epochs} if isinstance(schedule, ScreeningSchedule) else set()
-    device = info.device
-
-    latest = checkpoint_file(out, "latest")
-    ckpt = load_checkpoint(latest, cfg.plans_hash) if cfg.resume and latest.is_file() else None
+    ckpt = previous_run(info, cfg)
     seed = int(ckpt["rng"].get("seed", cfg.seed)) if ckpt else int(cfg.seed)
-    if info.is_main and ckpt is None:
-        for stale in (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, VALIDATION_CANDIDATES_FILE, "training_log.txt"):
-            (out / stale).unlink(missing_ok=True)
-    D.barrier(info)
-    log(f"=== {stage.name} stage, fold {cfg.fold}, device {device}, {info.world_size} process(es), seed {seed}"
+    log(f"=== {stage.name} stage, fold {cfg.fold}, device {info.device}, {info.world_size} process(es), seed {seed}"
         + (f", resuming after epoch {ckpt['epoch'] + 1}" if ckpt else "") + " ===")
     log(f"schedule: {schedule.to_dict()}")
 
     bank, val_bank = prepare_banks(info, cfg, stage, log)
-    proportions = schedule.proportions
-    val_rows = draw_fixed_samples(val_bank, int(schedule.val_samples), proportions, seed)
+    val_rows = draw_fixed_samples(val_bank, int(schedule.val_samples), schedule.proportions, seed)
     log(f"validation set: {len(val_rows)} fixed patches "
         f"({', '.join(f'{k}={int((val_rows[:, 4] == i).sum())}' for k, i in (('positive', 0), ('negative', 1), ('false_positive', 2)))})")
 
     torch.manual_seed(seed)
-    net = build_network(stage.name, cfg.plans).to(device)
-    opt = build_optimizer(net, schedule)
-    scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
-    loss_fn = build_loss(schedule)
-    augmentation = AugmentationParams.from_plans(cfg.plans)
-    history, best, start = _empty_history(), None, 0
+    net = build_network(stage.name, cfg.plans).to(info.device)
+    state = TrainingState(
+        info, cfg, stage, schedule, log, seed, bank, val_bank, val_rows, network=net, model=net,
+        optimizer=build_optimizer(net, schedule),
+        scaler=torch.amp.GradScaler("cuda") if info.device.startswith("cuda") else None,
+        loss_fn=build_loss(schedule), augmentation=AugmentationParams.from_plans(cfg.plans),
+        history=empty_history(), started=started)
     torch.manual_seed(seed * 1009 + info.rank + 1)  # dropout differs between ranks
-
     if ckpt is not None:
-        net.load_state_dict(ckpt["weights"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and "grad_scaler" in ckpt["scheduler"]:
-            scaler.load_state_dict(ckpt["scheduler"]["grad_scaler"])
-        history, best, start = ckpt["history"], ckpt["best_metric"], int(ckpt["epoch"]) + 1
-        restore_rng_state(ckpt["rng"])
-        if stage.mines and (out / FALSE_POSITIVES_FILE).is_file():
-            n = load_false_positives(out / FALSE_POSITIVES_FILE, bank, max_epoch=start)
-            log(f"restored {n} mined false positives")
-
-    model: nn.Module = net
+        resume(state, ckpt)
     if info.enabled:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[int(device.split(":")[1])]
-                                                    if device.startswith("cuda") else None)
-    n_batches = batches_per_rank(schedule, info.world_size)
-    hard_fps = getattr(schedule, "fp_sampling", "uniform") == "hard"  # discrimination's schedule only
-    for epoch in range(start, epochs):
-        t0 = time.time()
-        if hard_fps and epoch > 0:  # from the weights at the start of the epoch, so a resumed run draws the same
-            bank.fp_weights = hardness_weights(false_positive_probabilities(net, stage, cfg.plans, bank, device))
-        lr = poly_lr(schedule.lr, epoch, epochs, schedule.poly_exponent)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        rows = draw_epoch_samples(bank, n_batches * batch_size, proportions, epoch_rng(seed, info.rank, epoch))
-        train_loss = _train_one_epoch(model, stage, cfg, bank, rows, batch_size, augmentation, seed, info, epoch,
-                                      epochs, opt, scaler, loss_fn)
-        train_loss = D.mean_across_ranks(info, train_loss)
-        val = evaluate(net, stage, cfg.plans, val_bank, val_rows, batch_size, device, loss_fn) if info.is_main else {}
-        mined = 0
-        if stage.mines and (epoch + 1) in mining_epochs and epoch + 1 < epochs:
-            subset = mining_cases(len(bank.cases), schedule.mining_cases,
-                                  sorted(mining_epochs).index(epoch + 1), seed)
-            mined = mine_into_bank(info, net, bank, cfg.plans, float(schedule.mining_threshold), epoch + 1,
-                                   subset, schedule.mining_keep)
-            if info.is_main:
-                save_false_positives(out / FALSE_POSITIVES_FILE, bank, float(schedule.mining_threshold))
-                if len(subset) < len(bank.cases):
-                    log(f"mining after epoch {epoch + 1} screened {len(subset)} of {len(bank.cases)} training cases "
-                        f"(schedule mining_cases)")
-        if info.is_main:
-            metric = val.get(stage.monitor, float("nan"))
-            improved = np.isfinite(metric) and (best is None or metric > best)
-            best = float(metric) if improved else best
-            _record(history, {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"],
-                              "epoch_seconds": time.time() - t0, "false_positives": len(bank.active_false_positives),
-                              **{f"val_{k}": v for k, v in val.items() if k != "loss"}})
-            scheduler = {"kind": "poly", "base_lr": float(schedule.lr), "epochs": epochs,
-                         "exponent": float(schedule.poly_exponent), "next_epoch": epoch + 1}
-            if scaler is not None:
-                scheduler["grad_scaler"] = scaler.state_dict()
-            ckpt_now = _checkpoint(stage, epoch, net, opt, scheduler, cfg, best, history, seed)
-            # best before latest: a run killed between the two writes resumes from the previous latest and
-            # repeats this epoch, instead of resuming with a best metric whose checkpoint was never written
-            if improved:
-                save_checkpoint(checkpoint_file(out, "best"), ckpt_now)
-            save_checkpoint(latest, ckpt_now)
-            plot_progress(history, out / "progress.png", stage.monitor, stage.name, cfg.fold, val_bank is not bank)
-            log(_summary(epoch, epochs, lr, train_loss, val, stage.monitor, improved, mined,
-                         len(bank.active_false_positives), time.time() - t0)
-                + f" eta {format_duration(stage_eta(history['epoch_seconds'], epochs - epoch - 1))}")
-        D.barrier(info)
-
-    if stage.mines:
-        _after_screening(info, cfg, net, bank, val_bank, schedule, epochs, log)
-    if info.is_main:
-        final = load_checkpoint(latest, cfg.plans_hash) if latest.is_file() else None
-        if final is None:
-            raise CMBUNetError(f"{latest} is missing after training; cannot write the final checkpoint")
-        save_checkpoint(checkpoint_file(out, "final"), final)
-        log(f"{stage.name} finished: best validation {stage.monitor} = {best}")
-        save_json({"stage": stage.name, "fold": str(cfg.fold), "seconds": time.time() - started,
-                   "resumed": ckpt is not None, "epochs": epochs, "monitor": stage.monitor, "best": best,
-                   "last_validation": {k: v[-1] for k, v in history.items() if k.startswith("val_") and v}},
-                  out / STAGE_SUMMARY_FILE)
-    D.barrier(info)
-    return history
+        device = info.device
+        state.model = nn.parallel.DistributedDataParallel(net, device_ids=[int(device.split(":")[1])]
+                                                          if device.startswith("cuda") else None)
+    return state
 
 
-def _train_one_epoch(model: nn.Module, stage: Stage, cfg: TrainConfig, bank: SampleBank, rows: np.ndarray,
-                     batch_size: int, augmentation: AugmentationParams, seed: int, info: D.DistInfo, epoch: int,
-                     epochs: int, opt: torch.optim.Optimizer, scaler: Any, loss_fn: Any) -> float:
-    """One pass over the epoch's batches, built in the background by ``cfg.num_workers`` worker processes."""
-    device = info.device
-    dataset = EpochBatches(stage, cfg.plans, bank, rows, batch_size, augmentation, seed, info.rank, epoch)
+def resume(state: TrainingState, ckpt: dict) -> None:
+    """Continue after the checkpoint's epoch as if never interrupted: weights, optimiser momentum, grad scaler,
+    history, best metric, RNG states and the FPs mined by then."""
+    state.network.load_state_dict(ckpt["weights"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if state.scaler is not None and "grad_scaler" in ckpt["scheduler"]:
+        state.scaler.load_state_dict(ckpt["scheduler"]["grad_scaler"])
+    state.history, state.best = ckpt["history"], ckpt["best_metric"]
+    state.start_epoch, state.resumed = int(ckpt["epoch"]) + 1, True
+    restore_rng_state(ckpt["rng"])
+    restore_mined_false_positives(state)
+
+
+def on_epoch_start(state: TrainingState, epoch: int) -> float:
+    """FP weights under hard sampling, then the epoch's poly learning rate, which it returns."""
+    update_fp_weights(state, epoch)
+    lr = poly_lr(state.schedule.lr, epoch, state.epochs, state.schedule.poly_exponent)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def train_one_epoch(state: TrainingState, epoch: int) -> float:
+    """One pass over the epoch's freshly drawn samples, in batches built in the background by
+    ``cfg.num_workers`` worker processes; returns this rank's mean loss."""
+    info, cfg, schedule, device = state.info, state.cfg, state.schedule, state.info.device
+    batch_size = int(schedule.batch_size)
+    n = batches_per_rank(schedule, info.world_size) * batch_size
+    rows = draw_epoch_samples(state.bank, n, schedule.proportions, epoch_rng(state.seed, info.rank, epoch))
+    dataset = EpochBatches(state.stage, cfg.plans, state.bank, rows, batch_size, state.augmentation, state.seed,
+                           info.rank, epoch)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
         pin_memory=device.startswith("cuda"), prefetch_factor=2 if cfg.num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed + epoch),
+        generator=torch.Generator().manual_seed(state.seed + epoch),
     )
+    model, opt, scaler = state.model, state.optimizer, state.scaler
     model.train()
     losses = []
-    bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{epochs}", leave=False, disable=None if info.is_main else True)
+    bar = tqdm(loader, desc=f"{state.stage.name} {epoch + 1}/{state.epochs}", leave=False,
+               disable=None if info.is_main else True)
     for batch in bar:
         x = batch["data"].to(device, non_blocking=True)
         y = batch["target"].to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         with autocast(device):
-            loss = loss_fn(model(x), y)
+            loss = state.loss_fn(model(x), y)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -460,55 +273,90 @@ def _train_one_epoch(model: nn.Module, stage: Stage, cfg: TrainConfig, bank: Sam
     return float(torch.stack(losses).mean()) if losses else float("nan")
 
 
-def stage_eta(epoch_seconds: Sequence[float], remaining_epochs: int) -> float:
-    """Seconds left in a stage: the median epoch so far (robust to the epochs that also mine) times the epochs
-    left."""
-    return float(np.median(epoch_seconds)) * remaining_epochs if len(epoch_seconds) and remaining_epochs > 0 else 0.0
+def validate(state: TrainingState) -> dict[str, float]:
+    """Loss and metrics on the fixed validation patches (rank 0; the other ranks get an empty dict)."""
+    if not state.info.is_main:
+        return {}
+    return evaluate(state.network, state.stage, state.cfg.plans, state.val_bank, state.val_rows,
+                    int(state.schedule.batch_size), state.info.device, state.loss_fn)
 
 
-def format_duration(seconds: float) -> str:
-    """``1h02m``, ``3m05s`` or ``42s``."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def checkpoint(state: TrainingState, epoch: int) -> dict:
+    """The checkpoint after ``epoch``: weights, optimiser, schedule position, history and RNG states."""
+    schedule = state.schedule
+    scheduler = {"kind": "poly", "base_lr": float(schedule.lr), "epochs": state.epochs,
+                 "exponent": float(schedule.poly_exponent), "next_epoch": epoch + 1}
+    if state.scaler is not None:
+        scheduler["grad_scaler"] = state.scaler.state_dict()
+    rng = capture_rng_state()
+    rng["seed"] = int(state.seed)
+    return {"stage": state.stage.name, "epoch": int(epoch), "weights": state.network.state_dict(),
+            "optimizer": state.optimizer.state_dict(), "scheduler": scheduler, "plans_hash": state.cfg.plans_hash,
+            "best_metric": state.best, "history": state.history, "rng": rng}
 
 
-def _summary(epoch: int, epochs: int, lr: float, train_loss: float, val: dict, monitor: str, improved: bool,
-             mined: int, num_fp: int, seconds: float) -> str:
-    metrics = " ".join(f"{k}={v:.4f}" for k, v in val.items() if isinstance(v, float) and np.isfinite(v))
-    extra = f" mined={mined} (total FPs {num_fp})" if mined else ""
-    return (f"epoch {epoch + 1}/{epochs} lr={lr:.2e} train_loss={train_loss:.4f} val: {metrics}"
-            f"{' *best ' + monitor if improved else ''}{extra} [{seconds:.1f}s]")
+def on_epoch_end(state: TrainingState, result: EpochResult) -> None:
+    """Rank 0: the history entry, the checkpoints, ``progress.png`` and the log line."""
+    stage, bank, out, epoch = state.stage, state.bank, state.out, result.epoch
+    metric = result.val.get(stage.monitor, float("nan"))
+    improved = bool(np.isfinite(metric) and (state.best is None or metric > state.best))
+    state.best = float(metric) if improved else state.best
+    record_epoch(state.history, {
+        "epoch": epoch, "lr": result.lr, "train_loss": result.train_loss, "val_loss": result.val["loss"],
+        "epoch_seconds": time.time() - result.started, "false_positives": len(bank.active_false_positives),
+        **{f"val_{k}": v for k, v in result.val.items() if k != "loss"}})
+    ckpt = checkpoint(state, epoch)
+    # best before latest: a run killed between the two writes resumes from the previous latest and
+    # repeats this epoch, instead of resuming with a best metric whose checkpoint was never written
+    if improved:
+        save_checkpoint(checkpoint_file(out, "best"), ckpt)
+    save_checkpoint(checkpoint_file(out, "latest"), ckpt)
+    plot_progress(state.history, out / "progress.png", stage.monitor, stage.name, state.cfg.fold, state.held_out)
+    state.log(epoch_summary(epoch, state.epochs, result.lr, result.train_loss, result.val, stage.monitor, improved,
+                            result.mined, len(bank.active_false_positives), time.time() - result.started)
+              + f" eta {format_duration(stage_eta(state.history['epoch_seconds'], state.epochs - epoch - 1))}")
 
 
-def _after_screening(info: D.DistInfo, cfg: TrainConfig, net: nn.Module, bank: SampleBank, val_bank: SampleBank,
-                     schedule: ScreeningSchedule, epochs: int, log: TrainingLog) -> None:
-    """Final FP mining on the training volumes, then candidate sensitivity and FPs/case on the validation volumes."""
-    out = cfg.out_dir
-    threshold = float(schedule.mining_threshold)
-    retired_before = int((bank.fp_dropped >= 0).sum())
-    n = mine_into_bank(info, net, bank, cfg.plans, threshold, epochs, keep=schedule.mining_keep)
+def on_train_end(state: TrainingState) -> None:
+    """Screening: the final mining pass and whole-volume validation. Then (rank 0) ``checkpoint_final.pth``, a
+    copy of the last epoch's, written last so that it marks the stage complete, and ``stage_summary.json``."""
+    info, stage, out = state.info, state.stage, state.out
+    if stage.mines:
+        final_mining(state)
+        if info.is_main:
+            screen_validation_volumes(state)
+        D.barrier(info)
     if info.is_main:
-        save_false_positives(out / FALSE_POSITIVES_FILE, bank, threshold)
-        in_use, retired = len(bank.active_false_positives), int((bank.fp_dropped >= 0).sum())
-        log(f"final mining: {n} new false positives, {in_use} in use "
-            f"({in_use / max(1, len(bank.cases)):.1f} per training case)"
-            + (f"; {retired - retired_before} retired that the final model scores below {threshold}"
-               if retired > retired_before else ""))
-        inf_threshold = float(cfg.plans.inference.screening_threshold)
-        result = screening_validation(net, val_bank, cfg.plans, inf_threshold, info.device)
-        where = "validation" if val_bank is not bank else "TRAINING (fold all has no validation cases)"
-        log(f"screening on whole {where} volumes at threshold {inf_threshold}: candidate sensitivity "
-            f"{result['sensitivity']:.3f}, {result['false_positives_per_case']:.1f} false positives per case")
-        if val_bank is not bank:
-            val_bank.false_positives, val_bank.fp_scores = result["fp_rows"], result["fp_scores"]
-            val_bank.fp_epochs = np.full(len(result["fp_rows"]), epochs, np.int64)
-            val_bank.fp_dropped = np.full(len(result["fp_rows"]), -1, np.int64)
-            save_false_positives(out / VALIDATION_FP_FILE, val_bank, inf_threshold)
-        save_json({k: v for k, v in result.items() if k not in ("fp_rows", "fp_scores")} | {"volumes": where},
-                  out / VALIDATION_CANDIDATES_FILE)
+        latest = checkpoint_file(out, "latest")
+        final = load_checkpoint(latest, state.cfg.plans_hash) if latest.is_file() else None
+        if final is None:
+            raise CMBUNetError(f"{latest} is missing after training; cannot write the final checkpoint")
+        save_checkpoint(checkpoint_file(out, "final"), final)
+        state.log(f"{stage.name} finished: best validation {stage.monitor} = {state.best}")
+        save_json({"stage": stage.name, "fold": str(state.cfg.fold), "seconds": time.time() - state.started,
+                   "resumed": state.resumed, "epochs": state.epochs, "monitor": stage.monitor, "best": state.best,
+                   "last_validation": {k: v[-1] for k, v in state.history.items() if k.startswith("val_") and v}},
+                  out / STAGE_SUMMARY_FILE)
     D.barrier(info)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------------------
+def train_stage(info: D.DistInfo, cfg: TrainConfig) -> dict[str, list]:
+    """Train one stage of one fold; returns the history. Collective calls keep the ranks in step."""
+    state = on_train_start(info, cfg)
+    for epoch in range(state.start_epoch, state.epochs):
+        started = time.time()
+        lr = on_epoch_start(state, epoch)
+        train_loss = D.mean_across_ranks(info, train_one_epoch(state, epoch))
+        val = validate(state)
+        mined = mine_after_epoch(state, epoch)
+        if info.is_main:
+            on_epoch_end(state, EpochResult(epoch, lr, train_loss, val, mined, started))
+        D.barrier(info)
+    on_train_end(state)
+    return state.history
 
 
 def run_stages(info: D.DistInfo, configs: Iterable[TrainConfig]) -> None:

@@ -6,12 +6,8 @@ only when a batch is made, so samples can be redrawn every epoch at no I/O cost.
 
 - **Positives** are the CMB components listed in each case's properties (``properties["cmbs"]``).
 - **Random negatives** are brain voxels whose neighbourhood holds no CMB voxel (rejection sampling, vectorised).
-- **False positives** are screening candidates without a CMB voxel in their central 2x2x2 block, mined by
-  running the screening FCN over the fold's training volumes. With ``mining_keep="all"`` they accumulate over
-  the mining passes (002's code). With ``"hard"`` each pass also re-scores the pool on the volumes it screens
-  and retires the FPs the current model no longer scores above the mining threshold: the early passes of a weak
-  model find thousands of easy FPs per case, which would otherwise crowd out the mimics the final model still
-  fires on, and those are what discrimination meets at inference.
+- **False positives** are screening candidates without a CMB voxel in their central 2x2x2 block; the bank
+  holds them, ``mining.py`` finds, keeps and retires them.
 """
 
 from __future__ import annotations
@@ -22,14 +18,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from cmbunet.errors import CMBUNetError, InputError
-from cmbunet.inference.candidates import find_candidates
-from cmbunet.inference.screening import screening_score_map
-from cmbunet.plans.schema import Plans
-from cmbunet.utilities.file_io import atomic_path, load_json, save_json
+from cmbunet.utilities.file_io import atomic_path, load_json
 from cmbunet.utilities.geometry import mask_bbox
 from cmbunet.utilities.patches import extract_patches
 
@@ -257,126 +248,3 @@ def draw_fixed_samples(bank: SampleBank, n: int, proportions: dict[str, float], 
     """A fixed validation set: one draw from a seed of its own, duplicates removed (rows sorted)."""
     rows = draw_epoch_samples(bank, n, proportions, np.random.default_rng([int(seed), 7919]))
     return np.unique(rows, axis=0)
-
-
-#: Share of the draws spread evenly over all false positives under ``fp_sampling="hard"``, so that an FP the
-#: network rejects today is still seen and not forgotten.
-HARD_SAMPLING_FLOOR = 0.25
-
-
-def hardness_weights(cmb_probability: np.ndarray, floor: float = HARD_SAMPLING_FLOOR) -> np.ndarray:
-    """Sampling weights of false positives from the network's current CMB probability of each: a quarter of the
-    draws uniform, the rest in proportion to the probability, so the mimics the network still takes for CMBs
-    (the ones that cost precision on new sites) come up most often. Sums to 1."""
-    p = np.clip(np.asarray(cmb_probability, dtype=np.float64), 0.0, 1.0)
-    if p.size == 0:
-        return p
-    hard = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
-    w = floor / p.size + (1.0 - floor) * hard
-    return w / w.sum()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# hard negative mining
-# ----------------------------------------------------------------------------------------------------------
-def screening_candidates(network: nn.Module, case: CaseArrays, plans: Plans, threshold: float,
-                         device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Candidate centres and scores of the screening FCN on one whole volume."""
-    scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
-    return find_candidates(scores, plans, threshold=threshold)
-
-
-def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
-                         device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
-    current score of every FP already in the bank (NaN for FPs of cases not screened now)."""
-    rows, scores = [], []
-    current = np.full(len(bank.false_positives), np.nan, dtype=np.float32)
-    stride = np.asarray(plans.screening.fcn_stride, dtype=np.int64)
-    indices = range(len(bank.cases)) if case_indices is None else case_indices
-    for i in indices:
-        case = bank.cases[i]
-        score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
-        centres, s = find_candidates(score_map, plans, threshold=threshold)
-        fp = ~touches_cmb(case.seg, centres) if len(centres) else np.zeros(0, bool)
-        rows.append(np.column_stack([np.full(int(fp.sum()), i), centres[fp]]))
-        scores.append(s[fp])
-        mine = np.flatnonzero(bank.false_positives[:, 0] == i)
-        if len(mine):  # score voxel j is the block centred at input voxel stride * j
-            j = np.clip(np.rint(bank.false_positives[mine, 1:] / stride).astype(np.int64), 0,
-                        np.asarray(score_map.shape) - 1)
-            current[mine] = score_map[tuple(j.T)]
-    if not rows:
-        return np.zeros((0, 4), np.int64), np.zeros(0, np.float32), current
-    return (np.concatenate(rows).astype(np.int64).reshape(-1, 4), np.concatenate(scores).astype(np.float32),
-            current)
-
-
-def retire_easy_false_positives(bank: SampleBank, current: np.ndarray, threshold: float, epoch: int) -> int:
-    """Retire the bank's FPs in use whose current score is below ``threshold`` (NaN: not re-scored, kept);
-    returns how many."""
-    if len(bank.fp_dropped) != len(bank.false_positives):
-        bank.fp_dropped = np.full(len(bank.false_positives), -1, np.int64)
-    easy = (np.nan_to_num(np.asarray(current, dtype=np.float32), nan=np.inf) < threshold) & (bank.fp_dropped < 0)
-    bank.fp_dropped[easy] = int(epoch)
-    return int(easy.sum())
-
-
-def merge_false_positives(bank: SampleBank, rows: np.ndarray, scores: np.ndarray, epoch: int) -> int:
-    """Add newly mined rows to the bank, dropping exact duplicates (sort-based, O(N log N)); returns how many were new.
-
-    A duplicate keeps its first mining epoch and score, so the list only ever grows; a retired FP found again is
-    back in use.
-    """
-    before = len(bank.false_positives)
-    rows = rows.astype(np.int64).reshape(-1, 4)
-    dropped = bank.fp_dropped if len(bank.fp_dropped) == before else np.full(before, -1, np.int64)
-    all_rows = np.concatenate([bank.false_positives, rows])
-    all_scores = np.concatenate([bank.fp_scores, scores.astype(np.float32)])
-    all_epochs = np.concatenate([bank.fp_epochs, np.full(len(rows), int(epoch), np.int64)])
-    all_dropped = np.concatenate([dropped, np.full(len(rows), -1, np.int64)])
-    _, first, inverse = np.unique(all_rows, axis=0, return_index=True, return_inverse=True)
-    found_again = np.zeros(len(first), bool)
-    found_again[inverse.reshape(-1)[before:]] = True
-    all_dropped[first[found_again]] = -1
-    first = np.sort(first)  # keep the order of discovery
-    bank.false_positives, bank.fp_scores, bank.fp_epochs = all_rows[first], all_scores[first], all_epochs[first]
-    bank.fp_dropped = all_dropped[first]
-    return len(first) - before
-
-
-def save_false_positives(path: str | Path, bank: SampleBank, threshold: float) -> None:
-    """``false_positives.json``: each mined FP with its case, centre, score and the epochs completed when mined;
-    retired FPs (``mining_keep="hard"``) follow with the epoch they were retired at."""
-    names = bank.names
-    dropped = bank.fp_dropped if len(bank.fp_dropped) == len(bank.false_positives) else \
-        np.full(len(bank.false_positives), -1, np.int64)
-    fps = [{"case": names[r[0]], "center": r[1:].tolist(), "score": float(s), "epoch": int(e)}
-           | ({"retired": int(d)} if d >= 0 else {})
-           for r, s, e, d in zip(bank.false_positives, bank.fp_scores, bank.fp_epochs, dropped)]
-    per_case = {n: 0 for n in names}
-    for f in fps:
-        per_case[f["case"]] += "retired" not in f
-    save_json({"mining_threshold": float(threshold), "num_false_positives": len(fps) - int((dropped >= 0).sum()),
-               "num_retired": int((dropped >= 0).sum()), "per_case": per_case, "false_positives": fps}, path)
-
-
-def load_false_positives(path: str | Path, bank: SampleBank, max_epoch: int | None = None) -> int:
-    """Put the FPs of ``path`` that belong to the bank's cases (and were mined by ``max_epoch``) into the bank."""
-    path = Path(path)
-    try:
-        content = load_json(path)
-        entries = content["false_positives"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(path, f"cannot be read as a false-positive list ({e})") from None
-    index = {n: i for i, n in enumerate(bank.names)}
-    keep = [f for f in entries if f["case"] in index and (max_epoch is None or int(f["epoch"]) <= max_epoch)]
-    rows = np.array([[index[f["case"]], *f["center"]] for f in keep], dtype=np.int64).reshape(-1, 4)
-    bank.false_positives = rows
-    bank.fp_scores = np.array([f["score"] for f in keep], dtype=np.float32)
-    bank.fp_epochs = np.array([f["epoch"] for f in keep], dtype=np.int64)
-    # an FP retired after max_epoch was still in use then (exact resume)
-    bank.fp_dropped = np.array([int(f.get("retired", -1)) if max_epoch is None or int(f.get("retired", -1)) <= max_epoch
-                                else -1 for f in keep], dtype=np.int64)
-    return int((bank.fp_dropped < 0).sum())

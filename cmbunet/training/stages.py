@@ -1,6 +1,7 @@
 """What differs between the three stages: patch size, sample kinds, targets, validation metrics.
 
-Everything else (optimiser, schedule, checkpoints, logging, resume, DDP) is the one loop in ``loop.py``.
+Everything else (optimiser, schedule, checkpoints, logging, resume, DDP) is the one loop in ``loop.py``; mining
+the screening false positives is ``mining.py``.
 
 | stage | patch | samples | target | best checkpoint by |
 |---|---|---|---|---|
@@ -15,15 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.stats import rankdata
 from torch import nn
 
 from cmbunet.plans.schema import STAGES as STAGE_ORDER  # noqa: F401 - the stage names, in training order
+from cmbunet.inference.candidates import find_candidates
+from cmbunet.inference.screening import screening_score_map
 from cmbunet.plans.schema import Plans
 from cmbunet.training.augmentation import AugmentationParams, make_patches
-from cmbunet.training.losses import as_class_logits
-from cmbunet.training.samples import SampleBank, screening_candidates
+from cmbunet.training.samples import CaseArrays, SampleBank
+from cmbunet.utilities.components import label_components
 from cmbunet.utilities.patches import central_label, extract_patches
 
 
@@ -129,6 +131,13 @@ def dice_metrics(intersection: float, predicted: float, reference: float) -> dic
 # ----------------------------------------------------------------------------------------------------------
 # whole-volume screening validation
 # ----------------------------------------------------------------------------------------------------------
+def screening_candidates(network: nn.Module, case: CaseArrays, plans: Plans, threshold: float,
+                         device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Candidate centres and scores of the screening FCN on one whole volume."""
+    scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
+    return find_candidates(scores, plans, threshold=threshold)
+
+
 def candidate_hits(seg: np.ndarray, centres: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Which CMB components some candidate reaches, and which candidates reach none.
 
@@ -136,7 +145,7 @@ def candidate_hits(seg: np.ndarray, centres: np.ndarray, tolerance: int) -> tupl
     ``tolerance`` voxels (the discrimination stage re-centres candidates by that many voxels). Returns
     (detected component ids, per-candidate false-positive flags, number of components).
     """
-    labels, n = ndimage.label(np.asarray(seg) > 0, structure=np.ones((3, 3, 3)))
+    labels, n = label_components(np.asarray(seg) > 0)
     if len(centres) == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool), int(n)
     blocks = extract_patches(labels, centres, (2 + 2 * tolerance,) * 3).reshape(len(centres), -1)
@@ -171,23 +180,3 @@ def screening_validation(network: nn.Module, bank: SampleBank, plans: Plans, thr
         "fp_rows": np.concatenate(fp_rows).astype(np.int64).reshape(-1, 4),
         "fp_scores": np.concatenate(fp_scores).astype(np.float32),
     }
-
-
-@torch.inference_mode()
-def false_positive_probabilities(network: nn.Module, stage: Stage, plans: Plans, bank: SampleBank,
-                                 device: str | torch.device = "cpu", batch_size: int = 256) -> np.ndarray:
-    """The classifier's current CMB probability of every active false positive, each seen once, centred and
-    unaugmented (the input to ``hardness_weights``)."""
-    rows = bank.active_false_positives
-    size = stage.patch_size(plans)
-    out = np.zeros(len(rows), dtype=np.float64)
-    was_training = network.training
-    network.eval()
-    for ci in np.unique(rows[:, 0]) if len(rows) else []:
-        idx = np.flatnonzero(rows[:, 0] == ci)
-        for start in range(0, len(idx), batch_size):
-            part = idx[start : start + batch_size]
-            x = torch.from_numpy(extract_patches(np.asarray(bank.cases[ci].data), rows[part, 1:4], size)).to(device)
-            out[part] = torch.softmax(as_class_logits(network(x)).float(), 1)[:, 1].cpu().numpy()
-    network.train(was_training)
-    return out

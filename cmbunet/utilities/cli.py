@@ -39,9 +39,22 @@ MODEL_PLANS_HELP = (f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMB
                     "another name: cmbunet__NAME)")
 
 
+class _PlansNameAction(argparse.Action):
+    """Stores ``-p NAME`` and sets ``plans_name_given``: some commands fall back to another source than the default
+    name when ``-p`` is absent (the name recorded in a model zip), or refuse ``-p`` where it cannot apply."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        setattr(namespace, self.dest, values)
+        namespace.plans_name_given = True
+
+
 def add_plans_option(parser: argparse.ArgumentParser, help: str = MODEL_PLANS_HELP) -> None:
-    """``-p/--plans PLANS_NAME`` (into ``plans_name``), the same on every command that plans, trains or reads a model."""
-    parser.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME", help=help)
+    """``-p/--plans PLANS_NAME`` (into ``plans_name``), the same on every command that plans, trains or reads a model.
+
+    ``plans_name_given`` tells whether ``-p`` was on the command line (``plans_name`` holds the default otherwise)."""
+    parser.add_argument("-p", "--plans", dest="plans_name", default=DEFAULT_PLANS_NAME, metavar="PLANS_NAME",
+                        action=_PlansNameAction, help=help)
+    parser.set_defaults(plans_name_given=False)
 
 
 def deprecated_alias(replacement: str) -> type[argparse.Action]:

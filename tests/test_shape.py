@@ -1,0 +1,65 @@
+"""The dark-spot shape measure tells balls from tubes and discs, on any grid, for all candidates at once."""
+
+import numpy as np
+import pytest
+
+from cmbunet.inference.shape import shape_keeps, spot_shapes, susceptibility_channel
+
+
+def _dark(shape, spacing, inside) -> np.ndarray:
+    """A z-scored-looking noisy volume with a dark object where ``inside(x, y, z)`` (mm, centred) holds."""
+    rng = np.random.default_rng(0)
+    axes = [(np.arange(n) - n // 2) * s for n, s in zip(shape, spacing)]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    img = rng.normal(0.0, 0.1, shape).astype(np.float32)
+    img[inside(x, y, z)] -= 3.0
+    return img
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 0.5, 0.5), (0.9, 0.9, 2.5)])
+def test_ball_is_round_and_sized(spacing):
+    img = _dark((41, 41, 21), spacing, lambda x, y, z: x**2 + y**2 + z**2 <= 2.0**2)
+    shape = spot_shapes(img, np.array([[20, 20, 10]]), spacing)
+    assert shape.elongation[0] < 1.8
+    assert 3.0 < shape.diameter_mm[0] < 6.5
+    assert shape.open_fraction[0] == 0
+
+
+def test_tube_and_disc_are_elongated():
+    spacing = (0.6, 0.6, 0.6)
+    tube = _dark((41, 41, 41), spacing, lambda x, y, z: (x**2 + y**2 <= 0.8**2) & (np.abs(z) < 10))
+    disc = _dark((41, 41, 41), spacing, lambda x, y, z: (x**2 + y**2 <= 3.0**2) & (np.abs(z) <= 0.4))
+    centre = np.array([[20, 20, 20]])
+    assert spot_shapes(tube, centre, spacing).elongation[0] > 4
+    assert spot_shapes(tube, centre, spacing).open_fraction[0] > 0
+    assert spot_shapes(disc, centre, spacing).elongation[0] > 3
+
+
+def test_many_candidates_at_once_equal_one_by_one_and_flat_gives_nan():
+    spacing = (0.7, 0.7, 1.5)
+    img = _dark((60, 40, 24), spacing, lambda x, y, z: ((x + 8) ** 2 + y**2 + z**2 <= 2.0**2)
+                | ((x - 10) ** 2 + y**2 <= 0.6**2))
+    centres = np.array([[19, 20, 12], [44, 20, 12], [30, 5, 3], [0, 0, 0]])
+    together = spot_shapes(img, centres, spacing)
+    for k, c in enumerate(centres):
+        alone = spot_shapes(img, c[None], spacing)
+        np.testing.assert_allclose(alone.elongation, together.elongation[k : k + 1], equal_nan=True)
+    assert together.elongation[0] < 1.8 < together.elongation[1]
+    flat = spot_shapes(np.zeros((20, 20, 20), np.float32), np.array([[10, 10, 10]]), (1, 1, 1))
+    assert np.isnan(flat.elongation[0])
+    assert len(spot_shapes(img, np.zeros((0, 3)), spacing).elongation) == 0
+
+
+def test_shape_rule_drops_tubes_and_wide_spots_and_keeps_unmeasured():
+    elongation = np.array([1.2, 4.0, 1.5, np.nan, 2.9])
+    diameter = np.array([3.0, 3.0, 12.0, np.nan, 9.9])
+    assert shape_keeps(elongation, diameter, 3.0, 10.0).tolist() == [True, False, False, True, True]
+    assert shape_keeps(elongation, diameter, None, None).all()
+    assert shape_keeps(elongation, diameter, 3.0, None).tolist() == [True, False, True, True, True]
+
+
+def test_susceptibility_channel_found_by_name():
+    assert susceptibility_channel({"0": "T1", "1": "T2", "2": "T2S"}) == 2
+    assert susceptibility_channel({"0": "t1w", "1": "SWI"}) == 1
+    assert susceptibility_channel({"0": "T2star"}) == 0
+    assert susceptibility_channel({"0": "FLAIR", "1": "T1"}) == 0
