@@ -19,6 +19,7 @@ import torch
 
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
+from cmbunet.inference.shape import candidate_spot_shapes, shape_keeps
 from cmbunet.plans.plans_io import load_plans
 from cmbunet.training import cli as train_cli
 from cmbunet.training.checkpoint import load_stage_network
@@ -67,7 +68,7 @@ def build_and_train(base: Path, extra_overrides: list[str] = (), thresholds: boo
     torch.set_num_threads(2)
     try:
         for stage in ("screening", "discrimination"):
-            assert train_cli.main([DATASET, "0", "-s", stage, "--seed", "0", "-npp", "1", "--preprocessed-root",
+            assert train_cli.main([DATASET, "0", "-s", stage, "--seed", "0", "--num-workers", "1", "--preprocessed-root",
                                    str(pre), "--results-root", str(results)]
                                   + ([] if thresholds else ["--no-thresholds"])) == 0
     finally:
@@ -97,7 +98,11 @@ def detection_scores(trained: dict) -> dict[str, float]:
         total, found, fps = total + n, found + len(hit), fps + int(is_fp.sum())
         if len(centres):
             prob, moved = discriminate_candidates([discrimination], case.data, centres, plans)
-            keep = prob > threshold
+            keep = prob > threshold  # then the predictor's shape rule
+            elongation, diameter = candidate_spot_shapes(case.data, moved, keep, plans.channel_names,
+                                                         plans.target_spacing)
+            keep &= shape_keeps(elongation, diameter, plans.inference.shape_max_elongation,
+                                plans.inference.shape_max_diameter_mm)
             hit_k, fp_k, _ = candidate_hits(case.seg, moved[keep], tolerance=1)
             kept_found, kept_fps = kept_found + len(hit_k), kept_fps + int(fp_k.sum())
     cases = len(bank.cases)
