@@ -66,10 +66,11 @@ def cause_of(point_mm: np.ndarray, mimics: list[dict], spacing: np.ndarray) -> s
     return mimics[int(near[np.argmin(d[near])])]["kind"] if near.size else "background"
 
 
-def build(base: Path, train_sites: tuple[str, ...], held_out: str, overrides: list[str]) -> dict:
+def build(base: Path, train_sites: tuple[str, ...], held_out: str, overrides: list[str], data_seed: int) -> dict:
     import test_site_generalisation as T
 
     T.TRAIN_SITES, T.HELD_OUT_SITE = train_sites, held_out
+    T.DATA_SEED = data_seed
     T.DATASET = f"Dataset713_{held_out}"
     if (base / "done.json").is_file():
         from cmbunet.plans.plans_io import load_plans
@@ -193,6 +194,8 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--override", nargs="+", default=[], help="extra plan overrides for training")
+    p.add_argument("--data-seed", type=int, default=50, help="seed of the first site's subjects (the learning test's "
+                   "is 50); another seed gives other subjects, CMBs and mimics")
     p.add_argument("--only", nargs="+", default=None, help="held-out sites to run (default: all combinations)")
     args = p.parse_args()
     info = machine_info()
@@ -203,7 +206,7 @@ def main() -> None:
         if args.only and held_out not in args.only:
             continue
         base = args.work.resolve() / held_out
-        trained = build(base, train_sites, held_out, args.override)
+        trained = build(base, train_sites, held_out, args.override, args.data_seed)
         settings = trained["model_dir"] / "inference_settings.json"
         prior = json.loads(settings.read_text())["discrimination_threshold"] if settings.is_file() else None
         cases = score(trained, base / "sites" / held_out)
@@ -238,7 +241,8 @@ def main() -> None:
     if len(results) > 1:
         print(f"\n# pooled over {n_cases} held-out sites")
         print_table(list(pooled.values()), ["aggregate", "threshold", "tp", "fp", "fn", "sensitivity", "f1"])
-    write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "overrides": args.override, "sites": results,
+    write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "overrides": args.override,
+                          "data_seed": args.data_seed, "sites": results,
                           "pooled": list(pooled.values()), "seconds": time.perf_counter() - t0})
 
 
