@@ -40,12 +40,12 @@ THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 #: Discrimination variants scored on the same candidates: (shift aggregation, test-time mirroring).
 VARIANTS = {"max": ("max", False), "mean": ("mean", False), "max_mirror": ("max", True)}
 #: Shape rules applied on top of ``max_mirror``: a candidate whose dark spot is longer than ``elongation`` times its
-#: width, wider than ``diameter_mm`` or leaving its 14 mm box by more than ``open_fraction`` is dropped.
+#: width or wider than ``diameter_mm`` is dropped (the plans' ``inference.shape_max_*``).
 SHAPE_RULES = {
     "shape_e3": {"elongation": 3.0},
     "shape_e2.5": {"elongation": 2.5},
     "shape_e3_d8": {"elongation": 3.0, "diameter_mm": 8.0},
-    "shape_e3_open": {"elongation": 3.0, "open_fraction": 0.05},
+    "shape_e3_d10 (default)": {"elongation": 3.0, "diameter_mm": 10.0},
 }
 
 
@@ -66,10 +66,11 @@ def cause_of(point_mm: np.ndarray, mimics: list[dict], spacing: np.ndarray) -> s
     return mimics[int(near[np.argmin(d[near])])]["kind"] if near.size else "background"
 
 
-def build(base: Path, train_sites: tuple[str, ...], held_out: str, overrides: list[str]) -> dict:
+def build(base: Path, train_sites: tuple[str, ...], held_out: str, overrides: list[str], data_seed: int) -> dict:
     import test_site_generalisation as T
 
     T.TRAIN_SITES, T.HELD_OUT_SITE = train_sites, held_out
+    T.DATA_SEED = data_seed
     T.DATASET = f"Dataset713_{held_out}"
     if (base / "done.json").is_file():
         from cmbunet.plans.plans_io import load_plans
@@ -92,7 +93,7 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
     from cmbunet.inference.discrimination import discriminate_candidates
     from cmbunet.inference.outputs import preprocessed_to_native
     from cmbunet.inference.screening import screening_score_map
-    from cmbunet.inference.shape import spot_shapes
+    from cmbunet.inference.shape import candidate_spot_shapes
     from cmbunet.model_folder import ModelFolder
     from cmbunet.training.samples import build_bank
 
@@ -122,12 +123,12 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
                     labels, _ = label_components(case.seg > 0)
                     reached = extract_patches(labels, moved, (4, 4, 4)).reshape(len(moved), -1).max(axis=1)
                     native = preprocessed_to_native(moved, props)
-                    shapes = spot_shapes(case.data[0], moved, props["target_spacing"])
+                    elongation, diameter = candidate_spot_shapes(case.data, moved, np.ones(len(moved), bool),
+                                                                 plans.channel_names, plans.target_spacing)
             for k in range(len(centres)):
                 record["candidates"].append({
                     **{how: float(probs[how][k]) for how in VARIANTS}, "cmb": int(reached[k]),
-                    "elongation": float(shapes.elongation[k]), "diameter_mm": float(shapes.diameter_mm[k]),
-                    "open_fraction": float(shapes.open_fraction[k]),
+                    "elongation": float(elongation[k]), "diameter_mm": float(diameter[k]),
                     "cause": "" if reached[k] else cause_of(native[k] * spacing, entry["mimics"], spacing)})
         rows.append(record)
     return rows
@@ -156,11 +157,22 @@ def shape_summary(cases: list[dict], threshold: float = 0.5) -> list[dict]:
     rows = []
     for name, xs in sorted(groups.items()):
         row = {"group": name, "n": len(xs)}
-        for key in ("elongation", "diameter_mm", "open_fraction"):
+        for key in ("elongation", "diameter_mm"):
             v = np.array([x[key] for x in xs], float)
             row[key] = "/".join(f"{q:.2f}" for q in np.nanpercentile(v, (10, 50, 90))) if np.isfinite(v).any() else "nan"
         rows.append(row)
     return rows
+
+
+CANDIDATE_FIELDS = ["case", "cmb", "cause", "max", "mean", "max_mirror", "elongation", "diameter_mm"]
+
+
+def compact_candidates(cases: list[dict], above: float = 0.5) -> dict:
+    """The candidates any variant could keep (a probability above ``above``) as rows of :data:`CANDIDATE_FIELDS`, so
+    that other shape rules can be scored from the JSON without retraining."""
+    rows = [[c["case"], x["cmb"], x["cause"], *(round(x[k], 4) for k in CANDIDATE_FIELDS[3:])]
+            for c in cases for x in c["candidates"] if max(x[k] for k in VARIANTS) > above]
+    return {"fields": CANDIDATE_FIELDS, "cmbs_per_case": {c["case"]: c["cmbs"] for c in cases}, "rows": rows}
 
 
 def operating_points(cases: list[dict]) -> list[dict]:
@@ -182,6 +194,8 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--override", nargs="+", default=[], help="extra plan overrides for training")
+    p.add_argument("--data-seed", type=int, default=50, help="seed of the first site's subjects (the learning test's "
+                   "is 50); another seed gives other subjects, CMBs and mimics")
     p.add_argument("--only", nargs="+", default=None, help="held-out sites to run (default: all combinations)")
     args = p.parse_args()
     info = machine_info()
@@ -192,7 +206,7 @@ def main() -> None:
         if args.only and held_out not in args.only:
             continue
         base = args.work.resolve() / held_out
-        trained = build(base, train_sites, held_out, args.override)
+        trained = build(base, train_sites, held_out, args.override, args.data_seed)
         settings = trained["model_dir"] / "inference_settings.json"
         prior = json.loads(settings.read_text())["discrimination_threshold"] if settings.is_file() else None
         cases = score(trained, base / "sites" / held_out)
@@ -209,10 +223,10 @@ def main() -> None:
         print(f"\n# held out {held_out} (trained on {' + '.join(train_sites)}); prior threshold {prior}")
         print(f"false positives by cause: {causes}")
         print("spot shape (10th/50th/90th percentile) of candidates with max_mirror > 0.5:")
-        print_table(shape_summary(cases), ["group", "n", "elongation", "diameter_mm", "open_fraction"])
+        print_table(shape_summary(cases), ["group", "n", "elongation", "diameter_mm"])
         print_table(points, ["aggregate", "threshold", "tp", "fp", "fn", "sensitivity", "fp_per_case", "f1"])
         results.append({"held_out": held_out, "train_sites": list(train_sites), "prior_threshold": prior,
-                        "fp_causes": causes, "points": points, "cases": cases})
+                        "fp_causes": causes, "points": points, "candidates": compact_candidates(cases)})
     pooled = {}
     for r in results:
         for pt in r["points"]:
@@ -227,7 +241,8 @@ def main() -> None:
     if len(results) > 1:
         print(f"\n# pooled over {n_cases} held-out sites")
         print_table(list(pooled.values()), ["aggregate", "threshold", "tp", "fp", "fn", "sensitivity", "f1"])
-    write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "overrides": args.override, "sites": results,
+    write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "overrides": args.override,
+                          "data_seed": args.data_seed, "sites": results,
                           "pooled": list(pooled.values()), "seconds": time.perf_counter() - t0})
 
 

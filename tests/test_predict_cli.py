@@ -33,7 +33,8 @@ def write_model(model_dir: Path, channels: tuple[str, ...], folds=("0",)) -> Pat
     plans = make_plans(channels)
     save_plans(plans, model_dir / "plans.json")
     save_json({"channel_names": plans.channel_names, "file_ending": ".nii.gz"}, model_dir / "dataset.json")
-    save_json({"max_candidates": 4, "screening_threshold": 0.0}, model_dir / "inference_settings.json")
+    save_json({"max_candidates": 4, "screening_threshold": 0.0, "shape_max_elongation": None, "shape_max_diameter_mm": None},
+              model_dir / "inference_settings.json")
     last_bias = {"screening": None, "discrimination": "classifier.4.bias", "segmentation": "output.bias"}
     for f_i, fold in enumerate(folds):
         for s_i, stage in enumerate(STAGES):
@@ -218,3 +219,18 @@ def test_precision_option_prints_the_path_that_ran(valdo, results_root, tmp_path
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "fp32" / name))))
     assert main([*args, "-o", str(tmp_path / "x"), "--precision", "fp32", "--cpu-bf16"]) == 2
     assert "contradicts" in capsys.readouterr().err
+
+
+def test_shape_rule_options_reach_the_settings_and_are_checked(valdo, results_root, tmp_path, capsys):
+    """--shape-max-* override the model's settings (checked like every setting); with the rule a case keeps at
+    most the candidates it keeps without it."""
+    def args(out: str) -> list[str]:
+        return ["-i", str(valdo), "-o", str(tmp_path / out), "-d", "1", "--results-root", str(results_root), "-npp", "0"]
+
+    assert main(args("bad") + ["--shape-max-elongation", "0.5"]) != 0
+    assert "shape_max_elongation = 0.5" in capsys.readouterr().err
+    kept = {}
+    for name, extra in (("off", []), ("on", ["--shape-max-elongation", "1.5", "--shape-max-diameter-mm", "3"])):
+        assert main(args(name) + extra) == 0
+        kept[name] = predicted_rows(tmp_path / name / "summary.csv")["num_kept"].to_numpy()
+    assert (kept["on"] <= kept["off"]).all() and kept["on"].sum() < kept["off"].sum()

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-component-voxels", type=int, default=None,
                    help="drop predicted CMBs smaller than this many voxels of the input image (default: "
                         "inference_settings.json of the model, else 0: keep all)")
+    p.add_argument("--shape-max-elongation", type=float, default=None, metavar="E",
+                   help="drop a kept candidate whose dark spot is more than E times longer than wide: veins, flat "
+                        "partial-volume spots (default: inference_settings.json of the model, else the plans (3))")
+    p.add_argument("--shape-max-diameter-mm", type=float, default=None, metavar="D",
+                   help="drop a kept candidate whose dark spot is wider than D mm (default: inference_settings.json "
+                        "of the model, else the plans (10, the largest microbleed))")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -142,7 +148,8 @@ def refuse_dataset_output(output: Path) -> None:
 def settings_overrides(args: argparse.Namespace) -> dict:
     return {"screening_threshold": args.screening_threshold, "discrimination_threshold": args.discrimination_threshold,
             "segmentation_threshold": args.segmentation_threshold, "max_candidates": args.max_candidates,
-            "min_component_voxels": args.min_component_voxels}
+            "min_component_voxels": args.min_component_voxels, "shape_max_elongation": args.shape_max_elongation,
+            "shape_max_diameter_mm": args.shape_max_diameter_mm}
 
 
 def dataset_file_ending(model_dir: Path) -> str:

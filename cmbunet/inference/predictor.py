@@ -43,7 +43,7 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  #
                                        write_csv)
 from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.inference.shape import shape_keeps, spot_shapes, susceptibility_channel
+from cmbunet.inference.shape import candidate_spot_shapes, shape_keeps
 from cmbunet.model_folder import ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
@@ -255,16 +255,6 @@ class CMBPredictor:
         self.last_screening_stats["positions_refined"] = refined
         return score
 
-    def spot_shape(self, data: np.ndarray, centres: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Elongation and diameter (mm) of the dark spot under each candidate above the discrimination threshold
-        (NaN for the others: only those can be kept, and measuring is not free), in the susceptibility channel."""
-        elongation, diameter = np.full(len(centres), np.nan), np.full(len(centres), np.nan)
-        if above.any():
-            channel = susceptibility_channel(self.plans.channel_names)
-            shapes = spot_shapes(data[channel], centres[above], self.plans.target_spacing)
-            elongation[above], diameter[above] = shapes.elongation, shapes.diameter_mm
-        return elongation, diameter
-
     @torch.inference_mode()
     def predict_preprocessed(self, data: np.ndarray, properties: Mapping[str, Any]) -> CasePrediction:
         """Predict a preprocessed case ``(C, X, Y, Z)``; maps go back to the native grid described by ``properties``.
@@ -286,7 +276,8 @@ class CMBPredictor:
             s.discrimination_aggregate, self.discrimination_batch_size, self.stage_precision["discrimination"],
             self.channels_last, s.discrimination_mirror)
         kept = disc > float(s.discrimination_threshold)
-        elongation, diameter = self.spot_shape(data, moved, kept)
+        elongation, diameter = candidate_spot_shapes(data, moved, kept, self.plans.channel_names,
+                                                     self.plans.target_spacing)
         kept &= shape_keeps(elongation, diameter, s.shape_max_elongation, s.shape_max_diameter_mm)
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 

@@ -29,7 +29,6 @@ class SpotShape:
 
     elongation: np.ndarray  # sqrt(largest / smallest principal variance): 1 for a ball, large for tubes and discs
     diameter_mm: np.ndarray  # diameter of the ball of the same volume
-    open_fraction: np.ndarray  # share of the spot's voxels on the border of the box (a spot that leaves the box)
 
 
 def box_size(spacing: Sequence[float], radius_mm: float = SHAPE_RADIUS_MM) -> tuple[int, int, int]:
@@ -51,7 +50,7 @@ def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float]
     n = len(centres)
     nan = np.full(n, np.nan)
     if n == 0:
-        return SpotShape(nan, nan, nan)
+        return SpotShape(nan, nan)
     spacing = np.asarray(spacing, dtype=float)
     size = box_size(spacing, radius_mm)
     boxes = extract_patches(np.asarray(image, dtype=np.float32), centres, size, pad_value=np.nan)
@@ -85,11 +84,8 @@ def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float]
     elongation = np.sqrt(eig[:, 2] / np.maximum(eig[:, 0], 1e-12))
     volume = count * float(np.prod(spacing))
     diameter = 2.0 * np.cbrt(3.0 * volume / (4.0 * np.pi))
-    border = np.ones(size, dtype=bool)
-    border[1:-1, 1:-1, 1:-1] = False
-    open_fraction = (spot & border[None]).reshape(n, -1).sum(axis=1) / safe
     ok = valid & (count > 0)
-    return SpotShape(np.where(ok, elongation, np.nan), np.where(ok, diameter, np.nan), np.where(ok, open_fraction, np.nan))
+    return SpotShape(np.where(ok, elongation, np.nan), np.where(ok, diameter, np.nan))
 
 
 def shape_keeps(elongation: np.ndarray, diameter_mm: np.ndarray, max_elongation: float | None,
@@ -118,3 +114,16 @@ def susceptibility_channel(channel_names: dict[str, str]) -> int:
         if any(tag in name for tag in SUSCEPTIBILITY_NAMES):
             return int(key)
     return 0
+
+
+def candidate_spot_shapes(data: np.ndarray, centres: np.ndarray, above: np.ndarray, channel_names: dict[str, str],
+                          spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Elongation and diameter (mm) of the dark spot under each candidate of a preprocessed case ``(C, X, Y, Z)``
+    where ``above`` holds (NaN for the others: only candidates above the discrimination threshold can be kept,
+    and measuring is not free), in the susceptibility-weighted channel."""
+    elongation, diameter = np.full(len(centres), np.nan), np.full(len(centres), np.nan)
+    above = np.asarray(above, dtype=bool)
+    if above.any():
+        shapes = spot_shapes(data[susceptibility_channel(channel_names)], np.asarray(centres)[above], spacing)
+        elongation[above], diameter[above] = shapes.elongation, shapes.diameter_mm
+    return elongation, diameter
