@@ -61,10 +61,11 @@ def _same_kind(old: Any, new: Any) -> bool:
     return isinstance(new, type(old))
 
 
-def _set_dotted(plans: dict, key: str, value: Any) -> None:
-    """Set ``a.b.c`` (list items by integer index); raise naming the key if it does not exist."""
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c`` in the plans' JSON ``tree`` (list items by integer index); raise naming the key if it does not
+    exist."""
     parts = key.split(".")
-    node: Any = plans
+    node: Any = tree
     for i, part in enumerate(parts):
         where = ".".join(parts[: i + 1])
         if isinstance(node, dict):
