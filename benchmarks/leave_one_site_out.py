@@ -131,7 +131,8 @@ def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path) -
 
 
 def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path], preset: str,
-             overrides: list[str], seed: int, num_processes: int) -> dict:
+             overrides: list[str], seed: int, num_processes: int, predict_options: list[str] = (),
+             tag: str = "") -> dict:
     from cmbunet.evaluation.cli import main as evaluate_main
     from cmbunet.inference.cli import main as predict_main
     from cmbunet.plan_and_preprocess import main as plan_main
@@ -154,9 +155,10 @@ def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path
         if (model / "fold_all" / "screening" / "checkpoint_latest.pth").is_file():
             train.append("--c")
         times["train"] = _run(f"{held_out}: train on the other sites", train_main, train)
-    pred = work / "predictions" / held_out
+    pred = work / (f"predictions_{tag}" if tag else "predictions") / held_out
     times["predict"] = _run(f"{held_out}: predict the held-out site", predict_main,
-                            ["-i", str(raw / name / "imagesTs"), "-o", str(pred), "-m", str(model), "-f", "all"])
+                            ["-i", str(raw / name / "imagesTs"), "-o", str(pred), "-m", str(model), "-f", "all",
+                             *predict_options])
     _run(f"{held_out}: evaluate", evaluate_main, ["-ref", str(raw / name / "labelsTs"), "-pred", str(pred),
                                                   "-o", str(pred / "evaluation")])
     summary = json.loads((pred / "evaluation" / "summary.json").read_text())
@@ -192,6 +194,10 @@ def main() -> None:
                    help="planner preset: auto (= default) is the CPU plan a user gets; fast the quick-trial preset")
     p.add_argument("--override", nargs="+", default=[], help="extra plan overrides")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    p.add_argument("--predict-option", dest="predict_options", action="append", default=[],
+                   help="an extra cmbunet_predict option, repeatable, e.g. --predict-option=--shape-max-elongation=1000 "
+                        "(the trained models are reused; use with --tag)")
+    p.add_argument("--tag", default="", help="predictions go to WORK/predictions_TAG instead of WORK/predictions")
     p.add_argument("--dataset-id", type=int, default=960, help="first dataset id (one per held-out site)")
     p.add_argument("-np", "--num-processes", type=int, default=2)
     args = p.parse_args()
@@ -206,7 +212,7 @@ def main() -> None:
         if args.hold_out and site not in args.hold_out:
             continue
         rows.append(run_fold(work, args.dataset_id + k, site, folders, preset, args.override, args.seed,
-                             args.num_processes))
+                             args.num_processes, args.predict_options, args.tag))
     table = rows + ([pooled(rows)] if len(rows) > 1 else [])
     print(f"\n# leave-one-site-out, {args.cases_per_site} {args.size} subjects per site, preset {preset}, "
           f"data seed {args.seed}")
