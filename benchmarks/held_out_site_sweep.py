@@ -39,13 +39,17 @@ COMBINATIONS = (
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 #: Discrimination variants scored on the same candidates: (shift aggregation, test-time mirroring).
 VARIANTS = {"max": ("max", False), "mean": ("mean", False), "max_mirror": ("max", True)}
-#: Shape rules applied on top of ``max_mirror``: a candidate whose dark spot is longer than ``elongation`` times its
-#: width or wider than ``diameter_mm`` is dropped (the plans' ``inference.shape_max_*``).
+#: Shape rules applied on top of ``max_mirror`` (the plans' ``inference.shape_*``, see
+#: cmbunet.inference.shape.decision_scores): a spot longer than ``shape_max_elongation`` times its width or wider
+#: than ``shape_max_diameter_mm`` is dropped; a round one (``shape_round_elongation``) above
+#: ``shape_round_threshold`` is kept at any threshold.
+NO_ROUND = {"shape_round_elongation": None, "shape_round_threshold": 0.5}
 SHAPE_RULES = {
-    "shape_e3": {"elongation": 3.0},
-    "shape_e2.5": {"elongation": 2.5},
-    "shape_e3_d8": {"elongation": 3.0, "diameter_mm": 8.0},
-    "shape_e3_d10 (default)": {"elongation": 3.0, "diameter_mm": 10.0},
+    "shape_e3": {"shape_max_elongation": 3.0, "shape_max_diameter_mm": None, **NO_ROUND},
+    "shape_e3_d10": {"shape_max_elongation": 3.0, "shape_max_diameter_mm": 10.0, **NO_ROUND},
+    "shape_e2.5_d8": {"shape_max_elongation": 2.5, "shape_max_diameter_mm": 8.0, **NO_ROUND},
+    "shape_e3_d10_round1.5 (default)": {"shape_max_elongation": 3.0, "shape_max_diameter_mm": 10.0,
+                                        "shape_round_elongation": 1.5, "shape_round_threshold": 0.5},
 }
 
 
@@ -134,17 +138,20 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
     return rows
 
 
-def passes(x: dict, rule: dict) -> bool:
-    """Whether a candidate's spot shape keeps it under ``rule``; a candidate with no measurable spot is kept."""
-    return all(not (x[key] > limit) for key, limit in rule.items())
+def add_shape_variants(cases: list[dict], plans) -> None:
+    """Score each candidate under every shape rule: the decision score the predictor compares with the threshold
+    (its ``max_mirror`` probability, below every threshold when dropped, above every one when round)."""
+    from cmbunet.inference.shape import decision_scores
 
-
-def add_shape_variants(cases: list[dict]) -> None:
-    """Score each candidate under every shape rule: its ``max_mirror`` probability, or 0 when the rule drops it."""
-    for c in cases:
-        for x in c["candidates"]:
-            for name, rule in SHAPE_RULES.items():
-                x[name] = x["max_mirror"] if passes(x, rule) else 0.0
+    for name, rule in SHAPE_RULES.items():
+        settings = plans.inference.merged(rule)
+        for c in cases:
+            xs = c["candidates"]
+            scores = decision_scores(np.array([x["max_mirror"] for x in xs], float),
+                                     np.array([x["elongation"] for x in xs], float),
+                                     np.array([x["diameter_mm"] for x in xs], float), settings)
+            for x, v in zip(xs, scores):
+                x[name] = float(v)
 
 
 def shape_summary(cases: list[dict], threshold: float = 0.5) -> list[dict]:
@@ -210,7 +217,7 @@ def main() -> None:
         settings = trained["model_dir"] / "inference_settings.json"
         prior = json.loads(settings.read_text())["discrimination_threshold"] if settings.is_file() else None
         cases = score(trained, base / "sites" / held_out)
-        add_shape_variants(cases)
+        add_shape_variants(cases, trained["plans"])
         causes: dict[str, dict[str, int]] = {}
         for t in (0.5, 0.95):
             counts: dict[str, int] = {}

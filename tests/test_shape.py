@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cmbunet.inference.shape import shape_keeps, spot_shapes, susceptibility_channel
+from plan_helpers import make_plans
 
 
 def _dark(shape, spacing, inside) -> np.ndarray:
@@ -71,7 +72,6 @@ def test_generator_microbleeds_pass_and_tubes_and_discs_fail(tmp_path):
     import SimpleITK as sitk
 
     from cmbunet.synthetic.writer import write_dataset
-    from plan_helpers import make_plans
 
     inference = make_plans().inference
     counts: dict[str, list[int]] = {}
@@ -93,3 +93,24 @@ def test_generator_microbleeds_pass_and_tubes_and_discs_fail(tmp_path):
     print(counts)
     assert counts["cmb"][1] >= 8 and counts["cmb"][0] >= 0.9 * counts["cmb"][1]
     assert counts["tube_or_disc"][1] >= 8 and counts["tube_or_disc"][0] <= 0.25 * counts["tube_or_disc"][1]
+
+
+def test_decision_scores_drop_tubes_keep_round_spots_and_leave_the_rest():
+    from dataclasses import replace
+
+    from cmbunet.inference.shape import DROPPED, ROUND, decision_scores, measured_threshold
+
+    settings = replace(make_plans().inference, discrimination_threshold=0.98, shape_max_elongation=3.0,
+                       shape_max_diameter_mm=10.0, shape_round_elongation=1.5, shape_round_threshold=0.5)
+    p = np.array([0.99, 0.99, 0.7, 0.7, 0.4, 0.99, 0.7])
+    elongation = np.array([1.2, 4.0, 1.3, 2.0, 1.1, np.nan, 1.2])
+    diameter = np.array([3.0, 3.0, 4.0, 4.0, 4.0, np.nan, 12.0])
+    score = decision_scores(p, elongation, diameter, settings)
+    # round & sure, tube, round above 0.5, oval (probability stays), round below 0.5, unmeasured, round but wide
+    np.testing.assert_array_equal(score, [ROUND, DROPPED, ROUND, 0.7, 0.4, 0.99, DROPPED])
+    assert (score > 0.98).tolist() == [True, False, True, False, False, True, False]
+    assert measured_threshold(settings) == 0.5
+    off = replace(settings, shape_round_elongation=None)
+    np.testing.assert_array_equal(decision_scores(p, elongation, diameter, off),
+                                  [0.99, DROPPED, 0.7, 0.7, 0.4, 0.99, DROPPED])
+    assert measured_threshold(off) == 0.98

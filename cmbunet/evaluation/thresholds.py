@@ -31,10 +31,10 @@ import pandas as pd
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, load_components
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
-from cmbunet.inference.shape import shape_keeps
+from cmbunet.inference.shape import decision_scores
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
-from cmbunet.plans.schema import InferenceSettings, Plans
+from cmbunet.plans.schema import SETTING_KEYS, InferenceSettings, Plans
 from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
@@ -184,15 +184,18 @@ def save_settings(model_dir: Path, chosen: dict[str, Any]) -> Path:
     return path
 
 
-def shape_passes(candidates: pd.DataFrame, inference: InferenceSettings) -> np.ndarray:
-    """Keep-mask of the predictor's shape rule on a candidate table: a candidate whose dark spot is too long or
-    too wide is never a detection, whatever the thresholds. Spots were measured only above the validation's
-    discrimination threshold (NaN below, where the rule keeps everything), so lower thresholds are approximate;
-    tables written before the spot columns existed keep every candidate."""
+def with_shape_rule(candidates: pd.DataFrame, settings: InferenceSettings) -> pd.DataFrame:
+    """The candidate table with the predictor's shape rule folded into ``discrimination_score``
+    (:func:`~cmbunet.inference.shape.decision_scores`): a dropped spot scores below every threshold, a round one
+    above its round threshold scores above every threshold. Spots were measured only where the validation could
+    keep a candidate (NaN below, where the rule changes nothing), so thresholds below the validation's are
+    approximate; tables written before the spot columns existed are returned as they are."""
     if "spot_elongation" not in candidates or "spot_diameter_mm" not in candidates:
-        return np.ones(len(candidates), dtype=bool)
-    return shape_keeps(candidates["spot_elongation"].to_numpy(float), candidates["spot_diameter_mm"].to_numpy(float),
-                       inference.shape_max_elongation, inference.shape_max_diameter_mm)
+        return candidates
+    score = decision_scores(candidates["discrimination_score"].to_numpy(float),
+                            candidates["spot_elongation"].to_numpy(float),
+                            candidates["spot_diameter_mm"].to_numpy(float), settings)
+    return candidates.assign(discrimination_score=score)
 
 
 def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: float = DEFAULT_DIST_MM,
@@ -211,7 +214,7 @@ def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: 
     merge_mm = default_merge_mm(plans) if merge_mm is None else float(merge_mm)
     parts = [fold_inputs(folder) for folder in validation_dirs.values()]
     candidates, references, per_case = (pd.concat(p, ignore_index=True) for p in zip(*parts))
-    candidates = candidates[shape_passes(candidates, inference)]
+    candidates = with_shape_rule(candidates, inference.merged({k: v for k, v in used.items() if k in SETTING_KEYS}))
     components = pd.concat([load_components(f) for f in validation_dirs.values()], ignore_index=True)
     components = components[components["case"].isin(per_case["case"])]
     if ts_grid is None:  # candidates below the validation's screening threshold were never saved

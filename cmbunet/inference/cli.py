@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape-max-diameter-mm", type=float, default=None, metavar="D",
                    help="drop a kept candidate whose dark spot is wider than D mm (default: inference_settings.json "
                         "of the model, else the plans (10, the largest microbleed))")
+    p.add_argument("--shape-round-elongation", type=float, default=None, metavar="E",
+                   help="a dark spot at most E times longer than wide (and within --shape-max-diameter-mm) is round: "
+                        "kept when its discrimination probability is above --shape-round-threshold, whatever the "
+                        "discrimination threshold (default: inference_settings.json of the model, else the plans "
+                        "(1.5))")
+    p.add_argument("--shape-round-threshold", type=float, default=None, metavar="T",
+                   help="discrimination threshold of round spots (default: inference_settings.json of the model, "
+                        "else the plans (0.5))")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -149,7 +157,8 @@ def settings_overrides(args: argparse.Namespace) -> dict:
     return {"screening_threshold": args.screening_threshold, "discrimination_threshold": args.discrimination_threshold,
             "segmentation_threshold": args.segmentation_threshold, "max_candidates": args.max_candidates,
             "min_component_voxels": args.min_component_voxels, "shape_max_elongation": args.shape_max_elongation,
-            "shape_max_diameter_mm": args.shape_max_diameter_mm}
+            "shape_max_diameter_mm": args.shape_max_diameter_mm, "shape_round_elongation": args.shape_round_elongation,
+            "shape_round_threshold": args.shape_round_threshold}
 
 
 def dataset_file_ending(model_dir: Path) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmbunet.utilities.components import STRUCTURE_26
+from cmbunet.plans.schema import InferenceSettings
 from cmbunet.utilities.patches import extract_patches
 
 #: Half-width of the box the spot is measured in: a microbleed is at most 10 mm across.
@@ -127,3 +128,38 @@ def candidate_spot_shapes(data: np.ndarray, centres: np.ndarray, above: np.ndarr
         shapes = spot_shapes(data[susceptibility_channel(channel_names)], np.asarray(centres)[above], spacing)
         elongation[above], diameter[above] = shapes.elongation, shapes.diameter_mm
     return elongation, diameter
+
+
+#: Decision score of a candidate the shape rule drops (below every threshold) and of a round spot it keeps
+#: whatever the discrimination threshold (above every threshold).
+DROPPED, ROUND = -1.0, 2.0
+
+
+def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter_mm: np.ndarray,
+                    settings: InferenceSettings) -> np.ndarray:
+    """What the discrimination threshold is compared with once the spot's shape is known.
+
+    A spot the shape rule drops (too elongated or too wide) gets :data:`DROPPED`. A round spot of microbleed size
+    (elongation at most ``shape_round_elongation``, diameter within ``shape_max_diameter_mm``) with a probability
+    above ``shape_round_threshold`` gets :data:`ROUND`: discrimination, trained at even odds, need only favour
+    it, because the prior that made the threshold strict (many screening false positives per microbleed) is not
+    the prior of round dark spots. Every other candidate keeps its probability. NaN shapes (not measured, or no
+    dark spot) are never round and never dropped.
+    """
+    p = np.asarray(discrimination, dtype=float)
+    e, d = np.asarray(elongation, dtype=float), np.asarray(diameter_mm, dtype=float)
+    score = np.where(shape_keeps(e, d, settings.shape_max_elongation, settings.shape_max_diameter_mm), p, DROPPED)
+    if settings.shape_round_elongation is not None:
+        with np.errstate(invalid="ignore"):
+            round_ = (e <= settings.shape_round_elongation) & (p > settings.shape_round_threshold)
+            if settings.shape_max_diameter_mm is not None:
+                round_ &= d <= settings.shape_max_diameter_mm
+        score = np.where(round_, ROUND, score)
+    return score
+
+
+def measured_threshold(settings: InferenceSettings) -> float:
+    """Candidates above this probability can be kept, so only they need their spot measured."""
+    if settings.shape_round_elongation is None:
+        return float(settings.discrimination_threshold)
+    return float(min(settings.discrimination_threshold, settings.shape_round_threshold))

@@ -331,6 +331,8 @@ def plan_experiment(
             "discrimination_mirror": True,
             "shape_max_elongation": 3.0,
             "shape_max_diameter_mm": 10.0,
+            "shape_round_elongation": 1.5,
+            "shape_round_threshold": 0.5,
             "segmentation_threshold": 0.5,
             "tile_size": tile_size(block),
         },

@@ -44,6 +44,8 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "inference.discrimination_mirror": False,  # no test-time mirroring
     "inference.shape_max_elongation": None,  # no shape rule
     "inference.shape_max_diameter_mm": None,
+    "inference.shape_round_elongation": None,  # no lower threshold for round spots
+    "inference.shape_round_threshold": 0.5,
 }
 
 _SIZE = triple(integer(1))
@@ -258,6 +260,9 @@ class InferenceSettings(Section):
     shape_max_elongation: float | None = leaf(optional(number(1)))
     #: ... or whose dark spot is wider than this ball-equivalent diameter in mm (None: no limit)
     shape_max_diameter_mm: float | None = leaf(optional(number(0, lo_open=True)))
+    #: a spot at most this elongated (and within the diameter limit) is round: kept above shape_round_threshold
+    shape_round_elongation: float | None = leaf(optional(number(1)))
+    shape_round_threshold: float = leaf(number(0, 1))
     segmentation_threshold: float = leaf(number(0, 1, lo_open=True))
     tile_size: tuple[int, int, int] = leaf(_SIZE)
     #: not planned: set by inference_settings.json or the command line; None keeps every component
