@@ -11,16 +11,14 @@ import pandas as pd
 
 from cmbunet.evaluation.evaluate import evaluate_folders, write_evaluation
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import command_parser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_evaluate",
-        description="Compare predicted CMB maps with reference labels using the official VALDO 2021 task-2 "
-        "metrics (F1, Dice, count and volume difference) and write metrics_per_case.csv and summary.json.",
-        formatter_class=HelpFormatter,
-    )
+    p = command_parser(
+        "cmbunet_evaluate",
+        "Compare predicted CMB maps with reference labels using the official VALDO 2021 task-2 "
+        "metrics (F1, Dice, count and volume difference) and write metrics_per_case.csv and summary.json.")
     p.add_argument("-ref", "--reference", dest="ref", required=True, type=Path,
                    help="reference labels: a VALDO tree (sub-XXX/sub-XXX_space-T2S_CMB.nii.gz), a labelsTr-style "
                         "folder (CASE.nii.gz) or a dataset folder containing labelsTr/")

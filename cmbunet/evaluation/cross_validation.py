@@ -38,7 +38,7 @@ from cmbunet.imageio import SimpleITKIO
 from cmbunet.inference.outputs import CaseOutputs, write_case
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
-from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
+from cmbunet.utilities.cli import add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
@@ -260,13 +260,11 @@ def fold_status(validation_dir: Path, cases: Sequence[str], dist_mm: float) -> s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_evaluate_cv",
-        description="Summarise the cross-validation of a trained dataset: the official VALDO task-2 metrics of "
+    p = command_parser(
+        "cmbunet_evaluate_cv",
+        "Summarise the cross-validation of a trained dataset: the official VALDO task-2 metrics of "
         "every fold's validation cases (Dice, volume difference, F1, count difference per fold and their mean), "
-        "pooled sensitivity, precision and FP per case, and the FROC over the discrimination threshold.",
-        formatter_class=HelpFormatter,
-    )
+        "pooled sensitivity, precision and FP per case, and the FROC over the discrimination threshold.")
     p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
     add_plans_option(p)
     p.add_argument("-f", "--folds", nargs="+", default=None,

@@ -35,7 +35,7 @@ from cmbunet.inference.shape import shape_keeps
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.plans.schema import InferenceSettings, Plans
-from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
+from cmbunet.utilities.cli import add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
 DEFAULT_TD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 4)
@@ -334,13 +334,11 @@ def thresholds_after_cross_validation(model_dir: Path, num_folds: int, dist_mm: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_find_thresholds",
-        description="Pick the screening and discrimination thresholds (and a minimum CMB size) that maximise the "
+    p = command_parser(
+        "cmbunet_find_thresholds",
+        "Pick the screening and discrimination thresholds (and a minimum CMB size) that maximise the "
         "pooled F1 of the cross-validation predictions, and save them in the model folder's "
-        "inference_settings.json, which cmbunet_predict then uses by default.",
-        formatter_class=HelpFormatter,
-    )
+        "inference_settings.json, which cmbunet_predict then uses by default.")
     p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
     add_plans_option(p)
     p.add_argument("-f", "--folds", nargs="+", default=None,

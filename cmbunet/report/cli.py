@@ -28,7 +28,7 @@ from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_c
 from cmbunet.report.sheets import render_missed_sheets, render_sheets, render_thumbnail
 from cmbunet.report.volumes import CaseVolumes, normalise_cmb_table
 from cmbunet.utilities.case_names import image_stem
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import command_parser, run_cli
 from cmbunet.utilities.components import empty_centre_table
 from cmbunet.utilities.file_io import atomic_path, load_json
 
@@ -320,9 +320,8 @@ def _reference_aggregate(entries: Sequence[CaseEntry], references: dict[str, Pat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cmbunet_report", description="Visual quality-control report of a cmbunet "
-                                "prediction folder: PNG sheets per case and an index.html that opens offline.",
-                                formatter_class=HelpFormatter)
+    p = command_parser("cmbunet_report", "Visual quality-control report of a cmbunet prediction folder: PNG sheets "
+                       "per case and an index.html that opens offline.")
     p.add_argument("-i", "--input", dest="pred_dir", required=True, help="prediction folder written by cmbunet_predict")
     p.add_argument("-img", "--images", dest="images", default=None,
                    help="the images that were predicted (VALDO tree, folder of CASE_0000.nii.gz or one file); "

@@ -34,6 +34,11 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser every cmbunet command starts from, so that all share one ``--help`` layout (:class:`HelpFormatter`)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
 #: Help of ``-p`` on the commands that find a trained model by dataset.
 MODEL_PLANS_HELP = (f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
                     "another name: cmbunet__NAME)")
