@@ -32,7 +32,7 @@ from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE
                                   PLANS_FILE, STAGES, ModelFolder, load_checkpoint, other_plans_hint,
                                   plans_name_of)
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, get_root, is_dataset_name, resolve_dataset_name
-from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_plans_option, command_parser, run_cli
+from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_folds_option, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import atomic_path
 
 MANIFEST = "manifest.json"
@@ -311,8 +311,7 @@ def export_parser() -> argparse.ArgumentParser:
     src.add_argument("-m", "--model", help="a trained model folder (holding plans.json and fold_F/)")
     p.add_argument("-n", "--name", default=None,
                    help="dataset name recorded in the zip (default: the folder around the model, DatasetXXX_Name)")
-    p.add_argument("-f", "--folds", nargs="+", default=None,
-                   help="folds to export, e.g. 0 1 2 3 4 or all (default: every fold with all three stages trained)")
+    add_folds_option(p, "folds to export, e.g. 0 1 2 3 4 or all (default: every fold with all three stages trained)")
     p.add_argument("-o", "--output", required=True, help="the zip file to write, e.g. model.zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     add_plans_option(p, help=f"with -d: {MODEL_PLANS_HELP}. Recorded in the zip as the plans name "

@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.evaluation.options import add_dist_option
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
 from cmbunet.report.html import CaseEntry, write_index
 from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_cases, label_detections,
@@ -330,9 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference labels, as for cmbunet_evaluate (VALDO tree, labelsTr-style folder or a dataset "
                         "folder with labelsTr/): draws the reference, marks detections as true/false positives, "
                         "shows missed CMBs and sorts the cases worst first")
-    p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
-                   help="with -ref: a detection matches a reference CMB whose centre is closer than this many mm "
-                        "(default: %(default)s, as cmbunet_evaluate)")
+    add_dist_option(p, "with -ref: a detection matches a reference CMB whose centre is closer than this many mm "
+                       "(default: %(default)s, as cmbunet_evaluate)")
     p.add_argument("-o", "--output", dest="report_dir", required=True, help="report folder (created)")
     p.add_argument("--max-cmbs-per-sheet", type=int, default=DEFAULT_MAX_CMBS_PER_SHEET,
                    help=f"CMB rows per PNG sheet; more sheets are written when needed (default {DEFAULT_MAX_CMBS_PER_SHEET})")

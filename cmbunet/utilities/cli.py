@@ -44,6 +44,20 @@ MODEL_PLANS_HELP = (f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMB
                     "another name: cmbunet__NAME)")
 
 
+#: Help of a dataset argument that takes an id or a full name.
+DATASET_HELP = "dataset id (e.g. 1) or name (Dataset001_Name)"
+
+
+def add_dataset_option(parser: argparse.ArgumentParser) -> None:
+    """``-d/--dataset`` (required, into ``dataset``), the same on every command that reads one trained dataset."""
+    parser.add_argument("-d", "--dataset", dest="dataset", required=True, help=DATASET_HELP)
+
+
+def add_folds_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-f/--folds F [F ...]`` (into ``folds``, None when absent): ``help`` says which folds the command then takes."""
+    parser.add_argument("-f", "--folds", nargs="+", default=None, help=help)
+
+
 class _PlansNameAction(argparse.Action):
     """Stores ``-p NAME`` and sets ``plans_name_given``: some commands fall back to another source than the default
     name when ``-p`` is absent (the name recorded in a model zip), or refuse ``-p`` where it cannot apply."""
