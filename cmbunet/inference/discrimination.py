@@ -64,6 +64,21 @@ def ensemble_probability(networks: Sequence[nn.Module], batch: torch.Tensor) -> 
     return total / len(networks)
 
 
+@torch.inference_mode()
+def block_probabilities(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, size: Sequence[int],
+                        device: torch.device, batch_size: int, precision: str | bool, channels_last: bool,
+                        item_shape: Sequence[int] = ()) -> np.ndarray:
+    """``(N, *item_shape)`` fold-averaged CMB probabilities of the blocks of ``size`` centred at ``centres``, cut and
+    run ``batch_size`` at a time so memory stays bounded: one probability per block (the discrimination CNN,
+    ``item_shape`` empty) or per voxel (the U-Net, ``item_shape`` its patch size)."""
+    out = np.empty((len(centres), *item_shape), dtype=np.float32)
+    for start in range(0, len(centres), batch_size):
+        x = to_device(padded.patches(centres[start : start + batch_size], size), device, channels_last)
+        with autocast_context(device, precision):
+            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
+    return out
+
+
 def _shares_trunk(networks: Sequence[nn.Module]) -> bool:
     return all(hasattr(net, "shift_invariant_features") and hasattr(net, "forward_from_shared") for net in networks)
 
@@ -118,12 +133,8 @@ def shifted_probabilities(
             out[start : start + len(x)] = (total / len(networks)).cpu().numpy()
         return out
     all_centres = (np.asarray(centres, dtype=np.int64)[:, None, :] + shifts[None]).reshape(-1, 3)
-    out = np.empty(n * s, dtype=np.float32)
-    for start in range(0, n * s, batch_size):
-        x = to_device(padded.patches(all_centres[start : start + batch_size], block_size), device, channels_last)
-        with autocast_context(device, precision):
-            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
-    return out.reshape(n, s)
+    return block_probabilities(networks, padded, all_centres, block_size, device, batch_size, precision,
+                               channels_last).reshape(n, s)
 
 
 def _mirrored(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, shifts: np.ndarray,
