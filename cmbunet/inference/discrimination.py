@@ -42,6 +42,12 @@ class PaddedVolume:
         arr = np.pad(np.asarray(volume, dtype=np.float32), [(0, 0)] + [(int(a), int(a)) for a in m], constant_values=pad_value)
         return cls(arr, m, tuple(int(s) for s in volume.shape[1:]))
 
+    @classmethod
+    def for_blocks(cls, volume: np.ndarray, size: Sequence[int], pad_value: float, reach: int = 0) -> "PaddedVolume":
+        """Padded by half a block (rounded up) plus ``reach`` per side: a block of ``size`` centred anywhere in the
+        volume and moved by up to ``reach`` voxels is cut without further padding."""
+        return cls.create(volume, [int(s) // 2 + int(s) % 2 + reach for s in size], pad_value)
+
     def patches(self, centres: np.ndarray, size: Sequence[int]) -> np.ndarray:
         """Blocks ``(N, C, *size)`` centred at ``centres`` (unpadded voxel coordinates)."""
         return extract_patches(self.array, np.asarray(centres, dtype=np.int64).reshape(-1, 3) + self.margin, size)
@@ -230,7 +236,7 @@ def discriminate_candidates(
     block = [int(b) for b in plans.discrimination.block_size]
     shifts = shift_offsets(shift_vox)
     pad_value = float(plans.normalization.background_value)
-    padded = PaddedVolume.create(volume, [b // 2 + b % 2 + shift_vox for b in block], pad_value)
+    padded = PaddedVolume.for_blocks(volume, block, pad_value, reach=shift_vox)
     mirror = bool(inf.discrimination_mirror if mirror is None else mirror)
     axes = [int(a) for a in plans.augmentation.flip_axes] if mirror else []
     probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last,

@@ -73,7 +73,7 @@ def segment_candidates(
         return np.zeros(shape, dtype=np.float32)
     patch = [int(s) for s in plans.segmentation.patch_size]
     pad_value = float(plans.normalization.background_value)
-    padded = PaddedVolume.create(volume, [s // 2 + s % 2 for s in patch], pad_value)
+    padded = PaddedVolume.for_blocks(volume, patch, pad_value)
     probs = block_probabilities(networks, padded, centres, patch, device, batch_size, precision, channels_last,
                                 item_shape=patch)
     return merge_patches(probs, centres, shape, gaussian_importance(patch))
