@@ -18,7 +18,7 @@ from typing import Callable
 
 from cmbunet.errors import CMBUNetError
 from cmbunet.plans.planner import PRESETS
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import command_parser, run_cli
 
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SyntheticDemo"
@@ -37,8 +37,7 @@ def _step(title: str, command: str, main: Callable[[list[str]], int], argv: list
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cmbunet_demo", description=__doc__.splitlines()[0].replace("``", ""),
-                                formatter_class=HelpFormatter)
+    p = command_parser("cmbunet_demo", __doc__.splitlines()[0].replace("``", ""))
     p.add_argument("-o", "--output", type=Path, default=Path("cmbunet_demo_output"), help="folder for everything the demo writes")
     p.add_argument("--cases", type=int, default=60, help="synthetic training cases (default 60)")
     p.add_argument("--test-cases", type=int, default=16, help="synthetic test cases (default 16)")

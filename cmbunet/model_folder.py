@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, overload
 
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError, PlansMismatchError
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, results_dataset_dir
@@ -125,6 +125,22 @@ def load_checkpoint(path: str | Path, expected_plans_hash: str | None = None) ->
     return ckpt
 
 
+class _FileInFolder:
+    """A read-only attribute ``folder.path / name``: the files directly in the model folder, one line each."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @overload
+    def __get__(self, folder: None, owner: type) -> _FileInFolder: ...
+
+    @overload
+    def __get__(self, folder: ModelFolder, owner: type) -> Path: ...
+
+    def __get__(self, folder: ModelFolder | None, owner: type | None = None) -> Path | _FileInFolder:
+        return self if folder is None else folder.path / self.name
+
+
 @dataclass(frozen=True)
 class ModelFolder:
     """Paths and contents of one model folder; cheap to create, nothing is read until asked."""
@@ -142,29 +158,12 @@ class ModelFolder:
         return cls(results_dataset_dir(dataset_name, results_root) / model_subfolder(plans_name))
 
     # ------------------------------------------------------------------------------------------ paths
-    @property
-    def plans_file(self) -> Path:
-        return self.path / PLANS_FILE
-
-    @property
-    def dataset_json_file(self) -> Path:
-        return self.path / DATASET_JSON_FILE
-
-    @property
-    def fingerprint_file(self) -> Path:
-        return self.path / FINGERPRINT_FILE
-
-    @property
-    def inference_settings_file(self) -> Path:
-        return self.path / INFERENCE_SETTINGS_FILE
-
-    @property
-    def cv_table_file(self) -> Path:
-        return self.path / CV_TABLE_FILE
-
-    @property
-    def cv_summary_file(self) -> Path:
-        return self.path / CV_SUMMARY_FILE
+    plans_file = _FileInFolder(PLANS_FILE)
+    dataset_json_file = _FileInFolder(DATASET_JSON_FILE)
+    fingerprint_file = _FileInFolder(FINGERPRINT_FILE)
+    inference_settings_file = _FileInFolder(INFERENCE_SETTINGS_FILE)
+    cv_table_file = _FileInFolder(CV_TABLE_FILE)
+    cv_summary_file = _FileInFolder(CV_SUMMARY_FILE)
 
     def fold_dir(self, fold: int | str) -> Path:
         """``fold_F`` (``fold_all`` for the model trained on every case)."""

@@ -32,7 +32,7 @@ from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE
                                   PLANS_FILE, STAGES, ModelFolder, load_checkpoint, other_plans_hint,
                                   plans_name_of)
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, get_root, is_dataset_name, resolve_dataset_name
-from cmbunet.utilities.cli import MODEL_PLANS_HELP, HelpFormatter, add_plans_option, run_cli
+from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_folds_option, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import atomic_path
 
 MANIFEST = "manifest.json"
@@ -302,18 +302,16 @@ def replace_folder(new: Path, target: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ commands
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_export_model",
-        description="Pack a trained model (plans, settings and the final checkpoints of the chosen folds) into one "
-                    "zip with a manifest of sha256 checksums, for cmbunet_install_model on another machine.",
-        formatter_class=HelpFormatter)
+    p = command_parser(
+        "cmbunet_export_model",
+        "Pack a trained model (plans, settings and the final checkpoints of the chosen folds) into one "
+        "zip with a manifest of sha256 checksums, for cmbunet_install_model on another machine.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-d", "--dataset", help="dataset id or name; the model is CMBUNET_RESULTS/DatasetXXX_Name/cmbunet")
     src.add_argument("-m", "--model", help="a trained model folder (holding plans.json and fold_F/)")
     p.add_argument("-n", "--name", default=None,
                    help="dataset name recorded in the zip (default: the folder around the model, DatasetXXX_Name)")
-    p.add_argument("-f", "--folds", nargs="+", default=None,
-                   help="folds to export, e.g. 0 1 2 3 4 or all (default: every fold with all three stages trained)")
+    add_folds_option(p, "folds to export, e.g. 0 1 2 3 4 or all (default: every fold with all three stages trained)")
     p.add_argument("-o", "--output", required=True, help="the zip file to write, e.g. model.zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     add_plans_option(p, help=f"with -d: {MODEL_PLANS_HELP}. Recorded in the zip as the plans name "
@@ -340,11 +338,10 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def install_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_install_model",
-        description="Verify a model zip written by cmbunet_export_model (every checksum) and install it as "
-                    "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet, ready for cmbunet_predict -d.",
-        formatter_class=HelpFormatter)
+    p = command_parser(
+        "cmbunet_install_model",
+        "Verify a model zip written by cmbunet_export_model (every checksum) and install it as "
+        "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet, ready for cmbunet_predict -d.")
     p.add_argument("zip", help="the model zip")
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--force", action="store_true", help="replace a model already installed for that dataset")

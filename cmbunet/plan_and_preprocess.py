@@ -33,7 +33,7 @@ from cmbunet.plans.schema import Plans
 from cmbunet.preprocessing.preprocessor import (case_files, preprocess_case, recorded_hash_matches,
                                                 save_preprocessed_case)
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
-from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
+from cmbunet.utilities.cli import DATASET_HELP, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
@@ -47,14 +47,11 @@ def default_num_processes() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_plan_and_preprocess",
-        description="Fingerprint a raw dataset, write its plans and preprocess every training case "
-        "(crop, z-score, resample to the target spacing), then write the cross-validation splits.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("-d", "--dataset", dest="d", required=True, metavar="ID",
-                   help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p = command_parser(
+        "cmbunet_plan_and_preprocess",
+        "Fingerprint a raw dataset, write its plans and preprocess every training case "
+        "(crop, z-score, resample to the target spacing), then write the cross-validation splits.")
+    p.add_argument("-d", "--dataset", dest="d", required=True, metavar="ID", help=DATASET_HELP)
     p.add_argument("--verify-dataset-integrity", "--verify_dataset_integrity", dest="verify_dataset_integrity",
                    action="store_true",
                    help="check every raw file first and stop, writing nothing, if anything is wrong")

@@ -34,7 +34,7 @@ from cmbunet.dataset.integrity import count_nonfinite, verify_dataset_integrity
 from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label
 from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
 from cmbunet.utilities.case_names import channel_file_name
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 
 VALDO_MODALITIES = ("T2S", "T1", "T2")
@@ -301,12 +301,10 @@ def format_summary(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_convert_valdo",
-        description="Convert a VALDO 2021 task-2 folder (sub-XXX/...) into a cmbunet raw dataset "
-                    "RAW/DatasetXXX_NAME. The input folder is never modified.",
-        formatter_class=HelpFormatter,
-    )
+    p = command_parser(
+        "cmbunet_convert_valdo",
+        "Convert a VALDO 2021 task-2 folder (sub-XXX/...) into a cmbunet raw dataset "
+        "RAW/DatasetXXX_NAME. The input folder is never modified.")
     p.add_argument("-i", "--input", required=True, type=Path, help="VALDO task-2 folder holding the sub-XXX folders")
     p.add_argument("-d", "--dataset-id", required=True, type=int, help="integer id of the new dataset (e.g. 1 -> Dataset001_NAME)")
     p.add_argument("-n", "--name", default="VALDO", help="dataset name (default VALDO)")

@@ -95,7 +95,7 @@ def count_nonfinite(path: str | Path, arr: np.ndarray) -> int:
 def _read(path: Path, as_label: bool) -> tuple[np.ndarray | None, ImageProperties | None, Problem | None]:
     """Read one file, turning a reader error into a problem instead of an exception."""
     try:
-        arr, props = SimpleITKIO.read_seg(path) if as_label else SimpleITKIO._read_one(path)
+        arr, props = SimpleITKIO.read_seg(path) if as_label else SimpleITKIO.read_image(path)
     except InputError as e:
         return None, None, (str(path), e.problem)
     return arr, props, None

@@ -10,25 +10,22 @@ from typing import Any
 import pandas as pd
 
 from cmbunet.evaluation.evaluate import evaluate_folders, write_evaluation
-from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.evaluation.options import add_dist_option
+from cmbunet.utilities.cli import command_parser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_evaluate",
-        description="Compare predicted CMB maps with reference labels using the official VALDO 2021 task-2 "
-        "metrics (F1, Dice, count and volume difference) and write metrics_per_case.csv and summary.json.",
-        formatter_class=HelpFormatter,
-    )
+    p = command_parser(
+        "cmbunet_evaluate",
+        "Compare predicted CMB maps with reference labels using the official VALDO 2021 task-2 "
+        "metrics (F1, Dice, count and volume difference) and write metrics_per_case.csv and summary.json.")
     p.add_argument("-ref", "--reference", dest="ref", required=True, type=Path,
                    help="reference labels: a VALDO tree (sub-XXX/sub-XXX_space-T2S_CMB.nii.gz), a labelsTr-style "
                         "folder (CASE.nii.gz) or a dataset folder containing labelsTr/")
     p.add_argument("-pred", "--predictions", dest="pred", required=True, type=Path,
                    help="predictions: CASE.nii.gz or sub-XXX_space-T2S_prediction.nii.gz (flat or in sub-XXX/ folders)")
-    p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
-                   help="a predicted CMB counts as found when its centre is closer than this many mm to the "
-                        "centre of a reference CMB (default: %(default)s, as in the VALDO challenge report)")
+    add_dist_option(p, "a predicted CMB counts as found when its centre is closer than this many mm to the "
+                       "centre of a reference CMB (default: %(default)s, as in the VALDO challenge report)")
     p.add_argument("-o", "--output", dest="out_dir", type=Path, default=None,
                    help="output folder (default: PRED/evaluation)")
     p.add_argument("--resample", action="store_true",

@@ -33,12 +33,13 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.evaluate import (CASE_COLUMNS, METRIC_COLUMNS, PER_CASE_CSV, SUMMARY_JSON,
                                          aggregate_metrics, write_evaluation)
 from cmbunet.evaluation.froc import COMPONENTS_CSV, POS_COLUMNS, write_csv, write_froc
+from cmbunet.evaluation.options import add_dist_option, require_positive_dist
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.inference.outputs import CaseOutputs, write_case
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
-from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
+from cmbunet.utilities.cli import add_dataset_option, add_folds_option, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
@@ -260,19 +261,15 @@ def fold_status(validation_dir: Path, cases: Sequence[str], dist_mm: float) -> s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_evaluate_cv",
-        description="Summarise the cross-validation of a trained dataset: the official VALDO task-2 metrics of "
+    p = command_parser(
+        "cmbunet_evaluate_cv",
+        "Summarise the cross-validation of a trained dataset: the official VALDO task-2 metrics of "
         "every fold's validation cases (Dice, volume difference, F1, count difference per fold and their mean), "
-        "pooled sensitivity, precision and FP per case, and the FROC over the discrimination threshold.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
+        "pooled sensitivity, precision and FP per case, and the FROC over the discrimination threshold.")
+    add_dataset_option(p)
     add_plans_option(p)
-    p.add_argument("-f", "--folds", nargs="+", default=None,
-                   help="folds to summarise (default: every fold of splits_final.json)")
-    p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
-                   help="linking distance in mm between predicted and reference CMB centres (default %(default)s)")
+    add_folds_option(p, "folds to summarise (default: every fold of splits_final.json)")
+    add_dist_option(p, "linking distance in mm between predicted and reference CMB centres (default %(default)s)")
     p.add_argument("--predict-missing", action="store_true",
                    help="predict the validation cases of folds whose model is trained but not yet validated")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu",
@@ -321,8 +318,7 @@ def collect_folds(name: str, folds: Sequence[str], pre_dir: Path, results_root: 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.dist <= 0:
-        raise CMBUNetError(f"--dist must be positive, got {args.dist}")
+    require_positive_dist(args.dist)
     pre_root = get_root("preprocessed", args.preprocessed_root)
     results_root = get_root("results", args.results_root)
     name = resolve_dataset_name(args.dataset, pre_root, results_root)

@@ -30,12 +30,13 @@ import pandas as pd
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, load_components
+from cmbunet.evaluation.options import add_dist_option, require_positive_dist
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
 from cmbunet.inference.shape import decision_scores
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
 from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.plans.schema import SETTING_KEYS, InferenceSettings, Plans
-from cmbunet.utilities.cli import HelpFormatter, add_plans_option, run_cli
+from cmbunet.utilities.cli import add_dataset_option, add_folds_option, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
 
 DEFAULT_TD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 4)
@@ -337,19 +338,15 @@ def thresholds_after_cross_validation(model_dir: Path, num_folds: int, dist_mm: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_find_thresholds",
-        description="Pick the screening and discrimination thresholds (and a minimum CMB size) that maximise the "
+    p = command_parser(
+        "cmbunet_find_thresholds",
+        "Pick the screening and discrimination thresholds (and a minimum CMB size) that maximise the "
         "pooled F1 of the cross-validation predictions, and save them in the model folder's "
-        "inference_settings.json, which cmbunet_predict then uses by default.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("-d", "--dataset", dest="dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Name)")
+        "inference_settings.json, which cmbunet_predict then uses by default.")
+    add_dataset_option(p)
     add_plans_option(p)
-    p.add_argument("-f", "--folds", nargs="+", default=None,
-                   help="folds whose validation results to use (default: every fold with fold_F/validation)")
-    p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
-                   help="linking distance in mm, as in cmbunet_evaluate (default %(default)s)")
+    add_folds_option(p, "folds whose validation results to use (default: every fold with fold_F/validation)")
+    add_dist_option(p, "linking distance in mm, as in cmbunet_evaluate (default %(default)s)")
     p.add_argument("--merge-mm", type=float, default=None,
                    help="detections closer than this merge into one CMB (default: half the smallest NMS box side)")
     p.add_argument("--no-min-size", action="store_true", help="do not search a minimum CMB size (keep 0)")
@@ -375,8 +372,7 @@ def _validation_dirs(model_dir: Path, folds: Sequence[str] | None) -> dict[str, 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.dist <= 0:
-        raise CMBUNetError(f"--dist must be positive, got {args.dist}")
+    require_positive_dist(args.dist)
     results_root = get_root("results", args.results_root)
     name = resolve_dataset_name(args.dataset, results_root)
     model_dir = ModelFolder.of_dataset(name, results_root, args.plans_name).path

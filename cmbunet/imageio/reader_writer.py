@@ -137,7 +137,9 @@ class SimpleITKIO:
     """Read and write 3D medical images (NIfTI, NRRD, MHA) with SimpleITK, keeping exact geometry."""
 
     @staticmethod
-    def _read_one(path: str | Path) -> tuple[np.ndarray, ImageProperties]:
+    def read_image(path: str | Path) -> tuple[np.ndarray, ImageProperties]:
+        """Read one 3D image file as ``(X, Y, Z)`` in its stored dtype, with its geometry; any file cmbunet cannot
+        use (missing, empty, corrupt, truncated, complex, vector or not 3D) is an :class:`InputError` naming it."""
         path = Path(path)
         if not path.is_file():
             raise InputError(path, "file does not exist")
@@ -180,7 +182,7 @@ class SimpleITKIO:
         """Read the channels of one case into ``(C, X, Y, Z)`` float32; all must share one geometry."""
         arrays, ref = [], None
         for p in paths:
-            arr, props = cls._read_one(p)
+            arr, props = cls.read_image(p)
             if ref is None:
                 ref = props
             else:
@@ -195,7 +197,7 @@ class SimpleITKIO:
     @classmethod
     def read_seg(cls, path: str | Path) -> tuple[np.ndarray, ImageProperties]:
         """Read a label map as ``(X, Y, Z)`` in its stored dtype (binarisation is the caller's rule)."""
-        return cls._read_one(path)
+        return cls.read_image(path)
 
     @staticmethod
     def to_sitk(array: np.ndarray, props: ImageProperties) -> sitk.Image:

@@ -17,16 +17,15 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.model_folder import DATASET_JSON_FILE, PLANS_FILE, ModelFolder, model_subfolder, plans_name_of
 from cmbunet.paths import get_root, resolve_dataset_name
-from cmbunet.utilities.cli import MODEL_PLANS_HELP, HelpFormatter, add_plans_option, run_cli
+from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_folds_option, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_predict",
-        description="Detect and segment cerebral microbleeds: screening FCN -> discrimination CNN -> U-Net, "
-                    "written back in the geometry of each input scan.",
-        formatter_class=HelpFormatter)
+    p = command_parser(
+        "cmbunet_predict",
+        "Detect and segment cerebral microbleeds: screening FCN -> discrimination CNN -> U-Net, "
+        "written back in the geometry of each input scan.")
     p.add_argument("-i", "--input", required=True,
                    help="a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a BIDS dataset "
                         "(sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_T2starw.nii.gz), a folder of CASE_0000.nii.gz "
@@ -44,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "around it is accepted too (-p then picks the model in it)")
     add_plans_option(p, help="with -d, or with -m naming a dataset's results folder: " + MODEL_PLANS_HELP)
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
-    p.add_argument("-f", "--folds", nargs="+", default=None,
-                   help="folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases); "
+    add_folds_option(p, "folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases); "
                         "default: every fold with all three stages trained")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final", help="which checkpoint of each stage")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")

@@ -42,6 +42,12 @@ class PaddedVolume:
         arr = np.pad(np.asarray(volume, dtype=np.float32), [(0, 0)] + [(int(a), int(a)) for a in m], constant_values=pad_value)
         return cls(arr, m, tuple(int(s) for s in volume.shape[1:]))
 
+    @classmethod
+    def for_blocks(cls, volume: np.ndarray, size: Sequence[int], pad_value: float, reach: int = 0) -> "PaddedVolume":
+        """Padded by half a block (rounded up) plus ``reach`` per side: a block of ``size`` centred anywhere in the
+        volume and moved by up to ``reach`` voxels is cut without further padding."""
+        return cls.create(volume, [int(s) // 2 + int(s) % 2 + reach for s in size], pad_value)
+
     def patches(self, centres: np.ndarray, size: Sequence[int]) -> np.ndarray:
         """Blocks ``(N, C, *size)`` centred at ``centres`` (unpadded voxel coordinates)."""
         return extract_patches(self.array, np.asarray(centres, dtype=np.int64).reshape(-1, 3) + self.margin, size)
@@ -62,6 +68,21 @@ def ensemble_probability(networks: Sequence[nn.Module], batch: torch.Tensor) -> 
         p = torch.softmax(net(batch).float(), dim=1)[:, 1]
         total = p if total is None else total + p
     return total / len(networks)
+
+
+@torch.inference_mode()
+def block_probabilities(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, size: Sequence[int],
+                        device: torch.device, batch_size: int, precision: str | bool, channels_last: bool,
+                        item_shape: Sequence[int] = ()) -> np.ndarray:
+    """``(N, *item_shape)`` fold-averaged CMB probabilities of the blocks of ``size`` centred at ``centres``, cut and
+    run ``batch_size`` at a time so memory stays bounded: one probability per block (the discrimination CNN,
+    ``item_shape`` empty) or per voxel (the U-Net, ``item_shape`` its patch size)."""
+    out = np.empty((len(centres), *item_shape), dtype=np.float32)
+    for start in range(0, len(centres), batch_size):
+        x = to_device(padded.patches(centres[start : start + batch_size], size), device, channels_last)
+        with autocast_context(device, precision):
+            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
+    return out
 
 
 def _shares_trunk(networks: Sequence[nn.Module]) -> bool:
@@ -118,12 +139,8 @@ def shifted_probabilities(
             out[start : start + len(x)] = (total / len(networks)).cpu().numpy()
         return out
     all_centres = (np.asarray(centres, dtype=np.int64)[:, None, :] + shifts[None]).reshape(-1, 3)
-    out = np.empty(n * s, dtype=np.float32)
-    for start in range(0, n * s, batch_size):
-        x = to_device(padded.patches(all_centres[start : start + batch_size], block_size), device, channels_last)
-        with autocast_context(device, precision):
-            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
-    return out.reshape(n, s)
+    return block_probabilities(networks, padded, all_centres, block_size, device, batch_size, precision,
+                               channels_last).reshape(n, s)
 
 
 def _mirrored(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, shifts: np.ndarray,
@@ -219,7 +236,7 @@ def discriminate_candidates(
     block = [int(b) for b in plans.discrimination.block_size]
     shifts = shift_offsets(shift_vox)
     pad_value = float(plans.normalization.background_value)
-    padded = PaddedVolume.create(volume, [b // 2 + b % 2 + shift_vox for b in block], pad_value)
+    padded = PaddedVolume.for_blocks(volume, block, pad_value, reach=shift_vox)
     mirror = bool(inf.discrimination_mirror if mirror is None else mirror)
     axes = [int(a) for a in plans.augmentation.flip_axes] if mirror else []
     probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last,

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmbunet.inference.discrimination import PaddedVolume, ensemble_probability
+from cmbunet.inference.discrimination import PaddedVolume, block_probabilities
 from cmbunet.plans.schema import Plans
-from cmbunet.utilities.autocast import autocast_context, to_device
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
@@ -29,26 +28,6 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8)
     g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     g = g / g.max()
     return np.maximum(g, 1e-6).astype(np.float32)
-
-
-@torch.inference_mode()
-def patch_probabilities(
-    networks: Sequence[nn.Module],
-    padded: PaddedVolume,
-    centres: np.ndarray,
-    patch_size: Sequence[int],
-    device: torch.device,
-    batch_size: int = 32,
-    precision: str | bool = False,
-    channels_last: bool = False,
-) -> np.ndarray:
-    """``(N, *patch_size)`` fold-averaged CMB probabilities of the patches centred at ``centres``."""
-    out = np.empty((len(centres), *patch_size), dtype=np.float32)
-    for start in range(0, len(centres), batch_size):
-        x = to_device(padded.patches(centres[start : start + batch_size], patch_size), device, channels_last)
-        with autocast_context(device, precision):
-            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
-    return out
 
 
 def merge_patches(patches: np.ndarray, centres: np.ndarray, shape: Sequence[int], weights: np.ndarray) -> np.ndarray:
@@ -94,6 +73,7 @@ def segment_candidates(
         return np.zeros(shape, dtype=np.float32)
     patch = [int(s) for s in plans.segmentation.patch_size]
     pad_value = float(plans.normalization.background_value)
-    padded = PaddedVolume.create(volume, [s // 2 + s % 2 for s in patch], pad_value)
-    probs = patch_probabilities(networks, padded, centres, patch, device, batch_size, precision, channels_last)
+    padded = PaddedVolume.for_blocks(volume, patch, pad_value)
+    probs = block_probabilities(networks, padded, centres, patch, device, batch_size, precision, channels_last,
+                                item_shape=patch)
     return merge_patches(probs, centres, shape, gaussian_importance(patch))

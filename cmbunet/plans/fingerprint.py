@@ -11,7 +11,6 @@ Non-finite voxels (VALDO images contain NaNs) are set to 0 and so count as backg
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +22,7 @@ from cmbunet.dataset.raw_dataset import binarise_label, list_training_cases, loa
 from cmbunet.errors import InputError
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
 from cmbunet.utilities.components import find_components
-from cmbunet.utilities.file_io import save_json
+from cmbunet.utilities.file_io import load_json_input, save_json
 from cmbunet.utilities.geometry import mask_bbox
 
 FINGERPRINT_VERSION = 1
@@ -168,12 +167,7 @@ def save_fingerprint(fp: dict, path: str | Path) -> None:
 def load_fingerprint(path: str | Path) -> dict:
     """Read a fingerprint written by :func:`save_fingerprint`; raise :class:`InputError` naming the file if unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "fingerprint file does not exist; run cmbunet_plan_and_preprocess")
-    try:
-        fp = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"is not valid JSON ({e})") from None
+    fp = load_json_input(path, "fingerprint file does not exist; run cmbunet_plan_and_preprocess")
     if not isinstance(fp, dict) or fp.get("fingerprint_version") != FINGERPRINT_VERSION or "cases" not in fp:
         raise InputError(path, f"is not a cmbunet fingerprint of version {FINGERPRINT_VERSION}; re-run planning")
     return fp

@@ -8,13 +8,12 @@ from the JSON (:meth:`Plans.to_dict`), so the same file always gives the same ha
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.errors import CMBUNetError
 from cmbunet.plans.schema import STAGES, Plans
-from cmbunet.utilities.file_io import json_hash, save_json
+from cmbunet.utilities.file_io import json_hash, load_json_input, save_json
 
 _HASHED_TOP = ("plans_version", "channel_names", "num_input_channels", "target_spacing", "normalization", "resampling")
 _HASHED_STAGE = {
@@ -27,12 +26,7 @@ _HASHED_STAGE = {
 def load_plans(path: str | Path) -> Plans:
     """Read and check a plans file; raise :class:`InputError` naming it when missing, invalid or outdated."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "plans file does not exist; run cmbunet_plan_and_preprocess first")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"is not valid JSON ({e})") from None
+    data = load_json_input(path, "plans file does not exist; run cmbunet_plan_and_preprocess first")
     return Plans.from_dict(data, path)
 
 

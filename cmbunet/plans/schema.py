@@ -84,23 +84,16 @@ class CMBBox(Section):
 
 
 @dataclass(frozen=True)
-class ScreeningNetwork(Section):
-    PREFIX = "screening.network"
+class NetworkSection(Section):
+    """What every stage network's section starts with: its input channels and the features of each level."""
     in_channels: int = leaf(integer(1))
     features: tuple[int, ...] = leaf(listing(integer(1), min_length=1))
-    first_kernels: tuple[int, int, int] = leaf(_SIZE)
-    last_kernel: tuple[int, int, int] = leaf(_SIZE)
-    num_classes: int = leaf(integer(2, 2))
-    negative_slope: float = leaf(number(0))
 
 
 @dataclass(frozen=True)
-class ScreeningConfig(Section):
-    PREFIX = "screening"
+class BlockStage(Section):
+    """A stage that classifies blocks (screening, discrimination): its section starts with the block size."""
     block_size: tuple[int, int, int] = leaf(_SIZE)
-    fcn_stride: tuple[int, int, int] = leaf(_SIZE)
-    fcn_offset: tuple[int, int, int] = leaf(triple(integer(0)))
-    network: ScreeningNetwork = subsection(ScreeningNetwork)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -109,10 +102,25 @@ class ScreeningConfig(Section):
 
 
 @dataclass(frozen=True)
-class DiscriminationNetwork(Section):
+class ScreeningNetwork(NetworkSection):
+    PREFIX = "screening.network"
+    first_kernels: tuple[int, int, int] = leaf(_SIZE)
+    last_kernel: tuple[int, int, int] = leaf(_SIZE)
+    num_classes: int = leaf(integer(2, 2))
+    negative_slope: float = leaf(number(0))
+
+
+@dataclass(frozen=True)
+class ScreeningConfig(BlockStage):
+    PREFIX = "screening"
+    fcn_stride: tuple[int, int, int] = leaf(_SIZE)
+    fcn_offset: tuple[int, int, int] = leaf(triple(integer(0)))
+    network: ScreeningNetwork = subsection(ScreeningNetwork)
+
+
+@dataclass(frozen=True)
+class DiscriminationNetwork(NetworkSection):
     PREFIX = "discrimination.network"
-    in_channels: int = leaf(integer(1))
-    features: tuple[int, ...] = leaf(listing(integer(1), min_length=1))
     first_kernels: tuple[int, int, int] = leaf(_SIZE)
     fc_features: int = leaf(integer(1))
     dropout: float = leaf(number(0, 1, hi_open=True))
@@ -121,21 +129,14 @@ class DiscriminationNetwork(Section):
 
 
 @dataclass(frozen=True)
-class DiscriminationConfig(Section):
+class DiscriminationConfig(BlockStage):
     PREFIX = "discrimination"
-    block_size: tuple[int, int, int] = leaf(_SIZE)
     network: DiscriminationNetwork = subsection(DiscriminationNetwork)
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        return self.block_size
 
 
 @dataclass(frozen=True)
-class SegmentationNetwork(Section):
+class SegmentationNetwork(NetworkSection):
     PREFIX = "segmentation.network"
-    in_channels: int = leaf(integer(1))
-    features: tuple[int, ...] = leaf(listing(integer(1), min_length=1))
     num_classes: int = leaf(integer(2, 2))
     negative_slope: float = leaf(number(0))
     foreground_prior: float = leaf(number(0, 1, lo_open=True, hi_open=True))

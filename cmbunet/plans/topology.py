@@ -32,6 +32,24 @@ def needs_separate_z(target_spacing: Sequence[float], threshold: float = ANISOTR
 
 
 
+def _block_for_trunk(first_kernel: int, trunk: int) -> int:
+    """The block side whose trunk output is ``trunk`` voxels (the inverse of :func:`_trunk_output`)."""
+    return 2 * (first_kernel - 1) + 2 * (2 * MID_CONVS + trunk)
+
+
+def _trunk_output(block: Sequence[int], first_kernels: Sequence[int]) -> tuple[list[int], int | None]:
+    """Per-axis size after the valid trunk that the screening FCN and the discrimination CNN share (C1, C2 with
+    kernel k1, a 2x pool, C3, C4 with kernel 3), and the first axis where the block does not fit (odd before the
+    pool, or nothing left after C4); None when it fits on every axis."""
+    sizes, bad = [], None
+    for axis, (b, k1) in enumerate(zip(block, first_kernels)):
+        rest = int(b) - 2 * (int(k1) - 1)
+        sizes.append(rest // 2 - 2 * MID_CONVS)
+        if bad is None and (rest % 2 or sizes[-1] < 1):
+            bad = axis
+    return sizes, bad
+
+
 def screening_block_for_box(box_vox: Sequence[int], first_kernels: Sequence[int]) -> tuple[list[int], list[int]]:
     """Round a box up to the next block the screening FCN maps to 1x1x1; return ``(block, last_kernel)``.
 
@@ -42,24 +60,21 @@ def screening_block_for_box(box_vox: Sequence[int], first_kernels: Sequence[int]
     for b, k1 in zip(box_vox, first_kernels):
         k5 = max(1, int(math.ceil((int(b) - 2 * (k1 - 1)) / 2 - (2 * MID_CONVS))))
         last.append(k5)
-        block.append(2 * (k1 - 1) + 2 * (2 * MID_CONVS + k5))
+        block.append(_block_for_trunk(k1, k5))
     return block, last
 
 
 def last_kernel_for_block(block: Sequence[int], first_kernels: Sequence[int]) -> list[int]:
-    """The C5 kernel that maps ``block`` to 1x1x1; raise when no valid kernel exists for this block."""
-    out = []
-    for axis, (b, k1) in enumerate(zip(block, first_kernels)):
-        rest = int(b) - 2 * (int(k1) - 1)
-        k5 = rest // 2 - 2 * MID_CONVS
-        if rest % 2 or k5 < 1:
-            valid = [2 * (k1 - 1) + 2 * (2 * MID_CONVS + k) for k in range(1, 5)]
-            raise CMBUNetError(
-                f"screening block {list(block)} with first kernel {k1} on axis {'xyz'[axis]} cannot be mapped to "
-                f"1x1x1 by the screening FCN; valid sizes on that axis are {valid}, ..."
-            )
-        out.append(int(k5))
-    return out
+    """The C5 kernel that maps ``block`` to 1x1x1, the trunk's output size; raise when the block has none."""
+    sizes, axis = _trunk_output(block, first_kernels)
+    if axis is not None:
+        k1 = first_kernels[axis]
+        valid = [_block_for_trunk(k1, k) for k in range(1, 5)]
+        raise CMBUNetError(
+            f"screening block {list(block)} with first kernel {k1} on axis {'xyz'[axis]} cannot be mapped to "
+            f"1x1x1 by the screening FCN; valid sizes on that axis are {valid}, ..."
+        )
+    return sizes
 
 
 def screening_layer_sizes(block: Sequence[int], first_kernels: Sequence[int], last_kernel: Sequence[int]) -> list[list[int]]:
@@ -76,18 +91,15 @@ def screening_layer_sizes(block: Sequence[int], first_kernels: Sequence[int], la
 
 
 def discrimination_feature_size(block: Sequence[int], first_kernels: Sequence[int]) -> list[int]:
-    """Spatial size of the discrimination CNN's last conv output (002: 4x4x4 for 24x24x20); raise if invalid."""
-    out = []
-    for axis, (b, k1) in enumerate(zip(block, first_kernels)):
-        rest = int(b) - 2 * (int(k1) - 1)
-        size = rest // 2 - 2 * MID_CONVS
-        if rest % 2 or size < 1:
-            raise CMBUNetError(
-                f"discrimination block {list(block)} is too small or odd for first kernel {k1} on axis "
-                f"{'xyz'[axis]}: need (block - 2*(k1-1)) even and (block - 2*(k1-1))/2 - 4 >= 1"
-            )
-        out.append(int(size))
-    return out
+    """Spatial size of the discrimination CNN's last conv output, the trunk's (002: 4x4x4 for 24x24x20); raise if
+    invalid."""
+    sizes, axis = _trunk_output(block, first_kernels)
+    if axis is not None:
+        raise CMBUNetError(
+            f"discrimination block {list(block)} is too small or odd for first kernel {first_kernels[axis]} on axis "
+            f"{'xyz'[axis]}: need (block - 2*(k1-1)) even and (block - 2*(k1-1))/2 - 4 >= 1"
+        )
+    return sizes
 
 
 def segmentation_patch_size(screening_block: Sequence[int], num_levels: int = 4) -> list[int]:

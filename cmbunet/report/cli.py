@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.evaluation.options import add_dist_option
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
 from cmbunet.report.html import CaseEntry, write_index
 from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_cases, label_detections,
@@ -28,7 +29,7 @@ from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_c
 from cmbunet.report.sheets import render_missed_sheets, render_sheets, render_thumbnail
 from cmbunet.report.volumes import CaseVolumes, normalise_cmb_table
 from cmbunet.utilities.case_names import image_stem
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import command_parser, run_cli
 from cmbunet.utilities.components import empty_centre_table
 from cmbunet.utilities.file_io import atomic_path, load_json
 
@@ -320,9 +321,8 @@ def _reference_aggregate(entries: Sequence[CaseEntry], references: dict[str, Pat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cmbunet_report", description="Visual quality-control report of a cmbunet "
-                                "prediction folder: PNG sheets per case and an index.html that opens offline.",
-                                formatter_class=HelpFormatter)
+    p = command_parser("cmbunet_report", "Visual quality-control report of a cmbunet prediction folder: PNG sheets "
+                       "per case and an index.html that opens offline.")
     p.add_argument("-i", "--input", dest="pred_dir", required=True, help="prediction folder written by cmbunet_predict")
     p.add_argument("-img", "--images", dest="images", default=None,
                    help="the images that were predicted (VALDO tree, folder of CASE_0000.nii.gz or one file); "
@@ -331,9 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference labels, as for cmbunet_evaluate (VALDO tree, labelsTr-style folder or a dataset "
                         "folder with labelsTr/): draws the reference, marks detections as true/false positives, "
                         "shows missed CMBs and sorts the cases worst first")
-    p.add_argument("--dist", type=float, default=DEFAULT_DIST_MM,
-                   help="with -ref: a detection matches a reference CMB whose centre is closer than this many mm "
-                        "(default: %(default)s, as cmbunet_evaluate)")
+    add_dist_option(p, "with -ref: a detection matches a reference CMB whose centre is closer than this many mm "
+                       "(default: %(default)s, as cmbunet_evaluate)")
     p.add_argument("-o", "--output", dest="report_dir", required=True, help="report folder (created)")
     p.add_argument("--max-cmbs-per-sheet", type=int, default=DEFAULT_MAX_CMBS_PER_SHEET,
                    help=f"CMB rows per PNG sheet; more sheets are written when needed (default {DEFAULT_MAX_CMBS_PER_SHEET})")

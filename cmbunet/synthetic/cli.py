@@ -9,16 +9,14 @@ from cmbunet.paths import dataset_name_from_id
 from cmbunet.synthetic.generator import ANATOMIES, MODALITIES, SIZES
 from cmbunet.synthetic.sites import SITES
 from cmbunet.synthetic.writer import LAYOUTS, TRUTH_FILE, write_dataset
-from cmbunet.utilities.cli import HelpFormatter, run_cli
+from cmbunet.utilities.cli import command_parser, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_synthetic",
-        description="Generate synthetic skull-stripped T2*-weighted scans with labelled cerebral microbleeds and "
-        "unlabelled mimics (veins, calcifications, iron-rich nuclei, non-round dark spots).",
-        formatter_class=HelpFormatter,
-    )
+    p = command_parser(
+        "cmbunet_synthetic",
+        "Generate synthetic skull-stripped T2*-weighted scans with labelled cerebral microbleeds and "
+        "unlabelled mimics (veins, calcifications, iron-rich nuclei, non-round dark spots).")
     p.add_argument("-o", "--output", required=True, type=Path,
                    help="raw layout: the dataset folder itself (or the raw root when --dataset-id is given); "
                    "valdo layout: the folder that receives sub-XXX/ (test subjects go to OUTPUT_test)")

@@ -15,12 +15,14 @@ from scipy import ndimage
 
 from cmbunet.synthetic import anatomy as anat
 from cmbunet.synthetic.lesions import (
+    EDGE_REACH,
     DarkObject,
     Grid,
     Part,
+    ball,
     clearance,
+    darkening,
     ellipsoid_profile,
-    sphere_profile,
     tube_profile,
 )
 from cmbunet.synthetic.rendering import random_rotation
@@ -110,8 +112,8 @@ def _make_cmb(placer: Placer, region: str) -> DarkObject | None:
     depth = rng.uniform(*look.get("cmb_depth", (0.6, 0.95)))
     return DarkObject(
         kind="cmb",
-        parts=[Part(c, bloom + 3.5 * sigma, sphere_profile(c, bloom, sigma))],
-        strength={"T2S": depth, "T2": depth * rng.uniform(0.1, 0.25), "T1": depth * rng.uniform(0.0, 0.08)},
+        parts=[ball(c, bloom, sigma)],
+        strength=darkening(depth, rng.uniform(0.1, 0.25), rng.uniform(0.0, 0.08)),
         collision=[(c, bloom)],
         info={"radius_mm": r, "region": region, "contrast": depth},
     )
@@ -152,12 +154,12 @@ def _make_vein(placer: Placer) -> DarkObject | None:
     for i in range(0, len(pts) - 1, chunk):
         seg = pts[i : i + chunk + 1]
         centre = seg.mean(axis=0)
-        ext = float(np.linalg.norm(seg - centre, axis=1).max()) + radius + 3.5 * sigma
+        ext = float(np.linalg.norm(seg - centre, axis=1).max()) + radius + EDGE_REACH * sigma
         parts.append(Part(centre, ext, tube_profile(seg, radius, sigma)))
     depth = rng.uniform(0.35, 0.75)
     return DarkObject(
         kind="vein", parts=parts,
-        strength={"T2S": depth, "T2": depth * 0.1, "T1": depth * 0.05},
+        strength=darkening(depth, 0.1, 0.05),
         collision=[(p, radius) for p in pts],
         info={"radius_mm": radius, "length_mm": float(np.linalg.norm(np.diff(pts, axis=0), axis=1).sum())},
     )
@@ -178,8 +180,8 @@ def _make_calcification(placer: Placer) -> DarkObject | None:
     depth = rng.uniform(0.6, 0.9)
     return DarkObject(
         kind="calcification",
-        parts=[Part(cc, rr + 3.5 * sigma, sphere_profile(cc, rr, sigma)) for cc, rr in zip(centres, radii)],
-        strength={"T2S": depth, "T2": depth * 0.5, "T1": depth * rng.uniform(-0.3, 0.2)},
+        parts=[ball(cc, rr, sigma) for cc, rr in zip(centres, radii)],
+        strength=darkening(depth, 0.5, rng.uniform(-0.3, 0.2)),
         collision=[(cc, rr) for cc, rr in zip(centres, radii)],
         info={"num_lobes": n, "max_radius_mm": float(radii.max())},
     )
@@ -202,8 +204,8 @@ def _make_spot(placer: Placer, flat: bool) -> DarkObject | None:
     depth = rng.uniform(0.5, 0.85)
     return DarkObject(
         kind="flat_spot" if flat else "elongated_spot",
-        parts=[Part(c, float(semi.max()) + 3.5 * sigma, ellipsoid_profile(c, rot, semi, sigma))],
-        strength={"T2S": depth, "T2": depth * 0.2, "T1": depth * 0.05},
+        parts=[Part(c, float(semi.max()) + EDGE_REACH * sigma, ellipsoid_profile(c, rot, semi, sigma))],
+        strength=darkening(depth, 0.2, 0.05),
         collision=[(c, float(semi.max()))],
         info={"semi_axes_mm": semi.round(3).tolist()},
     )
@@ -227,8 +229,8 @@ def _make_flow_void(placer: Placer) -> DarkObject | None:
     sigma = 0.2 + 0.15 * r
     depth = rng.uniform(0.45, 0.9)
     return DarkObject(
-        kind="flow_void", parts=[Part(c, half + r + 3.5 * sigma, tube_profile(pts, r, sigma))],
-        strength={"T2S": depth, "T2": depth * rng.uniform(0.5, 0.9), "T1": depth * rng.uniform(0.1, 0.4)},
+        kind="flow_void", parts=[Part(c, half + r + EDGE_REACH * sigma, tube_profile(pts, r, sigma))],
+        strength=darkening(depth, rng.uniform(0.5, 0.9), rng.uniform(0.1, 0.4)),
         collision=[(p, r) for p in pts[::2]],
         info={"radius_mm": float(r), "length_mm": float(2 * half)},
     )
@@ -246,8 +248,8 @@ def _make_faint_spot(placer: Placer) -> DarkObject | None:
     sigma = 0.3
     depth = rng.uniform(0.2, 0.45)
     return DarkObject(
-        kind="faint_spot", parts=[Part(c, r + 3.5 * sigma, sphere_profile(c, r, sigma))],
-        strength={"T2S": depth, "T2": depth * 0.3, "T1": depth * 0.1},
+        kind="faint_spot", parts=[ball(c, r, sigma)],
+        strength=darkening(depth, 0.3, 0.1),
         collision=[(c, r)], info={"radius_mm": float(r), "contrast": float(depth)},
     )
 
@@ -269,8 +271,9 @@ def _make_susceptibility_artefact(placer: Placer) -> DarkObject | None:
     sigma = 1.2
     depth = rng.uniform(0.3, 0.7)
     return DarkObject(
-        kind="susceptibility_artefact", parts=[Part(c, float(semi.max()) + 3.5 * sigma, ellipsoid_profile(c, rot, semi, sigma))],
-        strength={"T2S": depth, "T2": depth * 0.3, "T1": depth * 0.1},
+        kind="susceptibility_artefact", parts=[Part(c, float(semi.max()) + EDGE_REACH * sigma,
+                                                      ellipsoid_profile(c, rot, semi, sigma))],
+        strength=darkening(depth, 0.3, 0.1),
         collision=[(c, float(semi.max()))], info={"semi_axes_mm": semi.round(3).tolist()},
     )
 

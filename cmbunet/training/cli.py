@@ -13,7 +13,7 @@ from cmbunet.model_folder import DATASET_FILES, ModelFolder, model_subfolder
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
                            resolve_dataset_name)
 from cmbunet.plans.schema import STAGES
-from cmbunet.utilities.cli import HelpFormatter, add_plans_option, deprecated_alias, run_cli
+from cmbunet.utilities.cli import DATASET_HELP, add_plans_option, command_parser, deprecated_alias, run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
 STAGE_CHOICES = (*STAGES, "all")
@@ -25,13 +25,11 @@ def default_num_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cmbunet_train",
-        description="Train the three cmbunet stages (screening FCN -> discrimination CNN -> segmentation U-Net) "
-        "on one cross-validation fold of a preprocessed dataset.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("dataset", help="dataset id (e.g. 1) or name (Dataset001_Name)")
+    p = command_parser(
+        "cmbunet_train",
+        "Train the three cmbunet stages (screening FCN -> discrimination CNN -> segmentation U-Net) "
+        "on one cross-validation fold of a preprocessed dataset.")
+    p.add_argument("dataset", help=DATASET_HELP)
     p.add_argument("fold", help="cross-validation fold (0-4) or 'all' to train on every case")
     p.add_argument("-s", "--stage", choices=STAGE_CHOICES, default="all",
                    help="stage to train (default all: the three stages in order)")

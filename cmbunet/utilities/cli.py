@@ -34,9 +34,28 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser every cmbunet command starts from, so that all share one ``--help`` layout (:class:`HelpFormatter`)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
 #: Help of ``-p`` on the commands that find a trained model by dataset.
 MODEL_PLANS_HELP = (f"plans name of the model (default {DEFAULT_PLANS_NAME}: CMBUNET_RESULTS/DatasetXXX_Name/cmbunet; "
                     "another name: cmbunet__NAME)")
+
+
+#: Help of a dataset argument that takes an id or a full name.
+DATASET_HELP = "dataset id (e.g. 1) or name (Dataset001_Name)"
+
+
+def add_dataset_option(parser: argparse.ArgumentParser) -> None:
+    """``-d/--dataset`` (required, into ``dataset``), the same on every command that reads one trained dataset."""
+    parser.add_argument("-d", "--dataset", dest="dataset", required=True, help=DATASET_HELP)
+
+
+def add_folds_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-f/--folds F [F ...]`` (into ``folds``, None when absent): ``help`` says which folds the command then takes."""
+    parser.add_argument("-f", "--folds", nargs="+", default=None, help=help)
 
 
 class _PlansNameAction(argparse.Action):

@@ -172,6 +172,17 @@ def load_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def load_json_input(path: Path, missing: str) -> Any:
+    """The JSON of a file the user gave or a command wrote earlier; a missing (``missing`` says what to do) or
+    unparsable file is an :class:`InputError` naming it, never a traceback."""
+    if not path.is_file():
+        raise InputError(path, missing)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"is not valid JSON ({e})") from None
+
+
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Compressed ``.npz`` written atomically."""
     with atomic_path(path, suffix=".npz") as tmp:
