@@ -1,7 +1,7 @@
 """The shape of the dark spot under each candidate: a microbleed is a round blob, its mimics are not.
 
 A microbleed's susceptibility blooming is close to a sphere whatever the scanner; the common mimics are tubes
-(veins running over many slices), pancakes (flat partial-volume spots) or big clumps (calcifications). Their
+(veins running over many slices), pancakes (flat partial-volume spots) or large dark regions of anatomy. Their
 shape is a physical property that does not change from site to site, unlike the intensity cues the networks
 learn, so it is measured directly: the connected dark region at half the spot's depth below its surroundings,
 and the spread of that region along its principal axes in millimetres.
@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from cmbunet.utilities.components import STRUCTURE_26
 from cmbunet.plans.schema import InferenceSettings
+from cmbunet.utilities.components import STRUCTURE_26
 from cmbunet.utilities.patches import extract_patches
 
 #: Half-width of the box the spot is measured in: a microbleed is at most 10 mm across.
