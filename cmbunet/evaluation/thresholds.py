@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from cmbunet.errors import CMBUNetError, InputError
-from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, load_components
+from cmbunet.evaluation.evaluate import PER_CASE_CSV
+from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, link_to_references, load_components
 from cmbunet.evaluation.options import add_dist_option, require_positive_dist
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
 from cmbunet.inference.shape import decision_scores
@@ -81,8 +82,6 @@ def merged_detections(candidates: pd.DataFrame, ts: float, merge_mm: float) -> p
 # ------------------------------------------------------------------------------------------------ counting
 def _link(detections: pd.DataFrame, references: pd.DataFrame, dist_mm: float) -> np.ndarray:
     """Row index into ``references`` of each detection's linked reference (same case, nearest within dist), -1 if none."""
-    from cmbunet.evaluation.froc import link_to_references
-
     return link_to_references(detections.reset_index(drop=True), references, dist_mm)
 
 
@@ -316,8 +315,6 @@ def thresholds_after_cross_validation(model_dir: Path, num_folds: int, dist_mm: 
     and cross-validation predictions are the only unbiased place to read it. Returns the result of
     :func:`find_thresholds` when it ran, else ``None``.
     """
-    from cmbunet.evaluation.evaluate import PER_CASE_CSV
-
     model = ModelFolder(model_dir)
     dirs = {str(f): model.validation_dir(f) for f in range(int(num_folds))}
     if num_folds < 2 or not all((d / PER_CASE_CSV).is_file() for d in dirs.values()):
@@ -357,8 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validation_dirs(model_dir: Path, folds: Sequence[str] | None) -> dict[str, Path]:
     """``fold_F/validation`` folders that have been evaluated."""
-    from cmbunet.evaluation.evaluate import PER_CASE_CSV
-
     model = ModelFolder(model_dir)
     found = model.evaluated_folds(PER_CASE_CSV) if folds is None else [str(f) for f in folds]
     dirs = {f: model.validation_dir(f) for f in found}
