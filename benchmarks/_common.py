@@ -50,6 +50,27 @@ def cpu_flags() -> list[str]:
     return []
 
 
+#: CPU flags that decide the fast arithmetic paths (bf16 dot products, AMX, AVX-512), as ``lscpu`` names them.
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                     "avx_ne_convert")
+
+
+def lscpu() -> dict[str, Any]:
+    """``lscpu``'s model name and which :data:`FLAGS_OF_INTEREST` it lists, so that a table says whether bf16
+    ran on bfloat16 instructions; ``None`` fields where ``lscpu`` is missing."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"model_name": None, "flags": None, "line": "lscpu: not available"}
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    model = fields.get("Model name", "").strip() or None
+    present = set(fields.get("Flags", "").split())
+    flags = {f: f in present for f in FLAGS_OF_INTEREST}
+    line = (f"lscpu: Model name: {model}; flags: " + " ".join(f for f, on in flags.items() if on)
+            + "; absent: " + (" ".join(f for f, on in flags.items() if not on) or "none"))
+    return {"model_name": model, "flags": flags, "line": line}
+
+
 def machine_info() -> dict[str, Any]:
     try:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (GPU columns: not measured)"
@@ -65,6 +86,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "gpu": gpu,
         "hostname": platform.node(),
+        "lscpu": lscpu(),
     }
 
 
@@ -75,6 +97,8 @@ def loadavg() -> list[float]:
 def print_machine(info: dict[str, Any]) -> None:
     print(f"# machine: {info['nproc']} CPUs ({info['cpu_model']}; {' '.join(info['cpu_flags'])}), "
           f"torch {info['torch']} ({info['torch_threads']} threads), python {info['python']}, GPU: {info['gpu']}")
+    if "lscpu" in info:
+        print(f"# {info['lscpu']['line']}")
 
 
 # ------------------------------------------------------------------------------------------------ plans

@@ -1,21 +1,27 @@
-"""One whole realistic T2* case through the full pipeline on the CPU, paper-size networks (preset ``paper``),
-random weights: wall time per stage, peak resident memory, achieved GFLOP/s of the screening pass against a
-dense conv3d peak measured here, for several predictor settings.
+"""One or more synthetic T2* cases through the full pipeline on the CPU, per predictor setting: the median wall
+time per stage over ``--repeats`` runs, peak resident memory, achieved GFLOP/s of the screening pass against a
+dense conv3d peak measured here, and the detections of each setting (F1 against the ground truth, and against
+the CMBs of the float32 setting).
 
-Case: realistic synthetic case (seed 5, 364x450x209 voxels at 0.506x0.506x0.798 mm; 298x338x150 after crop and
-resampling to 0.49x0.49x0.8 mm), written as NIfTI and read back, so reading is part of the time.
+Cases: by default the realistic synthetic case of seed 5 (364x450x209 voxels at 0.506x0.506x0.798 mm;
+298x338x150 after crop and resampling to 0.49x0.49x0.8 mm); ``--seed`` takes several, and ``--corner F`` keeps
+the low corner of each holding the fraction F of each axis (0.5: about an eighth of the brain, with its edge and
+the empty space around it, for shorter runs). Each case is written as NIfTI and read back, so reading is part of
+the time. Every setting runs on the same cases.
 
-Workload (random weights do not give a realistic number of candidates, so it is forced): screening threshold 0
-and ``max_candidates`` = 100, i.e. the 100 most probable local maxima of the score map go through discrimination
-(x 27 shifted centres = 2700 blocks); the 15 candidates with the best discrimination probabilities are kept and
-segmented. Every stage calls the same functions as ``CMBPredictor.predict_preprocessed`` (screening with the
-predictor's tile size and autocast, ``find_candidates``, ``discriminate_candidates``, ``segment_candidates``,
-``export_segmentation`` + ``cmb_table``, ``write_case``); only the discrimination threshold is replaced by the top-15 rule.
+Workload, without ``--model`` (random weights do not give a realistic number of candidates, so it is forced):
+paper-size networks (preset ``paper``) with random weights, screening threshold 0 and ``max_candidates`` = 100,
+i.e. the 100 most probable local maxima of the score map go through discrimination (x 27 shifted centres); the
+15 candidates with the best discrimination probabilities are kept and segmented. F1 against the ground truth
+then means nothing; F1 against the float32 setting's CMBs still says whether a faster setting changes the
+detections. With ``--model FOLDER`` the trained model's plans, networks and thresholds run instead. Every stage
+calls the same functions as ``CMBPredictor.predict_preprocessed``.
 
-Each run is a fresh child process; its peak memory is its own ru_maxrss (read at exit).
+Each run is a fresh child process; its peak memory is its own ru_maxrss (read at exit). The output records
+``lscpu``'s model name and the CPU flags that decide the fast paths (avx512_bf16, amx_bf16, ...).
 
     python benchmarks/end_to_end.py --settings fp32 --repeats 3 --out benchmarks/results/end_to_end.json
-    python benchmarks/end_to_end.py --settings fp32 fp32-skip bf16 bf16-skip --repeats 3 --out ...
+    python benchmarks/end_to_end.py --settings fp32 fp32-skip bf16 bf16-skip --corner 0.5 --candidates 30 --kept 5 ...
     python benchmarks/end_to_end.py --quick
 """
 
@@ -55,79 +61,218 @@ STAGE_KEYS = ["read", "preprocess", "screening", "refine", "candidates", "discri
               "write"]
 
 
-def child(args: dict) -> None:
-    from cmbunet.inference.candidates import find_candidates
-    from cmbunet.inference.discrimination import discriminate_candidates
-    from cmbunet.inference.predictor import (SCREENING_MARGIN, CaseOutputs, CasePrediction, CMBPredictor, cmb_table,
-                                             resolve_settings, write_case)
-    from cmbunet.inference.input_cases import find_input_cases
-    from cmbunet.inference.segmentation import segment_candidates
-    from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
+def _predictor(args: dict):
+    """The predictor of one setting: the trained model of ``--model`` with its own thresholds, or paper-size
+    networks with random (seeded) weights for the forced workload."""
+    from cmbunet.inference.predictor import SCREENING_MARGIN, CMBPredictor, resolve_settings
 
-    torch.set_num_threads(int(args["threads"]))
+    bf16_all = args["precision"] == "bf16-all"
+    options = dict(discrimination_batch_size=args["batch"], segmentation_batch_size=max(1, args["batch"] // 8),
+                   precision="bf16" if args["precision"].startswith("bf16") else "fp32",
+                   bf16_stages=("screening", "discrimination", "segmentation") if bf16_all else ("screening",),
+                   screening_margin=None if bf16_all else SCREENING_MARGIN,
+                   skip_empty=args["skip"], screening_channels_last=args["cl"])
+    if args.get("model"):
+        return CMBPredictor.from_model_folder(args["model"], settings_overrides={"tile_size": args["tile"]}, **options)
     plans = C.make_plans("paper")
     nets = C.build_networks(plans)
     settings = resolve_settings(plans, None, {"tile_size": args["tile"], "screening_threshold": 0.0,
                                               "max_candidates": args["candidates"]})
-    all_stages = ("screening", "discrimination", "segmentation")
-    pred = CMBPredictor(plans, {k: [v] for k, v in nets.items()}, "cpu", settings=settings,
-                        discrimination_batch_size=args["batch"], segmentation_batch_size=max(1, args["batch"] // 8),
-                        precision="bf16" if args["precision"].startswith("bf16") else "fp32",
-                        bf16_stages=all_stages if args["precision"] == "bf16-all" else ("screening",),
-                        screening_margin=None if args["precision"] == "bf16-all" else SCREENING_MARGIN,
-                        skip_empty=args["skip"], screening_channels_last=args["cl"])
-    t: dict[str, float] = {}
-    with torch.inference_mode():
-        data, properties, props, tr = pred.load_and_preprocess([args["image"]], "case")
-        t.update(tr)
-        clock = time.perf_counter()
-        score_map = pred.screening_pass(data)
-        t["screening"], clock = time.perf_counter() - clock, time.perf_counter()
-        centres, scores = find_candidates(score_map, plans, settings.screening_threshold, settings.nms_size_vox,
-                                          settings.max_candidates)
-        # forced workload of the float32 recomputation: the neighbourhoods of the forced candidates, i.e. every
-        # score within the margin of the weakest forced candidate (a trained model's threshold plays that role)
-        if len(scores):
-            score_map = pred.refine_screening(data, score_map, threshold=float(scores[-1]))
-        t["refine"], clock = time.perf_counter() - clock, time.perf_counter()
-        centres, scores = find_candidates(score_map, plans, settings.screening_threshold, settings.nms_size_vox,
-                                          settings.max_candidates)
-        t["candidates"], clock = time.perf_counter() - clock, time.perf_counter()
-        stats = dict(pred.last_screening_stats)
-        disc, moved = discriminate_candidates(pred.networks["discrimination"], data, centres, plans, pred.device,
-                                              settings.discrimination_shift_vox, settings.discrimination_aggregate,
-                                              pred.discrimination_batch_size, pred.stage_precision["discrimination"])
+    return CMBPredictor(plans, {k: [v] for k, v in nets.items()}, "cpu", settings=settings, **options)
+
+
+def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -> dict:
+    """One case through every stage, adding the seconds per stage to ``t``; writes ``outdir/check.npz``."""
+    from cmbunet.inference.candidates import find_candidates
+    from cmbunet.inference.discrimination import discriminate_candidates
+    from cmbunet.inference.input_cases import find_input_cases
+    from cmbunet.inference.outputs import CaseOutputs, CasePrediction, cmb_table, drop_small_components, write_case
+    from cmbunet.inference.segmentation import segment_candidates
+    from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
+    from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
+
+    forced, plans, settings = not args.get("model"), pred.plans, pred.settings
+    data, properties, props, tr = pred.load_and_preprocess([image], "case")
+    for k, v in tr.items():
+        t[k] += v
+    clock = time.perf_counter()
+    score_map = pred.screening_pass(data)
+    t["screening"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    centres, scores = find_candidates(score_map, plans, settings.screening_threshold, settings.nms_size_vox,
+                                      settings.max_candidates)
+    # forced workload of the float32 recomputation: the neighbourhoods of the forced candidates, i.e. every score
+    # within the margin of the weakest forced candidate (a trained model's threshold plays that role)
+    if not forced or len(scores):
+        score_map = pred.refine_screening(data, score_map, threshold=float(scores[-1]) if forced else None)
+    t["refine"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    centres, scores = find_candidates(score_map, plans, settings.screening_threshold, settings.nms_size_vox,
+                                      settings.max_candidates)
+    t["candidates"] += time.perf_counter() - clock
+    stats = dict(pred.last_screening_stats)
+    clock = time.perf_counter()
+    disc, moved = discriminate_candidates(pred.networks["discrimination"], data, centres, plans, pred.device,
+                                          settings.discrimination_shift_vox, settings.discrimination_aggregate,
+                                          pred.discrimination_batch_size, pred.stage_precision["discrimination"],
+                                          pred.channels_last, settings.discrimination_mirror)
+    if forced:  # the top-K rule in place of the threshold, which means nothing for random weights
         kept = np.zeros(len(disc), dtype=bool)
         kept[np.argsort(-disc, kind="stable")[: args["kept"]]] = True
-        t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
-        prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,
-                                      pred.segmentation_batch_size, pred.stage_precision["segmentation"])
-        t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
-        native, binary, _ = export_segmentation(prob_pre, properties, float(settings.segmentation_threshold))
-        cmbs = cmb_table(binary, native, native_geometry(properties), None)
-        t["export"], clock = time.perf_counter() - clock, time.perf_counter()
-        case = find_input_cases(args["image"], plans.channel_names, ".nii.gz")[0]
-        outputs = CaseOutputs.for_case(Path(args["outdir"]), case, False)
-        Path(args["outdir"]).mkdir(parents=True, exist_ok=True)
-        write_case(CasePrediction(probabilities=native, binary=binary, cmbs=cmbs, geometry=dict(props)), outputs)
-        t["write"] = time.perf_counter() - clock
-    flops = C.screening_fcn_flops(nets["screening"], data.shape[1:], plans, args["tile"])
-    np.savez_compressed(Path(args["outdir"]) / "check.npz", binary=binary, centres=centres, scores=scores, kept=moved[kept],
+    else:  # the predictor's decision: threshold and shape rule
+        elongation, diameter = candidate_spot_shapes(data, moved, disc > measured_threshold(settings),
+                                                     plans.channel_names, plans.target_spacing)
+        kept = decision_scores(disc, elongation, diameter, settings) > float(settings.discrimination_threshold)
+    t["discrimination"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,
+                                  pred.segmentation_batch_size, pred.stage_precision["segmentation"], pred.channels_last)
+    t["segmentation"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    native, binary, _ = export_segmentation(prob_pre, properties, float(settings.segmentation_threshold))
+    binary, native = drop_small_components(binary, native, int(settings.min_component_voxels or 0))
+    cmbs = cmb_table(binary, native, native_geometry(properties), None)
+    t["export"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    case = find_input_cases(image, plans.channel_names, ".nii.gz")[0]
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_case(CasePrediction(probabilities=native, binary=binary, cmbs=cmbs, geometry=dict(props)),
+               CaseOutputs.for_case(outdir, case, False))
+    t["write"] += time.perf_counter() - clock
+    flops = len(pred.networks["screening"]) * C.screening_fcn_flops(pred.networks["screening"][0], data.shape[1:],
+                                                                    plans, settings.tile_size)
+    np.savez_compressed(outdir / "check.npz", binary=binary, centres=centres, scores=scores, kept=moved[kept],
                         disc=disc, seg=prob_pre.astype(np.float32), score_map=score_map.astype(np.float32))
-    C.child_result({"timings": t, "total": float(sum(t.values())), "shape_preprocessed": list(data.shape[1:]),
-                    "num_candidates": int(len(centres)), "num_kept": int(kept.sum()), "num_cmbs": int(len(cmbs)),
-                    "screening_gflop": flops / 1e9, "threads": torch.get_num_threads(), "screening_stats": stats,
+    return {"shape_preprocessed": list(data.shape[1:]), "num_candidates": int(len(centres)),
+            "num_kept": int(kept.sum()), "num_cmbs": int(len(cmbs)), "screening_gflop": flops / 1e9,
+            "screening_stats": stats}
+
+
+def child(args: dict) -> None:
+    torch.set_num_threads(int(args["threads"]))
+    pred = _predictor(args)
+    t = dict.fromkeys(STAGE_KEYS, 0.0)
+    with torch.inference_mode():
+        cases = [_run_case(pred, c["image"], Path(args["outdir"]) / c["name"], args, t) for c in args["cases"]]
+    stats = {k: sum(c["screening_stats"].get(k, 0) for c in cases) for k in cases[0]["screening_stats"]}
+    C.child_result({"timings": t, "total": float(sum(t.values())), "cases": cases, "screening_stats": stats,
+                    "shape_preprocessed": cases[0]["shape_preprocessed"],
+                    "num_candidates": sum(c["num_candidates"] for c in cases),
+                    "num_kept": sum(c["num_kept"] for c in cases), "num_cmbs": sum(c["num_cmbs"] for c in cases),
+                    "screening_gflop": sum(c["screening_gflop"] for c in cases), "threads": torch.get_num_threads(),
                     "precision_line": pred.precision_line()})
 
 
-def compare(ref_dir: Path, run_dir: Path) -> dict:
-    a, b = np.load(ref_dir / "check.npz"), np.load(run_dir / "check.npz")
-    inter = float(np.logical_and(a["binary"], b["binary"]).sum())
-    denom = float(a["binary"].sum() + b["binary"].sum())
-    same = lambda k: a[k].shape == b[k].shape and bool((a[k] == b[k]).all())  # noqa: E731
-    diff = lambda k: float(np.abs(a[k] - b[k]).max()) if a[k].shape == b[k].shape and a[k].size else float("nan")  # noqa: E731
-    return {"same_candidates": same("centres"), "same_kept": same("kept"), "dice_vs_fp32": 2 * inter / denom if denom else 1.0,
-            "max_score_diff": diff("score_map"), "max_cand_score_diff": diff("scores"), "max_disc_diff": diff("disc"), "max_seg_prob_diff": diff("seg")}
+def _detection_counts(reference: np.ndarray, binary: np.ndarray, spacing) -> dict[str, int]:
+    """TP, FP and FN of ``binary`` against ``reference`` (VALDO's CMB matching), for a pooled F1."""
+    from cmbunet.evaluation.valdo_metrics import case_metrics
+
+    m = case_metrics(reference, binary, tuple(float(s) for s in spacing))
+    return {"tp": int(m["tp"]), "fp": int(m["fp"]), "fn": int(m["fn"])}
+
+
+def pooled_f1(counts: list[dict[str, int]]) -> float:
+    """F1 of the detections pooled over cases; NaN where there is nothing to detect and nothing was found."""
+    tp, fp, fn = (sum(c[k] for c in counts) for k in ("tp", "fp", "fn"))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+
+
+def compare(ref_dir: Path | None, run_dir: Path, truth: dict[str, dict]) -> dict:
+    """Per case: the run against the ground truth (F1), and against the float32 reference run (equal candidates,
+    kept candidates, largest probability differences, Dice and F1 of its CMBs against the reference's)."""
+    out: dict = {"truth": [], "vs_fp32": []}
+    checks = []
+    for name, ref in truth.items():
+        b = np.load(run_dir / name / "check.npz")
+        out["truth"].append(_detection_counts(ref["label"], b["binary"], ref["spacing"]))
+        if ref_dir is None:
+            continue
+        a = np.load(ref_dir / name / "check.npz")
+        out["vs_fp32"].append(_detection_counts(a["binary"], b["binary"], ref["spacing"]))
+        same = lambda k: a[k].shape == b[k].shape and bool((a[k] == b[k]).all())  # noqa: E731
+        diff = lambda k: float(np.abs(a[k] - b[k]).max()) if a[k].shape == b[k].shape and a[k].size else float("nan")  # noqa: E731
+        inter, denom = float(np.logical_and(a["binary"], b["binary"]).sum()), float(a["binary"].sum() + b["binary"].sum())
+        checks.append({"same_candidates": same("centres"), "same_kept": same("kept"),
+                       "dice_vs_fp32": 2 * inter / denom if denom else 1.0, "max_score_diff": diff("score_map"),
+                       "max_cand_score_diff": diff("scores"), "max_disc_diff": diff("disc"), "max_seg_prob_diff": diff("seg")})
+    out["f1_truth"] = pooled_f1(out["truth"])
+    if checks:
+        out["f1_vs_fp32"] = pooled_f1(out["vs_fp32"])
+        out["same_candidates"] = all(c["same_candidates"] for c in checks)
+        out["same_kept"] = all(c["same_kept"] for c in checks)
+        out["dice_vs_fp32"] = min(c["dice_vs_fp32"] for c in checks)
+        for k in ("max_score_diff", "max_cand_score_diff", "max_disc_diff", "max_seg_prob_diff"):
+            out[k] = max(c[k] for c in checks)
+        out["per_case"] = checks
+    return out
+
+
+def corner(case, fraction: float):
+    """The low corner of ``case`` holding ``fraction`` of each axis (image and label; the origin stays)."""
+    from types import SimpleNamespace
+
+    if fraction >= 1:
+        return case
+    sl = tuple(slice(0, max(1, int(round(fraction * n)))) for n in case.label.shape)
+    images = {k: np.ascontiguousarray(v[sl]) for k, v in case.images.items()}
+    return SimpleNamespace(images=images, label=np.ascontiguousarray(case.label[sl]),
+                           props=dict(case.props, shape=list(case.label[sl].shape)))
+
+
+def write_cases(a, work: Path) -> tuple[list[dict], dict[str, dict], str]:
+    """Synthesize and write the benchmark's cases: their images, ground truth, and a line describing them."""
+    from cmbunet.synthetic.generator import synthesize_case
+
+    cases, truth = [], {}
+    for seed in a.seed[:1] if a.quick else a.seed:
+        if a.quick:  # 1 x 1 x 2.4 mm: a centre crop keeps the resampled volume small
+            from types import SimpleNamespace
+
+            small = synthesize_case(1, size="small")
+            sl = (slice(16, 40), slice(20, 44), slice(10, 20))
+            case = SimpleNamespace(images={"T2S": np.ascontiguousarray(small.images["T2S"][sl])}, label=small.label[sl],
+                                   props=dict(small.props, shape=list(small.label[sl].shape)))
+        else:
+            case = corner(synthesize_case(seed, size=a.size), a.corner)
+        name = f"case{seed}"
+        image = C.write_case_image(case, work / "input", name)
+        cases.append({"name": name, "image": str(image)})
+        truth[name] = {"label": case.label, "spacing": case.props["spacing"], "shape": list(case.props["shape"])}
+    what = "small synthetic crop (--quick)" if a.quick else f"{a.size} synthetic, seeds {' '.join(map(str, a.seed))}"
+    if a.corner < 1 and not a.quick:
+        what += f", low corner of {a.corner:g} of each axis"
+    shapes = "; ".join(f"{t['shape']}" for t in truth.values())
+    return cases, truth, f"{what}: {shapes} voxels at {[round(float(x), 3) for x in next(iter(truth.values()))['spacing']]} mm"
+
+
+def summary_row(name: str, results: list[dict], peaks: dict, gpeak: str) -> dict:
+    """The median seconds per stage over the repeats of one setting, its memory, speed and detections."""
+    cfg = SETTINGS[name]
+    med = {k: statistics.median(r["timings"][k] for r in results) for k in STAGE_KEYS}
+    total = statistics.median(r["total"] for r in results)
+    gflop, stats = results[0]["screening_gflop"], results[0]["screening_stats"]
+    check = [r["check"] for r in results]
+    return {"setting": name, "tile": cfg["tile"], "batch": cfg["batch"], "threads": cfg["threads"],
+            "skip": cfg["skip"], "channels-last": cfg["cl"],
+            "read+preprocess s": med["read"] + med["preprocess"], "screening s": med["screening"],
+            "fp32 recompute s": med["refine"], "candidates s": med["candidates"],
+            "discrimination s": med["discrimination"], "segmentation s": med["segmentation"],
+            "export+write s": med["export"] + med["write"], "total s": total,
+            "total min-max s": [min(r["total"] for r in results), max(r["total"] for r in results)],
+            "peak RSS GB": max(r["maxrss_mb"] for r in results) / 1024,
+            "positions computed %": 100 * stats["positions_computed"] / stats["positions"],
+            "positions recomputed %": 100 * stats.get("positions_refined", 0) / stats["positions"],
+            "screening GFLOP/s": gflop / med["screening"],
+            "% of conv peak": 100 * gflop / med["screening"] / peaks[gpeak]["gflops"],
+            "F1 (truth)": check[0]["f1_truth"], "CMBs found": results[0]["num_cmbs"],
+            "F1 vs fp32 CMBs": check[0].get("f1_vs_fp32", float("nan")),
+            "same candidates+kept as fp32": all(c.get("same_candidates", False) and c.get("same_kept", False)
+                                                for c in check),
+            "max |dp| of candidates vs fp32": max(max(c.get(k, float("nan")) for k in
+                                                      ("max_cand_score_diff", "max_disc_diff", "max_seg_prob_diff"))
+                                                  for c in check),
+            "max |dp| of map vs fp32": max(c.get("max_score_diff", float("nan")) for c in check),
+            "runs": len(results), "load": results[-1]["load_start"]}
 
 
 def main() -> None:
@@ -135,10 +280,18 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=["fp32"], choices=list(SETTINGS))
     p.add_argument("--candidates", type=int, default=100, help="forced number of screening candidates")
     p.add_argument("--kept", type=int, default=15, help="candidates kept for segmentation (best discrimination)")
-    p.add_argument("--seed", type=int, default=C.REALISTIC_SEED)
+    p.add_argument("--seed", type=int, nargs="+", default=[C.REALISTIC_SEED],
+                   help="synthetic cases, one per seed; every setting runs on the same cases")
+    p.add_argument("--size", choices=["realistic", "small"], default="realistic", help="size of the synthetic cases")
+    p.add_argument("--corner", type=float, default=1.0,
+                   help="keep the low corner of each case holding this fraction of each axis (0.5: about an eighth "
+                        "of the brain, with its edge and the empty space around it; 1: the whole case)")
+    p.add_argument("--model", default=None,
+                   help="a trained model folder: its plans, networks and thresholds instead of paper-size networks "
+                        "with random weights and the forced workload (then F1 against the truth means something)")
     p.add_argument("--child", help=__import__("argparse").SUPPRESS)
     p.add_argument("--timeout", type=float, default=580, help="seconds per child run")
-    p.add_argument("--workdir", default=None, help="keep the case and outputs here (default: a temporary folder)")
+    p.add_argument("--workdir", default=None, help="keep the cases and outputs here (default: a temporary folder)")
     a = p.parse_args()
     if a.child:
         child(json.loads(a.child))
@@ -149,20 +302,11 @@ def main() -> None:
     repeats = 1 if a.quick else a.repeats
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="cmbunet_bench_e2e_"))
     if a.quick:
-        from cmbunet.synthetic.generator import synthesize_case
-
-        from types import SimpleNamespace
-
-        small = synthesize_case(1, size="small")  # 1 x 1 x 2.4 mm: a centre crop keeps the resampled volume small
-        img = np.ascontiguousarray(small.images["T2S"][16:40, 20:44, 10:20])
-        case = SimpleNamespace(images={"T2S": img}, props=dict(small.props, shape=list(img.shape)))
         a.candidates, a.kept = min(a.candidates, 20), min(a.kept, 5)
-    else:
-        case = C.realistic_case(a.seed)
-    image = C.write_case_image(case, work / "input", "case")
-    print(f"# case: {'small synthetic (--quick)' if a.quick else f'realistic synthetic seed {a.seed}'}, "
-          f"{case.props['shape']} voxels at {[round(s, 3) for s in case.props['spacing']]} mm; "
-          f"{a.candidates} candidates forced, {a.kept} kept; load {C.loadavg()}")
+    cases, truth, what = write_cases(a, work)
+    workload = (f"model {a.model} with its own thresholds" if a.model else
+                f"paper-size networks, random weights; {a.candidates} candidates forced, {a.kept} kept")
+    print(f"# cases: {what}; {workload}; {repeats} run(s) per setting; load {C.loadavg()}")
 
     peaks = {"fp32": C.conv_peak("fp32", repeats=1 if a.quick else 3)}
     if any(SETTINGS[s]["precision"] != "fp32" for s in a.settings):
@@ -174,7 +318,7 @@ def main() -> None:
     ref_dir = None
     for name in a.settings:
         cfg = SETTINGS[name]
-        bf16, tile, batch, threads = cfg["precision"] != "fp32", cfg["tile"], cfg["batch"], cfg["threads"]
+        bf16, threads = cfg["precision"] != "fp32", cfg["threads"]
         if bf16 and peaks["bf16"]["gflops"] < 0.5 * peaks["fp32"]["gflops"]:
             print(f"# {name}: skipped, the bf16 conv peak ({peaks['bf16']['gflops']:.2f} GFLOP/s) is far below fp32 "
                   f"({peaks['fp32']['gflops']:.0f}) on this CPU (no bfloat16 instructions)")
@@ -184,7 +328,8 @@ def main() -> None:
         results = []
         for r in range(repeats):
             outdir = work / f"out_{name}_{r}"
-            args = {"image": str(image), "outdir": str(outdir), **cfg, "candidates": a.candidates, "kept": a.kept}
+            args = {"cases": cases, "outdir": str(outdir), **cfg, "candidates": a.candidates, "kept": a.kept,
+                    "model": str(Path(a.model).resolve()) if a.model else None}
             load0 = C.loadavg()
             try:
                 res = C.run_child(Path(__file__), [json.dumps(args)], timeout=a.timeout, threads=threads)
@@ -194,36 +339,15 @@ def main() -> None:
             res["load_start"] = load0
             if ref_dir is None and not bf16 and not cfg["skip"]:
                 ref_dir = outdir
-            res["check"] = compare(ref_dir, outdir) if ref_dir is not None else {}
+            res["check"] = compare(ref_dir, outdir, truth)
             results.append(res)
             print(f"# {name} run {r}: total {res['total']:.1f} s, peak RSS {res['maxrss_mb']:.0f} MB, "
-                  f"load {load0} -> {res['load_end']}", flush=True)
+                  f"F1 (truth) {res['check']['f1_truth']:.3f}, load {load0} -> {res['load_end']}", flush=True)
         runs[name] = results
         if not results:
             rows.append({"setting": name, "total s": float("nan"), "note": f"no run finished within {a.timeout} s"})
             continue
-        med = {k: statistics.median(r["timings"][k] for r in results) for k in STAGE_KEYS}
-        total = statistics.median(r["total"] for r in results)
-        gflop = results[0]["screening_gflop"]
-        row = {"setting": name, "tile": tile, "batch": batch, "threads": threads,
-               "skip": cfg["skip"], "channels-last": cfg["cl"],
-               "read+preprocess s": med["read"] + med["preprocess"], "screening s": med["screening"],
-               "fp32 recompute s": med["refine"], "candidates s": med["candidates"], "discrimination s": med["discrimination"],
-               "segmentation s": med["segmentation"], "export+write s": med["export"] + med["write"],
-               "total s": total, "peak RSS GB": max(r["maxrss_mb"] for r in results) / 1024,
-               "positions computed %": 100 * results[0]["screening_stats"]["positions_computed"]
-               / results[0]["screening_stats"]["positions"],
-               "positions recomputed %": 100 * results[0]["screening_stats"]["positions_refined"]
-               / results[0]["screening_stats"]["positions"],
-               "screening GFLOP/s": gflop / med["screening"],
-               "% of conv peak": 100 * gflop / med["screening"] / peaks["bf16" if bf16 else "fp32"]["gflops"],
-               "same candidates+kept as fp32": all(r["check"].get("same_candidates", False) and
-                                                   r["check"].get("same_kept", False) for r in results),
-               "max |dp| of candidates vs fp32": max(max(r["check"].get(k, float("nan")) for k in
-                                           ("max_cand_score_diff", "max_disc_diff", "max_seg_prob_diff")) for r in results),
-               "max |dp| of map vs fp32": max(r["check"].get("max_score_diff", float("nan")) for r in results),
-               "runs": len(results), "load": results[-1]["load_start"]}
-        rows.append(row)
+        rows.append(summary_row(name, results, peaks, "bf16" if bf16 else "fp32"))
 
     # the load of a shared machine changes during the runs: measure the peak again and keep the better one
     for k in list(peaks):
@@ -241,12 +365,14 @@ def main() -> None:
     first = next((r for r in runs.values() if r), None)
     if first:
         r0 = first[0]
-        print(f"\npreprocessed shape {r0['shape_preprocessed']}, {r0['num_candidates']} candidates, "
+        print(f"\npreprocessed shape {r0['shape_preprocessed']} (first case), {r0['num_candidates']} candidates, "
               f"{r0['num_kept']} segmented, screening {r0['screening_gflop']:.0f} GFLOP (tiled pass, from layer shapes)")
+    print(f"# {info['lscpu']['line']}")
     print("goals (CPU): whole case <= 90 s fp32; <= 45 s fastest setting with equal F1; peak memory <= 6 GB; "
           "screening >= 60% of the conv peak")
     C.write_json(a.out, {"script": "end_to_end", "machine": info, "argv": sys.argv, "peaks": peaks, "rows": rows,
-                         "runs": runs, "candidates": a.candidates, "kept": a.kept, "repeats": repeats})
+                         "runs": runs, "cases": what, "candidates": a.candidates, "kept": a.kept,
+                         "model": a.model, "repeats": repeats})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import torch
 
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.predictor import CMBPredictor
-from cmbunet.inference.screening import empty_block_score, score_box, screening_score_map
+from cmbunet.inference.screening import empty_block_score, score_box, score_boxes, screening_score_map
+from cmbunet.networks import build_network
 from cmbunet.preprocessing.preprocessor import load_preprocessed_case, preprocess_case
 from cmbunet.utilities.cpu_features import cpu_has_fast_bf16, resolve_precision
-from plan_helpers import make_plans
+from plan_helpers import make_plans, paper_plans
 from tiny_schedule import TINY_TRAINING_OVERRIDES
 
 DATASET = "Dataset731_Precision"
@@ -142,13 +143,18 @@ def test_decision_boxes_give_the_exact_candidates_of_a_perturbed_map():
 # ----------------------------------------------------------------------------------------------- empty tiles
 @pytest.fixture(scope="module")
 def realistic(trained) -> tuple[np.ndarray, np.ndarray]:
-    """A realistic-size synthetic brain preprocessed with the trained plans: ``(data, brain)``."""
+    """A corner of a realistic-size synthetic brain preprocessed with the trained plans: ``(data, brain)``.
+
+    The corner (0.4 of the cropped box per axis, 60 x 74 x 32 voxels) holds the brain's curved edge and the empty
+    space around it, as the whole box does, at 1/15 of its volume: bf16 convolutions on a CPU without bfloat16
+    instructions are about 10 times slower than float32, and on the whole box they took minutes."""
     from cmbunet.synthetic.generator import synthesize_case
 
     plans = CMBPredictor.from_model_folder(trained["model"]).plans
     case = synthesize_case(5, size="realistic")
     data, _, brain, _ = preprocess_case(case.images["T2S"][None].astype(np.float32), case.props, plans)
-    return data, brain
+    corner = tuple(slice(0, int(0.4 * n)) for n in brain.shape)
+    return np.ascontiguousarray(data[(slice(None), *corner)]), brain[corner]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -157,7 +163,7 @@ def test_skipping_empty_tiles_leaves_the_score_map_unchanged_everywhere(trained,
     net, plans = pred.networks["screening"][0], pred.plans
     data, brain = realistic
     assert (data[:, ~brain] == 0).all() and brain.mean() < 0.7  # background is exactly 0 in the cropped box
-    tile = [40, 40, 30]  # small tiles, so that some, in the corners of the box, lie wholly outside the brain
+    tile = [32, 32, 24]  # small tiles, so that some, in the corner of the box, lie wholly outside the brain
     stats: dict = {}
     skipped = screening_score_map(net, data, plans, tile_size=tile, precision=precision, stats=stats)
     full = screening_score_map(net, data, plans, tile_size=tile, precision=precision, skip_empty=False)
@@ -178,3 +184,36 @@ def test_score_box_equals_the_score_map_inside_the_box(trained):
                 tuple(slice(0, n) for n in full.shape)]:
         np.testing.assert_allclose(score_box(net, data, plans, box, tile_size=[24, 24, 20]), full[box],
                                    rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- batched boxes
+def test_batched_box_scores_equal_one_pass_per_box():
+    """The float32 recomputation scores its boxes in batches: the same scores as one pass per box, in fewer passes,
+    for boxes of one shape, boxes partly or wholly outside the brain, at the map's edge and larger than a tile."""
+    plans = paper_plans(["screening.network.features=[4,4,8,8,8]"])  # 20x20x16 blocks, stride 2, narrow network
+    torch.manual_seed(0)
+    net = build_network("screening", plans).eval()
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(1, 70, 66, 40)).astype(np.float32)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in volume.shape[1:]], indexing="ij"))
+    volume[:, (grid**2).sum(0) > 0.7] = 0  # a brain-like ellipsoid, zeros around it
+    tile = [40, 40, 30]  # 11 x 11 x 8 block positions per tile
+    boxes = [(slice(10, 13), slice(12, 15), slice(8, 11)), (slice(20, 23), slice(16, 19), slice(10, 13)),
+             (slice(14, 17), slice(22, 25), slice(6, 9)), (slice(15, 19), slice(10, 15), slice(9, 12)),
+             (slice(22, 26), slice(20, 25), slice(5, 8)), (slice(0, 3), slice(0, 3), slice(0, 3)),  # outside the brain
+             (slice(2, 8), slice(14, 19), slice(8, 12)), (slice(30, None), slice(30, None), slice(17, None)),
+             (slice(3, 17), slice(10, 14), slice(6, 10))]  # 14 positions along x: more than one tile
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    single = [score_box(net, volume, plans, box, tile_size=tile) for box in boxes]
+    passes_single, calls[:] = len(calls), []
+    batched = score_boxes(net, volume, plans, boxes, tile_size=tile)
+    assert len(calls) < passes_single, (len(calls), passes_single)
+    full = screening_score_map(net, volume, plans, tile_size=[1000, 1000, 1000], skip_empty=False)
+    assert float(np.ptp(full)) > 1e-3  # random weights, but scores that differ
+    last = score_boxes(net, volume, plans, boxes, tile_size=tile, channels_last=True)  # the predictor's layout
+    for box, a, b, c in zip(boxes, single, batched, last):
+        assert a.shape == b.shape == c.shape == full[box].shape
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(b, full[box], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(c, a, rtol=0, atol=1e-5)

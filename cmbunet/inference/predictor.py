@@ -38,10 +38,10 @@ from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
 from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  # noqa: F401 - re-exported
-                                       CasePrediction, cmb_table, drop_small_components, preprocessed_to_native,
-                                       refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
-                                       write_csv)
-from cmbunet.inference.screening import score_box, screening_score_map
+                                      CasePrediction, cmb_table, drop_small_components, preprocessed_to_native,
+                                      refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
+                                      write_csv)
+from cmbunet.inference.screening import score_boxes, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
 from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
 from cmbunet.model_folder import ModelFolder, other_plans_hint
@@ -246,12 +246,12 @@ class CMBPredictor:
         threshold = self.settings.screening_threshold if threshold is None else threshold
         boxes = decision_boxes(score, self.plans, threshold, self.settings.nms_size_vox, self.screening_margin)
         boxes = cheaper_boxes(boxes, self.plans)
+        exact = [score_boxes(net, data, self.plans, boxes, self.device, self.settings.tile_size, "fp32",
+                             self.screening_channels_last) for net in self.networks["screening"]]
         refined = 0
-        for box in boxes:
-            exact = [score_box(net, data, self.plans, box, self.device, self.settings.tile_size, "fp32",
-                               self.screening_channels_last) for net in self.networks["screening"]]
-            score[box] = np.mean(exact, axis=0) if len(exact) > 1 else exact[0]
-            refined += int(np.prod(exact[0].shape))
+        for i, box in enumerate(boxes):
+            score[box] = np.mean([e[i] for e in exact], axis=0) if len(exact) > 1 else exact[0][i]
+            refined += int(exact[0][i].size)
         self.last_screening_stats["positions_refined"] = refined
         return score
 

@@ -41,13 +41,13 @@ def fcn_geometry(plans: Plans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def score_map_shape(volume_shape: Sequence[int], plans: Plans) -> tuple[int, ...]:
     """Number of block positions per axis: one per ``stride`` input voxels (ceil)."""
-    _, stride, _ = fcn_geometry(plans)
+    _, stride, _ = fcnfcn_geometry(plans)
     return tuple(int(-(-n // s)) for n, s in zip(volume_shape, stride))
 
 
 def score_voxels_to_input(indices: np.ndarray, plans: Plans) -> np.ndarray:
     """Map score-map indices ``(N, 3)`` to the input voxels their blocks are centred on (exact)."""
-    _, stride, _ = fcn_geometry(plans)
+    _, stride, _ = fcnfcn_geometry(plans)
     return np.asarray(indices, dtype=np.int64).reshape(-1, 3) * stride
 
 
@@ -57,7 +57,7 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 def _pad_volume(volume: np.ndarray, plans: Plans, n_out: Sequence[int]) -> np.ndarray:
     """Pad so that output voxel j (j < n_out) covers padded ``[s*j, s*j + B)``."""
-    block, stride, offset = fcn_geometry(plans)
+    block, stride, offset = fcnfcn_geometry(plans)
     lo = offset
     hi = [int((n - 1) * s + b - lo_ - shape) for n, s, b, lo_, shape in zip(n_out, stride, block, lo, volume.shape[1:])]
     return np.pad(volume, [(0, 0)] + [(int(a), max(0, int(b))) for a, b in zip(lo, hi)])
@@ -80,6 +80,20 @@ def _live_range(occupied: np.ndarray, n_tile: int, stride: int, block: int) -> t
     j0 = max(0, (a - block) // stride + 1)  # first j with s*j + B > a
     j1 = min(n_tile, -(-b // stride))  # last j with s*j < b, plus one
     return j0, max(j0, j1)
+
+
+def _live_box(occupied: np.ndarray, box: tuple[slice, ...], stride: np.ndarray,
+              block: np.ndarray) -> tuple[slice, ...] | None:
+    """The part of ``box`` (score voxels) whose blocks touch an occupied voxel of ``occupied`` (padded input
+    coordinates, where score voxel ``j`` is the block ``[s*j, s*j + B)``); None where no block does."""
+    lo = [s.start * st for s, st in zip(box, stride)]
+    hi = [(s.stop - 1) * st + b for s, st, b in zip(box, stride, block)]
+    occ = occupied[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    live = [_live_range(occ.any(axis=tuple(a for a in range(3) if a != ax)), s.stop - s.start, int(st), int(b))
+            for ax, (s, st, b) in enumerate(zip(box, stride, block))]
+    if any(j1 == j0 for j0, j1 in live):
+        return None
+    return tuple(slice(s.start + j0, s.start + j1) for s, (j0, j1) in zip(box, live))
 
 
 @torch.inference_mode()
@@ -118,7 +132,7 @@ def screening_score_map(
     """
     device = torch.device(device)
     network = network.to(device).eval()
-    block, stride, _ = fcn_geometry(plans)
+    block, stride, _ = fcnfcn_geometry(plans)
     n_out = score_map_shape(volume.shape[1:], plans)
     padded = _pad_volume(np.asarray(volume, dtype=np.float32), plans, n_out)
     scores = np.zeros(n_out, dtype=np.float32)
@@ -151,12 +165,11 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
               tile_size: Sequence[int] | None, precision: str | bool, channels_last: bool, skip_empty: bool) -> dict:
     """Fill ``scores`` (its shape is the number of block positions) from ``padded``, in which score voxel ``j``
     is the block ``[s*j, s*j + B)``; tiles, and with ``skip_empty`` only the boxes of blocks touching non-zeros."""
-    block, stride, _ = fcn_geometry(plans)
+    block, stride, _ = fcnfcn_geometry(plans)
     n_out = scores.shape
     if tile_size is None:
         tile_size = plans.inference.tile_size
-    # output voxels per tile: input tile [s*j0, s*(j1-1) + B) must fit in tile_size
-    tile_out = [max(1, (int(t) - int(b)) // int(s) + 1) for t, b, s in zip(tile_size, block, stride)]
+    tile_out = _tile_out(tile_size, plans)
     occupied = np.any(padded != 0, axis=0) if skip_empty else None
     if skip_empty and not occupied.all():
         scores.fill(empty_block_score(network, padded.shape[0], block, device, precision, channels_last))
@@ -164,15 +177,10 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
     for sl in output_tiles(n_out, tile_out):
         counts["tiles"] += 1
         if skip_empty:
-            lo = [s.start * st for s, st in zip(sl, stride)]
-            hi = [(s.stop - 1) * st + b for s, st, b in zip(sl, stride, block)]
-            occ = occupied[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-            live = [_live_range(occ.any(axis=tuple(a for a in range(3) if a != ax)), s.stop - s.start, int(st), int(b))
-                    for ax, (s, st, b) in enumerate(zip(sl, stride, block))]
-            if any(j1 == j0 for j0, j1 in live):
+            sl = _live_box(occupied, sl, stride, block)
+            if sl is None:
                 counts["tiles_skipped"] += 1
                 continue
-            sl = tuple(slice(s.start + j0, s.start + j1) for s, (j0, j1) in zip(sl, live))
         lo = [s.start * st for s, st in zip(sl, stride)]
         hi = [(s.stop - 1) * st + b for s, st, b in zip(sl, stride, block)]
         x = torch.from_numpy(np.ascontiguousarray(padded[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]))[None].to(device)
@@ -184,6 +192,32 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
     return counts
 
 
+def _tile_out(tile_size: Sequence[int], plans: Plans) -> list[int]:
+    """Score voxels per tile: the input of ``[j0, j1)``, ``[s*j0, s*(j1-1) + B)``, must fit in ``tile_size``."""
+    block, stride, _ = fcn_geometry(plans)
+    return [max(1, (int(t) - int(b)) // int(s) + 1) for t, b, s in zip(tile_size, block, stride)]
+
+
+def _clip_box(box: Sequence[slice], n_out: Sequence[int]) -> tuple[slice, ...]:
+    """``box`` with open or negative ends resolved against the score map's shape ``n_out``."""
+    return tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, n_out))
+
+
+def _box_window(box: Sequence[slice], plans: Plans) -> tuple[np.ndarray, np.ndarray]:
+    """Input voxels ``[lo, hi)`` of the volume under the blocks of ``box`` (score voxels); they may reach past the
+    volume, where the padded volume holds zeros."""
+    block, stride, offset = fcn_geometry(plans)
+    lo = np.array([s.start * st for s, st in zip(box, stride)]) - offset
+    hi = np.array([(s.stop - 1) * st + b for s, st, b in zip(box, stride, block)]) - offset
+    return lo, hi
+
+
+def _window(volume: np.ndarray, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """``volume[:, lo:hi]`` as float32, with zeros where the window reaches past the volume."""
+    return crop_and_pad_nd(np.asarray(volume, dtype=np.float32), [[int(a), int(b)] for a, b in zip(lo, hi)],
+                           pad_value=0)
+
+
 @torch.inference_mode()
 def score_box(network: nn.Module, volume: np.ndarray, plans: Plans, box: Sequence[slice],
               device: str | torch.device = "cpu", tile_size: Sequence[int] | None = None,
@@ -192,13 +226,62 @@ def score_box(network: nn.Module, volume: np.ndarray, plans: Plans, box: Sequenc
     equal to ``screening_score_map(...)[box]``."""
     device = torch.device(device)
     network = network.to(device).eval()
-    block, stride, offset = fcn_geometry(plans)
-    n_out = score_map_shape(volume.shape[1:], plans)
-    box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, n_out))
+    box = _clip_box(box, score_map_shape(volume.shape[1:], plans))
     # padded coordinates [s*j0, s*(j1-1) + B) are voxels [.. - offset) of the volume, zeros outside it
-    lo = np.array([s.start * st for s, st in zip(box, stride)]) - offset
-    hi = np.array([(s.stop - 1) * st + b for s, st, b in zip(box, stride, block)]) - offset
-    sub = crop_and_pad_nd(np.asarray(volume, dtype=np.float32), [[int(a), int(b)] for a, b in zip(lo, hi)], pad_value=0)
+    sub = _window(volume, *_box_window(box, plans))
     scores = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
     _fcn_pass(network, sub, scores, plans, device, tile_size, precision, channels_last, skip_empty=True)
+    return scores
+
+
+@torch.inference_mode()
+def score_boxes(network: nn.Module, volume: np.ndarray, plans: Plans, boxes: Sequence[Sequence[slice]],
+                device: str | torch.device = "cpu", tile_size: Sequence[int] | None = None,
+                precision: str | bool = False, channels_last: bool = False) -> list[np.ndarray]:
+    """``[score_box(network, volume, plans, box, ...) for box in boxes]`` in few forward passes.
+
+    The float32 recomputation of a bf16 map scores many small boxes; one pass per box would pay the network's
+    per-call cost once per candidate. Each box is first shrunk, as :func:`score_box` does, to the positions whose
+    blocks touch a non-zero voxel (the rest take the score of a block of zeros); boxes of one shape then run as one
+    batch, of at most a tile's worth of input voxels (the memory bound ``tile_size`` sets). A box larger than a
+    tile runs alone, tiled, through :func:`score_box`. Every box thus runs exactly the computation of
+    :func:`score_box`, only batched.
+    """
+    device = torch.device(device)
+    network = network.to(device).eval()
+    block, stride, _ = fcn_geometry(plans)
+    tile_size = plans.inference.tile_size if tile_size is None else tile_size
+    tile_out = _tile_out(tile_size, plans)
+    boxes = [_clip_box(b, score_map_shape(volume.shape[1:], plans)) for b in boxes]
+    scores = [np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32) for box in boxes]
+    empty: list[float] = []  # the score of a block of zeros, computed once when first needed
+    groups: dict[tuple[int, ...], list[tuple[int, tuple[slice, ...], np.ndarray]]] = {}
+    for i, box in enumerate(boxes):
+        if any(s.stop - s.start > t for s, t in zip(box, tile_out)):
+            scores[i] = score_box(network, volume, plans, box, device, tile_size, precision, channels_last)
+            continue
+        lo, hi = _box_window(box, plans)
+        occupied = np.any(_window(volume, lo, hi) != 0, axis=0)
+        live = _live_box(occupied, tuple(slice(0, n) for n in scores[i].shape), stride, block)
+        if not occupied.all():
+            if not empty:
+                empty.append(empty_block_score(network, volume.shape[0], block, device, precision, channels_last))
+            scores[i].fill(empty[0])
+        if live is not None:
+            start = lo + np.array([s.start for s in live]) * stride
+            shape = tuple(int((s.stop - s.start - 1) * st + b) for s, st, b in zip(live, stride, block))
+            groups.setdefault(shape, []).append((i, live, start))
+    budget = int(np.prod([int(t) for t in tile_size]))
+    for shape, members in groups.items():
+        per_pass = max(1, budget // int(np.prod(shape)))
+        for k in range(0, len(members), per_pass):
+            chunk = members[k : k + per_pass]
+            batch = np.stack([_window(volume, start, start + np.array(shape)) for _, _, start in chunk])
+            x = torch.from_numpy(batch).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with autocast_context(device, precision):
+                probs = _probabilities(network(x)).cpu().numpy()
+            for (i, live, _), p in zip(chunk, probs):
+                scores[i][live] = p
     return scores
