@@ -41,13 +41,13 @@ def fcn_geometry(plans: Plans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def score_map_shape(volume_shape: Sequence[int], plans: Plans) -> tuple[int, ...]:
     """Number of block positions per axis: one per ``stride`` input voxels (ceil)."""
-    _, stride, _ = fcnfcn_geometry(plans)
+    _, stride, _ = fcn_geometry(plans)
     return tuple(int(-(-n // s)) for n, s in zip(volume_shape, stride))
 
 
 def score_voxels_to_input(indices: np.ndarray, plans: Plans) -> np.ndarray:
     """Map score-map indices ``(N, 3)`` to the input voxels their blocks are centred on (exact)."""
-    _, stride, _ = fcnfcn_geometry(plans)
+    _, stride, _ = fcn_geometry(plans)
     return np.asarray(indices, dtype=np.int64).reshape(-1, 3) * stride
 
 
@@ -57,7 +57,7 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 def _pad_volume(volume: np.ndarray, plans: Plans, n_out: Sequence[int]) -> np.ndarray:
     """Pad so that output voxel j (j < n_out) covers padded ``[s*j, s*j + B)``."""
-    block, stride, offset = fcnfcn_geometry(plans)
+    block, stride, offset = fcn_geometry(plans)
     lo = offset
     hi = [int((n - 1) * s + b - lo_ - shape) for n, s, b, lo_, shape in zip(n_out, stride, block, lo, volume.shape[1:])]
     return np.pad(volume, [(0, 0)] + [(int(a), max(0, int(b))) for a, b in zip(lo, hi)])
@@ -132,7 +132,7 @@ def screening_score_map(
     """
     device = torch.device(device)
     network = network.to(device).eval()
-    block, stride, _ = fcnfcn_geometry(plans)
+    block, stride, _ = fcn_geometry(plans)
     n_out = score_map_shape(volume.shape[1:], plans)
     padded = _pad_volume(np.asarray(volume, dtype=np.float32), plans, n_out)
     scores = np.zeros(n_out, dtype=np.float32)
@@ -165,7 +165,7 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
               tile_size: Sequence[int] | None, precision: str | bool, channels_last: bool, skip_empty: bool) -> dict:
     """Fill ``scores`` (its shape is the number of block positions) from ``padded``, in which score voxel ``j``
     is the block ``[s*j, s*j + B)``; tiles, and with ``skip_empty`` only the boxes of blocks touching non-zeros."""
-    block, stride, _ = fcnfcn_geometry(plans)
+    block, stride, _ = fcn_geometry(plans)
     n_out = scores.shape
     if tile_size is None:
         tile_size = plans.inference.tile_size
