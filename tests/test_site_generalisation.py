@@ -20,7 +20,7 @@ import torch
 
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
-from cmbunet.inference.shape import candidate_spot_shapes, shape_keeps
+from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
 from cmbunet.plans.plans_io import load_plans
 from cmbunet.training import cli as train_cli
 from cmbunet.training.checkpoint import load_stage_network
@@ -90,9 +90,10 @@ def detection_scores(trained: dict) -> dict[str, float]:
     from cmbunet.utilities.file_io import load_json
 
     plans = trained["plans"]
-    settings = trained["model_dir"] / "inference_settings.json"
-    threshold = float(load_json(settings)["discrimination_threshold"] if settings.is_file()
+    settings_file = trained["model_dir"] / "inference_settings.json"
+    threshold = float(load_json(settings_file)["discrimination_threshold"] if settings_file.is_file()
                       else plans.inference.discrimination_threshold)
+    settings = plans.inference.merged({"discrimination_threshold": threshold})
     screening = load_stage_network(trained["model_dir"], 0, "screening", plans)
     discrimination = load_stage_network(trained["model_dir"], 0, "discrimination", plans)
     bank = build_bank(trained["pre"], trained["held_out"])
@@ -103,11 +104,10 @@ def detection_scores(trained: dict) -> dict[str, float]:
         total, found, fps = total + n, found + len(hit), fps + int(is_fp.sum())
         if len(centres):
             prob, moved = discriminate_candidates([discrimination], case.data, centres, plans)
-            keep = prob > threshold  # then the predictor's shape rule
-            elongation, diameter = candidate_spot_shapes(case.data, moved, keep, plans.channel_names,
-                                                         plans.target_spacing)
-            keep &= shape_keeps(elongation, diameter, plans.inference.shape_max_elongation,
-                                plans.inference.shape_max_diameter_mm)
+            # the predictor's decision: threshold and shape rule
+            elongation, diameter = candidate_spot_shapes(case.data, moved, prob > measured_threshold(settings),
+                                                         plans.channel_names, plans.target_spacing)
+            keep = decision_scores(prob, elongation, diameter, settings) > threshold
             hit_k, fp_k, _ = candidate_hits(case.seg, moved[keep], tolerance=1)
             kept_found, kept_fps = kept_found + len(hit_k), kept_fps + int(fp_k.sum())
     cases = len(bank.cases)
