@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from cmbunet import __version__
+from cmbunet.evaluation.thresholds import main as thresholds_main
 from cmbunet.inference import cli as predict_cli
 from cmbunet.inference.cli import main as predict_main
 from cmbunet.model_folder import ModelFolder
@@ -300,14 +301,16 @@ def test_predict_refuses_plans_name_with_a_model_folder(source, wide_root, scans
 
 
 def test_a_model_of_another_plans_name_is_pointed_at(wide_root, scans, tmp_path, capsys):
-    """Asked for the default model of a dataset that only has the model of plans name Wide, prediction and export
-    name the -p that finds it."""
+    """Asked for the default model of a dataset that only has the model of plans name Wide, prediction, export and
+    the threshold search name the -p that finds it."""
     out = tmp_path / "out"
     assert predict_main(["-i", str(scans), "-o", str(out), "-d", "1", "--results-root", str(wide_root)]) == 2
     err = capsys.readouterr().err
     assert "model folder does not exist" in err and "plans name(s) Wide: pass -p NAME" in err
     assert not out.exists()
     assert export_main(["-d", "1", "--results-root", str(wide_root), "-o", str(tmp_path / "m.zip")]) == 2
+    assert "plans name(s) Wide: pass -p NAME" in capsys.readouterr().err
+    assert thresholds_main(["-d", "1", "--results-root", str(wide_root), "--dry-run"]) == 2
     assert "plans name(s) Wide: pass -p NAME" in capsys.readouterr().err
     assert predict_main(["-i", str(scans), "-o", str(out), "-m", str(tmp_path / "nope")]) == 2
     assert "pass -p" not in capsys.readouterr().err

@@ -37,7 +37,7 @@ from cmbunet.evaluation.options import add_dist_option, require_positive_dist
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.inference.outputs import CaseOutputs, write_case
-from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
+from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder, other_plans_hint
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
 from cmbunet.utilities.cli import add_dataset_option, add_folds_option, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, save_json
@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     for fold, state in status.items():
         print(f"fold {fold}: {state}")
     if not summaries:
+        if not model.path.is_dir():
+            raise InputError(model.path, "model folder does not exist" + other_plans_hint(model.path))
         raise CMBUNetError(f"no fold of {name} has validation results; train the folds, then run "
                            f"cmbunet_evaluate_cv -d {args.dataset} --predict-missing")
     table = cv_table(summaries)

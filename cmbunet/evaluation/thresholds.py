@@ -34,7 +34,7 @@ from cmbunet.evaluation.froc import POS_COLUMNS, REF_POS_COLUMNS, fold_inputs, l
 from cmbunet.evaluation.options import add_dist_option, require_positive_dist
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
 from cmbunet.inference.shape import decision_scores
-from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder
+from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder, other_plans_hint
 from cmbunet.paths import get_root, resolve_dataset_name
 from cmbunet.plans.schema import SETTING_KEYS, InferenceSettings, Plans
 from cmbunet.utilities.cli import add_dataset_option, add_folds_option, add_plans_option, command_parser, run_cli
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _validation_dirs(model_dir: Path, folds: Sequence[str] | None) -> dict[str, Path]:
     """``fold_F/validation`` folders that have been evaluated."""
     model = ModelFolder(model_dir)
+    if not model.path.is_dir():
+        raise InputError(model.path, "model folder does not exist" + other_plans_hint(model.path))
     found = model.evaluated_folds(PER_CASE_CSV) if folds is None else [str(f) for f in folds]
     dirs = {f: model.validation_dir(f) for f in found}
     missing = [str(d) for d in dirs.values() if not (d / PER_CASE_CSV).is_file()]
