@@ -7,8 +7,8 @@ the held-out site only, with the thresholds cmbunet_train sets (the discriminati
 CMBs among screening candidates on the training sites' validation cases) and the shape rule after
 discrimination. Training as before those defaults (no intensity augmentation, discrimination threshold 0.5)
 measured F1 0.565 with 6.4 false positives per subject here; with them but without the shape rule, F1 0.717 and
-1.4 (documentation/benchmarks.md, section 6a); both fail. With the shape rule: F1 0.744 and 0.75. About 3-5
-minutes on 2 CPU cores.
+1.4 (documentation/benchmarks.md, section 6a); both fail. With the shape rule (round spots included): F1 0.742,
+1.0 false positive per subject, sensitivity 0.69. About 3-5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
