@@ -207,19 +207,10 @@ def aggregate_shifts(probs: np.ndarray, centres: np.ndarray, shifts: np.ndarray,
     return prob.astype(np.float32), moved
 
 
-def discriminate_candidates(
-    networks: Sequence[nn.Module],
-    volume: np.ndarray,
-    centres: np.ndarray,
-    plans: Plans,
-    device: str | torch.device = "cpu",
-    shift_vox: int | None = None,
-    aggregate: str | None = None,
-    batch_size: int = 256,
-    precision: str | bool = False,
-    channels_last: bool = False,
-    mirror: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+def discriminate_candidates(networks: Sequence[nn.Module], volume: np.ndarray, centres: np.ndarray, plans: Plans,
+                            device: str | torch.device = "cpu", shift_vox: int | None = None,
+                            aggregate: str | None = None, batch_size: int = 256, precision: str | bool = False,
+                            channels_last: bool = False, mirror: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Discrimination probability ``(N,)`` and refined centres ``(N, 3)`` of candidates in ``volume`` ``(C, X, Y, Z)``.
 
     With several networks (folds) the per-shift probabilities are averaged over folds before aggregation, so

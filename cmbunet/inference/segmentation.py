@@ -51,16 +51,9 @@ def merge_patches(patches: np.ndarray, centres: np.ndarray, shape: Sequence[int]
     return out
 
 
-def segment_candidates(
-    networks: Sequence[nn.Module],
-    volume: np.ndarray,
-    centres: np.ndarray,
-    plans: Plans,
-    device: str | torch.device = "cpu",
-    batch_size: int = 32,
-    precision: str | bool = False,
-    channels_last: bool = False,
-) -> np.ndarray:
+def segment_candidates(networks: Sequence[nn.Module], volume: np.ndarray, centres: np.ndarray, plans: Plans,
+                       device: str | torch.device = "cpu", batch_size: int = 32, precision: str | bool = False,
+                       channels_last: bool = False) -> np.ndarray:
     """CMB probability map ``(X, Y, Z)`` of ``volume`` ``(C, X, Y, Z)`` from U-Net patches at ``centres``.
 
     With several networks (folds) each patch's probabilities are averaged over the folds before merging, which

@@ -238,15 +238,13 @@ def _make_flow_void(placer: Placer) -> DarkObject | None:
 
 def _make_faint_spot(placer: Placer) -> DarkObject | None:
     """A small, faint dark spot (partial volume of a tiny vessel, noise clump): darker than tissue, not a CMB."""
-    rng = placer.rng
     c = placer.point_in("parenchyma")
     if c is None:
         return None
-    r = rng.uniform(0.4, 1.0)
+    r = placer.rng.uniform(0.4, 1.0)
     if not placer.in_parenchyma(_shell(c, r + 0.5), margin_mm=0.5):
         return None
-    sigma = 0.3
-    depth = rng.uniform(0.2, 0.45)
+    sigma, depth = 0.3, placer.rng.uniform(0.2, 0.45)
     return DarkObject(
         kind="faint_spot", parts=[ball(c, r, sigma)],
         strength=darkening(depth, 0.3, 0.1),
