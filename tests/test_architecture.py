@@ -41,11 +41,7 @@ LAYERS = [
 ]
 
 #: Upward imports that exist for now, each with why it is not fixed here.
-KNOWN_UPWARD = {
-    # the converter writes the same BIDS subject ids that prediction reads: SUBJECT_PATTERN belongs in the raw-data
-    # layer, but inference/input_cases.py is being reworked for BIDS input in parallel; move it after that merge
-    ("cmbunet.dataset.convert_valdo", "cmbunet.inference.input_cases"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def module_files() -> dict[str, Path]:

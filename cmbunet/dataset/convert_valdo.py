@@ -29,11 +29,10 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
-from cmbunet.inference.input_cases import SUBJECT_PATTERN
 from cmbunet.dataset.integrity import count_nonfinite, verify_dataset_integrity
 from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label
 from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
-from cmbunet.utilities.case_names import channel_file_name
+from cmbunet.utilities.case_names import SUBJECT_PATTERN, channel_file_name
 from cmbunet.utilities.cli import command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 

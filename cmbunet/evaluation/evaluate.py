@@ -25,8 +25,7 @@ from cmbunet.errors import InputError
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS, ImageProperties, geometry_mismatch
-from cmbunet.inference.input_cases import SUBJECT_PATTERN
-from cmbunet.utilities.case_names import image_stem
+from cmbunet.utilities.case_names import SUBJECT_PATTERN, image_stem
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files, save_json
 
 VALDO_REFERENCE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")  # BIDS entities kept

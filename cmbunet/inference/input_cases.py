@@ -26,11 +26,8 @@ from typing import Any, Mapping, Sequence
 
 from cmbunet.errors import InputError
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
-from cmbunet.utilities.case_names import CHANNEL_STEM_PATTERN, channel_file_name, image_stem
+from cmbunet.utilities.case_names import CHANNEL_STEM_PATTERN, SUBJECT_PATTERN, channel_file_name, image_stem
 
-#: A subject id with its BIDS entities (``sub-101``, ``sub-101_ses-2_acq-3D_run-1``); any characters but ``_`` and
-#: ``/`` in the labels, so non-ASCII ids that the converter accepts are found here too.
-SUBJECT_PATTERN = r"sub-[^_/]+(?:_[A-Za-z0-9]+-[^_/]+)*?"
 VALDO_IMAGE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_desc-masked_([A-Za-z0-9]+)\.nii(?:\.gz)?$")
 VALDO_LABEL_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")
 VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"

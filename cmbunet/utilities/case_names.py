@@ -3,7 +3,8 @@
 A case with C channels is stored as ``CASE_0000.nii.gz`` ... ``CASE_{C-1:04d}.nii.gz``: the case id, an
 underscore and a 4-digit channel index. The case id itself may contain underscores (``sub_b_0001`` is channel 1
 of case ``sub_b``). The raw dataset's integrity check and prediction's input discovery read names by this one
-rule.
+rule. Subject ids of VALDO and BIDS trees (:data:`SUBJECT_PATTERN`) are shared the same way by the converter,
+prediction's input discovery and evaluation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import re
 from typing import Sequence
 
 from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS
+
+#: A subject id with its BIDS entities (``sub-101``, ``sub-101_ses-2_acq-3D_run-1``); any characters but ``_`` and
+#: ``/`` in the labels, so non-ASCII ids that the converter accepts are found by prediction too.
+SUBJECT_PATTERN = r"sub-[^_/]+(?:_[A-Za-z0-9]+-[^_/]+)*?"
 
 #: A file stem with a channel suffix: ``case`` and ``channel`` groups (also groups 1 and 2).
 CHANNEL_STEM_PATTERN = r"(?P<case>.+)_(?P<channel>\d{4})"
