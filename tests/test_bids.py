@@ -114,6 +114,16 @@ def test_bids_derivative_outputs(bids_root, bids_run):
         assert set(CMB_COLUMNS) <= set(sidecar) and sidecar["x_mm"]["Units"] == "mm"
 
 
+def test_bids_candidates_are_a_tsv_beside_the_mask(bids_root, model, tmp_path):
+    out = tmp_path / "cmbunet"
+    assert main(["-i", str(bids_root), "-o", str(out), "-m", str(model), "--output-format", "bids",
+                 "--save-candidates", "-npp", "0"]) == 0
+    table = pd.read_csv(out / "sub-101/anat/sub-101_desc-cmb_candidates.tsv", sep="\t")
+    summary = pd.read_csv(out / "summary.csv").set_index("case")
+    assert len(table) == summary.loc["sub-101", "num_candidates"]
+    assert table["kept"].sum() == summary.loc["sub-101", "num_kept"]
+
+
 def test_bids_rerun_skips_finished_cases(bids_root, model, bids_run):
     out, _, before, _ = bids_run
     mask = out / "sub-102/ses-1/anat/sub-102_ses-1_desc-cmb_mask.nii.gz"

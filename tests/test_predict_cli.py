@@ -234,3 +234,20 @@ def test_shape_rule_options_reach_the_settings_and_are_checked(valdo, results_ro
         assert main(args(name) + extra) == 0
         kept[name] = predicted_rows(tmp_path / name / "summary.csv")["num_kept"].to_numpy()
     assert (kept["on"] <= kept["off"]).all() and kept["on"].sum() < kept["off"].sum()
+
+
+def test_save_candidates_writes_every_candidate_with_its_decision(valdo, results_root, tmp_path):
+    """--save-candidates: one table per case, as many rows as screening candidates, as many kept as the summary
+    says, with the spot measures of the shape rule; a later run asked for them redoes a case that lacks them."""
+    out = tmp_path / "out"
+    args = ["-i", str(valdo), "-o", str(out), "-d", "1", "--results-root", str(results_root), "-npp", "0"]
+    assert main(args) == 0
+    assert not list(out.glob("*_candidates.csv"))
+    assert main(args + ["--save-candidates"]) == 0
+    summary = predicted_rows(out / "summary.csv")
+    assert (summary["status"] == "ok").all()  # redone, not skipped: the candidates were missing
+    for row in summary.itertuples():
+        table = pd.read_csv(out / f"{row.case}_candidates.csv")
+        assert len(table) == row.num_candidates and int(table["kept"].sum()) == row.num_kept
+        assert {"screening_score", "discrimination_score", "spot_elongation", "spot_diameter_mm",
+                "x_mm", "y_mm", "z_mm"} <= set(table.columns)

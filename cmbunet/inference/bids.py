@@ -80,8 +80,10 @@ def not_bids_problem(case: str) -> str | None:
     return None
 
 
-def case_paths(output_dir: str | Path, case: str, save_probabilities: bool) -> dict[str, Path | None]:
-    """The output files of one case: ``mask``, ``probseg`` (None without probabilities), ``cmbs``, ``cmbs_sidecar``."""
+def case_paths(output_dir: str | Path, case: str, save_probabilities: bool,
+               save_candidates: bool = False) -> dict[str, Path | None]:
+    """The output files of one case: ``mask``, ``probseg`` (None without probabilities), ``cmbs``, ``cmbs_sidecar``,
+    ``candidates`` (None unless asked for)."""
     entities = bids_entities(case)
     if entities is None:
         raise InputError(None, not_bids_problem(case) or case)
@@ -94,7 +96,8 @@ def case_paths(output_dir: str | Path, case: str, save_probabilities: bool) -> d
     stem = "_".join(f"{k}-{v}" for k, v in entities if k != "desc") + f"_desc-{desc}"
     return {"mask": folder / f"{stem}_mask.nii.gz",
             "probseg": folder / f"{stem}_probseg.nii.gz" if save_probabilities else None,
-            "cmbs": folder / f"{stem}_cmbs.tsv", "cmbs_sidecar": folder / f"{stem}_cmbs.json"}
+            "cmbs": folder / f"{stem}_cmbs.tsv", "cmbs_sidecar": folder / f"{stem}_cmbs.json",
+            "candidates": folder / f"{stem}_candidates.tsv" if save_candidates else None}
 
 
 def write_dataset_description(output_dir: str | Path) -> Path:

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="screening as one fully convolutional pass (fast) or as an explicit sliding window (reference)")
     p.add_argument("--save-probabilities", "--save_probabilities", dest="save_probabilities", action="store_true",
                    help="also write CASE_probabilities.nii.gz")
+    p.add_argument("--save-candidates", action="store_true",
+                   help="also write every screening candidate of each case (CASE_candidates.csv): position, screening "
+                        "and discrimination scores, spot shape, and whether it was kept")
     p.add_argument("--overwrite", action="store_true", help="predict cases again even if their outputs exist")
     p.add_argument("--num-parts", "-num_parts", "--num_parts", dest="num_parts", type=int, default=1, metavar="K",
                    help="split the cases over K machines or jobs")
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
                                        num_workers=args.npp, file_ending=dataset_file_ending(model_dir),
-                                       output_format=args.output_format)
+                                       output_format=args.output_format, save_candidates=args.save_candidates)
     failed = summary[summary["status"] == "failed"]
     ignored = summary[summary["status"] == "ignored"]
     done = int((summary["status"] == "ok").sum())

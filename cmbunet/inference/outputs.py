@@ -118,19 +118,21 @@ class CaseOutputs:
     cmbs: Path | None
     probabilities: Path | None
     cmbs_sidecar: Path | None = None  # the JSON sidecar of a BIDS ``.tsv`` table
-    candidates: Path | None = None  # every screening candidate (the validation of a fold writes them)
+    candidates: Path | None = None  # every screening candidate (cross-validation, or --save-candidates)
 
     @classmethod
     def for_case(cls, output_dir: Path, case: InputCase, save_probabilities: bool,
-                 output_format: str = "flat") -> "CaseOutputs":
-        """``flat``: ``CASE.nii.gz`` (VALDO: ``sub-XXX_space-T2S_prediction.nii.gz``), ``CASE_cmbs.csv`` and
-        ``CASE_probabilities.nii.gz`` in ``output_dir``; ``bids``: a BIDS derivative (:mod:`cmbunet.inference.bids`)."""
+                 output_format: str = "flat", save_candidates: bool = False) -> "CaseOutputs":
+        """``flat``: ``CASE.nii.gz`` (VALDO: ``sub-XXX_space-T2S_prediction.nii.gz``), ``CASE_cmbs.csv``,
+        ``CASE_probabilities.nii.gz`` and ``CASE_candidates.csv`` in ``output_dir``; ``bids``: a BIDS derivative
+        (:mod:`cmbunet.inference.bids`)."""
         if output_format == "bids":
-            p = bids.case_paths(output_dir, case.case, save_probabilities)
-            return cls(p["mask"], p["cmbs"], p["probseg"], p["cmbs_sidecar"])
+            p = bids.case_paths(output_dir, case.case, save_probabilities, save_candidates)
+            return cls(p["mask"], p["cmbs"], p["probseg"], p["cmbs_sidecar"], p["candidates"])
         out = Path(output_dir)
         return cls(out / f"{case.output_stem}.nii.gz", out / f"{case.case}_cmbs.csv",
-                   out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None)
+                   out / f"{case.case}_probabilities.nii.gz" if save_probabilities else None,
+                   candidates=out / f"{case.case}_candidates.csv" if save_candidates else None)
 
     def paths(self) -> Iterator[Path]:
         """Every file that is written, the binary prediction last."""
@@ -143,13 +145,13 @@ class CaseOutputs:
 
 
 def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save_probabilities: bool,
-                              summary_path: Path, output_format: str = "flat") -> None:
+                              summary_path: Path, output_format: str = "flat", save_candidates: bool = False) -> None:
     """Stop before writing anything when an output file would replace one of the input images."""
     inputs = {Path(p).resolve() for case in cases for p in case.images}
     for case in cases:
         if not case.ok:
             continue
-        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities, output_format)
+        outputs = CaseOutputs.for_case(output_dir, case, save_probabilities, output_format, save_candidates)
         for path in (*outputs.paths(), summary_path):
             if path.resolve() in inputs:
                 raise InputError(path, "is an input image and would be overwritten by the prediction; "
@@ -157,9 +159,9 @@ def refuse_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path, save
 
 
 def write_csv(table: pd.DataFrame, path: Path, float_format: str = "%.6g") -> None:
-    """CSV written atomically."""
-    with atomic_path(path, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False, float_format=float_format)
+    """CSV (tab-separated for a ``.tsv`` path) written atomically."""
+    with atomic_path(path, suffix=path.suffix or ".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format=float_format, sep="\t" if path.suffix == ".tsv" else ",")
 
 
 def write_case(prediction: CasePrediction, outputs: CaseOutputs) -> None:

@@ -326,7 +326,7 @@ class CMBPredictor:
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, save_probabilities: bool = False,
                        overwrite: bool = False, num_parts: int = 1, part_id: int = 0, num_workers: int = 1,
                        file_ending: str = ".nii.gz", progress: bool | None = None,
-                       output_format: str = "flat") -> pd.DataFrame:
+                       output_format: str = "flat", save_candidates: bool = False) -> pd.DataFrame:
         """Predict every case of ``input_path`` (a VALDO tree, a BIDS dataset, a ``CASE_0000`` folder or one file)
         into ``output_dir``.
 
@@ -334,7 +334,8 @@ class CMBPredictor:
         entries of the input that are not input images are listed there as ``ignored``, with the reason;
         finished cases are skipped unless ``overwrite``. ``num_parts``/``part_id`` select this machine's share.
         ``output_format``: ``flat`` (every file in ``output_dir``) or ``bids`` (a BIDS derivative dataset; cases
-        whose id is not made of BIDS entities fail).
+        whose id is not made of BIDS entities fail). ``save_candidates`` also writes every screening candidate
+        with its scores, spot shape and whether it was kept.
         """
         if output_format not in ("flat", "bids"):
             raise CMBUNetError(f"unknown output format '{output_format}'; expected flat or bids")
@@ -344,7 +345,7 @@ class CMBPredictor:
         if output_format == "bids":
             cases = [replace(c, error=bids.not_bids_problem(c.case)) if c.ok else c for c in cases]
         summary_path = output_dir / summary_name(num_parts, part_id)
-        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path, output_format)
+        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path, output_format, save_candidates)
         previous = pd.read_csv(summary_path, dtype={"case": str}, keep_default_na=False, na_values=[""]) if summary_path.is_file() else None
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
@@ -353,7 +354,8 @@ class CMBPredictor:
                 rows.append(summary_row(case.case, "ignored", error=case.ignored))
             elif not case.ok:
                 rows.append(summary_row(case.case, "failed", error=case.error or ""))
-            elif (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format)).finished() \
+            elif (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format,
+                                                  save_candidates)).finished() \
                     and not overwrite:
                 rows.append(skipped_row(case, outputs, previous))
             else:
@@ -370,7 +372,7 @@ class CMBPredictor:
         for case, future in tqdm(prefetch(prepare, todo, num_workers), total=len(todo), desc="predicting",
                                  unit="case", disable=None if progress is None else not progress):
             rows.append(self._run_one(case, future, CaseOutputs.for_case(output_dir, case, save_probabilities,
-                                                                         output_format)))
+                                                                         output_format, save_candidates)))
             self._write_summary(rows, cases, summary_path)
         return self._write_summary(rows, cases, summary_path)
 
