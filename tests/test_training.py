@@ -241,6 +241,26 @@ def test_candidate_hits():
     assert n == 2 and detected.tolist() == [1, 2] and is_fp.tolist() == [False, True, False]
 
 
+def test_fold_all_validation_reuses_the_final_mining_pass_with_the_same_result(roots):
+    """Fold ``all`` validates screening on its training volumes: the candidates of the final mining pass (same
+    weights, lower threshold) must give what a fresh pass over the volumes gives."""
+    from cmbunet.networks import build_network
+    from cmbunet.training.mining import mine_false_positives, mining_precision
+    from cmbunet.training.stages import screening_validation
+
+    plans = load_plans(roots["pre"] / DATASET / "plans.json")
+    torch.manual_seed(3)
+    net = build_network("screening", plans).eval()
+    bank = _bank(roots)
+    cached: dict = {}
+    rows, _, _ = mine_false_positives(net, bank, plans, 0.1, candidates=cached)
+    assert sorted(cached) == list(range(len(bank.cases))) and sum(len(c) for c, _ in cached.values()) > len(rows) > 0
+    fresh = screening_validation(net, bank, plans, 0.3, precision=mining_precision())  # bf16 where the CPU has it
+    reused = screening_validation(net, bank, plans, 0.3, candidates=cached)
+    assert fresh["cases"] == reused["cases"] and fresh["cases"][0]["candidates"] > 0
+    assert np.array_equal(fresh["fp_rows"], reused["fp_rows"]) and np.allclose(fresh["fp_scores"], reused["fp_scores"])
+
+
 @pytest.mark.parametrize("stage, fold, held_out", [("segmentation", "all", False), ("screening", 2, True)])
 def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, held_out, tmp_path):
     """Fold all has no validation cases: its curves are training patches and must not be called validation.

@@ -37,6 +37,7 @@ from cmbunet.training.progress import TrainingLog
 from cmbunet.training.samples import SampleBank, touches_cmb
 from cmbunet.training.stages import Stage, screening_validation
 from cmbunet.training.state import TrainConfig, TrainingState
+from cmbunet.utilities.cpu_features import resolve_precision
 from cmbunet.utilities.file_io import load_json, save_json
 from cmbunet.utilities.patches import extract_patches
 
@@ -47,19 +48,34 @@ VALIDATION_FP_FILE = "validation_false_positives.json"
 # ----------------------------------------------------------------------------------------------------------
 # one pass over the volumes, and the bank's FP list
 # ----------------------------------------------------------------------------------------------------------
+def mining_precision(device: str | torch.device = "cpu") -> str:
+    """The arithmetic of whole-volume screening passes during training: bf16 on a CPU with bfloat16 dot products
+    (about twice as fast; a pass over a VALDO-sized volume is minutes in float32), float16 on CUDA, float32
+    elsewhere. Deterministic on one machine, so a resumed run mines the same false positives."""
+    return resolve_precision("auto", torch.device(device).type)[0]
+
+
 def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
-                         device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None
+                         device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None,
+                         candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
-    current score of every FP already in the bank (NaN for FPs of cases not screened now)."""
+    current score of every FP already in the bank (NaN for FPs of cases not screened now).
+
+    ``candidates``, when given, receives every case's candidates ``(centres, scores)`` by case index, so that a
+    later step needing the same pass (whole-volume validation of fold ``all``) does not screen again."""
     rows, scores = [], []
     current = np.full(len(bank.false_positives), np.nan, dtype=np.float32)
     stride = np.asarray(plans.screening.fcn_stride, dtype=np.int64)
     indices = range(len(bank.cases)) if case_indices is None else case_indices
+    precision = mining_precision(device)
     for i in indices:
         case = bank.cases[i]
-        score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
+        score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device,
+                                        precision=precision)
         centres, s = find_candidates(score_map, plans, threshold=threshold)
+        if candidates is not None:
+            candidates[int(i)] = (centres, s)
         fp = ~touches_cmb(case.seg, centres) if len(centres) else np.zeros(0, bool)
         rows.append(np.column_stack([np.full(int(fp.sum()), i), centres[fp]]))
         scores.append(s[fp])
@@ -161,12 +177,14 @@ def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: in
 
 
 def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
-                   epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all") -> int:
+                   epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all",
+                   candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> int:
     """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
-    into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``."""
+    into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``.
+    ``candidates``: see :func:`mine_false_positives` (this rank's cases only)."""
     cases = list(range(len(bank.cases))) if cases is None else list(cases)
     indices = cases[info.rank::info.world_size]
-    rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices)
+    rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices, candidates)
     gathered = D.all_gather_objects(info, (rows, scores, current))
     rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
     scores = np.concatenate([g[1] for g in gathered])
@@ -290,8 +308,9 @@ def final_mining(state: TrainingState) -> None:
     schedule, bank = cast(ScreeningSchedule, state.schedule), state.bank
     threshold = float(schedule.mining_threshold)
     retired_before = int((bank.fp_dropped >= 0).sum())
+    state.final_candidates.clear()
     n = mine_into_bank(state.info, state.network, bank, state.cfg.plans, threshold, state.epochs,
-                       keep=schedule.mining_keep)
+                       keep=schedule.mining_keep, candidates=state.final_candidates)
     if state.info.is_main:
         save_false_positives(state.out / FALSE_POSITIVES_FILE, bank, threshold)
         in_use, retired = len(bank.active_false_positives), int((bank.fp_dropped >= 0).sum())
@@ -304,11 +323,16 @@ def final_mining(state: TrainingState) -> None:
 def screen_validation_volumes(state: TrainingState) -> None:
     """Candidate sensitivity and FPs per case of the final screening model on whole validation volumes (rank 0).
 
-    Their FPs become ``validation_false_positives.json``, the validation negatives of the later stages.
+    Their FPs become ``validation_false_positives.json``, the validation negatives of the later stages. For fold
+    ``all`` the volumes are the training volumes, which the final mining pass has just screened with the same
+    weights: its candidates are reused wherever the inference threshold is at least the mining threshold.
     """
     cfg, val_bank, out = state.cfg, state.val_bank, state.out
     inf_threshold = float(cfg.plans.inference.screening_threshold)
-    result = screening_validation(state.network, val_bank, cfg.plans, inf_threshold, state.info.device)
+    reuse = (state.final_candidates if val_bank is state.bank
+             and inf_threshold >= float(cast(ScreeningSchedule, state.schedule).mining_threshold) else None)
+    result = screening_validation(state.network, val_bank, cfg.plans, inf_threshold, state.info.device,
+                                  precision=mining_precision(state.info.device), candidates=reuse)
     where = "validation" if state.held_out else "TRAINING (fold all has no validation cases)"
     state.log(f"screening on whole {where} volumes at threshold {inf_threshold}: candidate sensitivity "
               f"{result['sensitivity']:.3f}, {result['false_positives_per_case']:.1f} false positives per case")

@@ -13,6 +13,7 @@ the screening false positives is ``mining.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -132,9 +133,10 @@ def dice_metrics(intersection: float, predicted: float, reference: float) -> dic
 # whole-volume screening validation
 # ----------------------------------------------------------------------------------------------------------
 def screening_candidates(network: nn.Module, case: CaseArrays, plans: Plans, threshold: float,
-                         device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                         device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Candidate centres and scores of the screening FCN on one whole volume."""
-    scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device)
+    scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device,
+                                 precision=precision)
     return find_candidates(scores, plans, threshold=threshold)
 
 
@@ -154,17 +156,23 @@ def candidate_hits(seg: np.ndarray, centres: np.ndarray, tolerance: int) -> tupl
 
 
 def screening_validation(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
-                         device: str | torch.device = "cpu", tolerance: int | None = None) -> dict:
+                         device: str | torch.device = "cpu", tolerance: int | None = None, precision: str = "fp32",
+                         candidates: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """Candidate sensitivity and false positives per case of the screening FCN on whole volumes.
 
     Also returns the false-positive candidates as rows, which become the validation negatives of the
-    discrimination and segmentation stages.
+    discrimination and segmentation stages. ``candidates`` holds cases already screened with this network at a
+    threshold no higher than ``threshold`` (by case index): those are filtered instead of screened again.
     """
     if tolerance is None:
         tolerance = int(plans.inference.discrimination_shift_vox)
     per_case, fp_rows, fp_scores = [], [], []
     for i, case in enumerate(bank.cases):
-        centres, scores = screening_candidates(network, case, plans, threshold, device)
+        if candidates is not None and i in candidates:
+            centres, scores = candidates[i]
+            centres, scores = centres[scores >= threshold], scores[scores >= threshold]
+        else:
+            centres, scores = screening_candidates(network, case, plans, threshold, device, precision)
         detected, is_fp, n = candidate_hits(case.seg, centres, tolerance)
         per_case.append({"case": case.name, "cmbs": n, "detected": int(len(detected)),
                          "candidates": int(len(centres)), "false_positives": int(is_fp.sum())})

@@ -75,6 +75,8 @@ class TrainingState:
     start_epoch: int = 0  # the first epoch still to run
     resumed: bool = False
     started: float = field(default_factory=time.time)
+    #: the final mining pass's candidates ``(centres, scores)`` by case index (this rank's cases)
+    final_candidates: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
