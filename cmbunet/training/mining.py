@@ -25,6 +25,7 @@ from typing import Sequence, cast
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.inference.candidates import find_candidates
@@ -58,18 +59,20 @@ def mining_precision(device: str | torch.device = "cpu") -> str:
 def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
                          device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None,
                          candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
     current score of every FP already in the bank (NaN for FPs of cases not screened now).
 
     ``candidates``, when given, receives every case's candidates ``(centres, scores)`` by case index, so that a
-    later step needing the same pass (whole-volume validation of fold ``all``) does not screen again."""
+    later step needing the same pass (whole-volume validation of fold ``all``) does not screen again. ``progress``
+    shows a bar over the cases on a terminal (a pass over VALDO-sized volumes takes minutes)."""
     rows, scores = [], []
     current = np.full(len(bank.false_positives), np.nan, dtype=np.float32)
     stride = np.asarray(plans.screening.fcn_stride, dtype=np.int64)
     indices = range(len(bank.cases)) if case_indices is None else case_indices
     precision = mining_precision(device)
-    for i in indices:
+    for i in tqdm(indices, desc=f"screening training volumes ({precision})", unit="case", leave=False,
+                  disable=None if progress else True):
         case = bank.cases[i]
         score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device,
                                         precision=precision)
@@ -184,7 +187,8 @@ def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans
     ``candidates``: see :func:`mine_false_positives` (this rank's cases only)."""
     cases = list(range(len(bank.cases))) if cases is None else list(cases)
     indices = cases[info.rank::info.world_size]
-    rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices, candidates)
+    rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices, candidates,
+                                                 progress=info.is_main)
     gathered = D.all_gather_objects(info, (rows, scores, current))
     rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
     scores = np.concatenate([g[1] for g in gathered])
