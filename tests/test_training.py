@@ -201,6 +201,30 @@ def test_rotation_keeps_centre_and_moves_corners():
 # --------------------------------------------------------------------------------------------------------------
 # schedule, losses, metrics
 # --------------------------------------------------------------------------------------------------------------
+def test_eta_counts_the_whole_volume_screening_still_to_come(roots):
+    """Mining passes over whole volumes take minutes on VALDO-sized scans: once one pass is timed, the ETA adds
+    the volumes still to screen (intermediate passes, the final pass, the validation volumes)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from cmbunet.training.mining import cases_still_to_screen
+    from cmbunet.training.progress import stage_eta
+
+    assert stage_eta([10.0, 100.0, 10.0], 2) == 20.0  # the median epoch: the mining epoch does not count twice
+    assert stage_eta([10.0], 2, cases_to_screen=5, seconds_per_screened_case=3.0) == 35.0
+    assert stage_eta([10.0], 2, cases_to_screen=5) == 20.0  # no pass timed yet: nothing guessed
+    plans = load_plans(roots["pre"] / DATASET / "plans.json")
+    schedule = replace(plans.schedule("screening", "cpu"), epochs=20, mining_epochs=(7, 14), mining_cases=4)
+    bank, val = SimpleNamespace(cases=[0] * 10), SimpleNamespace(cases=[0] * 3)
+    state = SimpleNamespace(schedule=schedule, stage=STAGES["screening"], bank=bank, val_bank=val, epochs=20)
+    assert cases_still_to_screen(state, 0) == 4 + 4 + 10 + 3  # passes after epochs 7 and 14, final, validation
+    assert cases_still_to_screen(state, 7) == 4 + 10 + 3
+    state.val_bank = bank  # fold all: validation reuses the final pass
+    assert cases_still_to_screen(state, 15) == 10
+    state.stage = STAGES["discrimination"]
+    assert cases_still_to_screen(state, 0) == 0
+
+
 def test_poly_lr_decays_and_never_reaches_zero():
     lrs = [loop.poly_lr(0.01, e, 10) for e in range(10)]
     assert lrs[0] == pytest.approx(0.01)

@@ -35,8 +35,8 @@ from cmbunet.training import distributed as D
 from cmbunet.training.augmentation import AugmentationParams
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from cmbunet.training.losses import as_class_logits, build_loss
-from cmbunet.training.mining import (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, final_mining, mine_after_epoch,
-                                     restore_mined_false_positives, screen_validation_volumes,
+from cmbunet.training.mining import (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, cases_still_to_screen, final_mining,
+                                     mine_after_epoch, restore_mined_false_positives, screen_validation_volumes,
                                      screening_false_positives, update_fp_weights)
 from cmbunet.training.progress import (TrainingLog, empty_history, epoch_summary, format_duration, plot_progress,
                                        record_epoch, stage_eta)
@@ -314,7 +314,16 @@ def on_epoch_end(state: TrainingState, result: EpochResult) -> None:
     plot_progress(state.history, out / "progress.png", stage.monitor, stage.name, state.cfg.fold, state.held_out)
     state.log(epoch_summary(epoch, state.epochs, result.lr, result.train_loss, result.val, stage.monitor, improved,
                             result.mined, len(bank.active_false_positives), time.time() - result.started)
-              + f" eta {format_duration(stage_eta(state.history['epoch_seconds'], state.epochs - epoch - 1))}")
+              + f" eta {stage_eta_text(state, epoch)}")
+
+
+def stage_eta_text(state: TrainingState, epoch: int) -> str:
+    """The stage's time left after ``epoch``, whole-volume screening passes included once one has been timed."""
+    to_screen = cases_still_to_screen(state, epoch)
+    eta = stage_eta(state.history["epoch_seconds"], state.epochs - epoch - 1, to_screen,
+                    state.seconds_per_screened_case)
+    pending = to_screen and state.seconds_per_screened_case is None
+    return format_duration(eta) + (f" + screening of {to_screen} volumes" if pending else "")
 
 
 def on_train_end(state: TrainingState) -> None:

@@ -19,6 +19,7 @@ Passes are split across ranks by case and gathered, so every rank's bank holds t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Sequence, cast
 
@@ -297,14 +298,28 @@ def mine_after_epoch(state: TrainingState, epoch: int) -> int:
         return 0
     threshold = float(schedule.mining_threshold)
     subset = mining_cases(len(bank.cases), schedule.mining_cases, passes.index(done), state.seed)
+    started = time.perf_counter()
     mined = mine_into_bank(state.info, state.network, bank, state.cfg.plans, threshold, done, subset,
                            schedule.mining_keep)
+    state.seconds_per_screened_case = (time.perf_counter() - started) / max(1, len(subset))
     if state.info.is_main:
         save_false_positives(state.out / FALSE_POSITIVES_FILE, bank, threshold)
         if len(subset) < len(bank.cases):
             state.log(f"mining after epoch {done} screened {len(subset)} of {len(bank.cases)} training cases "
                       f"(schedule mining_cases)")
     return mined
+
+
+def cases_still_to_screen(state: TrainingState, epoch: int) -> int:
+    """Whole volumes the screening stage will still screen after ``epoch``: the intermediate mining passes left,
+    the final pass over every training case, and the validation volumes (none more for fold ``all``, whose
+    validation reuses the final pass)."""
+    schedule, n = state.schedule, len(state.bank.cases)
+    if not (state.stage.mines and isinstance(schedule, ScreeningSchedule)):
+        return 0
+    per_pass = min(n, int(schedule.mining_cases)) if schedule.mining_cases else n
+    later = [e for e in sorted({int(e) for e in schedule.mining_epochs}) if epoch + 1 < e < state.epochs]
+    return len(later) * per_pass + n + (len(state.val_bank.cases) if state.val_bank is not state.bank else 0)
 
 
 def final_mining(state: TrainingState) -> None:

@@ -91,10 +91,13 @@ def plot_progress(history: dict[str, list], path: Path, monitor: str, stage: str
         fig.savefig(tmp, dpi=80)
 
 
-def stage_eta(epoch_seconds: Sequence[float], remaining_epochs: int) -> float:
+def stage_eta(epoch_seconds: Sequence[float], remaining_epochs: int, cases_to_screen: int = 0,
+              seconds_per_screened_case: float | None = None) -> float:
     """Seconds left in a stage: the median epoch so far (robust to the epochs that also mine) times the epochs
-    left."""
-    return float(np.median(epoch_seconds)) * remaining_epochs if len(epoch_seconds) and remaining_epochs > 0 else 0.0
+    left, plus the whole-volume screening passes still to come (mining and validation: ``cases_to_screen``
+    volumes at the last measured ``seconds_per_screened_case``; nothing is added before a pass has been timed)."""
+    left = float(np.median(epoch_seconds)) * remaining_epochs if len(epoch_seconds) and remaining_epochs > 0 else 0.0
+    return left + (cases_to_screen * seconds_per_screened_case if seconds_per_screened_case else 0.0)
 
 
 def format_duration(seconds: float) -> str:

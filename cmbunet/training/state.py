@@ -77,6 +77,8 @@ class TrainingState:
     started: float = field(default_factory=time.time)
     #: the final mining pass's candidates ``(centres, scores)`` by case index (this rank's cases)
     final_candidates: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: wall time of the latest mining pass per volume screened (None before the first): the ETA's mining share
+    seconds_per_screened_case: float | None = None
 
     @property
     def epochs(self) -> int:
