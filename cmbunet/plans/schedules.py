@@ -64,11 +64,11 @@ def gpu_schedules(segmentation_loss: str = "dice_ce") -> dict:
 
 
 def cpu_schedules() -> dict:
-    """A budget schedule for full-width networks on a 2-core CPU: roughly 40-60 minutes for all three stages.
+    """A budget schedule for full-width networks on a 2-core CPU: about 40 minutes for 24 realistic subjects.
 
-    Measured per training sample on 2 cores (full width): screening ~30 ms, discrimination ~50 ms,
-    segmentation ~0.35 s. Screening 30k samples ~ 15 min (+ mining), discrimination 12k ~ 10 min,
-    segmentation 2k ~ 12 min.
+    Measured on 2 cores (AVX-512 BF16) for 24 realistic subjects (documentation/benchmarks.md, section 6e): per
+    training sample screening 12 ms, discrimination 37 ms, segmentation 0.24 s; a mining pass 19 s per volume.
+    Screening 30k samples 6 min + 56 volumes mined 18 min, discrimination 12k 7.5 min, segmentation 2k 8 min.
     """
     return {
         "screening": _schedule(20, 1500, 32, "screening", 200, (7, 14), mining_cases=CPU_MINING_CASES),
