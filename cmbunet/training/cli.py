@@ -13,6 +13,7 @@ from cmbunet.model_folder import DATASET_FILES, ModelFolder, model_subfolder
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
                            resolve_dataset_name)
 from cmbunet.plans.schema import STAGES
+from cmbunet.utilities.cpu_features import PRECISIONS
 from cmbunet.utilities.cli import DATASET_HELP, add_plans_option, command_parser, deprecated_alias, run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet); another name reads NAME.json and trains into "
                         "cmbunet__NAME")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic of the whole-volume screening passes during training (false-positive mining, "
+                   "validation): auto = bf16 where the CPU has bfloat16 dot products, fp16 on CUDA, fp32 elsewhere "
+                   "(default auto); fp32 gives the same mined false positives on every CPU. Training steps are "
+                   "unaffected (fp32 on CPU, mixed precision on CUDA)")
     p.add_argument("--c", "--continue", dest="resume", action="store_true",
                    help="continue from checkpoint_latest.pth; finished stages are skipped")
     p.add_argument("--num-gpus", type=int, default=1, metavar="N",
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = [TrainConfig(stage=s, fold=fold, plans=plans, plans_hash=phash, preprocessed_dir=case_root,
                            model_dir=model_dir, train_cases=train_cases, val_cases=val_cases, device=args.device,
-                           seed=seed, resume=args.resume, num_workers=args.npp)
+                           seed=seed, resume=args.resume, num_workers=args.npp, precision=args.precision)
                for s in stages_to_run(args.stage)]
     # refuse early, before any process starts: the first stage's prerequisites must already be trained
     first = configs[0]

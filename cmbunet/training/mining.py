@@ -50,28 +50,30 @@ VALIDATION_FP_FILE = "validation_false_positives.json"
 # ----------------------------------------------------------------------------------------------------------
 # one pass over the volumes, and the bank's FP list
 # ----------------------------------------------------------------------------------------------------------
-def mining_precision(device: str | torch.device = "cpu") -> str:
-    """The arithmetic of whole-volume screening passes during training: bf16 on a CPU with bfloat16 dot products
-    (about twice as fast; a pass over a VALDO-sized volume is minutes in float32), float16 on CUDA, float32
-    elsewhere. Deterministic on one machine, so a resumed run mines the same false positives."""
-    return resolve_precision("auto", torch.device(device).type)[0]
+def mining_precision(device: str | torch.device = "cpu", requested: str = "auto") -> str:
+    """The arithmetic of whole-volume screening passes during training (``cmbunet_train --precision``). ``auto``:
+    bf16 on a CPU with bfloat16 dot products (about twice as fast; a pass over a VALDO-sized volume is minutes in
+    float32), float16 on CUDA, float32 elsewhere. Deterministic on one machine, so a resumed run mines the same
+    false positives; ``fp32`` mines the same ones on every CPU."""
+    return resolve_precision(requested, torch.device(device).type)[0]
 
 
 def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
                          device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None,
                          candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
-                         progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         progress: bool = True, precision: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
     current score of every FP already in the bank (NaN for FPs of cases not screened now).
 
     ``candidates``, when given, receives every case's candidates ``(centres, scores)`` by case index, so that a
     later step needing the same pass (whole-volume validation of fold ``all``) does not screen again. ``progress``
-    shows a bar over the cases on a terminal (a pass over VALDO-sized volumes takes minutes)."""
+    shows a bar over the cases on a terminal (a pass over VALDO-sized volumes takes minutes). ``precision``: see
+    :func:`mining_precision`."""
     rows, scores = [], []
     current = np.full(len(bank.false_positives), np.nan, dtype=np.float32)
     stride = np.asarray(plans.screening.fcn_stride, dtype=np.int64)
     indices = range(len(bank.cases)) if case_indices is None else case_indices
-    precision = mining_precision(device)
+    precision = mining_precision(device, precision)
     for i in tqdm(indices, desc=f"screening training volumes ({precision})", unit="case", leave=False,
                   disable=None if progress else True):
         case = bank.cases[i]
@@ -182,14 +184,15 @@ def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: in
 
 def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
                    epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all",
-                   candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> int:
+                   candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None, precision: str = "auto") -> int:
     """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
     into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``.
-    ``candidates``: see :func:`mine_false_positives` (this rank's cases only)."""
+    ``candidates``: see :func:`mine_false_positives` (this rank's cases only); ``precision``: see
+    :func:`mining_precision`."""
     cases = list(range(len(bank.cases))) if cases is None else list(cases)
     indices = cases[info.rank::info.world_size]
     rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices, candidates,
-                                                 progress=info.is_main)
+                                                 progress=info.is_main, precision=precision)
     gathered = D.all_gather_objects(info, (rows, scores, current))
     rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
     scores = np.concatenate([g[1] for g in gathered])
@@ -214,7 +217,7 @@ def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBa
     log(f"{path} is missing: mining false positives with the final screening model")
     net = cfg.folder.load_network(cfg.fold, "screening", cfg.plans, info.device)
     threshold = D.broadcast_object(info, _mining_threshold(cfg))
-    n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1)
+    n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1, precision=cfg.precision)
     if info.is_main:
         save_false_positives(path, bank, threshold)
     log(f"mined {n} false positives")
@@ -300,7 +303,7 @@ def mine_after_epoch(state: TrainingState, epoch: int) -> int:
     subset = mining_cases(len(bank.cases), schedule.mining_cases, passes.index(done), state.seed)
     started = time.perf_counter()
     mined = mine_into_bank(state.info, state.network, bank, state.cfg.plans, threshold, done, subset,
-                           schedule.mining_keep)
+                           schedule.mining_keep, precision=state.cfg.precision)
     state.seconds_per_screened_case = (time.perf_counter() - started) / max(1, len(subset))
     if state.info.is_main:
         save_false_positives(state.out / FALSE_POSITIVES_FILE, bank, threshold)
@@ -329,7 +332,7 @@ def final_mining(state: TrainingState) -> None:
     retired_before = int((bank.fp_dropped >= 0).sum())
     state.final_candidates.clear()
     n = mine_into_bank(state.info, state.network, bank, state.cfg.plans, threshold, state.epochs,
-                       keep=schedule.mining_keep, candidates=state.final_candidates)
+                       keep=schedule.mining_keep, candidates=state.final_candidates, precision=state.cfg.precision)
     if state.info.is_main:
         save_false_positives(state.out / FALSE_POSITIVES_FILE, bank, threshold)
         in_use, retired = len(bank.active_false_positives), int((bank.fp_dropped >= 0).sum())
@@ -351,7 +354,7 @@ def screen_validation_volumes(state: TrainingState) -> None:
     reuse = (state.final_candidates if val_bank is state.bank
              and inf_threshold >= float(cast(ScreeningSchedule, state.schedule).mining_threshold) else None)
     result = screening_validation(state.network, val_bank, cfg.plans, inf_threshold, state.info.device,
-                                  precision=mining_precision(state.info.device), candidates=reuse)
+                                  precision=mining_precision(state.info.device, cfg.precision), candidates=reuse)
     where = "validation" if state.held_out else "TRAINING (fold all has no validation cases)"
     state.log(f"screening on whole {where} volumes at threshold {inf_threshold}: candidate sensitivity "
               f"{result['sensitivity']:.3f}, {result['false_positives_per_case']:.1f} false positives per case")

@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     num_workers: int = 1
+    precision: str = "auto"  # whole-volume screening passes (mining, validation); see mining.mining_precision
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
