@@ -25,9 +25,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
-from cmbunet.utilities.components import LabelledVoxels, component_centres, label_components, labelled_voxels
+from cmbunet.utilities.components import (LabelledVoxels, component_centres, component_maxima, label_components,
+                                         labelled_voxels)
 from cmbunet.utilities.geometry import bounding_box_to_slice, mask_bbox_or_none
 
 #: Probability at which the prediction becomes a CMB (fixed by the challenge).
@@ -133,7 +133,7 @@ def _component_tables(
     n_pred, n_ref = len(pred_centres), len(ref_centres)
     pred_index = np.arange(1, n_pred + 1)
     if n_pred:
-        max_prob = np.asarray(ndimage.maximum(pred_values, pred_lab, pred_index), dtype=np.float64)
+        max_prob = component_maxima(pred_values, pred_lab, n_pred)
     else:
         max_prob = np.zeros(0)
     pred = pd.DataFrame(

@@ -15,14 +15,13 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from cmbunet.errors import InputError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
 from cmbunet.inference import bids
 from cmbunet.inference.input_cases import InputCase
 from cmbunet.preprocessing.resampling import map_points_to_new_grid
-from cmbunet.utilities.components import centre_table, find_components, label_components
+from cmbunet.utilities.components import centre_table, component_maxima, find_components, label_components
 from cmbunet.utilities.file_io import atomic_path, outputs_complete
 
 CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
@@ -103,8 +102,7 @@ def cmb_table(binary: np.ndarray, probabilities: np.ndarray, geometry: Mapping[s
     table["num_voxels"] = cmbs.num_voxels
     scr, disc = nearest_candidate_scores(cmbs.centres, candidates, np.asarray(geometry["spacing"], dtype=float))
     table["screening_score"], table["discrimination_score"] = scr, disc
-    peak = ndimage.maximum(probabilities, cmbs.labels, cmbs.ids)
-    table["segmentation_score"] = np.asarray(peak, dtype=float).reshape(-1)
+    table["segmentation_score"] = component_maxima(probabilities, cmbs.labels, cmbs.count)
     return table[CMB_COLUMNS]
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from cmbunet.errors import InputError, PlansMismatchError
 from cmbunet.imageio.reader_writer import ImageProperties
@@ -24,13 +23,13 @@ from cmbunet.preprocessing.resampling import (
     compute_new_shape,
     linear_owner,
     map_points_to_new_grid,
-    resample_array,
     resample_image,
     resample_mask,
+    resample_sparse,
     separate_axis,
     spacing_equal,
 )
-from cmbunet.utilities.components import component_centres, find_components, label_components
+from cmbunet.utilities.components import component_centres, component_maxima, find_components, label_components
 from cmbunet.utilities.file_io import load_json, save_json, save_npz
 from cmbunet.utilities.geometry import BoundingBox, bounding_box_to_slice, mask_bbox
 
@@ -232,7 +231,8 @@ def export_to_native(probabilities: np.ndarray, properties: dict[str, Any]) -> n
     """Map a preprocessed-space map back to the original ``(X, Y, Z)`` grid; outside the crop it is 0.
 
     Linear interpolation onto the cropped grid (same edge-aligned convention as preprocessing), then the crop
-    is undone by placing it at ``crop_bbox`` in a zero volume of ``original_shape``.
+    is undone by placing it at ``crop_bbox`` in a zero volume of ``original_shape``. Only the block of nonzero
+    values is resampled (:func:`resample_sparse`): a prediction's map is zero away from the kept candidates.
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     expected = tuple(properties["shape_after_resampling"])
@@ -241,7 +241,7 @@ def export_to_native(probabilities: np.ndarray, properties: dict[str, Any]) -> n
             properties.get("case") or None,
             f"map shape {probabilities.shape} does not match the preprocessed shape {expected}",
         )
-    cropped = resample_array(probabilities, properties["shape_after_crop"], order=1)
+    cropped = resample_sparse(probabilities, properties["shape_after_crop"], order=1)
     out = np.zeros(properties["original_shape"], dtype=np.float32)
     out[bounding_box_to_slice(properties["crop_bbox"])] = cropped
     return out
@@ -268,7 +268,7 @@ def export_segmentation(probabilities: np.ndarray, properties: dict[str, Any],
     crop = bounding_box_to_slice(properties["crop_bbox"])
     rescued = rescue_vanished_components(labels, n, binary[crop])
     if len(rescued):
-        peak = ndi.maximum(np.asarray(probabilities, dtype=np.float32), labels, rescued[:, 0])
+        peak = component_maxima(np.asarray(probabilities, dtype=np.float32), labels, n)[rescued[:, 0] - 1]
         idx = tuple(rescued[:, 1 + a] + crop[a].start for a in range(3))
         native[idx] = np.maximum(native[idx], np.asarray(peak, dtype=np.float32))
         binary[idx] = True
