@@ -88,8 +88,7 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
     from cmbunet.inference.input_cases import find_input_cases
     from cmbunet.inference.outputs import CaseOutputs, CasePrediction, cmb_table, drop_small_components, write_case
     from cmbunet.inference.segmentation import segment_candidates
-    from cmbunet.inference.shape import (candidate_spot_shapes, decision_scores, first_look_threshold,
-                                         measured_threshold)
+    from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
     from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
 
     forced, plans, settings = not args.get("model"), pred.plans, pred.settings
@@ -116,8 +115,7 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
     disc, moved = discriminate_candidates(pred.networks["discrimination"], data, centres, plans, pred.device,
                                           settings.discrimination_shift_vox, settings.discrimination_aggregate,
                                           pred.discrimination_batch_size, pred.stage_precision["discrimination"],
-                                          pred.channels_last, settings.discrimination_mirror,
-                                          first_look_threshold(settings))
+                                          pred.channels_last, settings.discrimination_mirror)
     if forced:  # the top-K rule in place of the threshold, which means nothing for random weights
         kept = np.zeros(len(disc), dtype=bool)
         kept[np.argsort(-disc, kind="stable")[: args["kept"]]] = True

@@ -20,7 +20,7 @@ from cmbunet.inference.input_cases import find_input_cases, select_part
 from cmbunet.inference.predictor import CMBPredictor, drop_small_components, resolve_settings, voxel_to_world
 from cmbunet.inference.segmentation import gaussian_importance, merge_patches, segment_candidates
 from cmbunet.networks import build_network
-from cmbunet.plans import STAGES, Plans, apply_overrides
+from cmbunet.plans import STAGES, Plans
 from cmbunet.plans.plans_io import plans_hash, save_plans
 from cmbunet.utilities.file_io import save_json
 from plan_helpers import make_plans
@@ -160,8 +160,7 @@ def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_
     assert ref.std() > 1e-3  # the probabilities differ between shifts, so a wrong window would show
     np.testing.assert_allclose(plain, ref, atol=1e-5)
     np.testing.assert_allclose(shared, ref, atol=1e-5)
-    prob, moved = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, batch_size=7, mirror=False,
-                                          first_look=0)
+    prob, moved = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, batch_size=7, mirror=False)
     np.testing.assert_allclose(prob, ref.max(axis=1), atol=1e-5)
     assert (moved >= 0).all() and (moved < np.array(vol.shape[1:])).all()
     # test-time mirroring along x: the mean of each block's score and its mirrored block's, in both passes
@@ -172,44 +171,8 @@ def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_
         mirrored = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=60,
                                          share_trunk=share, mirror_axes=(0,))
         np.testing.assert_allclose(mirrored, mirrored_ref, atol=1e-5)
-    prob, _ = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, mirror=True, first_look=0)
+    prob, _ = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, mirror=True)
     np.testing.assert_allclose(prob, mirrored_ref.max(axis=1), atol=1e-5)
-
-
-def test_first_look_cascade_scores_only_promising_candidates_at_every_view(plans):
-    """A candidate at or above ``first_look`` at its screening centre gets exactly the full (27 shifts x mirror)
-    probability and refined centre; one below keeps its single unshifted, unmirrored probability and its centre."""
-    torch.manual_seed(3)
-    net = build_network("discrimination", plans).eval()
-    rng = np.random.default_rng(4)
-    vol = rng.normal(size=(1, 40, 36, 20)).astype(np.float32)
-    centres = np.stack([rng.integers(0, n, 24) for n in vol.shape[1:]], axis=1)
-    full, full_moved = discriminate_candidates([net], vol, centres, plans, mirror=True, first_look=0)
-    first, first_moved = discriminate_candidates([net], vol, centres, plans, shift_vox=0, mirror=False, first_look=0)
-    assert (first_moved == centres).all() and (full >= first - 1e-6).mean() > 0.5  # the max over views is larger
-    t = float(np.median(first))  # half the candidates on each side
-    prob, moved = discriminate_candidates([net], vol, centres, plans, mirror=True, first_look=t)
-    look = first >= t
-    assert 0 < look.sum() < len(centres)
-    np.testing.assert_allclose(prob[look], full[look], atol=1e-6)
-    assert (moved[look] == full_moved[look]).all()
-    np.testing.assert_allclose(prob[~look], first[~look], atol=1e-6)
-    assert (prob[~look] < t).all() and (moved[~look] == centres[~look]).all()
-    assert (full_moved[~look] != centres[~look]).any()  # the full look would have moved some of them
-    # the plans' value is the default, and 0 (older plans) switches the cascade off
-    assert plans.inference.discrimination_first_look == 0.05
-    off = apply_overrides(plans, ["inference.discrimination_first_look=0.0"])
-    np.testing.assert_allclose(discriminate_candidates([net], vol, centres, off, mirror=True)[0], full, atol=1e-6)
-
-
-def test_first_look_never_exceeds_a_threshold_that_keeps(plans):
-    from cmbunet.inference.shape import first_look_threshold
-
-    inf = plans.inference
-    assert first_look_threshold(inf) == 0.05
-    assert first_look_threshold(inf.merged({"discrimination_threshold": 0.03})) == 0.03
-    assert first_look_threshold(inf.merged({"shape_round_threshold": 0.02})) == 0.02
-    assert first_look_threshold(inf.merged({"discrimination_first_look": 0.0})) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------- segmentation

@@ -88,11 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape-round-threshold", type=float, default=None, metavar="T",
                    help="discrimination threshold of round spots (default: inference_settings.json of the model, "
                         "else the plans (0.5))")
-    p.add_argument("--discrimination-first-look", type=float, default=None, metavar="T",
-                   help="discrimination cascade: a candidate whose probability at its screening centre is below T "
-                        "is rejected without the shifted and mirrored views; 0 scores every candidate at every "
-                        "view (default: inference_settings.json of the model, else the plans (0.05); never above "
-                        "the thresholds that keep a candidate)")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -164,8 +159,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "segmentation_threshold": args.segmentation_threshold, "max_candidates": args.max_candidates,
             "min_component_voxels": args.min_component_voxels, "shape_max_elongation": args.shape_max_elongation,
             "shape_max_diameter_mm": args.shape_max_diameter_mm, "shape_round_elongation": args.shape_round_elongation,
-            "shape_round_threshold": args.shape_round_threshold,
-            "discrimination_first_look": args.discrimination_first_look}
+            "shape_round_threshold": args.shape_round_threshold}
 
 
 def dataset_file_ending(model_dir: Path) -> str:

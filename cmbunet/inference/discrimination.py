@@ -210,26 +210,18 @@ def aggregate_shifts(probs: np.ndarray, centres: np.ndarray, shifts: np.ndarray,
 def discriminate_candidates(networks: Sequence[nn.Module], volume: np.ndarray, centres: np.ndarray, plans: Plans,
                             device: str | torch.device = "cpu", shift_vox: int | None = None,
                             aggregate: str | None = None, batch_size: int = 256, precision: str | bool = False,
-                            channels_last: bool = False, mirror: bool | None = None,
-                            first_look: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            channels_last: bool = False, mirror: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Discrimination probability ``(N,)`` and refined centres ``(N, 3)`` of candidates in ``volume`` ``(C, X, Y, Z)``.
 
     With several networks (folds) the per-shift probabilities are averaged over folds before aggregation, so
     all folds agree on one refined centre. ``mirror`` (default: the plans' ``discrimination_mirror``) also
     scores every block mirrored along the training flip axes (``augmentation.flip_axes``) and averages.
-
-    ``first_look`` (default: the plans' ``discrimination_first_look``; 0 or None: off) is a cascade: every
-    candidate is first scored once, at its screening centre and unmirrored, and only those at or above
-    ``first_look`` get the shifted and mirrored views. The others keep that first probability and their centre.
-    Most screening candidates of a whole volume are plain tissue the network rejects at a glance, so this costs
-    one view of them instead of ``27 x 2``.
     """
     device = torch.device(device)
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
     inf = plans.inference
     shift_vox = int(inf.discrimination_shift_vox if shift_vox is None else shift_vox)
     aggregate = str(inf.discrimination_aggregate if aggregate is None else aggregate)
-    first_look = float((inf.discrimination_first_look if first_look is None else first_look) or 0.0)
     if len(centres) == 0:
         return np.zeros(0, dtype=np.float32), centres
     block = [int(b) for b in plans.discrimination.block_size]
@@ -238,15 +230,6 @@ def discriminate_candidates(networks: Sequence[nn.Module], volume: np.ndarray, c
     padded = PaddedVolume.for_blocks(volume, block, pad_value, reach=shift_vox)
     mirror = bool(inf.discrimination_mirror if mirror is None else mirror)
     axes = [int(a) for a in plans.augmentation.flip_axes] if mirror else []
-    if first_look <= 0.0 or (len(shifts) == 1 and not axes):
-        probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision,
-                                      channels_last, mirror_axes=axes)
-        return aggregate_shifts(probs, centres, shifts, aggregate, volume.shape[1:])
-    prob = block_probabilities(networks, padded, centres, block, device, batch_size, precision, channels_last)
-    moved = centres.copy()
-    look = prob >= first_look
-    if look.any():
-        probs = shifted_probabilities(networks, padded, centres[look], shifts, block, device, batch_size, precision,
-                                      channels_last, mirror_axes=axes)
-        prob[look], moved[look] = aggregate_shifts(probs, centres[look], shifts, aggregate, volume.shape[1:])
-    return prob, moved
+    probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last,
+                                  mirror_axes=axes)
+    return aggregate_shifts(probs, centres, shifts, aggregate, volume.shape[1:])

@@ -43,7 +43,7 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  #
                                       write_csv)
 from cmbunet.inference.screening import score_boxes, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, first_look_threshold, measured_threshold
+from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
 from cmbunet.model_folder import ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
@@ -274,7 +274,7 @@ class CMBPredictor:
         disc, moved = discriminate_candidates(
             self.networks["discrimination"], data, centres, self.plans, self.device, s.discrimination_shift_vox,
             s.discrimination_aggregate, self.discrimination_batch_size, self.stage_precision["discrimination"],
-            self.channels_last, s.discrimination_mirror, first_look_threshold(s))
+            self.channels_last, s.discrimination_mirror)
         elongation, diameter = candidate_spot_shapes(data, moved, disc > measured_threshold(s),
                                                      self.plans.channel_names, self.plans.target_spacing)
         kept = decision_scores(disc, elongation, diameter, s) > float(s.discrimination_threshold)

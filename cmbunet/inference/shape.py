@@ -163,9 +163,3 @@ def measured_threshold(settings: InferenceSettings) -> float:
     if settings.shape_round_elongation is None:
         return float(settings.discrimination_threshold)
     return float(min(settings.discrimination_threshold, settings.shape_round_threshold))
-
-
-def first_look_threshold(settings: InferenceSettings) -> float:
-    """The discrimination cascade's first-look threshold, never above a probability that could keep a candidate:
-    lowering the decision thresholds lowers it with them, so no candidate is kept on its first look alone."""
-    return float(min(settings.discrimination_first_look, measured_threshold(settings)))

@@ -42,7 +42,6 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     **{f"training.{d}.screening.mining_keep": "all" for d in DEVICE_KINDS},  # mined FPs were all kept
     **{f"training.{d}.discrimination.fp_sampling": "uniform" for d in DEVICE_KINDS},  # FPs drawn evenly
     "inference.discrimination_mirror": False,  # no test-time mirroring
-    "inference.discrimination_first_look": 0.0,  # every candidate got every shifted view
     "inference.shape_max_elongation": None,  # no shape rule
     "inference.shape_max_diameter_mm": None,
     "inference.shape_round_elongation": None,  # no lower threshold for round spots
@@ -258,8 +257,6 @@ class InferenceSettings(Section):
     discrimination_shift_vox: int = leaf(integer(0))
     discrimination_aggregate: str = leaf(choice("max", "mean"))
     discrimination_mirror: bool = leaf(boolean)  # also score every block mirrored along the flip axes
-    #: candidates scoring below this at their screening centre (one view) skip the shifted/mirrored views (0: off)
-    discrimination_first_look: float = leaf(number(0, 1))
     #: a kept candidate whose dark spot is longer than this many times its width is dropped (None: no limit)
     shape_max_elongation: float | None = leaf(optional(number(1)))
     #: ... or whose dark spot is wider than this ball-equivalent diameter in mm (None: no limit)
