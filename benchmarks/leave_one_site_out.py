@@ -36,8 +36,10 @@ def _run(title: str, main, argv: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def generate_sites(work: Path, sites: list[str], n: int, seed: int, size: str, anatomy: str) -> dict[str, Path]:
-    """One raw-layout folder of ``n`` labelled subjects per site (seeded per site, so adding a site changes none)."""
+def generate_sites(work: Path, sites: list[str], n: int, seed: int, size: str, anatomy: str,
+                   modalities: tuple[str, ...] = ("T2S",)) -> dict[str, Path]:
+    """One raw-layout folder of ``n`` labelled subjects per site (seeded per site, so adding a site changes none),
+    with the channels ``modalities``."""
     from cmbunet.synthetic import write_dataset
 
     folders = {}
@@ -45,14 +47,14 @@ def generate_sites(work: Path, sites: list[str], n: int, seed: int, size: str, a
         folder = work / "sites" / site
         if not (folder / "synthetic_truth.json").is_file():
             write_dataset(folder, n, layout="raw", seed=seed * 1000 + sum(map(ord, site)), size=size,
-                          anatomy=anatomy, sites=[site], dataset_name=f"site_{site}")
+                          anatomy=anatomy, sites=[site], dataset_name=f"site_{site}", modalities=modalities)
         folders[site] = folder
     return folders
 
 
 def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: dict[str, Path]) -> str:
     """``DatasetXXX_LOSO<site>``: training sites in imagesTr/labelsTr, the held-out site in imagesTs/labelsTs."""
-    from cmbunet.utilities.file_io import save_json
+    from cmbunet.utilities.file_io import load_json, save_json
 
     name = f"Dataset{dataset_id:03d}_LOSO{held_out}"
     out = raw_root / name
@@ -61,6 +63,7 @@ def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: 
     tmp = raw_root / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     n_train = n_test = 0
+    channels = load_json(next(iter(folders.values())) / "dataset.json")["channel_names"]
     for site, folder in folders.items():
         test = site == held_out
         for img in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
@@ -68,11 +71,13 @@ def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: 
             dst_img, dst_lab = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
             (tmp / dst_img).mkdir(parents=True, exist_ok=True)
             (tmp / dst_lab).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(img, tmp / dst_img / f"{site}_{case}_0000.nii.gz")
+            for c in range(len(channels)):
+                name_c = f"{case}_{c:04d}.nii.gz"
+                shutil.copy2(folder / "imagesTr" / name_c, tmp / dst_img / f"{site}_{name_c}")
             shutil.copy2(folder / "labelsTr" / f"{case}.nii.gz", tmp / dst_lab / f"{site}_{case}.nii.gz")
             n_test, n_train = n_test + test, n_train + (not test)
     save_json({"name": name, "description": f"leave-one-site-out fold: test site {held_out}",
-               "channel_names": {"0": "T2S"}, "labels": {"background": 0, "CMB": 1},
+               "channel_names": channels, "labels": {"background": 0, "CMB": 1},
                "numTraining": n_train, "numTest": n_test, "file_ending": ".nii.gz"}, tmp / "dataset.json")
     tmp.rename(out)
     return name
@@ -200,12 +205,15 @@ def main() -> None:
     p.add_argument("--tag", default="", help="predictions go to WORK/predictions_TAG instead of WORK/predictions")
     p.add_argument("--dataset-id", type=int, default=960, help="first dataset id (one per held-out site)")
     p.add_argument("-np", "--num-processes", type=int, default=2)
+    p.add_argument("--modalities", nargs="+", default=["T2S"], choices=("T2S", "T1", "T2"),
+                   help="channels of the cohort (default: T2S only, the reference method's input)")
     args = p.parse_args()
     info = machine_info()
     print_machine(info)
     work = args.work.resolve()
     t0 = time.perf_counter()
-    folders = generate_sites(work, args.sites, args.cases_per_site, args.seed, args.size, args.anatomy)
+    folders = generate_sites(work, args.sites, args.cases_per_site, args.seed, args.size, args.anatomy,
+                             tuple(args.modalities))
     preset = "auto" if args.preset == "default" else args.preset
     rows = []
     for k, site in enumerate(args.sites):
