@@ -20,8 +20,7 @@ from cmbunet.preprocessing.preprocessor import (
     preprocess_case,
     save_preprocessed_case,
 )
-from cmbunet.preprocessing.resampling import (compute_new_shape, resample_array, resample_image, resample_sparse,
-                                              separate_axis)
+from cmbunet.preprocessing.resampling import compute_new_shape, resample_array, resample_image, separate_axis
 from cmbunet.preprocessing.splits import generate_splits, get_fold_cases, load_or_create_splits
 from plan_helpers import make_plans
 
@@ -116,20 +115,6 @@ def test_separable_resampling_equals_ndimage_zoom(order):
     shape = (30, 9, 16)
     ref = ndi.zoom(arr, [n / o for n, o in zip(shape, arr.shape)], order=order, mode="nearest", grid_mode=True)
     np.testing.assert_allclose(resample_array(arr, shape, order), ref, atol=1e-5)
-
-
-@pytest.mark.parametrize("shape", [(30, 9, 16), (17, 25, 7), (11, 12, 3)])
-def test_sparse_resampling_equals_the_whole_volume_product(shape):
-    """Blobs (one touching the edge, two whose resampled footprints overlap) resampled region by region equal
-    the whole-volume resampling; an all-zero map stays zero."""
-    rng = np.random.default_rng(2)
-    arr = np.zeros((17, 12, 7), np.float32)
-    arr[0:3, 0:2, 0:2] = rng.uniform(0.1, 1, (3, 2, 2))  # at the corner
-    arr[8:10, 5:7, 3:5] = rng.uniform(0.1, 1, (2, 2, 2))
-    arr[11:13, 5:7, 3:5] = rng.uniform(0.1, 1, (2, 2, 2))  # one voxel apart: footprints overlap when downsampled
-    arr[15, 10, 6] = 0.7
-    np.testing.assert_allclose(resample_sparse(arr, shape, 1), resample_array(arr, shape, 1), atol=1e-6)
-    assert not resample_sparse(np.zeros_like(arr), shape, 1).any()
 
 
 def test_separate_z_uses_nearest_along_z():

@@ -19,7 +19,8 @@ from cmbunet.inference.screening import score_box, screening_score_map
 from cmbunet.networks import build_network
 from cmbunet.utilities.autocast import autocast_context
 from cmbunet.utilities.case_names import CHANNEL_STEM_RE, channel_file_name, image_stem
-from cmbunet.utilities.components import STRUCTURE_26, centre_table, component_boxes, find_components
+from cmbunet.utilities.components import (STRUCTURE_26, centre_table, component_boxes, component_maxima,
+                                         find_components)
 from cmbunet.utilities.geometry import (bounding_box_to_slice, mask_bbox, mask_bbox_or_none, voxel_to_world,
                                         world_to_voxel)
 
@@ -64,6 +65,9 @@ def test_components_equal_scipy_centres_boxes_and_counts_bit_for_bit():
         boxes = [[[s.start, s.stop] for s in box] for box in ndimage.find_objects(labels)]
         assert component_boxes(labels, n).tolist() == boxes
         assert comps.ids.tolist() == list(range(1, n + 1))
+        values = np.random.default_rng(n).normal(size=mask.shape)  # maxima over the labelled voxels only
+        assert np.array_equal(component_maxima(values, labels, n),
+                              np.asarray(ndimage.maximum(values, labels, comps.ids), dtype=float).reshape(-1))
 
 
 def test_components_are_26_connected():

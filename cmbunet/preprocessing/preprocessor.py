@@ -23,9 +23,9 @@ from cmbunet.preprocessing.resampling import (
     compute_new_shape,
     linear_owner,
     map_points_to_new_grid,
+    resample_array,
     resample_image,
     resample_mask,
-    resample_sparse,
     separate_axis,
     spacing_equal,
 )
@@ -231,8 +231,7 @@ def export_to_native(probabilities: np.ndarray, properties: dict[str, Any]) -> n
     """Map a preprocessed-space map back to the original ``(X, Y, Z)`` grid; outside the crop it is 0.
 
     Linear interpolation onto the cropped grid (same edge-aligned convention as preprocessing), then the crop
-    is undone by placing it at ``crop_bbox`` in a zero volume of ``original_shape``. Only the block of nonzero
-    values is resampled (:func:`resample_sparse`): a prediction's map is zero away from the kept candidates.
+    is undone by placing it at ``crop_bbox`` in a zero volume of ``original_shape``.
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     expected = tuple(properties["shape_after_resampling"])
@@ -241,7 +240,7 @@ def export_to_native(probabilities: np.ndarray, properties: dict[str, Any]) -> n
             properties.get("case") or None,
             f"map shape {probabilities.shape} does not match the preprocessed shape {expected}",
         )
-    cropped = resample_sparse(probabilities, properties["shape_after_crop"], order=1)
+    cropped = resample_array(probabilities, properties["shape_after_crop"], order=1)
     out = np.zeros(properties["original_shape"], dtype=np.float32)
     out[bounding_box_to_slice(properties["crop_bbox"])] = cropped
     return out

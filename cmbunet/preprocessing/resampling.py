@@ -94,35 +94,6 @@ def resample_array(arr: np.ndarray, new_shape: Sequence[int], order: int) -> np.
     return out
 
 
-def resample_sparse(arr: np.ndarray, new_shape: Sequence[int], order: int = 1) -> np.ndarray:
-    """:func:`resample_array` of a map that is zero away from a few small regions, such as the probability map
-    of the segmented candidates of a scan.
-
-    Resampling is linear in the map, so the map is the sum of its connected nonzero regions and its resampling
-    the sum of theirs: each region's bounding block goes through the rows of the interpolation matrices it
-    touches and is added where they land. A whole-volume export then costs a few patches instead of three
-    matrix products over the volume; the values equal :func:`resample_array`'s up to float rounding. Meant for
-    linear interpolation (``order`` 1), whose taps are local; a higher order spreads every region over the axis.
-    """
-    arr = np.asarray(arr, dtype=np.float32)
-    out = np.zeros([int(n) for n in new_shape], dtype=np.float32)
-    labels, _ = ndi.label(arr != 0, structure=np.ones((3,) * arr.ndim, dtype=bool))
-    for k, box in enumerate(ndi.find_objects(labels), start=1):
-        block = np.where(labels[box] == k, arr[box], np.float32(0))
-        placed = []
-        for axis, (sl, n_out) in enumerate(zip(box, out.shape)):
-            if arr.shape[axis] == n_out:  # resample_array leaves this axis as it is
-                placed.append(sl)
-                continue
-            m = interpolation_matrix(int(arr.shape[axis]), int(n_out), int(order))[:, sl]
-            rows = np.flatnonzero(np.any(m != 0, axis=1))
-            r0, r1 = int(rows[0]), int(rows[-1]) + 1
-            block = np.moveaxis(np.tensordot(m[r0:r1], block, axes=([1], [axis])), 0, axis)
-            placed.append(slice(r0, r1))
-        out[tuple(placed)] += block
-    return out
-
-
 def resample_image(
     arr: np.ndarray, new_shape: Sequence[int], order: int = 3, order_z: int = 0, sep_axis: int | None = None
 ) -> np.ndarray:
