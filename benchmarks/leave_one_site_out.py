@@ -11,6 +11,7 @@ Every step is skipped when its output exists, so an interrupted run continues wh
 
     python benchmarks/leave_one_site_out.py --work /tmp/loso --sites iso3T mid15T swi3T --cases-per-site 12
     python benchmarks/leave_one_site_out.py --work /tmp/loso --preset fast --size small   # quicker proxy
+    python benchmarks/leave_one_site_out.py --work /tmp/loso_t1t2 --hold-out swi3T --modalities T2S T1 T2
 """
 
 from __future__ import annotations
