@@ -58,3 +58,32 @@ class DiscriminationCNN(nn.Module):
     def forward_from_shared(self, y: torch.Tensor) -> torch.Tensor:
         """The rest of the network on a window of :meth:`shift_invariant_features` (same as ``forward``)."""
         return self.classifier(self.features[self.num_shared_layers :](y))
+
+    def shifted_logits(self, y: torch.Tensor, shifts: Sequence[Sequence[int]], reach: int) -> torch.Tensor:
+        """``(n, S, classes)`` logits of every block moved by each of ``shifts`` (``S`` offsets within ``reach``),
+        from :meth:`shift_invariant_features` of the ``n`` blocks grown by ``reach`` per side.
+
+        After C2 every layer is local except the first fully connected one, which is a convolution whose kernel
+        covers the whole C4 map. So the rest of the network runs fully convolutionally over the grown map, once
+        per phase of the 2x2x2 max-pooling (a block moved by an odd number of voxels pools on the other phase: 8
+        passes for 27 shifts), and each shift reads its logits at its own position: the numbers of the windows
+        through :meth:`forward_from_shared`, in about a third of the operations. Evaluation only (dropout and
+        batch statistics act per block in training).
+        """
+        if self.training:
+            raise RuntimeError("shifted_logits is for evaluation: call .eval() first")
+        offsets = [[reach + int(a) for a in shift] for shift in shifts]
+        fc1, fc2 = self.classifier[1], self.classifier[4]
+        kernel = fc1.weight.reshape(fc1.out_features, -1, *self.trunk_size)
+        slope = self.classifier[2].negative_slope
+        out = y.new_empty((len(y), len(offsets), fc2.out_features), dtype=torch.float32)
+        rest = self.features[self.num_shared_layers :]
+        for phase in {tuple(o % 2 for o in off) for off in offsets}:
+            z = rest(y[:, :, phase[0] :, phase[1] :, phase[2] :])
+            hidden = nn.functional.leaky_relu(nn.functional.conv3d(z, kernel, fc1.bias), slope)
+            logits = nn.functional.conv3d(hidden, fc2.weight[:, :, None, None, None], fc2.bias)
+            for j, off in enumerate(offsets):
+                if tuple(o % 2 for o in off) == phase:
+                    a, b, c = ((o - q) // 2 for o, q in zip(off, phase))
+                    out[:, j] = logits[:, :, a, b, c].float()
+        return out
