@@ -55,10 +55,6 @@ class DiscriminationCNN(nn.Module):
         """C1 and C2 on ``x``: the part of the network that is computed once for all shifted blocks."""
         return self.features[: self.num_shared_layers](x)
 
-    def forward_from_shared(self, y: torch.Tensor) -> torch.Tensor:
-        """The rest of the network on a window of :meth:`shift_invariant_features` (same as ``forward``)."""
-        return self.classifier(self.features[self.num_shared_layers :](y))
-
     def shifted_logits(self, y: torch.Tensor, shifts: Sequence[Sequence[int]], reach: int) -> torch.Tensor:
         """``(n, S, classes)`` logits of every block moved by each of ``shifts`` (``S`` offsets within ``reach``),
         from :meth:`shift_invariant_features` of the ``n`` blocks grown by ``reach`` per side.
@@ -66,9 +62,9 @@ class DiscriminationCNN(nn.Module):
         After C2 every layer is local except the first fully connected one, which is a convolution whose kernel
         covers the whole C4 map. So the rest of the network runs fully convolutionally over the grown map, once
         per phase of the 2x2x2 max-pooling (a block moved by an odd number of voxels pools on the other phase: 8
-        passes for 27 shifts), and each shift reads its logits at its own position: the numbers of the windows
-        through :meth:`forward_from_shared`, in about a third of the operations. Evaluation only (dropout and
-        batch statistics act per block in training).
+        passes for 27 shifts), and each shift reads its logits at its own position: the numbers of ``forward``
+        on each shifted block, in about a third of the operations of one pass per shifted window. Evaluation only
+        (dropout and batch statistics act per block in training).
         """
         if self.training:
             raise RuntimeError("shifted_logits is for evaluation: call .eval() first")
