@@ -114,3 +114,35 @@ def test_decision_scores_drop_tubes_keep_round_spots_and_leave_the_rest():
     np.testing.assert_array_equal(decision_scores(p, elongation, diameter, off),
                                   [0.99, DROPPED, 0.7, 0.7, 0.4, 0.99, DROPPED])
     assert measured_threshold(off) == 0.98
+
+
+def test_elongation_limit_scales_with_how_thick_slices_stretch_a_round_spot():
+    """On 3 mm slices a 4 mm ball that straddles two slices measures 2.5 times longer than wide; the limit
+    scaled by ``round_spot_elongation`` keeps it wherever it sits on the grid, and still drops a vein."""
+    from dataclasses import replace
+
+    from cmbunet.inference.shape import DROPPED, decision_scores, round_spot_elongation
+
+    assert round_spot_elongation((0.8, 0.8, 0.8)) == pytest.approx(1.0)
+    assert round_spot_elongation((0.5, 3.0, 0.5)) == pytest.approx(round_spot_elongation((0.5, 0.5, 3.0)))
+    assert 1.3 < round_spot_elongation((0.5, 0.5, 3.0)) < round_spot_elongation((0.5, 0.5, 5.0))
+    centre = np.array([[20, 20, 10]])
+    widest = {}
+    for spacing in [(0.5, 0.5, 0.5), (0.5, 0.5, 3.0), (0.9, 0.9, 2.5), (1.0, 1.0, 2.2)]:
+        limit = 2.0 * round_spot_elongation(spacing)
+        placements = [(dx, dz) for dx in (0.0, spacing[0] / 2) for dz in np.arange(4) * spacing[2] / 4]
+        ball = [spot_shapes(_dark((41, 41, 21), spacing, lambda x, y, z, dx=dx, dz=dz:
+                                  (x - dx) ** 2 + (y - dx) ** 2 + (z - dz) ** 2 <= 2.0**2), centre, spacing).elongation[0]
+                for dx, dz in placements]
+        assert max(ball) <= limit, (spacing, ball)
+        widest[spacing] = max(ball)
+        vein = _dark((41, 41, 21), spacing, lambda x, y, z: (y**2 + z**2 <= 0.8**2) & (np.abs(x) < 6))
+        assert spot_shapes(vein, centre, spacing).elongation[0] > limit
+    assert widest[(0.5, 0.5, 3.0)] > 2.0  # an unscaled limit of 2 would drop the ball there
+    settings = replace(make_plans().inference, discrimination_threshold=0.98, shape_max_elongation=2.0)
+    p, elongation, diameter = np.array([0.99, 0.99]), np.array([1.8, 2.3]), np.array([4.0, 4.0])
+    assert decision_scores(p, elongation, diameter, settings, 1.0).tolist() == [0.99, DROPPED]
+    thick = round_spot_elongation((0.5, 0.5, 3.0))
+    assert decision_scores(p, elongation, diameter, settings, thick).tolist() == [0.99, 0.99]
+    per_candidate = decision_scores(p, elongation, diameter, settings, np.array([thick, 1.0]))
+    assert per_candidate.tolist() == [0.99, DROPPED]

@@ -20,7 +20,7 @@ import torch
 
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
-from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
+from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold, round_spot_elongation
 from cmbunet.plans.plans_io import load_plans
 from cmbunet.training import cli as train_cli
 from cmbunet.training.checkpoint import load_stage_network
@@ -88,6 +88,7 @@ def detection_scores(trained: dict) -> dict[str, float]:
     """Held-out screening sensitivity and FPs, then detection after discrimination (max over 27 shifts above the
     threshold cmbunet_predict would use: inference_settings.json, else the plans')."""
     from cmbunet.inference.discrimination import discriminate_candidates
+    from cmbunet.preprocessing.preprocessor import case_files
     from cmbunet.utilities.file_io import load_json
 
     plans = trained["plans"]
@@ -108,7 +109,9 @@ def detection_scores(trained: dict) -> dict[str, float]:
             # the predictor's decision: threshold and shape rule
             elongation, diameter = candidate_spot_shapes(case.data, moved, prob > measured_threshold(settings),
                                                          plans.channel_names, plans.target_spacing)
-            keep = decision_scores(prob, elongation, diameter, settings) > threshold
+            spacing = load_json(case_files(trained["pre"], case.name)[1])["original_spacing"]
+            scale = round_spot_elongation(spacing)  # what cmbunet_predict scales the elongation limit by
+            keep = decision_scores(prob, elongation, diameter, settings, scale) > threshold
             hit_k, fp_k, _ = candidate_hits(case.seg, moved[keep], tolerance=1)
             kept_found, kept_fps = kept_found + len(hit_k), kept_fps + int(fp_k.sum())
     cases = len(bank.cases)

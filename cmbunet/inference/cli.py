@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop predicted CMBs smaller than this many voxels of the input image (default: "
                         "inference_settings.json of the model, else 0: keep all)")
     p.add_argument("--shape-max-elongation", type=float, default=None, metavar="E",
-                   help="drop a kept candidate whose dark spot is more than E times longer than wide: veins, flat "
-                        "partial-volume spots (default: inference_settings.json of the model, else the plans (3))")
+                   help="drop a kept candidate whose dark spot is more than E times longer than wide, times the "
+                        "elongation a round 4 mm spot shows on the scan's voxels (1 on isotropic voxels, up to about "
+                        "1.4 on 3 mm slices): veins, flat partial-volume spots, clumps of calcification (default: "
+                        "inference_settings.json of the model, else the plans (2))")
     p.add_argument("--shape-max-diameter-mm", type=float, default=None, metavar="D",
                    help="drop a kept candidate whose dark spot is wider than D mm (default: inference_settings.json "
                         "of the model, else the plans (10, the largest microbleed))")

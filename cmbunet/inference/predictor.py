@@ -43,7 +43,7 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  #
                                       write_csv)
 from cmbunet.inference.screening import score_boxes, screening_score_map
 from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
+from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold, round_spot_elongation
 from cmbunet.model_folder import ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
@@ -277,7 +277,8 @@ class CMBPredictor:
             self.channels_last, s.discrimination_mirror)
         elongation, diameter = candidate_spot_shapes(data, moved, disc > measured_threshold(s),
                                                      self.plans.channel_names, self.plans.target_spacing)
-        kept = decision_scores(disc, elongation, diameter, s) > float(s.discrimination_threshold)
+        scale = round_spot_elongation(properties["original_spacing"])  # thick slices stretch small CMBs
+        kept = decision_scores(disc, elongation, diameter, s, scale) > float(s.discrimination_threshold)
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 
         prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
@@ -291,7 +292,8 @@ class CMBPredictor:
         native_pos = preprocessed_to_native(moved, properties)
         candidates = pd.DataFrame({
             "x": moved[:, 0], "y": moved[:, 1], "z": moved[:, 2], "screening_score": scores,
-            "discrimination_score": disc, "spot_elongation": elongation, "spot_diameter_mm": diameter, "kept": kept,
+            "discrimination_score": disc, "spot_elongation": elongation, "spot_diameter_mm": diameter,
+            "round_spot_elongation": np.full(len(moved), scale), "kept": kept,
             "native_i": native_pos[:, 0], "native_j": native_pos[:, 1], "native_k": native_pos[:, 2]})
         world = voxel_to_world(native_pos, geometry)
         candidates[["x_mm", "y_mm", "z_mm"]] = world if len(world) else np.zeros((0, 3))

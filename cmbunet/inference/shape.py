@@ -22,6 +22,10 @@ from cmbunet.utilities.patches import extract_patches
 #: Half-width of the box the spot is measured in: a microbleed is at most 10 mm across.
 SHAPE_RADIUS_MM = 7.0
 
+#: Diameter (mm) of the round spot whose look on a scan's voxels scales the elongation limit: the median width at
+#: half depth of microbleeds on three held-out sites was 3.9-4.2 mm (documentation/benchmarks.md, section 6d).
+REFERENCE_SPOT_DIAMETER_MM = 4.0
+
 
 @dataclass(frozen=True)
 class SpotShape:
@@ -89,15 +93,29 @@ def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float]
     return SpotShape(np.where(ok, elongation, np.nan), np.where(ok, diameter, np.nan))
 
 
-def shape_keeps(elongation: np.ndarray, diameter_mm: np.ndarray, max_elongation: float | None,
+def round_spot_elongation(spacing: Sequence[float], diameter_mm: float = REFERENCE_SPOT_DIAMETER_MM) -> float:
+    """The elongation a round spot of ``diameter_mm`` shows when imaged with voxels of ``spacing`` (mm): 1 on
+    isotropic voxels, more on thick slices, where a small microbleed fills a whole slice and so looks stretched
+    across slices.
+
+    Each axis' spread is the ball's own (``d**2 / 20``, a uniform ball) plus the voxel's (``s**2 / 12``), the way
+    :func:`spot_shapes` measures. Scaling the elongation limit by it keeps a limit meant for what a microbleed can
+    look like (round or ovoid) from dropping small microbleeds on 2.5-3.5 mm slices.
+    """
+    spread = float(diameter_mm) ** 2 / 20.0 + np.asarray(spacing, dtype=float) ** 2 / 12.0
+    return float(np.sqrt(spread.max() / spread.min()))
+
+
+def shape_keeps(elongation: np.ndarray, diameter_mm: np.ndarray, max_elongation: float | np.ndarray | None,
                 max_diameter_mm: float | None) -> np.ndarray:
-    """Which candidates the shape rule keeps (per-candidate arrays of :func:`spot_shapes`): a spot more elongated than ``max_elongation`` or wider than
-    ``max_diameter_mm`` is dropped; ``None`` sets no limit, and a spot that cannot be measured (NaN) is kept, so
-    the rule only ever removes what is clearly not a ball of microbleed size."""
+    """Which candidates the shape rule keeps (per-candidate arrays of :func:`spot_shapes`): a spot more elongated
+    than ``max_elongation`` (a number, or one per candidate) or wider than ``max_diameter_mm`` is dropped; ``None``
+    sets no limit, and a spot that cannot be measured (NaN) is kept, so the rule only ever removes what is clearly
+    not a ball of microbleed size."""
     keep = np.ones(len(elongation), dtype=bool)
     with np.errstate(invalid="ignore"):
         if max_elongation is not None:
-            keep &= ~(np.asarray(elongation) > float(max_elongation))
+            keep &= ~(np.asarray(elongation) > np.asarray(max_elongation, dtype=float))
         if max_diameter_mm is not None:
             keep &= ~(np.asarray(diameter_mm) > float(max_diameter_mm))
     return keep
@@ -136,10 +154,12 @@ DROPPED, ROUND = -1.0, 2.0
 
 
 def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter_mm: np.ndarray,
-                    settings: InferenceSettings) -> np.ndarray:
+                    settings: InferenceSettings, elongation_scale: float | np.ndarray = 1.0) -> np.ndarray:
     """What the discrimination threshold is compared with once the spot's shape is known.
 
-    A spot the shape rule drops (too elongated or too wide) gets :data:`DROPPED`. A round spot of microbleed size
+    A spot the shape rule drops (more than ``shape_max_elongation`` x ``elongation_scale`` times longer than
+    wide, or wider than ``shape_max_diameter_mm``) gets :data:`DROPPED`; ``elongation_scale`` is the scan's
+    :func:`round_spot_elongation` (one number, or one per candidate). A round spot of microbleed size
     (elongation at most ``shape_round_elongation``, diameter within ``shape_max_diameter_mm``) with a probability
     above ``shape_round_threshold`` gets :data:`ROUND`: discrimination, trained at even odds, need only favour
     it, because the prior that made the threshold strict (many screening false positives per microbleed) is not
@@ -148,7 +168,10 @@ def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter
     """
     p = np.asarray(discrimination, dtype=float)
     e, d = np.asarray(elongation, dtype=float), np.asarray(diameter_mm, dtype=float)
-    score = np.where(shape_keeps(e, d, settings.shape_max_elongation, settings.shape_max_diameter_mm), p, DROPPED)
+    max_e = settings.shape_max_elongation
+    if max_e is not None:
+        max_e = float(max_e) * np.asarray(elongation_scale, dtype=float)
+    score = np.where(shape_keeps(e, d, max_e, settings.shape_max_diameter_mm), p, DROPPED)
     if settings.shape_round_elongation is not None:
         with np.errstate(invalid="ignore"):
             round_ = (e <= settings.shape_round_elongation) & (p > settings.shape_round_threshold)

@@ -329,7 +329,7 @@ def plan_experiment(
             "discrimination_shift_vox": 1,
             "discrimination_aggregate": "max",
             "discrimination_mirror": True,
-            "shape_max_elongation": 3.0,
+            "shape_max_elongation": 2.0,
             "shape_max_diameter_mm": 10.0,
             "shape_round_elongation": 1.5,
             "shape_round_threshold": 0.5,
