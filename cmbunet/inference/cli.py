@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "inference_settings.json of the model, else 0: keep all)")
     p.add_argument("--shape-max-elongation", type=float, default=None, metavar="E",
                    help="drop a kept candidate whose dark spot is more than E times longer than wide, times the "
-                        "elongation a round 4 mm spot shows on the scan's voxels (1 on isotropic voxels, up to about "
-                        "1.4 on 3 mm slices): veins, flat partial-volume spots, clumps of calcification (default: "
+                        "elongation a round 3 mm spot shows on the scan's voxels (1 on isotropic voxels, about "
+                        "1.6 on 3 mm slices): veins, flat partial-volume spots, clumps of calcification (default: "
                         "inference_settings.json of the model, else the plans (2))")
     p.add_argument("--shape-max-diameter-mm", type=float, default=None, metavar="D",
                    help="drop a kept candidate whose dark spot is wider than D mm (default: inference_settings.json "

@@ -22,9 +22,10 @@ from cmbunet.utilities.patches import extract_patches
 #: Half-width of the box the spot is measured in: a microbleed is at most 10 mm across.
 SHAPE_RADIUS_MM = 7.0
 
-#: Diameter (mm) of the round spot whose look on a scan's voxels scales the elongation limit: the median width at
-#: half depth of microbleeds on three held-out sites was 3.9-4.2 mm (documentation/benchmarks.md, section 6d).
-REFERENCE_SPOT_DIAMETER_MM = 4.0
+#: Diameter (mm) of the round spot whose look on a scan's voxels scales the elongation limit: a small microbleed,
+#: the kind thick slices stretch most (the 10th percentile of microbleeds' width at half depth on three held-out
+#: sites was 2.9-3.2 mm; documentation/benchmarks.md, section 6d).
+REFERENCE_SPOT_DIAMETER_MM = 3.0
 
 
 @dataclass(frozen=True)
