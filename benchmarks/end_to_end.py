@@ -88,7 +88,8 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
     from cmbunet.inference.input_cases import find_input_cases
     from cmbunet.inference.outputs import CaseOutputs, CasePrediction, cmb_table, drop_small_components, write_case
     from cmbunet.inference.segmentation import segment_candidates
-    from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold
+    from cmbunet.inference.shape import (candidate_spot_shapes, decision_scores, measured_threshold,
+                                         round_spot_elongation)
     from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
 
     forced, plans, settings = not args.get("model"), pred.plans, pred.settings
@@ -122,7 +123,8 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
     else:  # the predictor's decision: threshold and shape rule
         elongation, diameter = candidate_spot_shapes(data, moved, disc > measured_threshold(settings),
                                                      plans.channel_names, plans.target_spacing)
-        kept = decision_scores(disc, elongation, diameter, settings) > float(settings.discrimination_threshold)
+        scale = round_spot_elongation(properties["original_spacing"])
+        kept = decision_scores(disc, elongation, diameter, settings, scale) > float(settings.discrimination_threshold)
     t["discrimination"] += time.perf_counter() - clock
     clock = time.perf_counter()
     prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,

@@ -42,13 +42,16 @@ VARIANTS = {"max": ("max", False), "mean": ("mean", False), "max_mirror": ("max"
 #: Shape rules applied on top of ``max_mirror`` (the plans' ``inference.shape_*``, see
 #: cmbunet.inference.shape.decision_scores): a spot longer than ``shape_max_elongation`` times its width or wider
 #: than ``shape_max_diameter_mm`` is dropped; a round one (``shape_round_elongation``) above
-#: ``shape_round_threshold`` is kept at any threshold.
+#: ``shape_round_threshold`` is kept at any threshold. The elongation limit is scaled by each scan's
+#: ``round_spot_elongation`` (thick slices stretch a small round spot), as ``cmbunet_predict`` does.
 NO_ROUND = {"shape_round_elongation": None, "shape_round_threshold": 0.5}
 SHAPE_RULES = {
     "shape_e3": {"shape_max_elongation": 3.0, "shape_max_diameter_mm": None, **NO_ROUND},
     "shape_e3_d10": {"shape_max_elongation": 3.0, "shape_max_diameter_mm": 10.0, **NO_ROUND},
     "shape_e2.5_d8": {"shape_max_elongation": 2.5, "shape_max_diameter_mm": 8.0, **NO_ROUND},
-    "shape_e3_d10_round1.5 (default)": {"shape_max_elongation": 3.0, "shape_max_diameter_mm": 10.0,
+    "shape_e3_d10_round1.5": {"shape_max_elongation": 3.0, "shape_max_diameter_mm": 10.0,
+                              "shape_round_elongation": 1.5, "shape_round_threshold": 0.5},
+    "shape_e2_d10_round1.5 (default)": {"shape_max_elongation": 2.0, "shape_max_diameter_mm": 10.0,
                                         "shape_round_elongation": 1.5, "shape_round_threshold": 0.5},
 }
 
@@ -97,7 +100,7 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
     from cmbunet.inference.discrimination import discriminate_candidates
     from cmbunet.inference.outputs import preprocessed_to_native
     from cmbunet.inference.screening import screening_score_map
-    from cmbunet.inference.shape import candidate_spot_shapes
+    from cmbunet.inference.shape import candidate_spot_shapes, round_spot_elongation
     from cmbunet.model_folder import ModelFolder
     from cmbunet.training.samples import build_bank
 
@@ -116,7 +119,8 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
         centres, _ = find_candidates(screening_score_map(screening, case.data, plans), plans)
         n_cmbs = len(case.cmb_centres)
         spacing = np.asarray(props["original_spacing"] if "original_spacing" in props else props["spacing"], float)
-        record = {"case": case.name, "cmbs": n_cmbs, "candidates": []}
+        record = {"case": case.name, "cmbs": n_cmbs, "round_spot_elongation": round_spot_elongation(spacing),
+                  "candidates": []}
         if len(centres):
             probs = {}
             for how in VARIANTS:
@@ -149,7 +153,8 @@ def add_shape_variants(cases: list[dict], plans) -> None:
             xs = c["candidates"]
             scores = decision_scores(np.array([x["max_mirror"] for x in xs], float),
                                      np.array([x["elongation"] for x in xs], float),
-                                     np.array([x["diameter_mm"] for x in xs], float), settings)
+                                     np.array([x["diameter_mm"] for x in xs], float), settings,
+                                     c.get("round_spot_elongation", 1.0))
             for x, v in zip(xs, scores):
                 x[name] = float(v)
 

@@ -341,3 +341,54 @@ def test_settings_file_sets_defaults_and_flags_override(plans, tmp_path):
               tmp_path / "inference_settings.json")
     s = resolve_settings(plans, tmp_path, {"screening_threshold": 0.05, "discrimination_threshold": None})
     assert s.discrimination_threshold == 0.7 and s.screening_threshold == 0.05 and "note" not in s.to_dict()
+
+
+class EmptySegmentation(nn.Module):
+    """Stand-in U-Net that segments nothing, like the trained one at some one-voxel microbleeds."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x[:, :1]), torch.full_like(x[:, :1], -20.0)], dim=1)
+
+
+def test_small_spot_the_unet_leaves_empty_is_written_as_its_dark_spot(plans, planted):
+    from dataclasses import replace
+
+    folder, world = planted
+    nets = {"screening": [DarkSpotScreening(plans.screening.block_size, plans.screening.fcn_stride)],
+            "discrimination": [DarkSpotDiscrimination()], "segmentation": [EmptySegmentation()]}
+    image = [folder / "case_0000.nii.gz"]
+    results = {}
+    for limit in (None, 2.0, 4.0):
+        p = replace(plans, inference=replace(plans.inference, unsegmented_spot_max_diameter_mm=limit))
+        results[limit] = CMBPredictor(p, nets).predict_case(image, case="case")
+    assert len(results[None].cmbs) == 0 and results[None].binary.max() == 0  # the U-Net alone writes nothing
+    kept = results[4.0].candidates[results[4.0].candidates["kept"]]
+    assert (kept["spot_diameter_mm"] > 2.0).all() and (kept["spot_diameter_mm"] <= 4.0).all()
+    assert len(results[2.0].cmbs) == 0  # the spot is wider than 2 mm
+    cmbs = results[4.0].cmbs
+    assert len(cmbs) == 1
+    assert np.linalg.norm(cmbs[["x_mm", "y_mm", "z_mm"]].to_numpy()[0] - world) < 1.0
+    assert cmbs["segmentation_score"].iloc[0] == pytest.approx(kept["discrimination_score"].max(), abs=1e-6)
+    assert 5 <= results[4.0].binary.sum() <= 40  # the half-depth spot of a 1.6 mm ball on 0.9 x 1.1 x 2 mm voxels
+
+
+def test_add_unsegmented_spots_writes_only_where_the_unet_found_nothing():
+    from cmbunet.inference.segmentation import add_unsegmented_spots
+    from cmbunet.inference.shape import dark_spots
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 0.1, (40, 30, 20)).astype(np.float32)
+    image[8:10, 10:12, 9:11] = -3.0  # spot A, left empty
+    image[28:31, 14:17, 8:11] = -3.0  # spot B, segmented by the "U-Net"
+    centres = np.array([[9, 11, 10], [29, 15, 9]])
+    probabilities = np.zeros(image.shape, np.float32)
+    probabilities[29, 15, 9] = 0.9
+    spots = dark_spots(image, centres, (1.0, 1.0, 1.0))
+    out, written = add_unsegmented_spots(probabilities, spots, centres, np.array([0.97, 0.99]), 0.5)
+    assert written == 1 and probabilities.max() == pytest.approx(0.9)  # the input is not changed
+    a = np.zeros(image.shape, bool)
+    a[8:10, 10:12, 9:11] = True
+    assert (out[a] == np.float32(0.97)).all() and (out[~a] == probabilities[~a]).all()
+    none, zero = add_unsegmented_spots(probabilities, dark_spots(image, centres[:0], (1, 1, 1)), centres[:0],
+                                       np.zeros(0), 0.5)
+    assert zero == 0 and none is probabilities

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape-round-threshold", type=float, default=None, metavar="T",
                    help="discrimination threshold of round spots (default: inference_settings.json of the model, "
                         "else the plans (0.5))")
+    p.add_argument("--unsegmented-spot-max-diameter-mm", type=float, default=None, metavar="D",
+                   help="a kept candidate the U-Net leaves empty is written as its dark spot (voxels darker than half "
+                        "its depth) when the spot is at most D mm wide: small microbleeds the U-Net misses; 0 writes "
+                        "none (default: inference_settings.json of the model, else the plans (4))")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -161,7 +165,8 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "segmentation_threshold": args.segmentation_threshold, "max_candidates": args.max_candidates,
             "min_component_voxels": args.min_component_voxels, "shape_max_elongation": args.shape_max_elongation,
             "shape_max_diameter_mm": args.shape_max_diameter_mm, "shape_round_elongation": args.shape_round_elongation,
-            "shape_round_threshold": args.shape_round_threshold}
+            "shape_round_threshold": args.shape_round_threshold,
+            "unsegmented_spot_max_diameter_mm": args.unsegmented_spot_max_diameter_mm}
 
 
 def dataset_file_ending(model_dir: Path) -> str:

@@ -42,8 +42,9 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  #
                                       refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
                                       write_csv)
 from cmbunet.inference.screening import score_boxes, screening_score_map
-from cmbunet.inference.segmentation import segment_candidates
-from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold, round_spot_elongation
+from cmbunet.inference.segmentation import add_unsegmented_spots, segment_candidates
+from cmbunet.inference.shape import (candidate_spot_shapes, dark_spots, decision_scores, measured_threshold,
+                                    round_spot_elongation, susceptibility_channel)
 from cmbunet.model_folder import ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
@@ -284,6 +285,13 @@ class CMBPredictor:
         prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
                                       self.segmentation_batch_size, self.stage_precision["segmentation"],
                                       self.channels_last)
+        if s.unsegmented_spot_max_diameter_mm is not None:  # small spots the U-Net left empty
+            with np.errstate(invalid="ignore"):
+                small = np.flatnonzero(kept & (diameter <= float(s.unsegmented_spot_max_diameter_mm)))
+            spots = dark_spots(data[susceptibility_channel(self.plans.channel_names)], moved[small],
+                               self.plans.target_spacing)
+            prob_pre, _ = add_unsegmented_spots(prob_pre, spots, moved[small], disc[small],
+                                                float(s.segmentation_threshold))
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
 
         native, binary, _ = export_segmentation(prob_pre, properties, float(s.segmentation_threshold))

@@ -42,23 +42,31 @@ def box_size(spacing: Sequence[float], radius_mm: float = SHAPE_RADIUS_MM) -> tu
     return tuple(int(2 * np.ceil(radius_mm / float(s)) + 1) for s in spacing)
 
 
-def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float], depth_fraction: float = 0.5,
-                radius_mm: float = SHAPE_RADIUS_MM) -> SpotShape:
-    """Shape of the dark spot at each centre of a 3D ``image`` with voxel ``spacing`` (mm).
+@dataclass(frozen=True)
+class DarkSpots:
+    """The dark spot under each of ``N`` centres, as boolean boxes ``(N, *size)`` centred on the centres."""
 
-    The spot is the 26-connected region of voxels darker than ``background - depth_fraction * depth`` that holds
-    the darkest voxel next to the centre, where ``background`` is the box's median and ``depth`` how far the
-    darkest voxel lies below it. Principal variances add a voxel's own extent (``spacing**2 / 12``) so that a spot
-    one slice thick on a thick-slice scan is not taken for a flat disc. All candidates are measured at once: the
-    boxes are stacked and labelled in one call with no connection between boxes.
-    """
+    masks: np.ndarray  # (N, X, Y, Z) bool; all False where no spot darker than its surroundings lies
+    size: tuple[int, int, int]
+
+    def voxels(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(spot index, volume voxel (3,))`` of every spot voxel: rows ``(K,)`` and ``(K, 3)``."""
+        n, *xyz = np.nonzero(self.masks)
+        corner = np.asarray(centres, dtype=np.int64).reshape(-1, 3) - np.array(self.size) // 2
+        return n, corner[n] + np.stack(xyz, axis=1)
+
+
+def dark_spots(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float], depth_fraction: float = 0.5,
+               radius_mm: float = SHAPE_RADIUS_MM) -> DarkSpots:
+    """The dark spot at each centre of a 3D ``image``: the 26-connected region of voxels darker than
+    ``background - depth_fraction * depth`` that holds the darkest voxel next to the centre, where ``background``
+    is the median of a box reaching ``radius_mm`` and ``depth`` how far the darkest voxel lies below it. All
+    centres at once: the boxes are stacked and labelled in one call with no connection between boxes."""
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
     n = len(centres)
-    nan = np.full(n, np.nan)
+    size = box_size(np.asarray(spacing, dtype=float), radius_mm)
     if n == 0:
-        return SpotShape(nan, nan)
-    spacing = np.asarray(spacing, dtype=float)
-    size = box_size(spacing, radius_mm)
+        return DarkSpots(np.zeros((0, *size), dtype=bool), size)
     boxes = extract_patches(np.asarray(image, dtype=np.float32), centres, size, pad_value=np.nan)
     mid = np.array(size) // 2
     core = boxes[:, mid[0] - 1: mid[0] + 2, mid[1] - 1: mid[1] + 2, mid[2] - 1: mid[2] + 2].reshape(n, -1)
@@ -70,18 +78,33 @@ def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float]
     valid = np.isfinite(bottom) & (depth > 0)
     cut = background - depth_fraction * np.where(valid, depth, 0.0)
     with np.errstate(invalid="ignore"):
-        dark = boxes < cut[:, None, None, None]
+        dark = (boxes < cut[:, None, None, None]) & valid[:, None, None, None]
     structure = np.zeros((3, 3, 3, 3), dtype=bool)
     structure[1] = STRUCTURE_26  # 26-connected within each box, never across boxes
     labels, _ = ndimage.label(dark, structure=structure)
     seed = np.stack(np.unravel_index(darkest, (3, 3, 3)), axis=1) + mid - 1
     seed_label = labels[np.arange(n), seed[:, 0], seed[:, 1], seed[:, 2]]
     spot = (labels == seed_label[:, None, None, None]) & (seed_label > 0)[:, None, None, None]
+    return DarkSpots(spot, size)
 
-    count = spot.reshape(n, -1).sum(axis=1).astype(float)
+
+def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float], depth_fraction: float = 0.5,
+                radius_mm: float = SHAPE_RADIUS_MM) -> SpotShape:
+    """Shape of the :func:`dark_spots` at each centre of a 3D ``image`` with voxel ``spacing`` (mm).
+
+    Principal variances add a voxel's own extent (``spacing**2 / 12``) so that a spot one slice thick on a
+    thick-slice scan is not taken for a flat disc.
+    """
+    spots = dark_spots(image, centres, spacing, depth_fraction, radius_mm)
+    n, size = len(spots.masks), spots.size
+    if n == 0:
+        return SpotShape(np.zeros(0), np.zeros(0))
+    spacing = np.asarray(spacing, dtype=float)
+    mid = np.array(size) // 2
+    count = spots.masks.reshape(n, -1).sum(axis=1).astype(float)
     axes = [(np.arange(s) - m) * d for s, m, d in zip(size, mid, spacing)]
     grids = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # (V, 3) mm
-    weights = spot.reshape(n, -1).astype(float)
+    weights = spots.masks.reshape(n, -1).astype(float)
     safe = np.maximum(count, 1.0)
     mean = weights @ grids / safe[:, None]
     second = np.einsum("nv,vi,vj->nij", weights, grids, grids) / safe[:, None, None]
@@ -90,7 +113,7 @@ def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float]
     elongation = np.sqrt(eig[:, 2] / np.maximum(eig[:, 0], 1e-12))
     volume = count * float(np.prod(spacing))
     diameter = 2.0 * np.cbrt(3.0 * volume / (4.0 * np.pi))
-    ok = valid & (count > 0)
+    ok = count > 0
     return SpotShape(np.where(ok, elongation, np.nan), np.where(ok, diameter, np.nan))
 
 

@@ -46,6 +46,7 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "inference.shape_max_diameter_mm": None,
     "inference.shape_round_elongation": None,  # no lower threshold for round spots
     "inference.shape_round_threshold": 0.5,
+    "inference.unsegmented_spot_max_diameter_mm": None,  # the U-Net alone decided what was written
 }
 
 _SIZE = triple(integer(1))
@@ -264,6 +265,9 @@ class InferenceSettings(Section):
     #: a spot at most this elongated (and within the diameter limit) is round: kept above shape_round_threshold
     shape_round_elongation: float | None = leaf(optional(number(1)))
     shape_round_threshold: float = leaf(number(0, 1))
+    #: a kept candidate the U-Net leaves empty is written as its dark spot when the spot is at most this wide (mm);
+    #: None: only what the U-Net segments is written
+    unsegmented_spot_max_diameter_mm: float | None = leaf(optional(number(0)))
     segmentation_threshold: float = leaf(number(0, 1, lo_open=True))
     tile_size: tuple[int, int, int] = leaf(_SIZE)
     #: not planned: set by inference_settings.json or the command line; None keeps every component
