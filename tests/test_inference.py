@@ -392,3 +392,22 @@ def test_add_unsegmented_spots_writes_only_where_the_unet_found_nothing():
     none, zero = add_unsegmented_spots(probabilities, dark_spots(image, centres[:0], (1, 1, 1)), centres[:0],
                                        np.zeros(0), 0.5)
     assert zero == 0 and none is probabilities
+
+
+def test_components_away_from_every_kept_candidate_are_dropped():
+    from cmbunet.inference.segmentation import components_at_candidates
+
+    p = np.zeros((30, 30, 20), np.float32)
+    p[5:8, 5:8, 5:8] = 0.9  # holds the kept candidate at (6, 6, 6)
+    p[12:14, 5:7, 5:7] = 0.8  # its edge 4 voxels from the candidate: a neighbour the patch also segmented
+    p[20:22, 20:22, 10:12] = 0.7  # 2 voxels (a box) from the second candidate
+    p[25, 25, 15] = 0.3  # below the threshold: not a component, left as it is
+    out, dropped = components_at_candidates(p, np.array([[6, 6, 6], [23, 23, 13]]), 0.5)
+    assert dropped == 1 and p[12, 5, 5] == np.float32(0.8)  # the input is not changed
+    assert out[12:14, 5:7, 5:7].max() == 0
+    np.testing.assert_array_equal(out[5:8, 5:8, 5:8], p[5:8, 5:8, 5:8])
+    np.testing.assert_array_equal(out[20:22, 20:22, 10:12], p[20:22, 20:22, 10:12])
+    assert out[25, 25, 15] == np.float32(0.3)
+    same, none = components_at_candidates(p, np.array([[6, 6, 6], [12, 5, 5], [21, 21, 11]]), 0.5)
+    assert none == 0 and same is p
+    assert components_at_candidates(p, np.zeros((0, 3)), 0.5)[1] == 3

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a kept candidate the U-Net leaves empty is written as its dark spot (voxels darker than half "
                         "its depth) when the spot is at most D mm wide: small microbleeds the U-Net misses; 0 writes "
                         "none (default: inference_settings.json of the model, else the plans (4))")
+    p.add_argument("--components-need-candidate", choices=("yes", "no"), default=None,
+                   help="yes: write only the segmented CMBs that reach within two voxels of a kept candidate (the "
+                        "U-Net's patch also segments dark spots nearby that discrimination never judged); no: every "
+                        "component (default: inference_settings.json of the model, else the plans (yes))")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -166,7 +170,9 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "min_component_voxels": args.min_component_voxels, "shape_max_elongation": args.shape_max_elongation,
             "shape_max_diameter_mm": args.shape_max_diameter_mm, "shape_round_elongation": args.shape_round_elongation,
             "shape_round_threshold": args.shape_round_threshold,
-            "unsegmented_spot_max_diameter_mm": args.unsegmented_spot_max_diameter_mm}
+            "unsegmented_spot_max_diameter_mm": args.unsegmented_spot_max_diameter_mm,
+            "components_need_candidate": None if args.components_need_candidate is None
+            else args.components_need_candidate == "yes"}
 
 
 def dataset_file_ending(model_dir: Path) -> str:

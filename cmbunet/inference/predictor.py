@@ -42,7 +42,7 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  #
                                       refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
                                       write_csv)
 from cmbunet.inference.screening import score_boxes, screening_score_map
-from cmbunet.inference.segmentation import add_unsegmented_spots, segment_candidates
+from cmbunet.inference.segmentation import add_unsegmented_spots, components_at_candidates, segment_candidates
 from cmbunet.inference.shape import (candidate_spot_shapes, dark_spots, decision_scores, measured_threshold,
                                     round_spot_elongation, susceptibility_channel)
 from cmbunet.model_folder import ModelFolder, other_plans_hint
@@ -292,6 +292,8 @@ class CMBPredictor:
                                self.plans.target_spacing)
             prob_pre, _ = add_unsegmented_spots(prob_pre, spots, moved[small], disc[small],
                                                 float(s.segmentation_threshold))
+        if s.components_need_candidate:  # what the U-Net segmented around a kept candidate, not beside it
+            prob_pre, _ = components_at_candidates(prob_pre, moved[kept], float(s.segmentation_threshold))
         t["segmentation"], clock = time.perf_counter() - clock, time.perf_counter()
 
         native, binary, _ = export_segmentation(prob_pre, properties, float(s.segmentation_threshold))

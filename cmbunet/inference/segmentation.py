@@ -4,7 +4,8 @@ Patches of neighbouring candidates overlap. Their probabilities are merged as in
 each patch is weighted by a Gaussian importance map (sigma = patch/8, highest at the patch centre, where the
 network has the most context), weighted probabilities and weights are accumulated, and the sum is divided
 by the weights. Voxels that no patch covers stay 0. Kept candidates at small dark spots that the U-Net leaves
-empty are written as their spot (:func:`add_unsegmented_spots`).
+empty are written as their spot (:func:`add_unsegmented_spots`), and components that hold no kept candidate are
+dropped (:func:`components_at_candidates`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 from cmbunet.inference.discrimination import PaddedVolume, block_probabilities
 from cmbunet.inference.shape import DarkSpots
 from cmbunet.plans.schema import Plans
+from cmbunet.utilities.components import label_components
+from cmbunet.utilities.patches import extract_patches
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
@@ -98,3 +101,28 @@ def add_unsegmented_spots(probabilities: np.ndarray, spots: DarkSpots, centres: 
     write = empty[index]
     np.maximum.at(out, tuple(voxels[write].T), scores[index[write]])
     return out, int(empty.sum())
+
+
+def components_at_candidates(probabilities: np.ndarray, centres: np.ndarray, threshold: float,
+                             reach_vox: int = 2) -> tuple[np.ndarray, int]:
+    """``probabilities`` with every component (voxels at or above ``threshold``, 26-connected) that comes within
+    ``reach_vox`` voxels (a box) of no kept candidate's centre set to 0; returns it and how many were dropped.
+
+    Why: each U-Net patch spans about 25 mm, so next to a kept candidate it also segments dark spots that
+    discrimination never judged, such as the other lobes of a calcification. A written CMB should be one that
+    discrimination kept; the U-Net only delineates it (benchmarks.md, section 6f).
+    """
+    labels, n = label_components(np.asarray(probabilities) >= float(threshold))
+    if n == 0:
+        return probabilities, 0
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
+    reached = np.zeros(n + 1, dtype=bool)
+    if len(centres):
+        box = extract_patches(labels, centres, (2 * reach_vox + 1,) * 3)
+        reached[np.unique(box)] = True
+    reached[0] = True  # the background stays as it is
+    if reached.all():
+        return probabilities, 0
+    out = np.asarray(probabilities).copy()
+    out[~reached[labels]] = 0.0
+    return out, int((~reached).sum())

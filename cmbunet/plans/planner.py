@@ -334,6 +334,7 @@ def plan_experiment(
             "shape_round_elongation": 1.5,
             "shape_round_threshold": 0.5,
             "unsegmented_spot_max_diameter_mm": 4.0,
+            "components_need_candidate": True,
             "segmentation_threshold": 0.5,
             "tile_size": tile_size(block),
         },

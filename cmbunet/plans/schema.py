@@ -47,6 +47,7 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "inference.shape_round_elongation": None,  # no lower threshold for round spots
     "inference.shape_round_threshold": 0.5,
     "inference.unsegmented_spot_max_diameter_mm": None,  # the U-Net alone decided what was written
+    "inference.components_need_candidate": False,  # every component the U-Net segmented was written
 }
 
 _SIZE = triple(integer(1))
@@ -268,6 +269,8 @@ class InferenceSettings(Section):
     #: a kept candidate the U-Net leaves empty is written as its dark spot when the spot is at most this wide (mm);
     #: None: only what the U-Net segments is written
     unsegmented_spot_max_diameter_mm: float | None = leaf(optional(number(0)))
+    #: write only the segmented components within two voxels of a kept candidate's centre
+    components_need_candidate: bool = leaf(boolean)
     segmentation_threshold: float = leaf(number(0, 1, lo_open=True))
     tile_size: tuple[int, int, int] = leaf(_SIZE)
     #: not planned: set by inference_settings.json or the command line; None keeps every component
