@@ -12,6 +12,10 @@ Every step is skipped when its output exists, so an interrupted run continues wh
     python benchmarks/leave_one_site_out.py --work /tmp/loso --sites iso3T mid15T swi3T --cases-per-site 12
     python benchmarks/leave_one_site_out.py --work /tmp/loso --preset fast --size small   # quicker proxy
     python benchmarks/leave_one_site_out.py --work /tmp/loso_t1t2 --hold-out swi3T --modalities T2S T1 T2
+
+``--fresh-seed N --fresh SITE:HELD_OUT ...`` tests the trained fold models once more on new subjects (data seed
+N) without training again: subjects of SITE go to the model that never saw HELD_OUT's site, e.g. ``thick3T:swi3T``
+sends 3 mm-slice subjects of a site no model trained on to the model trained on ``iso3T`` + ``mid15T``.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def _mimic_reach_mm(mimic: dict) -> float:
     return max(size) + 3.0
 
 
-def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path) -> dict:
+def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path, site_prefixed: bool = True) -> dict:
     """Put each false positive down to the nearest unlabelled mimic of the synthetic truth within its reach
     (``background`` when none): which mimics fool the detector on the held-out site, and which CMBs it misses
     (by radius)."""
@@ -106,7 +110,7 @@ def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path) -
         pred_path = pred_dir / ref_path.name
         if not pred_path.is_file():
             continue
-        site, cid = case.split("_", 1)
+        cid = case.split("_", 1)[1] if site_prefixed else case  # SITE_synth_XXX in a fold's dataset
         entry = truth.get(cid, {})
         ref, props = SimpleITKIO.read_seg(ref_path)
         pred, _ = SimpleITKIO.read_seg(pred_path)
@@ -176,6 +180,30 @@ def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path
             "seconds": times, **causes, "training_logs": [str(p) for p in logs]}
 
 
+def test_fresh_subjects(work: Path, dataset_ids: dict[str, int], fresh: list[str], n: int, seed: int, size: str,
+                        anatomy: str, predict_options: list[str], tag: str) -> list[dict]:
+    """Predict and score new subjects (data seed ``seed``) of each ``SITE:HELD_OUT`` pair with the fold model that
+    held out ``HELD_OUT``; the models are not trained again."""
+    from cmbunet.evaluation.cli import main as evaluate_main
+    from cmbunet.inference.cli import main as predict_main
+
+    pairs = [spec.split(":", 1) for spec in fresh]
+    folders = generate_sites(work / f"fresh_seed{seed}", [site for site, _ in pairs], n, seed, size, anatomy)
+    rows = []
+    for site, held_out in pairs:
+        model = work / "results" / f"Dataset{dataset_ids[held_out]:03d}_LOSO{held_out}" / "cmbunet"
+        pred = work / f"fresh_seed{seed}" / (f"predictions_{tag}" if tag else "predictions") / site
+        _run(f"fresh {site} (seed {seed}): predict with the model that never saw {held_out}", predict_main,
+             ["-i", str(folders[site] / "imagesTr"), "-o", str(pred), "-m", str(model), "-f", "all", *predict_options])
+        _run(f"fresh {site}: evaluate", evaluate_main, ["-ref", str(folders[site] / "labelsTr"), "-pred", str(pred),
+                                                        "-o", str(pred / "evaluation")])
+        summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+        causes = attribute_false_positives(pred, folders[site] / "labelsTr", folders[site] / "synthetic_truth.json",
+                                           site_prefixed=False)
+        rows.append({"held_out": f"{site} (seed {seed})", "model_without": held_out, **summary["aggregate"], **causes})
+    return rows
+
+
 def pooled(rows: list[dict]) -> dict:
     tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
     n = sum(r["num_cases"] for r in rows)
@@ -208,7 +236,17 @@ def main() -> None:
     p.add_argument("-np", "--num-processes", type=int, default=2)
     p.add_argument("--modalities", nargs="+", default=["T2S"], choices=("T2S", "T1", "T2"),
                    help="channels of the cohort (default: T2S only, the reference method's input)")
+    p.add_argument("--fresh", nargs="+", default=[], metavar="SITE:HELD_OUT",
+                   help="after the folds, predict new subjects of SITE with the model of the fold that held out "
+                        "HELD_OUT (any site of cmbunet_synthetic, e.g. thick3T:swi3T); needs --fresh-seed")
+    p.add_argument("--fresh-seed", type=int, default=None, help="data seed of the --fresh subjects (not --seed)")
+    p.add_argument("--fresh-cases", type=int, default=None, help="subjects per --fresh site (default --cases-per-site)")
     args = p.parse_args()
+    if args.fresh and (args.fresh_seed is None or args.fresh_seed == args.seed):
+        p.error("--fresh needs --fresh-seed, different from --seed (new subjects)")
+    bad = [f for f in args.fresh if f.count(":") != 1 or f.split(":")[1] not in args.sites]
+    if bad:
+        p.error(f"--fresh takes SITE:HELD_OUT with HELD_OUT among --sites; got {' '.join(bad)}")
     info = machine_info()
     print_machine(info)
     work = args.work.resolve()
@@ -222,6 +260,13 @@ def main() -> None:
             continue
         rows.append(run_fold(work, args.dataset_id + k, site, folders, preset, args.override, args.seed,
                              args.num_processes, args.predict_options, args.tag))
+    fresh = test_fresh_subjects(work, {site: args.dataset_id + k for k, site in enumerate(args.sites)}, args.fresh,
+                                args.fresh_cases or args.cases_per_site, args.fresh_seed, args.size, args.anatomy,
+                                args.predict_options, args.tag) if args.fresh else []
+    if fresh:
+        print("\n# new subjects, models of the folds above")
+        print_table(fresh + [pooled(fresh)], ["held_out", "num_cases", "tp", "fp", "fn", "f1_pooled", "sensitivity",
+                                              "precision", "fp_per_case", "dice_mean"])
     table = rows + ([pooled(rows)] if len(rows) > 1 else [])
     print(f"\n# leave-one-site-out, {args.cases_per_site} {args.size} subjects per site, preset {preset}, "
           f"data seed {args.seed}")
@@ -229,6 +274,7 @@ def main() -> None:
                         "fp_per_case", "dice_mean"])
     write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "args": {k: str(v) for k, v in vars(args).items()},
                           "preset": preset, "overrides": args.override, "folds": rows, "pooled": pooled(rows) if rows else None,
+                          "fresh": fresh, "fresh_pooled": pooled(fresh) if fresh else None,
                           "seconds": time.perf_counter() - t0})
 
 
