@@ -57,11 +57,16 @@ def generate_sites(work: Path, sites: list[str], n: int, seed: int, size: str, a
     return folders
 
 
+def fold_dataset_name(dataset_id: int, held_out: str) -> str:
+    """The raw dataset (and model) name of the fold that holds out ``held_out``."""
+    return f"Dataset{dataset_id:03d}_LOSO{held_out}"
+
+
 def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: dict[str, Path]) -> str:
     """``DatasetXXX_LOSO<site>``: training sites in imagesTr/labelsTr, the held-out site in imagesTs/labelsTs."""
     from cmbunet.utilities.file_io import load_json, save_json
 
-    name = f"Dataset{dataset_id:03d}_LOSO{held_out}"
+    name = fold_dataset_name(dataset_id, held_out)
     out = raw_root / name
     if (out / "dataset.json").is_file():
         return name
@@ -180,7 +185,7 @@ def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path
             "seconds": times, **causes, "training_logs": [str(p) for p in logs]}
 
 
-def test_fresh_subjects(work: Path, dataset_ids: dict[str, int], fresh: list[str], n: int, seed: int, size: str,
+def score_fresh_subjects(work: Path, dataset_ids: dict[str, int], fresh: list[str], n: int, seed: int, size: str,
                         anatomy: str, predict_options: list[str], tag: str) -> list[dict]:
     """Predict and score new subjects (data seed ``seed``) of each ``SITE:HELD_OUT`` pair with the fold model that
     held out ``HELD_OUT``; the models are not trained again."""
@@ -191,7 +196,7 @@ def test_fresh_subjects(work: Path, dataset_ids: dict[str, int], fresh: list[str
     folders = generate_sites(work / f"fresh_seed{seed}", [site for site, _ in pairs], n, seed, size, anatomy)
     rows = []
     for site, held_out in pairs:
-        model = work / "results" / f"Dataset{dataset_ids[held_out]:03d}_LOSO{held_out}" / "cmbunet"
+        model = work / "results" / fold_dataset_name(dataset_ids[held_out], held_out) / "cmbunet"
         pred = work / f"fresh_seed{seed}" / (f"predictions_{tag}" if tag else "predictions") / site
         _run(f"fresh {site} (seed {seed}): predict with the model that never saw {held_out}", predict_main,
              ["-i", str(folders[site] / "imagesTr"), "-o", str(pred), "-m", str(model), "-f", "all", *predict_options])
@@ -260,7 +265,7 @@ def main() -> None:
             continue
         rows.append(run_fold(work, args.dataset_id + k, site, folders, preset, args.override, args.seed,
                              args.num_processes, args.predict_options, args.tag))
-    fresh = test_fresh_subjects(work, {site: args.dataset_id + k for k, site in enumerate(args.sites)}, args.fresh,
+    fresh = score_fresh_subjects(work, {site: args.dataset_id + k for k, site in enumerate(args.sites)}, args.fresh,
                                 args.fresh_cases or args.cases_per_site, args.fresh_seed, args.size, args.anatomy,
                                 args.predict_options, args.tag) if args.fresh else []
     if fresh:
