@@ -16,6 +16,14 @@ Every step is skipped when its output exists, so an interrupted run continues wh
 ``--fresh-seed N --fresh SITE:HELD_OUT ...`` tests the trained fold models once more on new subjects (data seed
 N) without training again: subjects of SITE go to the model that never saw HELD_OUT's site, e.g. ``thick3T:swi3T``
 sends 3 mm-slice subjects of a site no model trained on to the model trained on ``iso3T`` + ``mid15T``.
+
+``--cv`` runs, on the same subjects, the within-cohort comparison: one dataset of every site's subjects,
+``cmbunet_train D 0`` .. ``4`` (five-fold cross-validation; each fold predicts and scores its validation subjects,
+and after the last one ``cmbunet_find_thresholds`` runs on the pooled validation predictions), reported per site
+from the folds' validation predictions. The gap between a site's CV row and its held-out row is what the site
+shift costs. ``--hold-out`` with no site and ``--cv`` runs the CV only:
+
+    python benchmarks/leave_one_site_out.py --work /tmp/loso --cv --hold-out
 """
 
 from __future__ import annotations
@@ -62,11 +70,16 @@ def fold_dataset_name(dataset_id: int, held_out: str) -> str:
     return f"Dataset{dataset_id:03d}_LOSO{held_out}"
 
 
-def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: dict[str, Path]) -> str:
-    """``DatasetXXX_LOSO<site>``: training sites in imagesTr/labelsTr, the held-out site in imagesTs/labelsTs."""
+def cv_dataset_name(dataset_id: int) -> str:
+    """The raw dataset (and model) name of the cross-validation over every site's subjects."""
+    return f"Dataset{dataset_id:03d}_CVAllSites"
+
+
+def build_dataset(raw_root: Path, name: str, folders: dict[str, Path], test_site: str | None = None) -> str:
+    """Raw dataset ``name`` of every site's subjects, each prefixed with its site: ``test_site``'s in
+    imagesTs/labelsTs, the others in imagesTr/labelsTr (all of them when ``test_site`` is None)."""
     from cmbunet.utilities.file_io import load_json, save_json
 
-    name = fold_dataset_name(dataset_id, held_out)
     out = raw_root / name
     if (out / "dataset.json").is_file():
         return name
@@ -75,7 +88,7 @@ def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: 
     n_train = n_test = 0
     channels = load_json(next(iter(folders.values())) / "dataset.json")["channel_names"]
     for site, folder in folders.items():
-        test = site == held_out
+        test = site == test_site
         for img in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
             case = img.name[: -len("_0000.nii.gz")]
             dst_img, dst_lab = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
@@ -86,8 +99,9 @@ def build_fold_dataset(raw_root: Path, dataset_id: int, held_out: str, folders: 
                 shutil.copy2(folder / "imagesTr" / name_c, tmp / dst_img / f"{site}_{name_c}")
             shutil.copy2(folder / "labelsTr" / f"{case}.nii.gz", tmp / dst_lab / f"{site}_{case}.nii.gz")
             n_test, n_train = n_test + test, n_train + (not test)
-    save_json({"name": name, "description": f"leave-one-site-out fold: test site {held_out}",
-               "channel_names": channels, "labels": {"background": 0, "CMB": 1},
+    what = f"leave-one-site-out fold: test site {test_site}" if test_site else \
+        f"cross-validation over the sites {', '.join(folders)}"
+    save_json({"name": name, "description": what, "channel_names": channels, "labels": {"background": 0, "CMB": 1},
                "numTraining": n_train, "numTest": n_test, "file_ending": ".nii.gz"}, tmp / "dataset.json")
     tmp.rename(out)
     return name
@@ -100,17 +114,18 @@ def _mimic_reach_mm(mimic: dict) -> float:
     return max(size) + 3.0
 
 
-def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path, site_prefixed: bool = True) -> dict:
+def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path, site_prefixed: bool = True,
+                              site: str = "") -> dict:
     """Put each false positive down to the nearest unlabelled mimic of the synthetic truth within its reach
     (``background`` when none): which mimics fool the detector on the held-out site, and which CMBs it misses
-    (by radius)."""
+    (by radius). With ``site``, only that site's subjects (``SITE_*``) of ``ref_dir`` count."""
     from cmbunet.evaluation.valdo_metrics import case_metrics
     from cmbunet.imageio.reader_writer import SimpleITKIO
 
     truth = json.loads(truth_file.read_text())["cases"]
     causes: dict[str, int] = {}
     missed_radius, found_radius = [], []
-    for ref_path in sorted(ref_dir.glob("*.nii.gz")):
+    for ref_path in sorted(ref_dir.glob(f"{site}_*.nii.gz" if site else "*.nii.gz")):
         case = ref_path.name[: -len(".nii.gz")]
         pred_path = pred_dir / ref_path.name
         if not pred_path.is_file():
@@ -145,31 +160,43 @@ def attribute_false_positives(pred_dir: Path, ref_dir: Path, truth_file: Path, s
             "found_cmb_radius_median_mm": float(np.median(found_radius)) if found_radius else float("nan")}
 
 
+def plan_dataset(pre: Path, raw: Path, name: str, preset: str, overrides: list[str], num_processes: int) -> dict:
+    """``cmbunet_plan_and_preprocess`` unless done; its seconds."""
+    from cmbunet.plan_and_preprocess import main as plan_main
+
+    if (pre / name / "plans.json").is_file():
+        return {}
+    plan = ["-d", name, "--raw-root", str(raw), "--preprocessed-root", str(pre), "-np", str(num_processes),
+            "--preset", preset, *(["--override", *overrides] if overrides else [])]
+    return {"plan_and_preprocess": _run(f"{name}: plan and preprocess", plan_main, plan)}
+
+
+def train_fold(pre: Path, res: Path, raw: Path, name: str, fold: str, seed: int, title: str) -> dict:
+    """``cmbunet_train NAME FOLD`` unless its three stages are trained (continuing a stopped run); its seconds."""
+    from cmbunet.training.cli import main as train_main
+
+    model = res / name / "cmbunet"
+    final = [model / f"fold_{fold}" / s / "checkpoint_final.pth" for s in ("screening", "discrimination", "segmentation")]
+    if all(p.is_file() for p in final):
+        return {}
+    train = [name, fold, "--preprocessed-root", str(pre), "--results-root", str(res), "--raw-root", str(raw),
+             "--seed", str(seed), "-device", "cpu"]
+    if (model / f"fold_{fold}" / "screening" / "checkpoint_latest.pth").is_file():
+        train.append("--c")
+    return {f"train_{fold}": _run(title, train_main, train)}
+
+
 def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path], preset: str,
              overrides: list[str], seed: int, num_processes: int, predict_options: list[str] = (),
              tag: str = "") -> dict:
     from cmbunet.evaluation.cli import main as evaluate_main
     from cmbunet.inference.cli import main as predict_main
-    from cmbunet.plan_and_preprocess import main as plan_main
-    from cmbunet.training.cli import main as train_main
 
     raw, pre, res = work / "raw", work / "preprocessed", work / "results"
-    name = build_fold_dataset(raw, dataset_id, held_out, folders)
-    times = {}
-    plan = ["-d", name, "--raw-root", str(raw), "--preprocessed-root", str(pre), "-np", str(num_processes),
-            "--preset", preset]
-    if overrides:
-        plan += ["--override", *overrides]
-    if not (pre / name / "plans.json").is_file():
-        times["plan_and_preprocess"] = _run(f"{held_out}: plan and preprocess", plan_main, plan)
+    name = build_dataset(raw, fold_dataset_name(dataset_id, held_out), folders, test_site=held_out)
+    times = plan_dataset(pre, raw, name, preset, overrides, num_processes)
+    times |= train_fold(pre, res, raw, name, "all", seed, f"{held_out}: train on the other sites")
     model = res / name / "cmbunet"
-    final = [model / "fold_all" / s / "checkpoint_final.pth" for s in ("screening", "discrimination", "segmentation")]
-    if not all(p.is_file() for p in final):
-        train = [name, "all", "--preprocessed-root", str(pre), "--results-root", str(res), "--seed", str(seed),
-                 "-device", "cpu"]
-        if (model / "fold_all" / "screening" / "checkpoint_latest.pth").is_file():
-            train.append("--c")
-        times["train"] = _run(f"{held_out}: train on the other sites", train_main, train)
     pred = work / (f"predictions_{tag}" if tag else "predictions") / held_out
     times["predict"] = _run(f"{held_out}: predict the held-out site", predict_main,
                             ["-i", str(raw / name / "imagesTs"), "-o", str(pred), "-m", str(model), "-f", "all",
@@ -183,6 +210,45 @@ def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path
     logs = sorted((model / "fold_all").glob("*/training_log.txt"))
     return {"held_out": held_out, "train_sites": [s for s in folders if s != held_out], **summary["aggregate"],
             "seconds": times, **causes, "training_logs": [str(p) for p in logs]}
+
+
+def run_cross_validation(work: Path, dataset_id: int, folders: dict[str, Path], preset: str, overrides: list[str],
+                         seed: int, num_processes: int) -> dict:
+    """Five-fold CV over every site's subjects with cmbunet's own commands (the planner's splits; each fold's
+    validation subjects predicted and scored by ``cmbunet_train``); rows per site and pooled, from the folds'
+    validation predictions (made with the thresholds in force when each fold finished: the candidate prior of the
+    folds trained so far), and the thresholds ``cmbunet_find_thresholds`` chose after the last fold."""
+    import pandas as pd
+
+    from cmbunet.evaluation import aggregate_metrics
+    from cmbunet.evaluation.cross_validation import load_fold_summary
+    from cmbunet.model_folder import ModelFolder
+    from cmbunet.preprocessing.splits import SPLITS_FILE, load_splits
+
+    raw, pre, res = work / "raw", work / "preprocessed", work / "results"
+    name = build_dataset(raw, cv_dataset_name(dataset_id), folders)
+    times = plan_dataset(pre, raw, name, preset, overrides, num_processes)
+    folds = [str(f) for f in range(len(load_splits(pre / name / SPLITS_FILE)))]
+    for fold in folds:
+        times |= train_fold(pre, res, raw, name, fold, seed, f"cross-validation: fold {fold}")
+    model = ModelFolder(res / name / "cmbunet")
+    per_case = pd.concat([load_fold_summary(model.validation_dir(f) / "summary.json")[1].assign(fold=f)
+                          for f in folds], ignore_index=True)
+    per_case["missing"] = per_case["missing"].fillna(False).astype(bool) if "missing" in per_case else False
+    rows = []
+    for site in folders:
+        cases = per_case[per_case["case"].str.startswith(f"{site}_")]
+        causes: dict = {"fp_causes": {}, "missed_cmb_radius_mm": []}
+        for fold in folds:
+            c = attribute_false_positives(model.validation_dir(fold), raw / name / "labelsTr",
+                                          folders[site] / "synthetic_truth.json", site=site)
+            for cause, n in c["fp_causes"].items():
+                causes["fp_causes"][cause] = causes["fp_causes"].get(cause, 0) + n
+            causes["missed_cmb_radius_mm"] = sorted(causes["missed_cmb_radius_mm"] + c["missed_cmb_radius_mm"])
+        rows.append({"held_out": f"{site} (CV)", **aggregate_metrics(cases), **causes})
+    return {"dataset": name, "folds": folds, "sites": rows,
+            "pooled": {"held_out": "pooled (CV)", **aggregate_metrics(per_case)}, "seconds": times,
+            "inference_settings_after_cv": model.inference_settings()}
 
 
 def score_fresh_subjects(work: Path, dataset_ids: dict[str, int], fresh: list[str], n: int, seed: int, size: str,
@@ -225,7 +291,11 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True, help="working folder (data, models, predictions)")
     p.add_argument("--sites", nargs="+", default=["iso3T", "mid15T", "swi3T"],
                    help="sites of the cohort; each is held out once (see cmbunet_synthetic --help)")
-    p.add_argument("--hold-out", nargs="+", default=None, help="hold out only these sites (default: every site)")
+    p.add_argument("--hold-out", nargs="*", default=None,
+                   help="hold out only these sites (default: every site; none with --cv: the CV only)")
+    p.add_argument("--cv", action="store_true",
+                   help="also five-fold cross-validation over every site's subjects (dataset id --dataset-id + "
+                        "number of sites), reported per site")
     p.add_argument("--cases-per-site", type=int, default=12)
     p.add_argument("--size", choices=("small", "realistic"), default="realistic")
     p.add_argument("--anatomy", choices=("auto", "phantom", "template"), default="template")
@@ -261,25 +331,30 @@ def main() -> None:
     preset = "auto" if args.preset == "default" else args.preset
     rows = []
     for k, site in enumerate(args.sites):
-        if args.hold_out and site not in args.hold_out:
+        if args.hold_out is not None and site not in args.hold_out:
             continue
         rows.append(run_fold(work, args.dataset_id + k, site, folders, preset, args.override, args.seed,
                              args.num_processes, args.predict_options, args.tag))
+    columns = ["held_out", "num_cases", "tp", "fp", "fn", "f1_pooled", "sensitivity", "precision", "fp_per_case",
+               "dice_mean"]
     fresh = score_fresh_subjects(work, {site: args.dataset_id + k for k, site in enumerate(args.sites)}, args.fresh,
                                 args.fresh_cases or args.cases_per_site, args.fresh_seed, args.size, args.anatomy,
                                 args.predict_options, args.tag) if args.fresh else []
     if fresh:
         print("\n# new subjects, models of the folds above")
-        print_table(fresh + [pooled(fresh)], ["held_out", "num_cases", "tp", "fp", "fn", "f1_pooled", "sensitivity",
-                                              "precision", "fp_per_case", "dice_mean"])
+        print_table(fresh + [pooled(fresh)], columns)
+    cv = run_cross_validation(work, args.dataset_id + len(args.sites), folders, preset, args.override, args.seed,
+                              args.num_processes) if args.cv else None
+    if cv:
+        print("\n# five-fold cross-validation over every site's subjects, per site")
+        print_table(cv["sites"] + [cv["pooled"]], columns)
     table = rows + ([pooled(rows)] if len(rows) > 1 else [])
     print(f"\n# leave-one-site-out, {args.cases_per_site} {args.size} subjects per site, preset {preset}, "
           f"data seed {args.seed}")
-    print_table(table, ["held_out", "num_cases", "tp", "fp", "fn", "f1_pooled", "sensitivity", "precision",
-                        "fp_per_case", "dice_mean"])
+    print_table(table, columns)
     write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "args": {k: str(v) for k, v in vars(args).items()},
                           "preset": preset, "overrides": args.override, "folds": rows, "pooled": pooled(rows) if rows else None,
-                          "fresh": fresh, "fresh_pooled": pooled(fresh) if fresh else None,
+                          "fresh": fresh, "fresh_pooled": pooled(fresh) if fresh else None, "cross_validation": cv,
                           "seconds": time.perf_counter() - t0})
 
 
