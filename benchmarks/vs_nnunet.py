@@ -26,6 +26,16 @@ Phases (each resumable; ``all`` runs them in order; each skips what is already d
 
     python benchmarks/vs_nnunet.py --phase all --budget-min 20 --out benchmarks/results/vs_nnunet.json
     python benchmarks/vs_nnunet.py --quick          # setup + data + preprocess + 1-minute trainings, predict 1 case
+
+Per-case speed at realistic size, with a cmbunet model trained elsewhere (``--cmbunet-model``, e.g. a fold of
+``leave_one_site_out.py``) and that fold's raw dataset (``--dataset-from``: nnU-Net plans and trains on the same
+``imagesTr``, both predict the first ``--max-test-cases`` of its ``imagesTs``). nnU-Net's prediction time depends on
+its plans (network, patch, resampling), not on its weights, so ``--budget-min 0 --iters-per-epoch 2`` (one short
+epoch) is enough for timing; its detection scores then mean nothing:
+
+    python benchmarks/vs_nnunet.py --work /tmp/vs_nnunet_realistic --phase setup data preprocess train predict \
+        --dataset-from LOSO/raw/Dataset961_LOSOmid15T --cmbunet-model LOSO/results/Dataset961_LOSOmid15T/cmbunet \
+        --budget-min 0 --iters-per-epoch 2 --max-test-cases 3 --no-mirroring-run --out result.json
 """
 
 from __future__ import annotations
@@ -156,10 +166,27 @@ def phase_setup(a) -> dict:
     return {"nnunet_torch": tv, "nnunetv2": nv}
 
 
+def link_dataset(source: Path, ds: Path) -> dict:
+    """``ds`` (nnU-Net's raw layout) as links to the image and label folders of the raw dataset ``source``."""
+    src = json.loads((source / "dataset.json").read_text())
+    ds.mkdir(parents=True, exist_ok=True)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        if (source / sub).is_dir() and not (ds / sub).exists():
+            (ds / sub).symlink_to((source / sub).resolve(), target_is_directory=True)
+    (ds / "dataset.json").write_text(json.dumps({
+        "channel_names": src["channel_names"], "labels": src.get("labels", {"background": 0, "CMB": 1}),
+        "numTraining": len(list((source / "labelsTr").glob("*.nii.gz"))), "file_ending": ".nii.gz",
+        "name": DATASET, "description": f"links to {source}"}, indent=2))
+    return {"dataset": str(ds), "dataset_from": str(source), "cases": json.loads((ds / "dataset.json").read_text())["numTraining"],
+            "test_cases": len(list((source / "imagesTs").glob("*_0000.nii.gz"))), "size": "from " + source.name}
+
+
 def phase_data(a) -> dict:
     ds = WORK / "raw" / DATASET
     if (ds / "dataset.json").exists():
         print("# data: exists")
+    elif a.dataset_from:
+        return link_dataset(a.dataset_from, ds)
     else:
         sh([cbin("cmbunet_synthetic"), "-o", str(ds), "--cases", str(a.cases), "--test-cases", str(a.test_cases),
             "--size", a.size, "--seed", "7"], timeout=1800)
@@ -172,7 +199,7 @@ def phase_preprocess(a) -> dict:
         r["nnunet_preprocess_s"] = sh([vbin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
                                        "-np", "2", "--verify_dataset_integrity"], env=e, timeout=3000,
                                       log=WORK / "logs" / "nnunet_preprocess.txt")
-    if not (WORK / "cmbunet_preprocessed" / DATASET / "plans.json").exists() and \
+    if not a.cmbunet_model and not (WORK / "cmbunet_preprocessed" / DATASET / "plans.json").exists() and \
             not any((WORK / "cmbunet_preprocessed").glob(f"{DATASET}*/**/plans.json")):
         r["cmbunet_preprocess_s"] = sh([cbin("cmbunet_plan_and_preprocess"), "-d", str(DATASET_ID),
                                         "--verify_dataset_integrity", "-np", "2"], env=e, timeout=3000,
@@ -217,7 +244,7 @@ def phase_train(a) -> dict:
             raise RuntimeError(f"nnU-Net training failed:\n{proc.stderr[-3000:]}")
         r["nnunet_train_s"] = time.perf_counter() - t
         r.update(next((json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")), {}))
-    if not (model / "fold_all" / "segmentation" / "checkpoint_final.pth").exists():
+    if not a.cmbunet_model and not (model / "fold_all" / "segmentation" / "checkpoint_final.pth").exists():
         over = cmbunet_budget_overrides(a.budget_min)
         sh([cbin("cmbunet_plan_and_preprocess"), "-d", str(DATASET_ID), "--no-preprocess", "--override", *over], env=e,
            timeout=600, log=WORK / "logs" / "cmbunet_replan.txt")
@@ -247,30 +274,39 @@ def cmbunet_budget_overrides(budget_min: float) -> list[str]:
     return over
 
 
+def test_subset(ds: Path, n: int) -> tuple[Path, Path, int]:
+    """The first ``n`` test cases (images and labels) as a folder of links; all of them when ``n`` is 0."""
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (ds / "labelsTs").glob("*.nii.gz"))
+    if not n or n >= len(cases):
+        return ds / "imagesTs", ds / "labelsTs", len(cases)
+    img, lab = WORK / f"imagesTs_first{n}", WORK / f"labelsTs_first{n}"
+    for folder in (img, lab):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for case in cases[:n]:
+        (lab / f"{case}.nii.gz").symlink_to((ds / "labelsTs" / f"{case}.nii.gz").resolve())
+        for f in (ds / "imagesTs").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz"):
+            (img / f.name).symlink_to(f.resolve())
+    return img, lab, n
+
+
 def phase_predict(a) -> dict:
     e, r = env_paths(), {}
-    ds = WORK / "raw" / DATASET
-    inp = ds / "imagesTs"
-    n = len(list(inp.glob("*_0000.nii.gz")))
-    if a.quick:
-        inp = WORK / "imagesTs_one"
-        inp.mkdir(parents=True, exist_ok=True)
-        first = sorted((ds / "imagesTs").glob("*_0000.nii.gz"))[0]
-        shutil.copy(first, inp / first.name)
-        n = 1
+    inp, _, n = test_subset(WORK / "raw" / DATASET, 1 if a.quick else a.max_test_cases)
+    model = ["-m", str(a.cmbunet_model)] if a.cmbunet_model else ["-d", str(DATASET_ID)]
+    nnunet = [vbin("nnUNetv2_predict"), "-i", str(inp), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "all", "-tr",
+              TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"]
+    cmbunet = [cbin("cmbunet_predict"), "-i", str(inp), *model, "-f", "all", "-device", "cpu", "--overwrite",
+               *a.cmbunet_predict_options]
     runs = {
-        "nnU-Net 3d_fullres, mirroring": [vbin("nnUNetv2_predict"), "-i", str(inp), "-o", str(WORK / "pred_nnunet_tta"),
-                                          "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "all", "-tr", TRAINER,
-                                          "-device", "cpu", "-npp", "1", "-nps", "1"],
-        "nnU-Net 3d_fullres, no mirroring": [vbin("nnUNetv2_predict"), "-i", str(inp), "-o", str(WORK / "pred_nnunet"),
-                                             "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "all", "-tr", TRAINER,
-                                             "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"],
-        "cmbunet": [cbin("cmbunet_predict"), "-i", str(inp), "-o", str(WORK / "pred_cmbunet"), "-d", str(DATASET_ID),
-                    "-f", "all", "-device", "cpu", "--overwrite"],
-        "cmbunet fp32, no skipping": [cbin("cmbunet_predict"), "-i", str(inp), "-o", str(WORK / "pred_cmbunet_fp32"),
-                                      "-d", str(DATASET_ID), "-f", "all", "-device", "cpu", "--overwrite",
-                                      "--precision", "fp32", "--no-skip-empty"],
+        "nnU-Net 3d_fullres, mirroring": [*nnunet, "-o", str(WORK / "pred_nnunet_tta")],
+        "nnU-Net 3d_fullres, no mirroring": [*nnunet, "-o", str(WORK / "pred_nnunet"), "--disable_tta"],
+        "cmbunet": [*cmbunet, "-o", str(WORK / "pred_cmbunet")],
+        "cmbunet fp32, no skipping": [*cmbunet, "-o", str(WORK / "pred_cmbunet_fp32"), "--precision", "fp32",
+                                      "--no-skip-empty"],
     }
+    if a.no_mirroring_run:
+        del runs["nnU-Net 3d_fullres, mirroring"]
     for name, cmd in runs.items():
         out_dir = Path(cmd[cmd.index("-o") + 1])
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -283,7 +319,7 @@ def phase_predict(a) -> dict:
 
 
 def phase_evaluate(a, predict: dict) -> dict:
-    ref = WORK / "raw" / DATASET / "labelsTs"
+    _, ref, _ = test_subset(WORK / "raw" / DATASET, 1 if a.quick else a.max_test_cases)
     r = {}
     for name, info in predict.items():
         if not isinstance(info, dict) or "pred_dir" not in info:
@@ -326,7 +362,20 @@ def main() -> None:
     p.add_argument("--cmbunet-config", choices=["scaled", "demo"], default="scaled",
                    help="scaled: full-width cmbunet with its CPU schedule scaled to --budget-min; demo: cmbunet_demo's "
                         "quarter-width networks and schedule, trained first, and nnU-Net gets the same wall time")
+    p.add_argument("--work", type=Path, default=WORK, help=f"working folder (default {WORK})")
+    p.add_argument("--dataset-from", type=Path, default=None,
+                   help="use this raw dataset (imagesTr/labelsTr/imagesTs/labelsTs, e.g. a leave_one_site_out.py fold) "
+                        "instead of generating one")
+    p.add_argument("--cmbunet-model", type=Path, default=None,
+                   help="a trained cmbunet model folder (with fold_all) to predict with; cmbunet is then not trained")
+    p.add_argument("--cmbunet-predict-option", dest="cmbunet_predict_options", action="append", default=[],
+                   help="an extra cmbunet_predict option, repeatable (e.g. --cmbunet-predict-option=--components-need-candidate=yes)")
+    p.add_argument("--max-test-cases", type=int, default=0, help="predict only the first N test cases (0: all)")
+    p.add_argument("--no-mirroring-run", action="store_true",
+                   help="leave out the nnU-Net run with test-time mirroring (about 8 times the time of the run without)")
     a = p.parse_args()
+    global WORK
+    WORK = a.work.resolve()
     if a.quick:
         a.cases, a.test_cases, a.budget_min, a.iters_per_epoch = min(a.cases, 6), min(a.test_cases, 2), 1.0, 2
     info = C.machine_info()
