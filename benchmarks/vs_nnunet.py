@@ -351,6 +351,7 @@ def per_case_ratios(predict: dict) -> list[dict]:
 
 
 def main() -> None:
+    global WORK
     p = C.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--phase", nargs="+", default=["all"],
                    choices=["all", "setup", "data", "preprocess", "train", "predict", "evaluate"])
@@ -374,7 +375,6 @@ def main() -> None:
     p.add_argument("--no-mirroring-run", action="store_true",
                    help="leave out the nnU-Net run with test-time mirroring (about 8 times the time of the run without)")
     a = p.parse_args()
-    global WORK
     WORK = a.work.resolve()
     if a.quick:
         a.cases, a.test_cases, a.budget_min, a.iters_per_epoch = min(a.cases, 6), min(a.test_cases, 2), 1.0, 2
