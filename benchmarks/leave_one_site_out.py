@@ -251,28 +251,62 @@ def run_cross_validation(work: Path, dataset_id: int, folders: dict[str, Path], 
             "inference_settings_after_cv": model.inference_settings()}
 
 
+def prior_threshold_options(model_dir: Path) -> list[str]:
+    """cmbunet_predict options for the thresholds a model has before cross-validation chooses any: the plans'
+    screening threshold, the candidate prior's discrimination threshold, every component kept."""
+    from cmbunet.evaluation.thresholds import candidate_prior_threshold
+    from cmbunet.model_folder import ModelFolder
+
+    model = ModelFolder(model_dir)
+    folds = [f.name.split("_", 1)[1] for f in sorted(model_dir.glob("fold_*"))]
+    found = candidate_prior_threshold(model_dir, folds)
+    inference = model.load_plans().inference
+    return ["--screening-threshold", f"{inference.screening_threshold:g}", "--min-component-voxels", "0",
+            "--discrimination-threshold", f"{found[0] if found else inference.discrimination_threshold:.4f}"]
+
+
 def score_fresh_subjects(work: Path, dataset_ids: dict[str, int], fresh: list[str], n: int, seed: int, size: str,
-                        anatomy: str, predict_options: list[str], tag: str) -> list[dict]:
+                         anatomy: str, predict_options: list[str], tag: str) -> list[dict]:
     """Predict and score new subjects (data seed ``seed``) of each ``SITE:HELD_OUT`` pair with the fold model that
-    held out ``HELD_OUT``; the models are not trained again."""
+    held out ``HELD_OUT``; the models are not trained again. ``SITE:cv`` uses the cross-validation's five fold
+    models (averaged) twice: with the thresholds chosen on their pooled validation predictions, and with those of
+    before (the candidate prior), which says whether choosing thresholds within the cohort helps on new sites."""
     from cmbunet.evaluation.cli import main as evaluate_main
     from cmbunet.inference.cli import main as predict_main
 
     pairs = [spec.split(":", 1) for spec in fresh]
     folders = generate_sites(work / f"fresh_seed{seed}", [site for site, _ in pairs], n, seed, size, anatomy)
-    rows = []
+    runs = []
     for site, held_out in pairs:
-        model = work / "results" / fold_dataset_name(dataset_ids[held_out], held_out) / "cmbunet"
-        pred = work / f"fresh_seed{seed}" / (f"predictions_{tag}" if tag else "predictions") / site
-        _run(f"fresh {site} (seed {seed}): predict with the model that never saw {held_out}", predict_main,
-             ["-i", str(folders[site] / "imagesTr"), "-o", str(pred), "-m", str(model), "-f", "all", *predict_options])
+        if held_out == "cv":
+            model = work / "results" / cv_dataset_name(dataset_ids["cv"]) / "cmbunet"
+            runs += [(site, held_out, model, "", "thresholds chosen by CV"),
+                     (site, held_out, model, "_prior", "candidate prior (before CV)")]
+        else:
+            runs.append((site, held_out, work / "results" / fold_dataset_name(dataset_ids[held_out], held_out) / "cmbunet",
+                         "", ""))
+    rows = []
+    for site, held_out, model, suffix, what in runs:
+        pred = work / f"fresh_seed{seed}" / (f"predictions_{tag}" if tag else "predictions") / f"{site}{suffix}"
+        options = [*predict_options, *(prior_threshold_options(model) if suffix == "_prior" else [])]
+        _run(f"fresh {site} (seed {seed}): predict with the model " +
+             (f"of the cross-validation, {what}" if held_out == "cv" else f"that never saw {held_out}"), predict_main,
+             ["-i", str(folders[site] / "imagesTr"), "-o", str(pred), "-m", str(model), *options])
         _run(f"fresh {site}: evaluate", evaluate_main, ["-ref", str(folders[site] / "labelsTr"), "-pred", str(pred),
                                                         "-o", str(pred / "evaluation")])
         summary = json.loads((pred / "evaluation" / "summary.json").read_text())
         causes = attribute_false_positives(pred, folders[site] / "labelsTr", folders[site] / "synthetic_truth.json",
                                            site_prefixed=False)
-        rows.append({"held_out": f"{site} (seed {seed})", "model_without": held_out, **summary["aggregate"], **causes})
+        rows.append({"held_out": f"{site} (seed {seed})" + (f", CV models, {what}" if what else ""),
+                     "model_without": held_out, "models": what or "fold models", "options": options,
+                     **summary["aggregate"], **causes})
     return rows
+
+
+def pooled_per_model(rows: list[dict]) -> list[dict]:
+    """One pooled row per kind of model (the fold models; the CV models with either threshold choice)."""
+    kinds = dict.fromkeys(r["models"] for r in rows)
+    return [pooled([r for r in rows if r["models"] == k]) | {"held_out": f"pooled, {k}"} for k in kinds]
 
 
 def pooled(rows: list[dict]) -> dict:
@@ -313,15 +347,18 @@ def main() -> None:
                    help="channels of the cohort (default: T2S only, the reference method's input)")
     p.add_argument("--fresh", nargs="+", default=[], metavar="SITE:HELD_OUT",
                    help="after the folds, predict new subjects of SITE with the model of the fold that held out "
-                        "HELD_OUT (any site of cmbunet_synthetic, e.g. thick3T:swi3T); needs --fresh-seed")
+                        "HELD_OUT (any site of cmbunet_synthetic, e.g. thick3T:swi3T), or with the --cv models (SITE:cv); "
+                        "needs --fresh-seed")
     p.add_argument("--fresh-seed", type=int, default=None, help="data seed of the --fresh subjects (not --seed)")
     p.add_argument("--fresh-cases", type=int, default=None, help="subjects per --fresh site (default --cases-per-site)")
     args = p.parse_args()
     if args.fresh and (args.fresh_seed is None or args.fresh_seed == args.seed):
         p.error("--fresh needs --fresh-seed, different from --seed (new subjects)")
-    bad = [f for f in args.fresh if f.count(":") != 1 or f.split(":")[1] not in args.sites]
+    bad = [f for f in args.fresh if f.count(":") != 1 or f.split(":")[1] not in [*args.sites, "cv"]]
     if bad:
-        p.error(f"--fresh takes SITE:HELD_OUT with HELD_OUT among --sites; got {' '.join(bad)}")
+        p.error(f"--fresh takes SITE:HELD_OUT with HELD_OUT among --sites, or SITE:cv; got {' '.join(bad)}")
+    if any(f.endswith(":cv") for f in args.fresh) and not args.cv:
+        p.error("--fresh SITE:cv needs --cv")
     info = machine_info()
     print_machine(info)
     work = args.work.resolve()
@@ -337,14 +374,15 @@ def main() -> None:
                              args.num_processes, args.predict_options, args.tag))
     columns = ["held_out", "num_cases", "tp", "fp", "fn", "f1_pooled", "sensitivity", "precision", "fp_per_case",
                "dice_mean"]
-    fresh = score_fresh_subjects(work, {site: args.dataset_id + k for k, site in enumerate(args.sites)}, args.fresh,
+    cv = run_cross_validation(work, args.dataset_id + len(args.sites), folders, preset, args.override, args.seed,
+                              args.num_processes) if args.cv else None
+    ids = {site: args.dataset_id + k for k, site in enumerate(args.sites)} | {"cv": args.dataset_id + len(args.sites)}
+    fresh = score_fresh_subjects(work, ids, args.fresh,
                                 args.fresh_cases or args.cases_per_site, args.fresh_seed, args.size, args.anatomy,
                                 args.predict_options, args.tag) if args.fresh else []
     if fresh:
         print("\n# new subjects, models of the folds above")
-        print_table(fresh + [pooled(fresh)], columns)
-    cv = run_cross_validation(work, args.dataset_id + len(args.sites), folders, preset, args.override, args.seed,
-                              args.num_processes) if args.cv else None
+        print_table(fresh + pooled_per_model(fresh), columns)
     if cv:
         print("\n# five-fold cross-validation over every site's subjects, per site")
         print_table(cv["sites"] + [cv["pooled"]], columns)
@@ -354,7 +392,7 @@ def main() -> None:
     print_table(table, columns)
     write_json(args.out, {"machine": info, "loadavg_end": loadavg(), "args": {k: str(v) for k, v in vars(args).items()},
                           "preset": preset, "overrides": args.override, "folds": rows, "pooled": pooled(rows) if rows else None,
-                          "fresh": fresh, "fresh_pooled": pooled(fresh) if fresh else None, "cross_validation": cv,
+                          "fresh": fresh, "fresh_pooled": pooled_per_model(fresh), "cross_validation": cv,
                           "seconds": time.perf_counter() - t0})
 
 
