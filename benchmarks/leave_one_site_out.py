@@ -24,6 +24,10 @@ from the folds' validation predictions. The gap between a site's CV row and its 
 shift costs. ``--hold-out`` with no site and ``--cv`` runs the CV only:
 
     python benchmarks/leave_one_site_out.py --work /tmp/loso --cv --hold-out
+
+``--fresh SITE:cv`` then sends new subjects of SITE (a site of the cohort or one no model saw) to the CV's five
+fold models, twice: with the thresholds CV chose and with the candidate prior's (before CV), which says whether
+thresholds chosen within the cohort carry over to new subjects and sites.
 """
 
 from __future__ import annotations
