@@ -218,14 +218,16 @@ def run_fold(work: Path, dataset_id: int, held_out: str, folders: dict[str, Path
 
 def run_cross_validation(work: Path, dataset_id: int, folders: dict[str, Path], preset: str, overrides: list[str],
                          seed: int, num_processes: int) -> dict:
-    """Five-fold CV over every site's subjects with cmbunet's own commands (the planner's splits; each fold's
-    validation subjects predicted and scored by ``cmbunet_train``); rows per site and pooled, from the folds'
-    validation predictions (made with the thresholds in force when each fold finished: the candidate prior of the
-    folds trained so far), and the thresholds ``cmbunet_find_thresholds`` chose after the last fold."""
-    import pandas as pd
-
+    """Five-fold CV over every site's subjects with cmbunet's own commands (the planner's splits, ``cmbunet_train D
+    0`` .. ``4``). Each fold's validation subjects are then predicted once more by ``cmbunet_predict`` with that
+    fold's model at the thresholds a model has before CV chooses any (the candidate prior's, as the held-out folds
+    use; ``cmbunet_train``'s own validation runs at the plans' 0.1 / 0.5 so that ``cmbunet_find_thresholds`` can
+    sweep them) and scored per site. Also returns the thresholds ``cmbunet_find_thresholds`` chose after the last
+    fold."""
+    from cmbunet.evaluation.cli import main as evaluate_main
+    from cmbunet.evaluation.cross_validation import load_fold_summary, validation_cases
     from cmbunet.evaluation import aggregate_metrics
-    from cmbunet.evaluation.cross_validation import load_fold_summary
+    from cmbunet.inference.cli import main as predict_main
     from cmbunet.model_folder import ModelFolder
     from cmbunet.preprocessing.splits import SPLITS_FILE, load_splits
 
@@ -235,24 +237,31 @@ def run_cross_validation(work: Path, dataset_id: int, folders: dict[str, Path], 
     folds = [str(f) for f in range(len(load_splits(pre / name / SPLITS_FILE)))]
     for fold in folds:
         times |= train_fold(pre, res, raw, name, fold, seed, f"cross-validation: fold {fold}")
-    model = ModelFolder(res / name / "cmbunet")
-    per_case = pd.concat([load_fold_summary(model.validation_dir(f) / "summary.json")[1].assign(fold=f)
-                          for f in folds], ignore_index=True)
+    model = res / name / "cmbunet"
+    options = prior_threshold_options(model)
+    pred = work / "predictions_cv"
+    for fold in folds:
+        inputs = work / "cv_inputs" / f"fold_{fold}"
+        if not inputs.is_dir():
+            inputs.mkdir(parents=True)
+            for case in validation_cases(pre / name, fold):
+                for image in (raw / name / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz"):
+                    (inputs / image.name).symlink_to(image.resolve())
+        _run(f"cross-validation: fold {fold}'s validation subjects at the candidate prior's thresholds", predict_main,
+             ["-i", str(inputs), "-o", str(pred), "-m", str(model), "-f", fold, *options])
+    _run("cross-validation: evaluate", evaluate_main, ["-ref", str(raw / name / "labelsTr"), "-pred", str(pred),
+                                                       "-o", str(pred / "evaluation")])
+    _, per_case = load_fold_summary(pred / "evaluation" / "summary.json")
     per_case["missing"] = per_case["missing"].fillna(False).astype(bool) if "missing" in per_case else False
     rows = []
     for site in folders:
-        cases = per_case[per_case["case"].str.startswith(f"{site}_")]
-        causes: dict = {"fp_causes": {}, "missed_cmb_radius_mm": []}
-        for fold in folds:
-            c = attribute_false_positives(model.validation_dir(fold), raw / name / "labelsTr",
-                                          folders[site] / "synthetic_truth.json", site=site)
-            for cause, n in c["fp_causes"].items():
-                causes["fp_causes"][cause] = causes["fp_causes"].get(cause, 0) + n
-            causes["missed_cmb_radius_mm"] = sorted(causes["missed_cmb_radius_mm"] + c["missed_cmb_radius_mm"])
-        rows.append({"held_out": f"{site} (CV)", **aggregate_metrics(cases), **causes})
-    return {"dataset": name, "folds": folds, "sites": rows,
+        causes = attribute_false_positives(pred, raw / name / "labelsTr", folders[site] / "synthetic_truth.json",
+                                           site=site)
+        rows.append({"held_out": f"{site} (CV)", **aggregate_metrics(per_case[per_case["case"].str.startswith(f"{site}_")]),
+                     **causes})
+    return {"dataset": name, "folds": folds, "predict_options": options, "sites": rows,
             "pooled": {"held_out": "pooled (CV)", **aggregate_metrics(per_case)}, "seconds": times,
-            "inference_settings_after_cv": model.inference_settings()}
+            "inference_settings_after_cv": ModelFolder(model).inference_settings()}
 
 
 def prior_threshold_options(model_dir: Path) -> list[str]:
