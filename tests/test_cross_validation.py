@@ -230,6 +230,28 @@ def test_thresholds_are_chosen_automatically_once_every_fold_is_validated(projec
     assert thresholds.thresholds_after_cross_validation(model_dir, 2) is not None
 
 
+def test_threshold_search_stops_at_the_screening_cap(project, capsys):
+    """Thresholds chosen within the cohort must not raise screening past 0.5 unless asked (benchmarks.md 6g)."""
+    model_dir = project["model_dir"]
+    for fold in (0, 1):
+        cv.validate_fold(project["name"], fold, project["pre"], project["res"], raw_root=project["raw"])
+    dirs = {f: model_dir / f"fold_{f}" / "validation" for f in ("0", "1")}
+    capped = thresholds.find_thresholds(model_dir, dirs)
+    wide = thresholds.find_thresholds(model_dir, dirs, max_screening_threshold=0.95)
+    low = plans_default(model_dir)
+    assert capped["sweep"]["screening_threshold"].min() == low
+    assert capped["sweep"]["screening_threshold"].max() == thresholds.MAX_SEARCHED_SCREENING_THRESHOLD == 0.5
+    assert wide["sweep"]["screening_threshold"].max() == 0.95
+    assert low <= capped["settings"]["screening_threshold"] <= 0.5
+    np.testing.assert_array_equal(thresholds.screening_grid(0.7), [0.7])  # a validation above the cap: itself only
+    args = ["-d", "42", "--results-root", str(project["res"]), "--dry-run"]
+    assert thresholds.main([*args, "--max-screening-threshold", "0.3"]) == 0
+    chosen = float(capsys.readouterr().out.split("chosen    screening >= ")[1].split(",")[0])
+    assert low <= chosen <= 0.3
+    assert thresholds.main([*args, "--max-screening-threshold", "1.5"]) == 2
+    assert "--max-screening-threshold must lie between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
 def test_discrimination_threshold_from_the_share_of_cmbs_among_candidates(tmp_path, capsys):
     model_dir = tmp_path / "cmbunet"
     for fold, (fps, hits) in {"0": (40, 5), "1": (50, 5)}.items():
