@@ -18,10 +18,10 @@ N) without training again: subjects of SITE go to the model that never saw HELD_
 sends 3 mm-slice subjects of a site no model trained on to the model trained on ``iso3T`` + ``mid15T``.
 
 ``--cv`` runs, on the same subjects, the within-cohort comparison: one dataset of every site's subjects,
-``cmbunet_train D 0`` .. ``4`` (five-fold cross-validation; each fold predicts and scores its validation subjects,
-and after the last one ``cmbunet_find_thresholds`` runs on the pooled validation predictions), reported per site
-from the folds' validation predictions. The gap between a site's CV row and its held-out row is what the site
-shift costs. ``--hold-out`` with no site and ``--cv`` runs the CV only:
+``cmbunet_train D 0`` .. ``4`` (five-fold cross-validation; after the last fold ``cmbunet_find_thresholds`` runs on
+the pooled validation predictions), then each fold's validation subjects predicted by its model at the candidate
+prior's thresholds (as the held-out folds are) and scored per site. The gap between a site's CV row and its
+held-out row is what the site shift costs. ``--hold-out`` with no site and ``--cv`` runs the CV only:
 
     python benchmarks/leave_one_site_out.py --work /tmp/loso --cv --hold-out
 
