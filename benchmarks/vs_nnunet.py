@@ -280,6 +280,8 @@ def test_subset(ds: Path, n: int) -> tuple[Path, Path, int]:
     if not n or n >= len(cases):
         return ds / "imagesTs", ds / "labelsTs", len(cases)
     img, lab = WORK / f"imagesTs_first{n}", WORK / f"labelsTs_first{n}"
+    if {p.name for p in lab.glob("*.nii.gz")} == {f"{c}.nii.gz" for c in cases[:n]}:
+        return img, lab, n  # made by an earlier phase (predict, then evaluate)
     for folder in (img, lab):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
