@@ -203,7 +203,8 @@ def test_validation_ignores_tuned_inference_settings(project):
     val = cv.validate_fold(project["name"], 1, project["pre"], project["res"], raw_root=project["raw"], overwrite=True)
     used = json.loads((val / "validation_settings.json").read_text())
     plans = json.loads((model_dir / "plans.json").read_text())["inference"]
-    assert used["screening_threshold"] == plans["screening_threshold"]
+    # screening keeps candidates down to the mining threshold (0.1), below the plans' 0.5, for the sweep
+    assert used["screening_threshold"] == 0.1 < plans["screening_threshold"] == 0.5
     assert used["discrimination_threshold"] == plans["discrimination_threshold"]
     assert not used.get("min_component_voxels")
     cand = pd.concat(pd.read_csv(p) for p in val.glob("*_candidates.csv"))
@@ -238,9 +239,10 @@ def test_threshold_search_stops_at_the_screening_cap(project, capsys):
     dirs = {f: model_dir / f"fold_{f}" / "validation" for f in ("0", "1")}
     capped = thresholds.find_thresholds(model_dir, dirs)
     wide = thresholds.find_thresholds(model_dir, dirs, max_screening_threshold=0.95)
-    low = plans_default(model_dir)
-    assert capped["sweep"]["screening_threshold"].min() == low
+    low = 0.1  # the validation screened at the mining threshold; the plans predict at 0.5
+    assert capped["sweep"]["screening_threshold"].min() == low < plans_default(model_dir) == 0.5
     assert capped["sweep"]["screening_threshold"].max() == thresholds.MAX_SEARCHED_SCREENING_THRESHOLD == 0.5
+    assert capped["default"][0] == 0.5  # F1 "at the defaults" is read at the plans' screening threshold
     assert wide["sweep"]["screening_threshold"].max() == 0.95
     assert low <= capped["settings"]["screening_threshold"] <= 0.5
     np.testing.assert_array_equal(thresholds.screening_grid(0.7), [0.7])  # a validation above the cap: itself only

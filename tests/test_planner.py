@@ -96,7 +96,7 @@ def test_paper_numbers_from_fingerprint(auto_plans):
     assert discrimination_output(d["block_size"], [5, 5, 3]) == [4, 4, 4]  # 002 Table 2: 128 x 4x4x4
     inf = p["inference"]
     assert inf["nms_size_vox"] == [5, 5, 5] and inf["tile_size"] == [160, 160, 80]
-    assert inf["screening_threshold"] == 0.1 and inf["discrimination_shift_vox"] == 1
+    assert inf["screening_threshold"] == 0.5 and inf["discrimination_shift_vox"] == 1
     assert p["resampling"]["separate_z"] is False and p["resampling"]["image_order"] == 3
     assert p["normalization"] == {"scheme": "zscore_foreground_per_case", "background_value": 0.0}
     assert p["augmentation"] == {"max_translation_vox": 3, "max_rotation_deg": 10.0, "flip_axes": [0], "flip_probability": 0.5,
@@ -265,7 +265,7 @@ def test_override_threshold_and_string(auto_plans):
     p = apply_overrides(auto_plans, ["inference.screening_threshold=0.3", "inference.discrimination_aggregate=mean"]).to_dict()
     assert p["inference"]["screening_threshold"] == 0.3 and p["inference"]["discrimination_aggregate"] == "mean"
     assert p["overrides"] == ["inference.screening_threshold=0.3", "inference.discrimination_aggregate=mean"]
-    assert auto_plans.inference.screening_threshold == 0.1 and list(auto_plans.overrides) == []
+    assert auto_plans.inference.screening_threshold == 0.5 and list(auto_plans.overrides) == []
 
 
 def test_override_block_rederives_dependents(auto_plans):

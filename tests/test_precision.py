@@ -120,7 +120,8 @@ def test_bf16_gives_the_candidates_and_kept_cmbs_of_fp32_on_a_trained_model(trai
 
 def test_decision_boxes_give_the_exact_candidates_of_a_perturbed_map():
     """Scores off by less than the margin, recomputed exactly inside the decision boxes: the exact candidates."""
-    plans = make_plans(overrides=["inference.nms_size_vox=[6,6,4]"])  # stride 2, threshold 0.1, 1000 candidates
+    plans = make_plans(overrides=["inference.nms_size_vox=[6,6,4]",  # stride 2, 1000 candidates
+                                  "inference.screening_threshold=0.1"])
     rng = np.random.default_rng(0)
     exact = rng.uniform(0, 0.015, (40, 36, 20)).astype(np.float32)  # background well below the threshold
     peaks = rng.integers(0, [40, 36, 20], (40, 3))

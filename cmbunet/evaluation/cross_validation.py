@@ -83,8 +83,10 @@ def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[s
         return []
     predictor = CMBPredictor.from_model_folder(model_dir, folds=[fold], device=device)
     # the plans' defaults only: a tuned inference_settings.json must not shape the data it was tuned on, and
-    # the saved candidates stay comparable between runs
-    predictor.settings = resolve_settings(predictor.plans)
+    # the saved candidates stay comparable between runs. Screening keeps candidates down to the counting
+    # threshold, so that the threshold search can sweep the screening threshold from there.
+    predictor.settings = resolve_settings(predictor.plans, overrides={
+        "screening_threshold": predictor.plans.candidate_count_threshold(device)})
     save_json(predictor.settings.to_dict(), validation_dir / VALIDATION_SETTINGS_FILE)
     for case in tqdm(todo, desc=f"validating fold {fold}", unit="case", disable=None):
         pre = load_preprocessed_case(preprocessed_dir, case)

@@ -229,7 +229,10 @@ def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: 
     for folder in validation_dirs.values():
         settings_path = Path(folder) / VALIDATION_SETTINGS_FILE
         used = load_json(settings_path) if settings_path.is_file() else used
-    default = (float(used.get("screening_threshold", inference.screening_threshold)),
+    # the validation screened down to its own threshold (the sweep starts there); the default point is the
+    # plans' screening threshold where that is higher
+    lowest = float(used.get("screening_threshold", inference.screening_threshold))
+    default = (max(lowest, float(inference.screening_threshold)),
                float(used.get("discrimination_threshold", inference.discrimination_threshold)))
     merge_mm = default_merge_mm(plans) if merge_mm is None else float(merge_mm)
     parts = [fold_inputs(folder) for folder in validation_dirs.values()]
@@ -237,11 +240,12 @@ def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: 
     candidates = with_shape_rule(candidates, inference.merged({k: v for k, v in used.items() if k in SETTING_KEYS}))
     components = pd.concat([load_components(f) for f in validation_dirs.values()], ignore_index=True)
     components = components[components["case"].isin(per_case["case"])]
-    if ts_grid is None:
-        ts_grid = screening_grid(default[0], max_screening_threshold)
+    searched = screening_grid(lowest, max_screening_threshold) if ts_grid is None else np.asarray(ts_grid, float)
     td_grid = np.unique(np.r_[DEFAULT_TD_GRID if td_grid is None else td_grid, default[1]])
-    sweep = threshold_sweep(candidates, references, len(per_case), ts_grid, td_grid, dist_mm, merge_mm)
-    best, at_default = best_point(sweep, default), value_at(sweep, *default)
+    sweep = threshold_sweep(candidates, references, len(per_case), np.unique(np.r_[searched, default[0]]),
+                            td_grid, dist_mm, merge_mm)
+    in_search = np.isclose(sweep["screening_threshold"].to_numpy()[:, None], searched[None, :]).any(axis=1)
+    best, at_default = best_point(sweep[in_search], default), value_at(sweep, *default)
     sizes_table = min_size_sweep(components, sizes, dist_mm)
     min_size = choose_min_size(sizes_table)
     folds = ", ".join(validation_dirs)
@@ -331,7 +335,7 @@ def thresholds_after_cross_validation(model_dir: Path, num_folds: int, dist_mm: 
     """Once every fold ``0..num_folds-1`` has evaluated validation predictions, choose the thresholds on all of
     them pooled and save them, unless ``inference_settings.json`` holds values a user set by hand.
 
-    Why: the defaults (0.1 / 0.5) are the paper's; the operating point that maximises F1 depends on the data,
+    Why: the default thresholds are set once for every cohort; the operating point that maximises F1 depends on the data,
     and cross-validation predictions are the only unbiased place to read it. Returns the result of
     :func:`find_thresholds` when it ran, else ``None``.
     """

@@ -364,6 +364,20 @@ class Plans(Section):
         self.stage(stage)
         return getattr(getattr(self.training, device_kind(device)), stage)
 
+    def candidate_count_threshold(self, device: object = "cpu") -> float:
+        """Screening threshold at which training counts and keeps candidates for the later steps: the lower of
+        the inference threshold and the mining threshold.
+
+        Why: the candidate prior (false positives per CMB among screening candidates, which sets the
+        discrimination threshold) and the validation candidates that the threshold search sweeps are counted
+        here, not at the inference threshold. Predicting at screening 0.5 keeps the same microbleeds as 0.1 with
+        2.5-4x fewer candidates, and the discrimination threshold read at 0.1 held on sites no model saw
+        (documentation/benchmarks.md, 6g); counted at 0.5 the prior would lower it.
+        """
+        mining = getattr(self.schedule("screening", device), "mining_threshold", None)
+        inference = float(self.inference.screening_threshold)
+        return inference if mining is None else min(inference, float(mining))
+
 
 def plans_value_problems(data: Mapping[str, Any]) -> list[str]:
     """``key = value: problem`` for every missing, unknown or unusable value of the plans JSON ``data`` (keys of

@@ -347,21 +347,22 @@ def screen_validation_volumes(state: TrainingState) -> None:
 
     Their FPs become ``validation_false_positives.json``, the validation negatives of the later stages. For fold
     ``all`` the volumes are the training volumes, which the final mining pass has just screened with the same
-    weights: its candidates are reused wherever the inference threshold is at least the mining threshold.
+    weights: its candidates are reused wherever the counting threshold is at least the mining threshold. They are
+    counted at :meth:`Plans.candidate_count_threshold` (the mining threshold, unless inference screens lower).
     """
     cfg, val_bank, out = state.cfg, state.val_bank, state.out
-    inf_threshold = float(cfg.plans.inference.screening_threshold)
+    count_threshold = cfg.plans.candidate_count_threshold(state.info.device)
     reuse = (state.final_candidates if val_bank is state.bank
-             and inf_threshold >= float(cast(ScreeningSchedule, state.schedule).mining_threshold) else None)
-    result = screening_validation(state.network, val_bank, cfg.plans, inf_threshold, state.info.device,
+             and count_threshold >= float(cast(ScreeningSchedule, state.schedule).mining_threshold) else None)
+    result = screening_validation(state.network, val_bank, cfg.plans, count_threshold, state.info.device,
                                   precision=mining_precision(state.info.device, cfg.precision), candidates=reuse)
     where = "validation" if state.held_out else "TRAINING (fold all has no validation cases)"
-    state.log(f"screening on whole {where} volumes at threshold {inf_threshold}: candidate sensitivity "
+    state.log(f"screening on whole {where} volumes at threshold {count_threshold}: candidate sensitivity "
               f"{result['sensitivity']:.3f}, {result['false_positives_per_case']:.1f} false positives per case")
     if state.held_out:
         val_bank.false_positives, val_bank.fp_scores = result["fp_rows"], result["fp_scores"]
         val_bank.fp_epochs = np.full(len(result["fp_rows"]), state.epochs, np.int64)
         val_bank.fp_dropped = np.full(len(result["fp_rows"]), -1, np.int64)
-        save_false_positives(out / VALIDATION_FP_FILE, val_bank, inf_threshold)
+        save_false_positives(out / VALIDATION_FP_FILE, val_bank, count_threshold)
     save_json({k: v for k, v in result.items() if k not in ("fp_rows", "fp_scores")} | {"volumes": where},
               out / VALIDATION_CANDIDATES_FILE)
