@@ -222,8 +222,8 @@ def run_cross_validation(work: Path, dataset_id: int, folders: dict[str, Path], 
     0`` .. ``4``). Each fold's validation subjects are then predicted once more by ``cmbunet_predict`` with that
     fold's model at the thresholds a model has before CV chooses any (the candidate prior's, as the held-out folds
     use; ``cmbunet_train``'s own validation keeps candidates down to screening 0.1 with discrimination at 0.5 so
-    that ``cmbunet_find_thresholds`` can sweep them) and scored per site. Also returns the thresholds ``cmbunet_find_thresholds`` chose after the last
-    fold."""
+    that ``cmbunet_find_thresholds`` can sweep them) and scored per site. Also returns the thresholds
+    ``cmbunet_find_thresholds`` chose after the last fold."""
     from cmbunet.evaluation.cli import main as evaluate_main
     from cmbunet.evaluation.cross_validation import load_fold_summary, validation_cases
     from cmbunet.evaluation import aggregate_metrics

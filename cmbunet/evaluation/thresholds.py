@@ -335,8 +335,8 @@ def thresholds_after_cross_validation(model_dir: Path, num_folds: int, dist_mm: 
     """Once every fold ``0..num_folds-1`` has evaluated validation predictions, choose the thresholds on all of
     them pooled and save them, unless ``inference_settings.json`` holds values a user set by hand.
 
-    Why: the default thresholds are set once for every cohort; the operating point that maximises F1 depends on the data,
-    and cross-validation predictions are the only unbiased place to read it. Returns the result of
+    Why: the default thresholds are set once for every cohort; the operating point that maximises F1 depends on
+    the data, and cross-validation predictions are the only unbiased place to read it. Returns the result of
     :func:`find_thresholds` when it ran, else ``None``.
     """
     model = ModelFolder(model_dir)
