@@ -44,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--preset", choices=PRESETS, default="fast",
                    help="planner preset (default: %(default)s, quarter-width networks and a ~13-minute CPU schedule; "
-                        "auto: the full-width self-configured plan)")
+                        "auto: the self-configured plan with full-size networks)")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="plan overrides passed to cmbunet_plan_and_preprocess")
     p.add_argument("--full-size-networks", action="store_true",
-                   help="same as --preset auto: the full-width networks and the CPU budget schedule (over an hour)")
+                   help="same as --preset auto: full-size networks and the CPU budget schedule (over an hour)")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="where training and prediction run")
     p.add_argument("--no-report", action="store_true", help="skip the visual report")
     return p

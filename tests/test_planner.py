@@ -83,7 +83,8 @@ def test_paper_numbers_from_fingerprint(auto_plans):
     assert p["cmb_box"]["coverage"] == pytest.approx(0.984) and p["cmb_box"]["num_cmbs"] == 1000
     s, d, g = p["screening"], p["discrimination"], p["segmentation"]
     assert s["block_size"] == [20, 20, 16] and s["fcn_stride"] == [2, 2, 2] and s["fcn_offset"] == [10, 10, 8]
-    assert s["network"] == {"in_channels": 1, "features": [64, 64, 128, 128, 256], "first_kernels": [5, 5, 3],
+    # 002's screening widths are 64-64-128-128-256 (preset paper); auto halves them (benchmarks.md, 6h)
+    assert s["network"] == {"in_channels": 1, "features": [32, 32, 64, 64, 128], "first_kernels": [5, 5, 3],
                             "last_kernel": [2, 2, 2], "num_classes": 2, "negative_slope": 0.01}
     assert d["block_size"] == [24, 24, 20]
     assert d["network"] == {"in_channels": 1, "features": [64, 64, 128, 128], "first_kernels": [5, 5, 3],
@@ -215,6 +216,8 @@ def test_paper_preset_ignores_the_data():
     assert p["preset"] == "paper"
     assert p["screening"]["block_size"] == [20, 20, 16] and p["screening"]["network"]["first_kernels"] == [5, 5, 3]
     assert p["screening"]["network"]["last_kernel"] == [2, 2, 2]
+    assert p["screening"]["network"]["features"] == [64, 64, 128, 128, 256]  # 002 Table 1
+    assert p["discrimination"]["network"]["features"] == [64, 64, 128, 128]
     assert p["discrimination"]["block_size"] == [24, 24, 20] and p["segmentation"]["patch_size"] == [32, 32, 24]
     assert p["training"]["cpu"] == p["training"]["gpu"]
     assert p["training"]["cpu"]["screening"]["samples_per_epoch"] == 200_000
@@ -236,10 +239,12 @@ def test_tiny_preset(paper_fp, auto_plans):
 
 def test_fast_preset_is_auto_at_quarter_width_with_a_short_schedule(paper_fp, auto_plans):
     p = plan_experiment(paper_fp, DATASET_JSON, preset="fast")
+    paper = plan_experiment(paper_fp, DATASET_JSON, preset="paper")
     assert p.preset == "fast"
-    for stage in STAGES:
-        full, quarter = auto_plans.stage(stage).network.features, p.stage(stage).network.features
+    for stage in STAGES:  # a quarter of 002's widths
+        full, quarter = paper.stage(stage).network.features, p.stage(stage).network.features
         assert tuple(f // 4 for f in full) == tuple(quarter)
+    assert tuple(f // 2 for f in auto_plans.screening.network.features) == tuple(p.screening.network.features)
     assert p.discrimination.network.fc_features == auto_plans.discrimination.network.fc_features // 4
     assert p.target_spacing == auto_plans.target_spacing and p.normalization == auto_plans.normalization
     assert p.inference == auto_plans.inference
@@ -403,15 +408,24 @@ def test_typed_plans_round_trip_exactly(paper_fp, auto_plans):
     assert auto_plans.inference.min_component_voxels is None and "min_component_voxels" not in auto_plans.to_dict()["inference"]
 
 
+def earlier_auto_json(auto_plans: Plans) -> dict:
+    """The auto plans' JSON as cmbunet wrote it before auto screening went to half width."""
+    old = auto_plans.to_dict()
+    old["screening"]["network"]["features"] = [64, 64, 128, 128, 256]
+    return old
+
+
 def test_plans_hash_is_the_hash_of_the_json(auto_plans):
     """The hash of the same JSON never changes: checkpoints and preprocessed data of earlier versions stay valid."""
-    assert plans_hash(auto_plans) == "253c736bfa341db7"  # computed by cmbunet before the typed plans
-    assert plans_hash(auto_plans, "screening") == "7b8dbc5e2e81acd2"
+    earlier = Plans.from_dict(earlier_auto_json(auto_plans))
+    assert plans_hash(earlier) == "253c736bfa341db7"  # computed by cmbunet before the typed plans
+    assert plans_hash(earlier, "screening") == "7b8dbc5e2e81acd2"
+    assert plans_hash(auto_plans, "screening") != plans_hash(earlier, "screening")
 
 
 def test_older_plans_file_gets_its_missing_keys_and_keeps_its_json_and_hash(tmp_path, auto_plans):
     """Keys added after plans_version 1 are filled in with what such a file meant, in from_dict alone."""
-    old = auto_plans.to_dict()
+    old = earlier_auto_json(auto_plans)
     del old["augmentation"]["intensity"], old["augmentation"]["rotation_probability"]
     del old["segmentation"]["network"]["foreground_prior"], old["cmb_box"]["median_cmb_voxels"]
     for device in ("gpu", "cpu"):
