@@ -74,7 +74,7 @@ def _predictor(args: dict):
                    skip_empty=args["skip"], screening_channels_last=args["cl"])
     if args.get("model"):
         return CMBPredictor.from_model_folder(args["model"], settings_overrides={"tile_size": args["tile"]}, **options)
-    plans = C.make_plans("paper")
+    plans = C.make_plans(args.get("preset") or "paper", overrides=args.get("overrides") or None)
     nets = C.build_networks(plans)
     settings = resolve_settings(plans, None, {"tile_size": args["tile"], "screening_threshold": 0.0,
                                               "max_candidates": args["candidates"]})
@@ -291,6 +291,10 @@ def main() -> None:
     p.add_argument("--model", default=None,
                    help="a trained model folder: its plans, networks and thresholds instead of paper-size networks "
                         "with random weights and the forced workload (then F1 against the truth means something)")
+    p.add_argument("--preset", default="paper", choices=("paper", "auto"),
+                   help="networks of the forced workload (random weights): paper (002's sizes) or auto (the default "
+                        "plan's, half-width screening), both at 002's 20x20x16 block of VALDO spacing")
+    p.add_argument("--override", nargs="+", default=[], help="plan overrides of the forced workload's networks")
     p.add_argument("--child", help=__import__("argparse").SUPPRESS)
     p.add_argument("--timeout", type=float, default=580, help="seconds per child run")
     p.add_argument("--workdir", default=None, help="keep the cases and outputs here (default: a temporary folder)")
@@ -307,7 +311,8 @@ def main() -> None:
         a.candidates, a.kept = min(a.candidates, 20), min(a.kept, 5)
     cases, truth, what = write_cases(a, work)
     workload = (f"model {a.model} with its own thresholds" if a.model else
-                f"paper-size networks, random weights; {a.candidates} candidates forced, {a.kept} kept")
+                f"{a.preset} networks {a.override or ''}, random weights; {a.candidates} candidates forced, "
+                f"{a.kept} kept")
     print(f"# cases: {what}; {workload}; {repeats} run(s) per setting; load {C.loadavg()}")
 
     peaks = {"fp32": C.conv_peak("fp32", repeats=1 if a.quick else 3)}
@@ -331,7 +336,8 @@ def main() -> None:
         for r in range(repeats):
             outdir = work / f"out_{name}_{r}"
             args = {"cases": cases, "outdir": str(outdir), **cfg, "candidates": a.candidates, "kept": a.kept,
-                    "model": str(Path(a.model).resolve()) if a.model else None}
+                    "model": str(Path(a.model).resolve()) if a.model else None, "preset": a.preset,
+                    "overrides": a.override}
             load0 = C.loadavg()
             try:
                 res = C.run_child(Path(__file__), [json.dumps(args)], timeout=a.timeout, threads=threads)
