@@ -217,6 +217,7 @@ def test_paper_preset_ignores_the_data():
     assert p["screening"]["block_size"] == [20, 20, 16] and p["screening"]["network"]["first_kernels"] == [5, 5, 3]
     assert p["screening"]["network"]["last_kernel"] == [2, 2, 2]
     assert p["screening"]["network"]["features"] == [64, 64, 128, 128, 256]  # 002 Table 1
+    assert p["inference"]["screening_threshold"] == 0.1
     assert p["discrimination"]["network"]["features"] == [64, 64, 128, 128]
     assert p["discrimination"]["block_size"] == [24, 24, 20] and p["segmentation"]["patch_size"] == [32, 32, 24]
     assert p["training"]["cpu"] == p["training"]["gpu"]

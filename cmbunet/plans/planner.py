@@ -33,6 +33,7 @@ MAX_TRANSLATION_VOX = 3  # 002: "translation (< 4 voxels)"
 #: -> 14.3 s (documentation/benchmarks.md, 6g). Training still counts candidates at the mining threshold (0.1):
 #: :meth:`cmbunet.plans.schema.Plans.candidate_count_threshold`.
 SCREENING_THRESHOLD = 0.5
+PAPER_SCREENING_THRESHOLD = 0.1  # 002, kept by preset paper
 
 #: ``plans["augmentation"]["intensity"]`` (:mod:`cmbunet.training.intensity_augmentation`): nnU-Net's intensity
 #: set, with the
@@ -337,7 +338,7 @@ def plan_experiment(
         },
         "training": training_schedules(preset),
         "inference": {
-            "screening_threshold": SCREENING_THRESHOLD,
+            "screening_threshold": PAPER_SCREENING_THRESHOLD if preset == "paper" else SCREENING_THRESHOLD,
             "nms_size_vox": nms_size(block),
             "max_candidates": 1000,
             "discrimination_threshold": 0.5,
