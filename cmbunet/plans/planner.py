@@ -58,16 +58,6 @@ PAPER_BLOCK = [20, 20, 16]
 PAPER_FIRST_KERNELS = [5, 5, 3]
 
 WIDTHS = {
-    # the default: 002's widths, except a half-width screening FCN. Its second 5x5x3 convolution runs at full
-    # resolution and holds 77% of the multiply-adds; at half width, over 88 held-out-site subjects, the default
-    # models found 289 of 304 microbleeds with 68 false positives (002's width: 291, 67), and a realistic 1.5 T
-    # case took 8.2 s instead of 19.1 s (documentation/benchmarks.md, 6h)
-    "auto": {
-        "screening": [32, 32, 64, 64, 128],
-        "discrimination": [64, 64, 128, 128],
-        "fc_features": 512,
-        "segmentation": [32, 64, 128, 256],
-    },
     "full": {  # preset paper: 002's widths
         "screening": [64, 64, 128, 128, 256],
         "discrimination": [64, 64, 128, 128],
@@ -87,6 +77,11 @@ WIDTHS = {
         "segmentation": [4, 8, 16, 32],
     },
 }
+#: The default (preset auto): 002's widths, except a half-width screening FCN. Its second 5x5x3 convolution runs at
+#: full resolution and holds 77% of the multiply-adds; at half width, over 88 held-out-site subjects, the default
+#: models found 289 of 304 microbleeds with 68 false positives (002's width: 291, 67), and a realistic 1.5 T case
+#: took 8.2 s instead of 19.1 s (documentation/benchmarks.md, 6h).
+WIDTHS["auto"] = {**WIDTHS["full"], "screening": [32, 32, 64, 64, 128]}
 
 
 # ----------------------------------------------------------------------------------------------------------
