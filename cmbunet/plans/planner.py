@@ -57,14 +57,15 @@ INTENSITY_AUGMENTATION = {
 PAPER_BLOCK = [20, 20, 16]
 PAPER_FIRST_KERNELS = [5, 5, 3]
 
+#: Network widths per preset.
 WIDTHS = {
-    "full": {  # preset paper: 002's widths
+    "paper": {  # 002's widths
         "screening": [64, 64, 128, 128, 256],
         "discrimination": [64, 64, 128, 128],
         "fc_features": 512,
         "segmentation": [32, 64, 128, 256],
     },
-    "quarter": {  # preset fast: a quarter of 002's widths (a sixteenth of the convolution cost)
+    "fast": {  # a quarter of 002's widths (a sixteenth of the convolution cost)
         "screening": [16, 16, 32, 32, 64],
         "discrimination": [16, 16, 32, 32],
         "fc_features": 128,
@@ -81,7 +82,7 @@ WIDTHS = {
 #: full resolution and holds 77% of the multiply-adds; at half width, over 88 held-out-site subjects, the default
 #: models found 289 of 304 microbleeds with 68 false positives (002's width: 291, 67), and a realistic 1.5 T case
 #: took 8.2 s instead of 19.1 s (documentation/benchmarks.md, 6h).
-WIDTHS["auto"] = {**WIDTHS["full"], "screening": [32, 32, 64, 64, 128]}
+WIDTHS["auto"] = {**WIDTHS["paper"], "screening": [32, 32, 64, 64, 128]}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def plan_experiment(
     else:
         first = first_kernel_sizes(target)
         block, last = screening_block_for_box(box, first)
-    widths = WIDTHS[{"tiny": "tiny", "fast": "quarter", "paper": "full"}.get(preset, "auto")]
+    widths = WIDTHS[preset]
     disc_block = [b + DISCRIMINATION_EXTRA_VOX for b in block]
     seg_patch = segmentation_patch_size(block, len(widths["segmentation"]))
     median_cmb_voxels = float(np.median(cmb_volumes_mm3) / np.prod(target))
