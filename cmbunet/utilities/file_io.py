@@ -26,10 +26,15 @@ from cmbunet.errors import InputError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-#: Temporary files are named ``.TARGET.part-HOST-PID-XXXXXXXX<suffix>``, so a later run can tell whether the
-#: process that wrote one is gone (killed) and remove it: see :func:`remove_stale_temp_files`.
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
-_TEMP_RE = re.compile(r"^\..+\.part-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[a-z0-9_]{8}")
+#: Temporary files are named ``.part-HOST-PID-XXXXXXXX<suffix>``, so a later run can tell whether the
+#: process that wrote one is gone (killed) and remove it: see :func:`remove_stale_temp_files`. The name does not
+#: contain the target's name, so it stays short (at most about 60 bytes) whatever the target is called: a target
+#: name of up to 255 bytes, the usual file system limit, can always be written. Older versions named them
+#: ``.TARGET.part-HOST-PID-XXXXXXXX<suffix>``; those are recognised as well.
+_HOST = (re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host")[:20]
+_TEMP_RE = re.compile(r"^\.(?:.+\.)?part-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[a-z0-9_]{8}")
+#: Longest file ending a temporary name keeps (``.nii.gz``, ``.npz``); longer ones are cut to what fits.
+_MAX_TEMP_SUFFIX = 16
 #: A temporary file untouched for this long belongs to no running writer, whatever machine wrote it.
 STALE_TEMP_SECONDS = 3600.0
 #: Errors of a write that ran out of room; the message then names the target, since the OS names no file.
@@ -59,6 +64,19 @@ def written_file_problem(path: str | Path) -> str | None:
     return None
 
 
+def temp_suffix(target: Path, suffix: str | None = None) -> str:
+    """The file ending of ``target``'s temporary file: ``suffix`` or the target's endings (``.nii.gz``), cut to
+    the last endings that fit in :data:`_MAX_TEMP_SUFFIX` bytes, so that a name with many dots (``sub-1.run-2.
+    nii.gz``) cannot make the temporary name longer than the file system allows."""
+    parts = Path("x" + suffix).suffixes if suffix is not None else target.suffixes
+    kept = ""
+    for part in reversed(parts):
+        if len((part + kept).encode()) > _MAX_TEMP_SUFFIX:
+            break
+        kept = part + kept
+    return kept or ".tmp"
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str | None = None,
                 verify: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
@@ -73,9 +91,8 @@ def atomic_path(target: str | Path, suffix: str | None = None,
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if suffix is None:
-        suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.part-{_HOST}-{os.getpid()}-", suffix=suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".part-{_HOST}-{os.getpid()}-", suffix=temp_suffix(target, suffix),
+                               dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
