@@ -44,3 +44,11 @@ class MissingStageError(CMBUNetError):
 
 class PlansMismatchError(CMBUNetError):
     """A checkpoint or preprocessed data belongs to other plans than the ones in use."""
+
+
+class LockedError(CMBUNetError):
+    """Another run holds the lock of the same work (one training fold, one dataset's preprocessing)."""
+
+
+class ChecksumError(CMBUNetError):
+    """A file no longer matches the checksum written with it (bit rot, a partial copy, an edit)."""

@@ -13,6 +13,7 @@ default ``cmbunetPlans``, or any folder given to ``cmbunet_predict -m``)::
     fold_F/screening/validation_candidates.json            screening's whole-volume validation (candidate prior)
     fold_F/validation/                                     predictions and metrics of the fold's held-out cases
     fold_F/validation/validation_settings.json             the inference settings those predictions used
+    .fold_F.lock                                           held while cmbunet_train trains fold F
 
 ``checkpoint_final.pth`` is written last by training, so its presence means the stage is complete. Every
 checkpoint records the hash of the plans it was trained with; a checkpoint or a model folder of other plans is
@@ -175,6 +176,11 @@ class ModelFolder:
     def checkpoint(self, fold: int | str, stage: str, which: str = "final") -> Path:
         """``fold_F/<stage>/checkpoint_<which>.pth``; ``which`` is latest, best or final."""
         return checkpoint_file(self.stage_dir(fold, stage), which)
+
+    def train_lock_file(self, fold: int | str) -> Path:
+        """``.fold_F.lock``: held by the ``cmbunet_train`` run of fold F (see :mod:`cmbunet.utilities.locks`); beside
+        the fold folder, so that taking it creates no fold folder."""
+        return self.path / f".fold_{fold}.lock"
 
     def validation_dir(self, fold: int | str) -> Path:
         return self.fold_dir(fold) / VALIDATION_DIR

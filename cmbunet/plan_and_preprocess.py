@@ -35,10 +35,13 @@ from cmbunet.preprocessing.preprocessor import (case_files, preprocess_case, rec
 from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from cmbunet.utilities.cli import DATASET_HELP, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
+from cmbunet.utilities.locks import exclusive_lock
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 PLANS_FILE = "plans.json"
 DATA_DIR = "data"
+#: Held by the run that plans and preprocesses the dataset (see :mod:`cmbunet.utilities.locks`).
+PREPROCESS_LOCK = ".preprocess.lock"
 
 
 def default_num_processes() -> int:
@@ -250,34 +253,36 @@ def main(argv: list[str] | None = None) -> int:
     case_root = preprocessed_case_root(out_dir, plans_name, pp_hash)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (out_dir, case_root / DATA_DIR):
-        remove_stale_temp_files(folder)  # left by a killed run
-    save_fingerprint(fingerprint, fp_path)
-    save_plans(plans, plans_path)
-    save_json(dataset_json, out_dir / "dataset.json")
-    if args.clean and (case_root / DATA_DIR).is_dir():
-        shutil.rmtree(case_root / DATA_DIR)
+    # one run per dataset: two would rewrite the same plans, splits and cases under each other
+    with exclusive_lock(out_dir / PREPROCESS_LOCK, f"preprocessing of {name}"):
+        for folder in (out_dir, case_root / DATA_DIR):
+            remove_stale_temp_files(folder)  # left by a killed run
+        save_fingerprint(fingerprint, fp_path)
+        save_plans(plans, plans_path)
+        save_json(dataset_json, out_dir / "dataset.json")
+        if args.clean and (case_root / DATA_DIR).is_dir():
+            shutil.rmtree(case_root / DATA_DIR)
 
-    has_cmb = {r["case"]: r.get("num_cmbs", 0) > 0 for r in fingerprint["cases"]}
-    if len(cases) >= 2:
-        load_or_create_splits(out_dir, sorted(cases), has_cmb)
-    else:
-        print(f"only one training case: no {SPLITS_FILE} written; train with fold 'all'")
-    if args.no_preprocess:
-        print(f"{name}: plans written to {plans_path} (preprocessing skipped)")
+        has_cmb = {r["case"]: r.get("num_cmbs", 0) > 0 for r in fingerprint["cases"]}
+        if len(cases) >= 2:
+            load_or_create_splits(out_dir, sorted(cases), has_cmb)
+        else:
+            print(f"only one training case: no {SPLITS_FILE} written; train with fold 'all'")
+        if args.no_preprocess:
+            print(f"{name}: plans written to {plans_path} (preprocessing skipped)")
+            return 0
+
+        todo = [c for c in cases if not case_is_done(case_root, c, pp_hash, phash)]
+        reused = reuse_default_cases(out_dir, case_root, todo, pp_hash)
+        if reused:
+            print(f"{name}: {len(reused)} case(s) taken from {out_dir / DATA_DIR} (preprocessed alike)")
+            todo = [c for c in todo if c not in reused]
+        jobs = [(c, cases[c]["images"], cases[c]["label"], plans, case_root, phash, pp_hash) for c in todo]
+        done = preprocess_cases(jobs, args.np) if jobs else []
+        if not todo:
+            print(f"{name}: preprocessed cases up to date (preprocessing {pp_hash}) in {case_root / DATA_DIR}")
+        print(format_summary(name, case_root, plans, done, len(cases) - len(todo)))
         return 0
-
-    todo = [c for c in cases if not case_is_done(case_root, c, pp_hash, phash)]
-    reused = reuse_default_cases(out_dir, case_root, todo, pp_hash)
-    if reused:
-        print(f"{name}: {len(reused)} case(s) taken from {out_dir / DATA_DIR} (preprocessed alike)")
-        todo = [c for c in todo if c not in reused]
-    jobs = [(c, cases[c]["images"], cases[c]["label"], plans, case_root, phash, pp_hash) for c in todo]
-    done = preprocess_cases(jobs, args.np) if jobs else []
-    if not todo:
-        print(f"{name}: preprocessed cases up to date (preprocessing {pp_hash}) in {case_root / DATA_DIR}")
-    print(format_summary(name, case_root, plans, done, len(cases) - len(todo)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,14 +8,76 @@ and nothing the user had lost or overwritten.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from cmbunet.imageio.reader_writer import SimpleITKIO
+from cmbunet.model_folder import ModelFolder
+from cmbunet.plan_and_preprocess import PREPROCESS_LOCK
+from cmbunet.plan_and_preprocess import main as plan_main
+from cmbunet.plans import apply_overrides
+from cmbunet.training.cli import main as train_main
 from cmbunet.utilities import file_io
+from test_bad_input import BASE, env, run_and_check, tree_state, write_fake_model  # noqa: F401
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[subprocess.Popen]:
+    """Another process that holds the lock ``path`` (through the real lock module) until it is killed."""
+    code = ("import sys, time\nfrom cmbunet.utilities.locks import exclusive_lock\n"
+            "with exclusive_lock(sys.argv[1], 'a test'):\n    print('held', flush=True)\n    time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------------- locks
+def test_second_training_of_a_fold_is_refused_and_a_stale_lock_is_taken_over(env, tmp_path, capsys):
+    """While another run trains fold 0, cmbunet_train of fold 0 is refused naming that run and the lock and writes
+    nothing. Once that run is killed (-9), its lock is stale: the next run says so, takes it, and releases it
+    again when it stops with an error (here: the model folder holds models of other plans)."""
+    res = tmp_path / "res"
+    other_plans = apply_overrides(env["plans"], ["target_spacing=[2,2,3]"])
+    model = ModelFolder(write_fake_model(res / BASE / "cmbunet", other_plans))
+    lock = model.train_lock_file(0)
+    argv = [BASE, "0", "-npp", "0", "--preprocessed-root", str(env["pre"]), "--results-root", str(res)]
+    with lock_held_elsewhere(lock) as holder:
+        run_and_check(capsys, train_main, argv, inputs=[env["pre"]], outputs=[res],
+                      expect=[f"training of {BASE} fold 0", "is already running", f"pid {holder.pid} on "
+                              f"{socket.gethostname()}", str(lock)])
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert lock.is_file()  # a killed run leaves its lock behind
+        capsys.readouterr()
+        assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"removing the stale lock {lock} (its holder, pid {holder.pid} on {socket.gethostname()}, no longer "
+            "runs)") in err
+    assert "other plans" in err and "Traceback" not in err
+    assert not lock.exists()  # released on the error
+
+
+def test_second_preprocessing_of_a_dataset_is_refused(env, tmp_path, capsys):
+    pre = tmp_path / "pre"
+    shutil.copytree(env["pre"], pre)
+    lock = pre / BASE / PREPROCESS_LOCK
+    with lock_held_elsewhere(lock) as holder:
+        run_and_check(capsys, plan_main, ["-d", BASE, "--preset", "tiny", "--raw-root", str(env["raw"]),
+                                          "--preprocessed-root", str(pre), "-np", "1", "--clean"],
+                      inputs=[env["raw"]], outputs=[pre],
+                      expect=[f"preprocessing of {BASE} is already running", f"pid {holder.pid}", str(lock)])
 
 
 # ---------------------------------------------------------------------------------------------------- temp names

@@ -16,6 +16,7 @@ from cmbunet.plans.schema import STAGES
 from cmbunet.utilities.cpu_features import PRECISIONS
 from cmbunet.utilities.cli import DATASET_HELP, add_plans_option, command_parser, deprecated_alias, run_cli
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
+from cmbunet.utilities.locks import exclusive_lock
 
 STAGE_CHOICES = (*STAGES, "all")
 
@@ -184,28 +185,31 @@ def main(argv: list[str] | None = None) -> int:
     if not (first.resume and model.is_trained(fold, first.stage)):
         require_stages(first, STAGES[first.stage])
     check_preprocessed_cases(case_root, train_cases + val_cases, phash, pp_hash, plans_file_name(plans_name))
-    prepare_model_folder(pre_dir, model, phash, plans_name)
-    remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
-    print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
-          f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
-    started = time.time()
-    D.launch(run_stages, args.num_gpus, args.device, configs)
-    if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):
-        from cmbunet.evaluation.thresholds import threshold_from_candidate_prior
-        trained = [str(f) for f in ["all", *range(len(load_splits(pre_dir / SPLITS_FILE)))]
-                   if model.is_trained(f, "discrimination")]
-        threshold_from_candidate_prior(model_dir, trained)
-    if fold != "all" and val_cases and not args.no_validation and configs[-1].stage == "segmentation":
-        # the fold is complete: predict its validation cases with the whole pipeline and score them (fold_F/validation)
-        from cmbunet.evaluation.cross_validation import validate_fold
+    # one run per fold: a second one would delete this run's logs and mix its checkpoints into this run's
+    with exclusive_lock(model.train_lock_file(fold), f"training of {name} fold {fold} ({model.path.name})"):
+        prepare_model_folder(pre_dir, model, phash, plans_name)
+        remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
+        print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
+              f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
+        started = time.time()
+        D.launch(run_stages, args.num_gpus, args.device, configs)
+        if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):
+            from cmbunet.evaluation.thresholds import threshold_from_candidate_prior
+            trained = [str(f) for f in ["all", *range(len(load_splits(pre_dir / SPLITS_FILE)))]
+                       if model.is_trained(f, "discrimination")]
+            threshold_from_candidate_prior(model_dir, trained)
+        if fold != "all" and val_cases and not args.no_validation and configs[-1].stage == "segmentation":
+            # the fold is complete: predict its validation cases with the whole pipeline and score them
+            # (fold_F/validation)
+            from cmbunet.evaluation.cross_validation import validate_fold
 
-        out = validate_fold(name, fold, pre_root, get_root("results", args.results_root), args.device, args.raw_root,
-                            plans_name=plans_name)
-        print(f"validation predictions and metrics of fold {fold}: {out}")
-        if not args.no_thresholds:
-            from cmbunet.evaluation.thresholds import thresholds_after_cross_validation
-            thresholds_after_cross_validation(model_dir, len(load_splits(pre_dir / SPLITS_FILE)))
-    print(run_summary(model, fold, [c.stage for c in configs], time.time() - started))
+            out = validate_fold(name, fold, pre_root, get_root("results", args.results_root), args.device,
+                                args.raw_root, plans_name=plans_name)
+            print(f"validation predictions and metrics of fold {fold}: {out}")
+            if not args.no_thresholds:
+                from cmbunet.evaluation.thresholds import thresholds_after_cross_validation
+                thresholds_after_cross_validation(model_dir, len(load_splits(pre_dir / SPLITS_FILE)))
+        print(run_summary(model, fold, [c.stage for c in configs], time.time() - started))
     return 0
 
 
