@@ -99,6 +99,9 @@ def synthesize_case(
     origin = -direction @ grid.centre_mm + rng.normal(0, 15.0, 3)
     iron = bool(rng.random() < 0.35)
     contrasts = tissue_contrasts(seed, modalities, iron, acq["gm_wm_gain"] if acq else 1.0)
+    if acq:  # CSF's brightness against tissue differs with echo time and sequence (SWI lower, long TE higher)
+        for m in modalities:
+            contrasts[m]["csf"] *= acq["csf_gain"]
     scale = float(10 ** rng.uniform(1.5, 3.3))
     offset = float(rng.uniform(0.0, 0.05))
     if acq:  # the site sets the SNR; contrasts differ a little around it
@@ -128,7 +131,8 @@ def synthesize_case(
 
     # rendering
     samples = supersampling(grid)
-    rendered = [(o, render_object(grid, o, samples)) for o in cmb_objs + mimic_objs]
+    profile = acq["slice_profile"] if acq else 1.0
+    rendered = [(o, render_object(grid, o, samples, profile)) for o in cmb_objs + mimic_objs]
     phi_full = upsample(phi, factors, grid.shape)
     brain = phi_full < 0
     images = {}
@@ -170,6 +174,7 @@ def synthesize_case(
                 p = tilt @ centre
                 mimics.append({"kind": "iron_deep_gm", "center_world_mm": world(p), "center_voxel": grid.to_voxel(p).tolist()})
     meta = {"seed": int(seed), "size": size, "site": site, "anatomy": anatomy, "snr": {m: snr[m] for m in modalities}, "intensity_scale": scale,
-            "iron_deep_gm": iron, "head_tilt": tilt.round(6).tolist()}
+            "iron_deep_gm": iron, "head_tilt": tilt.round(6).tolist(),
+            "slice_profile": float(profile), "world": "wide" if acq else "quick-test"}
     return SyntheticCase(images=images, label=label, props=props, cmbs=cmbs, mimics=mimics, brain=brain, meta=meta)
 
