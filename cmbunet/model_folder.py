@@ -8,6 +8,7 @@ default ``cmbunetPlans``, or any folder given to ``cmbunet_predict -m``)::
     inference_settings.json                                optional: thresholds chosen on validation data or by hand
     cv_table.csv, cv_summary.json, froc*.{csv,png}         cmbunet_evaluate_cv
     fold_F/<stage>/checkpoint_{latest,best,final}.pth      stage = screening, discrimination, segmentation
+    fold_F/<stage>/checkpoint_*.pth.sha256                 its checksum, checked when it is loaded
     fold_F/<stage>/training_log.txt, progress.png, ...
     fold_F/<stage>/stage_summary.json                      wall time and validation metrics of the finished stage
     fold_F/screening/validation_candidates.json            screening's whole-volume validation (candidate prior)
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, overload
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError, PlansMismatchError
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, results_dataset_dir
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, Plans, validate_settings  # noqa: F401 - re-exported
-from cmbunet.utilities.file_io import load_json
+from cmbunet.utilities.file_io import load_json, verify_checksum
 
 if TYPE_CHECKING:
     import torch
@@ -108,12 +109,14 @@ def require_plans_hash(found: str | None, expected: str, what: str | Path, remed
 
 
 def load_checkpoint(path: str | Path, expected_plans_hash: str | None = None) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no code runs on load) and check which plans made it."""
+    """Read a checkpoint with ``weights_only=True`` (no code runs on load) after checking it against its sha256
+    (``.pth.sha256``, absent for checkpoints of older versions), and check which plans made it."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise MissingStageError(f"checkpoint {path} does not exist")
+    verify_checksum(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user-facing input problem

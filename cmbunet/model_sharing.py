@@ -33,7 +33,7 @@ from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE
                                   plans_name_of)
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, get_root, is_dataset_name, resolve_dataset_name
 from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_folds_option, add_plans_option, command_parser, run_cli
-from cmbunet.utilities.file_io import atomic_path
+from cmbunet.utilities.file_io import atomic_path, write_checksum
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "cmbunet-model"
@@ -214,6 +214,8 @@ def extract_verified(z: zipfile.ZipFile, manifest: dict[str, Any], folder: Path,
         if digest.hexdigest() != entry["sha256"]:
             raise InputError(where, f"{rel}: sha256 {digest.hexdigest()} differs from {entry['sha256']} in "
                                     f"{MANIFEST}; the file is damaged or was changed after export")
+        if rel.endswith(".pth"):  # the installed checkpoint is checked on every load, as a trained one
+            write_checksum(dest, entry["sha256"])
 
 
 def check_model(folder: Path, manifest: dict[str, Any], where: Path) -> None:

@@ -14,16 +14,22 @@ import signal
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pytest
+import torch
 
+from cmbunet.errors import ChecksumError
 from cmbunet.imageio.reader_writer import SimpleITKIO
+from cmbunet.inference.cli import main as predict_main
 from cmbunet.model_folder import ModelFolder
 from cmbunet.plan_and_preprocess import PREPROCESS_LOCK
 from cmbunet.plan_and_preprocess import main as plan_main
 from cmbunet.plans import apply_overrides
+from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, save_checkpoint
 from cmbunet.training.cli import main as train_main
 from cmbunet.utilities import file_io
 from test_bad_input import BASE, env, run_and_check, tree_state, write_fake_model  # noqa: F401
@@ -104,3 +110,41 @@ def test_a_240_byte_file_name_is_written_atomically(tmp_path):
     left = tmp_path / f".part-{file_io._HOST}-{int(dead.stdout)}-abcd1234.nii.gz"
     left.write_bytes(b"half")
     assert file_io.remove_stale_temp_files(tmp_path) == [left]
+
+
+# ---------------------------------------------------------------------------------------------------- checksums
+def largest_entry_data(path: Path) -> tuple[int, int]:
+    """Offset and size of the bytes of the largest entry (a weight tensor) of a torch zip checkpoint."""
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    assert info.compress_type == zipfile.ZIP_STORED
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+    return info.header_offset + 30 + int(name_len) + int(extra_len), info.file_size
+
+
+def test_bit_rot_in_a_checkpoint_is_found_and_names_the_file(env, tmp_path, capsys):
+    """64 inverted bytes inside a weight tensor keep the file size and a loadable zip (torch.load does not check
+    the zip's CRC); the checksum written with the checkpoint finds them, in load_checkpoint and in cmbunet_predict."""
+    model = tmp_path / "model"
+    shutil.copytree(env["model"], model)
+    ckpt = model / "fold_0" / "screening" / "checkpoint_final.pth"
+    old = torch.load(ckpt, weights_only=True)
+    save_checkpoint(ckpt, {k: old.get(k) for k in CHECKPOINT_KEYS})
+    assert file_io.checksum_file(ckpt).read_text() == f"{file_io.file_sha256(ckpt)}  checkpoint_final.pth\n"
+    assert torch.equal(next(iter(load_checkpoint(ckpt)["weights"].values())), next(iter(old["weights"].values())))
+
+    start, size = largest_entry_data(ckpt)
+    data = bytearray(ckpt.read_bytes())
+    at = start + size // 2
+    data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
+    ckpt.write_bytes(bytes(data))
+    assert torch.load(ckpt, weights_only=True)["weights"].keys() == old["weights"].keys()  # loads silently
+
+    with pytest.raises(ChecksumError, match=f"^{ckpt}: is damaged: its sha256 is"):
+        load_checkpoint(ckpt)
+    run_and_check(capsys, predict_main, ["-i", str(env["ds"] / "imagesTs"), "-o", str(tmp_path / "out"), "-m",
+                                         str(model), "-npp", "0"],
+                  inputs=[env["ds"], model], outputs=[tmp_path],
+                  expect=[str(ckpt), "is damaged", "checkpoint_final.pth.sha256"])

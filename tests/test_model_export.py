@@ -100,6 +100,7 @@ def test_installed_model_predicts_the_same(source, exported, scans, tmp_path, ca
     assert install_main([str(exported), "--results-root", str(fresh)]) == 0
     installed = fresh / DATASET / "cmbunet"
     assert ModelFolder(installed).complete_folds() == ["0", "1"]
+    assert file_sha256(installed / CKPT) == (installed / f"{CKPT}.sha256").read_text().split()[0]  # checked on load
     assert not [p for p in (fresh / DATASET).iterdir() if p.name != "cmbunet"]  # no temporary folder left
     assert str(installed) in capsys.readouterr().out
 

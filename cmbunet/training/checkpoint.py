@@ -18,17 +18,18 @@ import numpy as np
 import torch
 
 from cmbunet.model_folder import load_checkpoint, load_stage_network  # noqa: F401 - read here by training's callers
-from cmbunet.utilities.file_io import atomic_path
+from cmbunet.utilities.file_io import checksummed_path
 
 CHECKPOINT_KEYS = ("stage", "epoch", "weights", "optimizer", "scheduler", "plans_hash", "best_metric", "history", "rng")
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
-    """Write atomically, so an interrupted save never replaces a good checkpoint with a broken one."""
+    """Write atomically, so an interrupted save never replaces a good checkpoint with a broken one, with its
+    sha256 beside it (``checkpoint_*.pth.sha256``), checked by every load."""
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint lacks keys {missing}")
-    with atomic_path(path, suffix=".pth") as tmp:
+    with checksummed_path(path, suffix=".pth") as tmp:
         torch.save(checkpoint, tmp)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from cmbunet.errors import InputError
+from cmbunet.errors import ChecksumError, InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -223,3 +223,57 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+#: The checksum of a file ``F`` lies in ``F.sha256``, in the format of ``sha256sum`` (``sha256sum -c`` checks it).
+CHECKSUM_ENDING = ".sha256"
+
+
+def checksum_file(path: str | Path) -> Path:
+    """``path.sha256``: where the checksum of ``path`` is kept."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_ENDING)
+
+
+@contextlib.contextmanager
+def checksummed_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """:func:`atomic_path` that also writes ``target.sha256``, so that damage to the file after it was written
+    (bit rot, an incomplete copy) is found when it is read (:func:`verify_checksum`), not used silently.
+
+    The old checksum is removed before the file is replaced and the new one written after: an interruption in
+    between leaves a file without a checksum (read unchecked, as files of older versions), never a good file
+    with a wrong checksum."""
+    target = Path(target)
+    checksum_file(target).unlink(missing_ok=True)
+    with atomic_path(target, suffix=suffix) as tmp:
+        yield tmp
+        digest = file_sha256(tmp)
+    write_checksum(target, digest)
+
+
+def write_checksum(path: str | Path, digest: str) -> None:
+    """Record ``digest`` (sha256 hex) as the checksum of ``path``, atomically."""
+    path = Path(path)
+    save_text(f"{digest}  {path.name}\n", checksum_file(path))
+
+
+def verify_checksum(path: str | Path) -> bool:
+    """Check ``path`` against its ``.sha256`` file; False when it has none (written by an older version). Raises
+    :class:`ChecksumError` naming the file when its bytes differ from those the checksum was written for."""
+    path = Path(path)
+    sidecar = checksum_file(path)
+    try:
+        text = sidecar.read_text()
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError) as e:
+        raise ChecksumError(f"{sidecar}: the checksum of {path.name} cannot be read ({e})") from None
+    expected = text.split(maxsplit=1)[0].lower() if text.strip() else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise ChecksumError(f"{sidecar}: is not a sha256 checksum (expected 64 hex digits and the file name)")
+    found = file_sha256(path)
+    if found != expected:
+        raise ChecksumError(f"{path}: is damaged: its sha256 is {found}, not {expected} as recorded in {sidecar.name} "
+                            "when it was written (bit rot, an incomplete copy or an edit); restore the file from a "
+                            "copy or train this stage again")
+    return True
