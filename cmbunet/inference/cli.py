@@ -11,12 +11,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.model_folder import DATASET_JSON_FILE, PLANS_FILE, ModelFolder, model_subfolder, plans_name_of
-from cmbunet.paths import get_root, resolve_dataset_name
+from cmbunet.paths import ROOT_VARIABLES, get_root, resolve_dataset_name
 from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_folds_option, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 
@@ -139,29 +140,46 @@ def conflicting_plans_name(model: Path, plans_name: str) -> str:
             f"name {plans_name} is meant")
 
 
-def dataset_folder_around(path: Path) -> tuple[Path, str] | None:
-    """The raw or preprocessed dataset folder that ``path`` lies in (or is), with its kind, or None.
+def data_roots(results_root: Path | None = None) -> dict[Path, str]:
+    """The results root (``--results-root`` or the variable) and the preprocessed root in use, where set."""
+    roots = {}
+    for kind, override in (("results", results_root), ("preprocessed", None)):
+        value = override or os.environ.get(ROOT_VARIABLES[kind])
+        if value:
+            roots[Path(value).resolve()] = f"{kind} root ({ROOT_VARIABLES[kind]})"
+    return roots
+
+
+def protected_folder_around(path: Path, results_root: Path | None = None) -> tuple[Path, str] | None:
+    """The folder that ``path`` lies in (or is) and that predictions must never be written into, with what it is,
+    or None: a raw or preprocessed dataset, a model folder, the results or the preprocessed root.
 
     A raw dataset holds ``dataset.json`` beside ``imagesTr``/``labelsTr``/``imagesTs``; a preprocessed one
-    ``dataset.json`` beside ``plans.json`` and ``data/``. Predictions written there would mix with the data
-    that the integrity check, planning and training read."""
+    ``dataset.json`` beside ``plans.json`` and ``data/``; a model ``plans.json`` beside ``fold_*`` folders or in a
+    folder named as a model (``cmbunet``, ``cmbunet__NAME``). Predictions written there would mix with the data
+    that planning, training and prediction read, or with the model itself."""
+    roots = data_roots(results_root)
     for folder in (path.resolve(), *path.resolve().parents):
-        if not (folder / "dataset.json").is_file():
-            continue
-        if any((folder / sub).is_dir() for sub in ("imagesTr", "labelsTr", "imagesTs")):
-            return folder, "raw"
-        if (folder / "plans.json").is_file() and (folder / "data").is_dir():
-            return folder, "preprocessed"
+        if folder in roots:
+            return folder, roots[folder]
+        if (folder / "dataset.json").is_file():
+            if any((folder / sub).is_dir() for sub in ("imagesTr", "labelsTr", "imagesTs")):
+                return folder, "raw dataset"
+            if (folder / "plans.json").is_file() and (folder / "data").is_dir():
+                return folder, "preprocessed dataset"
+        if (folder / PLANS_FILE).is_file() and (plans_name_of(folder)
+                                                 or any(f.is_dir() for f in folder.glob("fold_*"))):
+            return folder, "model folder"
     return None
 
 
-def refuse_dataset_output(output: Path) -> None:
-    """Stop before anything is written when ``-o`` points into a raw or preprocessed dataset folder."""
-    found = dataset_folder_around(output)
+def refuse_dataset_output(output: Path, results_root: Path | None = None) -> None:
+    """Stop before anything is written when ``-o`` points into a dataset, a model or a data root."""
+    found = protected_folder_around(output, results_root)
     if found:
-        folder, kind = found
-        raise InputError(output, f"output folder lies inside the {kind} dataset {folder}; datasets are never "
-                                 "modified, choose an output folder outside it")
+        folder, what = found
+        raise InputError(output, f"output folder lies inside the {what} {folder}; datasets, models and the data "
+                                 "roots are never written by cmbunet_predict, choose an output folder outside them")
 
 
 def settings_overrides(args: argparse.Namespace) -> dict:
@@ -191,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.npp < 0:
         raise CMBUNetError("--batch-size must be >= 1 and -npp (--preprocessing-workers) >= 0")
-    refuse_dataset_output(Path(args.output))
+    refuse_dataset_output(Path(args.output), args.results_root)
     from cmbunet.inference.predictor import CMBPredictor
 
     if args.cpu_bf16:
