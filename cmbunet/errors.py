@@ -22,8 +22,10 @@ class InputError(CMBUNetError):
 
 
 class InvalidValueError(CMBUNetError, ValueError):
-    """A plans or inference-settings value is missing, unknown, of the wrong type, out of range or inconsistent
-    (raised as :class:`InputError` instead when the value comes from a file)."""
+    """A plans or inference-settings value, or data handed to a public function (arrays of a case, a linking
+    distance), is missing, unknown, of the wrong type, out of range or inconsistent (raised as :class:`InputError`
+    instead when the value comes from a file that can be named). Also a ``ValueError``, so callers of the Python
+    API that catch that keep working."""
 
 
 class DatasetIntegrityError(CMBUNetError):

@@ -8,7 +8,9 @@ and nothing the user had lost or overwritten.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import shutil
 import signal
 import socket
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from cmbunet import errors
 from cmbunet.errors import ChecksumError
 from cmbunet.imageio.reader_writer import SimpleITKIO
 from cmbunet.inference.cli import main as predict_main
@@ -32,6 +35,7 @@ from cmbunet.plans import apply_overrides
 from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, save_checkpoint
 from cmbunet.training.cli import main as train_main
 from cmbunet.utilities import file_io
+from cmbunet.utilities.cli import run_cli
 from test_bad_input import BASE, env, run_and_check, tree_state, write_fake_model  # noqa: F401
 
 
@@ -171,3 +175,73 @@ def test_predict_refuses_an_output_folder_in_a_model_or_a_data_root(env, tmp_pat
                   inputs=[env["ds"], env["pre"], env["res"], model], outputs=[env["pre"], env["res"], model],
                   expect=[str(out), f"output folder lies inside the {what} {protected.resolve()}"])
     assert where != "inside the model" or not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- error classes
+#: The bare ``raise ValueError/RuntimeError/TypeError`` that remain: each states a programming contract that no
+#: user input reaches (the value was checked before: argparse choices, the plans schema and its consistency check,
+#: the geometry checks of evaluation), so a traceback there is a bug report. Everything a user's files or
+#: options can reach raises a class of ``cmbunet/errors.py``, which every command prints as one line.
+CONTRACTS = {
+    ("imageio/reader_writer.py", "SimpleITKIO.to_sitk"): "array and geometry come from the pipeline",
+    ("inference/discrimination.py", "aggregate_shifts"): "plans schema: discrimination_aggregate is max or mean",
+    ("inference/screening.py", "screening_score_map"): "cmbunet_predict --mode has choices",
+    ("model_folder.py", "checkpoint_file"): "--checkpoint has choices",
+    ("networks/build.py", "build_network"): "stage names come from the code",
+    ("networks/discrimination.py", "DiscriminationCNN.__init__"): "plans consistency check: block fits the kernels",
+    ("networks/discrimination.py", "DiscriminationCNN.shifted_logits"): "called in eval mode by inference",
+    ("networks/unet.py", "SegmentationUNet.forward"): "plans consistency check: patch divisible",
+    ("synthetic/generator.py", "synthesize_case"): "cmbunet_synthetic checks its options first",
+    ("synthetic/sites.py", "parse_sites"): "argparse type: a usage error",
+    ("training/checkpoint.py", "save_checkpoint"): "checkpoints are built by the training loop",
+    ("training/losses.py", "as_class_logits"): "network outputs",
+    ("utilities/autocast.py", "autocast_context"): "precision resolved before",
+    ("utilities/cpu_features.py", "resolve_precision"): "--precision has choices",
+    ("utilities/file_io.py", "_json_default"): "JSON of the code's own results",
+}
+
+
+BUILTIN_ERRORS = ("ValueError", "RuntimeError", "TypeError")
+
+
+def bare_raises() -> set[tuple[str, str]]:
+    """(file, function) of every ``raise ValueError/RuntimeError/TypeError(...)`` in the package."""
+    package = Path(errors.__file__).parent
+    found = set()
+
+    def visit(node: ast.AST, names: list[str], rel: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = names + [child.name] if isinstance(child, (ast.FunctionDef, ast.ClassDef)) else names
+            exc = child.exc if isinstance(child, ast.Raise) else None
+            if isinstance(exc, ast.Call) and getattr(exc.func, "id", None) in BUILTIN_ERRORS:
+                found.add((rel, ".".join(names)))
+            visit(child, inner, rel)
+
+    for path in package.rglob("*.py"):
+        visit(ast.parse(path.read_text()), [], path.relative_to(package).as_posix())
+    return found
+
+
+def test_errors_users_can_reach_are_cmbunet_errors_printed_without_a_traceback(capsys):
+    """No bare built-in error outside the reviewed contracts; and every class of errors.py, raised in a command,
+    is printed as one ``error:`` line with exit code 2."""
+    assert bare_raises() <= set(CONTRACTS), sorted(bare_raises() - set(CONTRACTS))
+    examples = {errors.CMBUNetError: errors.CMBUNetError("a problem"),
+                errors.InputError: errors.InputError("/data/scan.nii.gz", "a problem"),
+                errors.InvalidValueError: errors.InvalidValueError("a problem"),
+                errors.DatasetIntegrityError: errors.DatasetIntegrityError([("/data/scan.nii.gz", "a problem")]),
+                errors.MissingStageError: errors.MissingStageError("a problem"),
+                errors.PlansMismatchError: errors.PlansMismatchError("a problem"),
+                errors.LockedError: errors.LockedError("a problem"),
+                errors.ChecksumError: errors.ChecksumError("a problem")}
+    classes = {c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.CMBUNetError)}
+    assert classes == set(examples)
+    for error in examples.values():
+        @run_cli
+        def command(argv):
+            raise error
+
+        capsys.readouterr()
+        assert command([]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "a problem" in err and "Traceback" not in err

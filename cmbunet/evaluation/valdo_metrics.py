@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.utilities.components import (LabelledVoxels, component_centres, component_maxima, label_components,
                                          labelled_voxels)
 from cmbunet.utilities.geometry import bounding_box_to_slice, mask_bbox_or_none
@@ -184,9 +185,10 @@ def case_metrics(
     reference = np.asarray(reference)
     prediction = np.asarray(prediction)
     if reference.shape != prediction.shape or reference.ndim != 3:
-        raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} must be 3D of one shape")
+        raise InvalidValueError(f"reference {reference.shape} and prediction {prediction.shape} must be 3D of one "
+                                "shape")
     if dist_mm <= 0:
-        raise ValueError(f"the linking distance must be positive, got {dist_mm}")
+        raise InvalidValueError(f"the linking distance must be positive, got {dist_mm}")
     ref_mask = binarise_reference(reference)
     pred_mask = prediction >= PREDICTION_THRESHOLD
     box = _foreground_box(ref_mask | pred_mask)

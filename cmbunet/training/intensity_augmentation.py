@@ -24,7 +24,10 @@ from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativ
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 
+from cmbunet.errors import InvalidValueError
+
 Range = tuple[float, float]
+
 
 @dataclass(frozen=True)
 class IntensityParams:
@@ -48,8 +51,8 @@ class IntensityParams:
         """From the JSON of ``plans.augmentation.intensity``, which must name every field (the planner writes them)."""
         names = set(cls.__dataclass_fields__)
         if set(d) != names:
-            raise ValueError(f"augmentation.intensity must hold exactly {sorted(names)}; missing "
-                             f"{sorted(names - set(d))}, unknown {sorted(set(d) - names)}")
+            raise InvalidValueError(f"augmentation.intensity must hold exactly {sorted(names)}; missing "
+                                    f"{sorted(names - set(d))}, unknown {sorted(set(d) - names)}")
         full = dict(d)
         pair = lambda v: (float(v[0]), float(v[1]))  # noqa: E731
         kw: dict[str, Any] = {"low_resolution_zoom": tuple(pair(z) for z in full["low_resolution_zoom"])}
@@ -58,7 +61,7 @@ class IntensityParams:
                 kw[k] = float(v) if k.endswith("probability") else pair(v)
         for k, v in kw.items():
             if k.endswith("probability") and not 0.0 <= v <= 1.0:
-                raise ValueError(f"augmentation.intensity.{k} must lie in [0, 1], got {v}")
+                raise InvalidValueError(f"augmentation.intensity.{k} must lie in [0, 1], got {v}")
         return cls(**kw)
 
     def transforms(self) -> Compose:
