@@ -156,23 +156,25 @@ def test_bit_rot_in_a_checkpoint_is_found_and_names_the_file(env, tmp_path, caps
 
 # ---------------------------------------------------------------------------------------------------- output folders
 @pytest.mark.parametrize("where", ["model", "inside the model", "model copied elsewhere", "results root",
-                                   "preprocessed root"])
+                                   "preprocessed root", "raw root"])
 def test_predict_refuses_an_output_folder_in_a_model_or_a_data_root(env, tmp_path, capsys, monkeypatch, where):
-    """-o naming the model folder, a folder inside it, the results root or the preprocessed root is refused
+    """-o naming the model folder, a folder inside it, or a data root (results, preprocessed, raw) is refused
     before anything is written, naming the folder and what it is."""
     model = env["model"]
     if where == "model copied elsewhere":  # a model folder of any name is recognised by its folds
         model = tmp_path / "my model"
         shutil.copytree(env["model"], model)
     monkeypatch.setenv("CMBUNET_PREPROCESSED", str(env["pre"]))
+    monkeypatch.setenv("CMBUNET_RAW", str(env["raw"]))
     out, what = {"model": (model, "model folder"), "inside the model": (model / "fold_0" / "preds", "model folder"),
                  "model copied elsewhere": (model, "model folder"),
                  "results root": (env["res"], "results root (CMBUNET_RESULTS)"),
-                 "preprocessed root": (env["pre"], "preprocessed root (CMBUNET_PREPROCESSED)")}[where]
-    protected = env["res"] if where == "results root" else env["pre"] if where == "preprocessed root" else model
+                 "preprocessed root": (env["pre"], "preprocessed root (CMBUNET_PREPROCESSED)"),
+                 "raw root": (env["raw"], "raw root (CMBUNET_RAW)")}[where]
+    protected = {"results root": env["res"], "preprocessed root": env["pre"], "raw root": env["raw"]}.get(where, model)
     run_and_check(capsys, predict_main, ["-i", str(env["ds"] / "imagesTs"), "-o", str(out), "-m", str(model),
                                          "--results-root", str(env["res"]), "-npp", "0"],
-                  inputs=[env["ds"], env["pre"], env["res"], model], outputs=[env["pre"], env["res"], model],
+                  inputs=[env["raw"], env["pre"], env["res"], model], outputs=[env["raw"], env["pre"], env["res"], model],
                   expect=[str(out), f"output folder lies inside the {what} {protected.resolve()}"])
     assert where != "inside the model" or not out.exists()
 

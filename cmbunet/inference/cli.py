@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape-round-threshold", type=float, default=None, metavar="T",
                    help="discrimination threshold of round spots (default: inference_settings.json of the model, "
                         "else the plans (0.5))")
+    p.add_argument("--location-max-csf-share", type=float, default=None, metavar="S",
+                   help="drop a kept candidate, round or not, when more than this share of a thin shell around its "
+                        "dark spot is CSF (brighter than the scan's CSF level) or outside the brain: calcifications "
+                        "of the choroid plexus, pineal and falx, pial vessels; 1 drops nothing (default: "
+                        "inference_settings.json of the model, else the plans (0.6))")
     p.add_argument("--unsegmented-spot-max-diameter-mm", type=float, default=None, metavar="D",
                    help="a kept candidate the U-Net leaves empty is written as its dark spot (voxels darker than half "
                         "its depth) when the spot is at most D mm wide: small microbleeds the U-Net misses; 0 writes "
@@ -141,9 +146,9 @@ def conflicting_plans_name(model: Path, plans_name: str) -> str:
 
 
 def data_roots(results_root: Path | None = None) -> dict[Path, str]:
-    """The results root (``--results-root`` or the variable) and the preprocessed root in use, where set."""
+    """The results root (``--results-root`` or the variable), the preprocessed and the raw root, where set."""
     roots = {}
-    for kind, override in (("results", results_root), ("preprocessed", None)):
+    for kind, override in (("results", results_root), ("preprocessed", None), ("raw", None)):
         value = override or os.environ.get(ROOT_VARIABLES[kind])
         if value:
             roots[Path(value).resolve()] = f"{kind} root ({ROOT_VARIABLES[kind]})"
@@ -152,7 +157,7 @@ def data_roots(results_root: Path | None = None) -> dict[Path, str]:
 
 def protected_folder_around(path: Path, results_root: Path | None = None) -> tuple[Path, str] | None:
     """The folder that ``path`` lies in (or is) and that predictions must never be written into, with what it is,
-    or None: a raw or preprocessed dataset, a model folder, the results or the preprocessed root.
+    or None: a raw or preprocessed dataset, a model folder, the results, preprocessed or raw root.
 
     A raw dataset holds ``dataset.json`` beside ``imagesTr``/``labelsTr``/``imagesTs``; a preprocessed one
     ``dataset.json`` beside ``plans.json`` and ``data/``; a model ``plans.json`` beside ``fold_*`` folders or in a
@@ -188,6 +193,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "min_component_voxels": args.min_component_voxels, "shape_max_elongation": args.shape_max_elongation,
             "shape_max_diameter_mm": args.shape_max_diameter_mm, "shape_round_elongation": args.shape_round_elongation,
             "shape_round_threshold": args.shape_round_threshold,
+            "location_max_csf_share": args.location_max_csf_share,
             "unsegmented_spot_max_diameter_mm": args.unsegmented_spot_max_diameter_mm,
             "components_need_candidate": None if args.components_need_candidate is None
             else args.components_need_candidate == "yes"}
