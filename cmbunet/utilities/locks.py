@@ -82,8 +82,12 @@ def _try_create(path: Path, record: dict[str, Any]) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record) + "\n")
+    except BaseException:  # e.g. a full disk: an empty lock would block the next run for a while
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 
