@@ -88,8 +88,7 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
     from cmbunet.inference.input_cases import find_input_cases
     from cmbunet.inference.outputs import CaseOutputs, CasePrediction, cmb_table, drop_small_components, write_case
     from cmbunet.inference.segmentation import segment_candidates
-    from cmbunet.inference.shape import (candidate_spot_shapes, decision_scores, measured_threshold,
-                                         round_spot_elongation)
+    from cmbunet.inference.decision import kept_candidates, measure_candidates
     from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry
 
     forced, plans, settings = not args.get("model"), pred.plans, pred.settings
@@ -121,10 +120,9 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
         kept = np.zeros(len(disc), dtype=bool)
         kept[np.argsort(-disc, kind="stable")[: args["kept"]]] = True
     else:  # the predictor's decision: threshold and shape rule
-        elongation, diameter = candidate_spot_shapes(data, moved, disc > measured_threshold(settings),
-                                                     plans.channel_names, plans.target_spacing)
-        scale = round_spot_elongation(properties["original_spacing"])
-        kept = decision_scores(disc, elongation, diameter, settings, scale) > float(settings.discrimination_threshold)
+        measures = measure_candidates(data, moved, disc, settings, plans.channel_names, plans.target_spacing,
+                                      properties["original_spacing"])
+        kept = kept_candidates(disc, measures, settings)
     t["discrimination"] += time.perf_counter() - clock
     clock = time.perf_counter()
     prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,

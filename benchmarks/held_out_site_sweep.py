@@ -100,7 +100,7 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
     from cmbunet.inference.discrimination import discriminate_candidates
     from cmbunet.inference.outputs import preprocessed_to_native
     from cmbunet.inference.screening import screening_score_map
-    from cmbunet.inference.shape import candidate_spot_shapes, round_spot_elongation
+    from cmbunet.inference.shape import round_spot_elongation, spot_shapes, susceptibility_channel
     from cmbunet.model_folder import ModelFolder
     from cmbunet.training.samples import build_bank
 
@@ -131,8 +131,9 @@ def score(trained: dict, truth_dir: Path) -> list[dict]:
                     labels, _ = label_components(case.seg > 0)
                     reached = extract_patches(labels, moved, (4, 4, 4)).reshape(len(moved), -1).max(axis=1)
                     native = preprocessed_to_native(moved, props)
-                    elongation, diameter = candidate_spot_shapes(case.data, moved, np.ones(len(moved), bool),
-                                                                 plans.channel_names, plans.target_spacing)
+                    shapes = spot_shapes(case.data[susceptibility_channel(plans.channel_names)], moved,
+                                         plans.target_spacing)
+                    elongation, diameter = shapes.elongation, shapes.diameter_mm
             for k in range(len(centres)):
                 record["candidates"].append({
                     **{how: float(probs[how][k]) for how in VARIANTS}, "cmb": int(reached[k]),

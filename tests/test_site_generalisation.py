@@ -22,7 +22,7 @@ import torch
 
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
-from cmbunet.inference.shape import candidate_spot_shapes, decision_scores, measured_threshold, round_spot_elongation
+from cmbunet.inference.decision import kept_candidates, measure_candidates
 from cmbunet.plans.plans_io import load_plans
 from cmbunet.training import cli as train_cli
 from cmbunet.training.checkpoint import load_stage_network
@@ -109,11 +109,10 @@ def detection_scores(trained: dict) -> dict[str, float]:
         if len(centres):
             prob, moved = discriminate_candidates([discrimination], case.data, centres, plans)
             # the predictor's decision: threshold and shape rule
-            elongation, diameter = candidate_spot_shapes(case.data, moved, prob > measured_threshold(settings),
-                                                         plans.channel_names, plans.target_spacing)
             spacing = load_json(case_files(trained["pre"], case.name)[1])["original_spacing"]
-            scale = round_spot_elongation(spacing)  # what cmbunet_predict scales the elongation limit by
-            keep = decision_scores(prob, elongation, diameter, settings, scale) > threshold
+            measures = measure_candidates(case.data, moved, prob, settings, plans.channel_names,
+                                          plans.target_spacing, spacing)
+            keep = kept_candidates(prob, measures, settings)
             hit_k, fp_k, _ = candidate_hits(case.seg, moved[keep], tolerance=1)
             kept_found, kept_fps = kept_found + len(hit_k), kept_fps + int(fp_k.sum())
     cases = len(bank.cases)

@@ -190,14 +190,16 @@ def with_shape_rule(candidates: pd.DataFrame, settings: InferenceSettings) -> pd
     above its round threshold scores above every threshold. Spots were measured only where the validation could
     keep a candidate (NaN below, where the rule changes nothing), so thresholds below the validation's are
     approximate; tables written before the spot columns existed are returned as they are, and those written
-    before ``round_spot_elongation`` existed are scored with an unscaled elongation limit."""
+    before ``round_spot_elongation`` existed are scored with an unscaled elongation limit, and those without
+    ``csf_share`` without the location rule."""
     if "spot_elongation" not in candidates or "spot_diameter_mm" not in candidates:
         return candidates
     scale = (candidates["round_spot_elongation"].to_numpy(float) if "round_spot_elongation" in candidates
              else 1.0)
     score = decision_scores(candidates["discrimination_score"].to_numpy(float),
                             candidates["spot_elongation"].to_numpy(float),
-                            candidates["spot_diameter_mm"].to_numpy(float), settings, scale)
+                            candidates["spot_diameter_mm"].to_numpy(float), settings, scale,
+                            candidates["csf_share"].to_numpy(float) if "csf_share" in candidates else None)
     return candidates.assign(discrimination_score=score)
 
 

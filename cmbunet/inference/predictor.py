@@ -43,8 +43,8 @@ from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  #
                                       write_csv)
 from cmbunet.inference.screening import score_boxes, screening_score_map
 from cmbunet.inference.segmentation import add_unsegmented_spots, components_at_candidates, segment_candidates
-from cmbunet.inference.shape import (candidate_spot_shapes, dark_spots, decision_scores, measured_threshold,
-                                    round_spot_elongation, susceptibility_channel)
+from cmbunet.inference.decision import kept_candidates, measure_candidates
+from cmbunet.inference.shape import dark_spots, susceptibility_channel
 from cmbunet.model_folder import ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
@@ -276,10 +276,10 @@ class CMBPredictor:
             self.networks["discrimination"], data, centres, self.plans, self.device, s.discrimination_shift_vox,
             s.discrimination_aggregate, self.discrimination_batch_size, self.stage_precision["discrimination"],
             self.channels_last, s.discrimination_mirror)
-        elongation, diameter = candidate_spot_shapes(data, moved, disc > measured_threshold(s),
-                                                     self.plans.channel_names, self.plans.target_spacing)
-        scale = round_spot_elongation(properties["original_spacing"])  # thick slices stretch small CMBs
-        kept = decision_scores(disc, elongation, diameter, s, scale) > float(s.discrimination_threshold)
+        measures = measure_candidates(data, moved, disc, s, self.plans.channel_names, self.plans.target_spacing,
+                                      properties["original_spacing"])
+        kept = kept_candidates(disc, measures, s)
+        diameter = measures.diameter_mm
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 
         prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
@@ -302,8 +302,9 @@ class CMBPredictor:
         native_pos = preprocessed_to_native(moved, properties)
         candidates = pd.DataFrame({
             "x": moved[:, 0], "y": moved[:, 1], "z": moved[:, 2], "screening_score": scores,
-            "discrimination_score": disc, "spot_elongation": elongation, "spot_diameter_mm": diameter,
-            "round_spot_elongation": np.full(len(moved), scale), "kept": kept,
+            "discrimination_score": disc, "spot_elongation": measures.elongation, "spot_diameter_mm": diameter,
+            "round_spot_elongation": np.full(len(moved), measures.elongation_scale), "csf_share": measures.csf_share,
+            "kept": kept,
             "native_i": native_pos[:, 0], "native_j": native_pos[:, 1], "native_k": native_pos[:, 2]})
         world = voxel_to_world(native_pos, geometry)
         candidates[["x_mm", "y_mm", "z_mm"]] = world if len(world) else np.zeros((0, 3))

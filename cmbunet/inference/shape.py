@@ -95,7 +95,11 @@ def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float]
     Principal variances add a voxel's own extent (``spacing**2 / 12``) so that a spot one slice thick on a
     thick-slice scan is not taken for a flat disc.
     """
-    spots = dark_spots(image, centres, spacing, depth_fraction, radius_mm)
+    return shapes_of_spots(dark_spots(image, centres, spacing, depth_fraction, radius_mm), spacing)
+
+
+def shapes_of_spots(spots: DarkSpots, spacing: Sequence[float]) -> SpotShape:
+    """:func:`spot_shapes` of spots already found (each measured in its own box)."""
     n, size = len(spots.masks), spots.size
     if n == 0:
         return SpotShape(np.zeros(0), np.zeros(0))
@@ -159,26 +163,14 @@ def susceptibility_channel(channel_names: dict[str, str]) -> int:
     return 0
 
 
-def candidate_spot_shapes(data: np.ndarray, centres: np.ndarray, above: np.ndarray, channel_names: dict[str, str],
-                          spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Elongation and diameter (mm) of the dark spot under each candidate of a preprocessed case ``(C, X, Y, Z)``
-    where ``above`` holds (NaN for the others: only candidates above the discrimination threshold can be kept,
-    and measuring is not free), in the susceptibility-weighted channel."""
-    elongation, diameter = np.full(len(centres), np.nan), np.full(len(centres), np.nan)
-    above = np.asarray(above, dtype=bool)
-    if above.any():
-        shapes = spot_shapes(data[susceptibility_channel(channel_names)], np.asarray(centres)[above], spacing)
-        elongation[above], diameter[above] = shapes.elongation, shapes.diameter_mm
-    return elongation, diameter
-
-
 #: Decision score of a candidate the shape rule drops (below every threshold) and of a round spot it keeps
 #: whatever the discrimination threshold (above every threshold).
 DROPPED, ROUND = -1.0, 2.0
 
 
 def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter_mm: np.ndarray,
-                    settings: InferenceSettings, elongation_scale: float | np.ndarray = 1.0) -> np.ndarray:
+                    settings: InferenceSettings, elongation_scale: float | np.ndarray = 1.0,
+                    csf_share: np.ndarray | None = None) -> np.ndarray:
     """What the discrimination threshold is compared with once the spot's shape is known.
 
     A spot the shape rule drops (more than ``shape_max_elongation`` x ``elongation_scale`` times longer than
@@ -189,6 +181,9 @@ def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter
     it, because the prior that made the threshold strict (many screening false positives per microbleed) is not
     the prior of round dark spots. Every other candidate keeps its probability. NaN shapes (not measured, or no
     dark spot) are never round and never dropped.
+
+    ``csf_share`` (:func:`~cmbunet.inference.location.csf_shares`, one per candidate, NaN where not measured)
+    drops, round or not, a spot lying in CSF by ``location_max_csf_share``: where a spot lies outweighs its look.
     """
     p = np.asarray(discrimination, dtype=float)
     e, d = np.asarray(elongation, dtype=float), np.asarray(diameter_mm, dtype=float)
@@ -202,6 +197,9 @@ def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter
             if settings.shape_max_diameter_mm is not None:
                 round_ &= d <= settings.shape_max_diameter_mm
         score = np.where(round_, ROUND, score)
+    if csf_share is not None and settings.location_max_csf_share is not None:
+        with np.errstate(invalid="ignore"):
+            score = np.where(np.asarray(csf_share, dtype=float) > settings.location_max_csf_share, DROPPED, score)
     return score
 
 

@@ -48,6 +48,7 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "inference.shape_round_threshold": 0.5,
     "inference.unsegmented_spot_max_diameter_mm": None,  # the U-Net alone decided what was written
     "inference.components_need_candidate": False,  # every component the U-Net segmented was written
+    "inference.location_max_csf_share": None,  # where a spot lies was not looked at
 }
 
 _SIZE = triple(integer(1))
@@ -266,6 +267,10 @@ class InferenceSettings(Section):
     #: a spot at most this elongated (and within the diameter limit) is round: kept above shape_round_threshold
     shape_round_elongation: float | None = leaf(optional(number(1)))
     shape_round_threshold: float = leaf(number(0, 1))
+    #: a kept candidate whose surroundings are more than this share CSF or outside the brain is dropped, round or
+    #: not: calcifications of the choroid plexus, pineal and falx lie in CSF, microbleeds in parenchyma (None: no
+    #: limit; 1 drops nothing)
+    location_max_csf_share: float | None = leaf(optional(number(0, 1)))
     #: a kept candidate the U-Net leaves empty is written as its dark spot when the spot is at most this wide (mm);
     #: None: only what the U-Net segments is written
     unsegmented_spot_max_diameter_mm: float | None = leaf(optional(number(0)))

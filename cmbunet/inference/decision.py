@@ -1,0 +1,57 @@
+"""The decision on each screening candidate: its discrimination probability, then what is measured of the dark
+spot under it (its shape, :mod:`cmbunet.inference.shape`, and where it lies, :mod:`cmbunet.inference.location`).
+
+One function measures, one decides, so that prediction, the benchmarks and the tests that replay prediction's
+decision on their own candidates take the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from cmbunet.inference.location import csf_level, csf_shares
+from cmbunet.inference.shape import (dark_spots, decision_scores, measured_threshold, round_spot_elongation,
+                                     shapes_of_spots, susceptibility_channel)
+from cmbunet.plans.schema import InferenceSettings
+
+
+@dataclass(frozen=True)
+class SpotMeasures:
+    """Per-candidate measures ``(N,)`` (NaN where not measured: only candidates that can be kept are) and the
+    scan's :func:`~cmbunet.inference.shape.round_spot_elongation`."""
+
+    elongation: np.ndarray
+    diameter_mm: np.ndarray
+    csf_share: np.ndarray
+    elongation_scale: float
+
+
+def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.ndarray,
+                       settings: InferenceSettings, channel_names: Mapping[str, str], spacing: Sequence[float],
+                       original_spacing: Sequence[float]) -> SpotMeasures:
+    """Measure the dark spot under each candidate of a preprocessed case ``(C, X, Y, Z)`` whose probability could
+    keep it, in the susceptibility-weighted channel: shape always, location when the settings use it (finding the
+    scan's CSF level reads every brain voxel once)."""
+    n = len(centres)
+    elongation, diameter, share = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    above = np.asarray(probabilities) > measured_threshold(settings)
+    if above.any():
+        image = data[susceptibility_channel(dict(channel_names))]
+        at = np.asarray(centres)[above]
+        spots = dark_spots(image, at, spacing)
+        shapes = shapes_of_spots(spots, spacing)
+        elongation[above], diameter[above] = shapes.elongation, shapes.diameter_mm
+        if settings.location_max_csf_share is not None:
+            share[above] = csf_shares(image, spots, at, spacing, csf_level(image))
+    return SpotMeasures(elongation, diameter, share, round_spot_elongation(original_spacing))
+
+
+def kept_candidates(probabilities: np.ndarray, measures: SpotMeasures, settings: InferenceSettings) -> np.ndarray:
+    """Which candidates are kept: the discrimination threshold on the scores of
+    :func:`~cmbunet.inference.shape.decision_scores` (shape and location rules applied)."""
+    scores = decision_scores(probabilities, measures.elongation, measures.diameter_mm, settings,
+                             measures.elongation_scale, measures.csf_share)
+    return scores > float(settings.discrimination_threshold)
