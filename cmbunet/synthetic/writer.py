@@ -56,7 +56,8 @@ def _with_nans(img: np.ndarray, brain: np.ndarray, seed: int) -> np.ndarray:
 
 def _truth_entry(case: SyntheticCase, split: str, index: int) -> dict:
     return {"split": split, "index": index, "seed": case.meta["seed"], "spacing": case.props["spacing"],
-            "shape": case.props["shape"], "site": case.meta["site"], "anatomy": case.meta["anatomy"], "num_cmbs": len(case.cmbs),
+            "shape": case.props["shape"], "site": case.meta["site"], "anatomy": case.meta["anatomy"],
+            "world": case.meta["world"], "slice_profile": case.meta["slice_profile"], "num_cmbs": len(case.cmbs),
             "cmbs": case.cmbs, "mimics": case.mimics}
 
 
