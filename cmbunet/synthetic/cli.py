@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cmbunet.paths import dataset_name_from_id
-from cmbunet.synthetic.generator import ANATOMIES, MODALITIES, SIZES
+from cmbunet.synthetic.generator import ANATOMIES, MODALITIES, SIZES, WORLDS
 from cmbunet.synthetic.sites import SITES
 from cmbunet.synthetic.writer import LAYOUTS, TRUTH_FILE, write_dataset
 from cmbunet.utilities.cli import command_parser, run_cli
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="acquisition sites each case is drawn from, or 'all'. Sites: "
                    + "; ".join(f"{s.name}: {s.description}" for s in SITES.values())
                    + ". Default: all for realistic cases, the quick-test world for small ones")
+    p.add_argument("--world", choices=WORLDS, default="wide",
+                   help="what cases drawn from a site hold: wide (default) adds veins of every kind, calcifications "
+                        "of the choroid plexus, pineal and falx, lacunes and white-matter hyperintensities, small "
+                        "microbleeds, slice profiles from box-shaped to sharp and CSF brightness per case; narrow is "
+                        "the world before them, to reproduce figures measured on it")
     return p
 
 
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         out = out / f"{dataset_name_from_id(args.dataset_id)}_{args.name or 'Synthetic'}"
     folder = write_dataset(out, args.cases, layout=args.layout, seed=args.seed, size=args.size,
                            num_test_cases=args.test_cases, modalities=args.modalities, dataset_name=args.name,
-                           anatomy=args.anatomy, sites=args.sites)
+                           anatomy=args.anatomy, sites=args.sites, world=args.world)
     print(f"wrote {args.cases} training + {args.test_cases} test cases to {folder} (truth: {folder / TRUTH_FILE})")
     return 0
 

@@ -35,10 +35,14 @@ from cmbunet.synthetic.sites import SITES, parse_sites
 from cmbunet.synthetic.template import sample_template_brain
 
 SIZES = ("small", "realistic")
+#: Worlds of the cases drawn from a site: ``wide`` (default) adds veins of every kind, calcifications in CSF,
+#: ageing, small microbleeds, slice profiles and CSF brightness (documentation/synthetic_data.md); ``narrow`` is
+#: the multi-site world before them, kept so that figures measured on it can be reproduced.
+WORLDS = ("wide", "narrow")
 #: Brain models: the parametric phantom, the warped MNI152 template, or by size (template for realistic cases).
 ANATOMIES = ("auto", "phantom", "template")
 
-__all__ = ["ANATOMIES", "MAX_CMBS", "MODALITIES", "SIZES", "SyntheticCase", "synthesize_case"]
+__all__ = ["ANATOMIES", "MAX_CMBS", "MODALITIES", "SIZES", "WORLDS", "SyntheticCase", "synthesize_case"]
 
 
 @dataclass
@@ -61,6 +65,7 @@ def synthesize_case(
     modalities: Sequence[str] = ("T2S",),
     anatomy: str = "auto",
     sites: Sequence[str] | str | None = None,
+    world: str = "wide",
 ) -> SyntheticCase:
     """Generate one case from ``seed`` (same seed, same arrays). ``num_cmbs`` forces the microbleed count.
 
@@ -68,7 +73,10 @@ def synthesize_case(
     cases, phantom for small ones). ``sites``: acquisition sites to draw from (:mod:`cmbunet.synthetic.sites`);
     realistic cases default to the whole catalogue. Small cases without named sites keep the quick-test world
     (0.8-1.3 mm pixels, 1-2.5 mm slices, fewer mimic kinds) that the test suite's learning bars were set on.
+    ``world``: see :data:`WORLDS` (cases drawn from a site only).
     """
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     if anatomy not in ANATOMIES:
@@ -92,6 +100,11 @@ def synthesize_case(
         site = str(site_names[int(rng.integers(len(site_names)))])
         acq = SITES[site].draw(rng)
         spacing = acq["spacing"]
+        if world == "wide":  # drawn from a stream of their own, so the narrow world's draws stay as they were
+            extra = np.random.default_rng([int(seed), 2026])
+            # share of the slice a thin object is averaged over: box-shaped (1) to sharp (0.25) slice profiles
+            acq["slice_profile"] = float(extra.uniform(0.25, 1.0))
+            acq["csf_gain"] = float(extra.uniform(0.8, 1.2))
     tilt = random_rotation(rng, 10.0)  # head position in the scanner
     grid = Grid(grid_shape(params.semi_axes, tilt, spacing, size), spacing)
     lo_deg, hi_deg = acq["oblique_deg"] if acq else (3.0, 20.0)
@@ -99,7 +112,7 @@ def synthesize_case(
     origin = -direction @ grid.centre_mm + rng.normal(0, 15.0, 3)
     iron = bool(rng.random() < 0.35)
     contrasts = tissue_contrasts(seed, modalities, iron, acq["gm_wm_gain"] if acq else 1.0)
-    if acq:  # CSF's brightness against tissue differs with echo time and sequence (SWI lower, long TE higher)
+    if acq and "csf_gain" in acq:  # CSF's brightness against tissue differs with echo time and sequence
         for m in modalities:
             contrasts[m]["csf"] *= acq["csf_gain"]
     scale = float(10 ** rng.uniform(1.5, 3.3))
@@ -123,7 +136,7 @@ def synthesize_case(
     shading = bias * anat.white_matter_texture(params, co)
 
     # objects
-    placer = Placer(rng, params, co, grid, labels, phi, axes, appearance=acq)
+    placer = Placer(rng, params, co, grid, labels, phi, axes, appearance=acq, wide=bool(acq) and world == "wide")
     cmb_objs = place_cmbs(placer, draw_num_cmbs(rng) if num_cmbs is None else int(num_cmbs))
     if num_cmbs is not None and len(cmb_objs) < num_cmbs:
         raise ValueError(f"could only place {len(cmb_objs)} of {num_cmbs} microbleeds in the brain of seed {seed}")
@@ -131,7 +144,7 @@ def synthesize_case(
 
     # rendering
     samples = supersampling(grid)
-    profile = acq["slice_profile"] if acq else 1.0
+    profile = acq.get("slice_profile", 1.0) if acq else 1.0
     rendered = [(o, render_object(grid, o, samples, profile)) for o in cmb_objs + mimic_objs]
     phi_full = upsample(phi, factors, grid.shape)
     brain = phi_full < 0
@@ -175,6 +188,6 @@ def synthesize_case(
                 mimics.append({"kind": "iron_deep_gm", "center_world_mm": world(p), "center_voxel": grid.to_voxel(p).tolist()})
     meta = {"seed": int(seed), "size": size, "site": site, "anatomy": anatomy, "snr": {m: snr[m] for m in modalities}, "intensity_scale": scale,
             "iron_deep_gm": iron, "head_tilt": tilt.round(6).tolist(),
-            "slice_profile": float(profile), "world": "wide" if acq else "quick-test"}
+            "slice_profile": float(profile), "world": world if acq else "quick-test"}
     return SyntheticCase(images=images, label=label, props=props, cmbs=cmbs, mimics=mimics, brain=brain, meta=meta)
 

@@ -45,12 +45,13 @@ SMALL_CMB_SHARE, SMALL_CMB_RADIUS_MM = 0.3, (0.7, 1.3)
 class Placer:
     """Draws candidate positions per region and keeps objects apart."""
 
-    def __init__(self, rng, params, co: anat.Coords, grid: Grid, labels, phi, axes, appearance: dict | None = None):
+    def __init__(self, rng, params, co: anat.Coords, grid: Grid, labels, phi, axes, appearance: dict | None = None,
+                 wide: bool = False):
         self.rng, self.params, self.tilt, self.grid = rng, params, co.tilt, grid
         #: site-dependent look of microbleeds (blooming, darkening); None keeps the quick-test world's defaults
         self.appearance = appearance
         #: the wider training world (:func:`place_mimics`): small CMBs, veins of every kind, calcifications in CSF
-        self.wide = appearance is not None
+        self.wide = wide
         # bloom-to-bloom clearance that keeps labels apart under 26-connectivity, even for one-voxel labels
         self.gap = max(2.0, 1.5 * float(np.linalg.norm(grid.spacing)))
         self.placed: list[DarkObject] = []

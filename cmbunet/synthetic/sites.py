@@ -49,9 +49,6 @@ class Site:
             # susceptibility blooming grows with field strength and echo time
             "bloom_gain": float(rng.uniform(1.0, 1.35) if strong else rng.uniform(0.85, 1.1)),
             "cmb_depth": (0.55, 0.95) if strong else (0.4, 0.85),
-            # share of the slice a thin object is averaged over: box-shaped (1) to sharp (0.25) slice profiles
-            "slice_profile": float(rng.uniform(0.25, 1.0)),
-            "csf_gain": float(rng.uniform(0.8, 1.2)),
         }
 
 

@@ -89,13 +89,14 @@ def write_dataset(
     dataset_name: str | None = None,
     anatomy: str = "auto",
     sites: Sequence[str] | str | None = None,
+    world: str = "wide",
 ) -> Path:
     """Generate and write a dataset; returns the folder written (``out_dir``).
 
     ``raw``: ``out_dir`` is the dataset folder (dataset.json, imagesTr/labelsTr, imagesTs/labelsTs).
     ``valdo``: ``out_dir/sub-XXX/...`` with all three contrasts; test subjects go to the sibling ``<out_dir>_test``.
     Either way ``out_dir/synthetic_truth.json`` lists every microbleed and mimic of every case, with its site.
-    ``anatomy`` and ``sites`` are passed to :func:`~cmbunet.synthetic.generator.synthesize_case`.
+    ``anatomy``, ``sites`` and ``world`` are passed to :func:`~cmbunet.synthetic.generator.synthesize_case`.
     """
     out = Path(out_dir)
     if layout not in LAYOUTS:
@@ -128,7 +129,8 @@ def write_dataset(
                    "cases": {}}
     for i, cid in enumerate(tqdm(all_ids, desc="synthesising", unit="case", disable=None)):
         split = "train" if i < num_cases else "test"
-        case = synthesize_case(case_seed(seed, i), size=size, modalities=render, anatomy=anatomy, sites=sites)
+        case = synthesize_case(case_seed(seed, i), size=size, modalities=render, anatomy=anatomy, sites=sites,
+                               world=world)
         if layout == "raw":
             _write_raw_case(case, out, cid, split, modalities)
         else:
