@@ -54,3 +54,7 @@ class LockedError(CMBUNetError):
 
 class ChecksumError(CMBUNetError):
     """A file no longer matches the checksum written with it (bit rot, a partial copy, an edit)."""
+
+
+class PredictionRecordError(CMBUNetError):
+    """An output folder holds predictions made with another model or other settings than the run asked for."""

@@ -543,7 +543,7 @@ def test_predict_folder_with_broken_cases_runs_the_good_ones(env, tmp_path, caps
     assert "truncated or corrupt gzip" in summary.loc["synth_006", "error"]
     assert "failed: synth_005: missing channel file(s) synth_005_0000.nii.gz" in captured.out
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["summary.csv"] + [f"{c}.nii.gz" for c in good] + [f"{c}_cmbs.csv" for c in good])
+    assert files == sorted(["summary.csv", "prediction_record.json"] + [f"{c}.nii.gz" for c in good] + [f"{c}_cmbs.csv" for c in good])
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation, VALDO

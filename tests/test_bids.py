@@ -87,7 +87,7 @@ def test_bids_derivative_outputs(bids_root, bids_run):
              "sub-102_ses-1": (bids_root / "sub-102/ses-1/anat/sub-102_ses-1_T2starw.nii.gz",
                                out / "sub-102/ses-1/anat/sub-102_ses-1")}
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == sorted([".bidsignore", "dataset_description.json", "summary.csv"] + [
+    assert written == sorted([".bidsignore", "dataset_description.json", "prediction_record.json", "summary.csv"] + [
         f"{stem.relative_to(out).as_posix()}_desc-cmb_{suffix}" for _, stem in cases.values()
         for suffix in ("mask.nii.gz", "probseg.nii.gz", "cmbs.tsv", "cmbs.json")])
     for case, (source, stem) in cases.items():
@@ -150,7 +150,8 @@ def test_bids_output_refuses_other_datasets_and_non_bids_cases(bids_root, model,
     summary = pd.read_csv(out / "summary.csv")
     assert summary["status"].tolist() == ["failed"]
     assert "case id scan is not made of BIDS entities" in summary["error"].iloc[0]
-    assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "dataset_description.json", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "dataset_description.json",
+                                                  "prediction_record.json", "summary.csv"]
 
 
 def test_bids_input_listing(tmp_path):

@@ -119,7 +119,7 @@ def write_dataset_description(output_dir: str | Path) -> Path:
                                    "folder, e.g. BIDS_ROOT/derivatives/cmbunet")
     save_json(DATASET_DESCRIPTION, path)
     if not (out / ".bidsignore").exists():
-        save_text("summary*.csv\n", out / ".bidsignore")
+        save_text("summary*.csv\nprediction_record.json\n", out / ".bidsignore")
     return path
 
 

@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "around it is accepted too (-p then picks the model in it)")
     add_plans_option(p, help="with -d, or with -m naming a dataset's results folder: " + MODEL_PLANS_HELP)
     p.add_argument("--results-root", default=None, help="results root (default: $CMBUNET_RESULTS)")
-    add_folds_option(p, "folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases); "
-                        "default: every fold with all three stages trained")
+    add_folds_option(p, "folds to average, e.g. 0 1 2 3 4, or 'all' (the model trained on all cases), or both "
+                        "(-f 0 1 2 3 4 all); default: every numbered fold with all three stages trained, or 'all' "
+                        "when no numbered fold is; the folds used are printed and recorded")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final", help="which checkpoint of each stage")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     p.add_argument("--mode", choices=("fcn", "sliding"), default="fcn",
@@ -55,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-candidates", action="store_true",
                    help="also write every screening candidate of each case (CASE_candidates.csv): position, screening "
                         "and discrimination scores, spot shape, and whether it was kept")
-    p.add_argument("--overwrite", action="store_true", help="predict cases again even if their outputs exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict every case again even if its outputs exist. Without it a re-run continues the "
+                        "folder (finished cases are skipped) only when prediction_record.json there names the same "
+                        "model and settings, and stops naming what changed otherwise")
     p.add_argument("--num-parts", "-num_parts", "--num_parts", dest="num_parts", type=int, default=1, metavar="K",
                    help="split the cases over K machines or jobs")
     p.add_argument("--part-id", "-part_id", "--part_id", dest="part_id", type=int, default=0, metavar="I",
@@ -235,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         segmentation_batch_size=max(1, args.batch_size // 8), precision=precision,
         skip_empty=not args.no_skip_empty)
     print(predictor.precision_line())
+    print(predictor.folds_line())
+    print(predictor.thresholds_line())
     summary = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
                                        num_workers=args.npp, file_ending=dataset_file_ending(model_dir),

@@ -37,6 +37,7 @@ from cmbunet.inference import bids
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
+from cmbunet.inference.record import check_record, write_record
 from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  # noqa: F401 - re-exported
                                       CasePrediction, cmb_table, drop_small_components, preprocessed_to_native,
                                       refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
@@ -45,7 +46,7 @@ from cmbunet.inference.screening import score_boxes, screening_score_map
 from cmbunet.inference.segmentation import add_unsegmented_spots, components_at_candidates, segment_candidates
 from cmbunet.inference.decision import kept_candidates, measure_candidates
 from cmbunet.inference.shape import dark_spots, susceptibility_channel
-from cmbunet.model_folder import ModelFolder, other_plans_hint
+from cmbunet.model_folder import INFERENCE_SETTINGS_FILE, ModelFolder, other_plans_hint
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.utilities.cpu_features import resolve_precision
@@ -77,7 +78,36 @@ def resolve_settings(plans: Plans, model_dir: Path | None = None,
     return settings.merged(given, "command-line inference settings")
 
 
+def settings_sources(model_dir: Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Where each inference setting in force comes from (``command line``, ``inference_settings.json`` or
+    ``plans``), in the order :func:`resolve_settings` applies them, so a run can say which thresholds hold."""
+    from_file = ModelFolder(model_dir).inference_settings() if model_dir is not None else {}
+    given = {k for k, v in (overrides or {}).items() if v is not None}
+    return {k: "command line" if k in given else INFERENCE_SETTINGS_FILE if k in from_file else "plans"
+            for k in SETTING_KEYS}
+
+
+#: The thresholds printed by every prediction run, with their names on that line.
+THRESHOLD_NAMES = {"screening_threshold": "screening", "discrimination_threshold": "discrimination",
+                   "shape_round_threshold": "round spots", "segmentation_threshold": "segmentation"}
+
+
+def default_folds(complete: Sequence[str]) -> tuple[list[str], str]:
+    """The folds a model predicts with when none are asked for, and why: the numbered cross-validation folds when
+    any is complete, else ``all``. Never both: ``all`` was trained on the cases of every numbered fold, so
+    averaging it in would weigh those cases twice and make an ensemble the documentation does not describe."""
+    numbered = [f for f in complete if f.isdigit()]
+    if numbered:
+        left = [f for f in complete if not f.isdigit()]
+        note = f"; fold(s) {', '.join(left)} left out (pass -f {' '.join(left)} to use them)" if left else ""
+        return numbered, "default: every numbered fold with all three stages trained" + note
+    return list(complete), "default: no numbered fold is trained, so the model trained on all cases"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA when a GPU is visible, else the CPU; ``cuda`` without a GPU is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CMBUNetError("-device cuda was requested but no CUDA GPU is available; use -device cpu")
@@ -180,7 +210,11 @@ class CMBPredictor:
         self.mode = mode
         self.settings = resolve_settings(plans, None, None) if settings is None else settings
         self.folds = list(folds)
+        self.folds_reason = "given"
         self.model_dir = model_dir
+        self.checkpoint = "final"
+        self.settings_sources = {k: "plans" for k in SETTING_KEYS} if settings is None else \
+            {k: "given" for k in SETTING_KEYS}
         self.discrimination_batch_size = int(discrimination_batch_size)
         self.segmentation_batch_size = int(segmentation_batch_size)
         self.cpu_bf16 = self.stage_precision["screening"] == "bf16"
@@ -196,7 +230,7 @@ class CMBPredictor:
         if not model_dir.is_dir():
             raise InputError(model_dir, "model folder does not exist" + other_plans_hint(model_dir))
         plans = model.load_plans()
-        fold_names = [str(f) for f in folds] if folds else model.complete_folds(checkpoint)
+        fold_names, reason = ([str(f) for f in folds], "-f") if folds else default_folds(model.complete_folds(checkpoint))
         if not fold_names:
             raise MissingStageError(f"{model_dir}: no fold_* folder has all three stages trained "
                                     f"(checkpoint_{checkpoint}.pth for screening, discrimination and segmentation)")
@@ -207,7 +241,34 @@ class CMBPredictor:
         dev = resolve_device(device)
         networks = {s: [model.load_network(f, s, plans, dev, checkpoint) for f in fold_names] for s in STAGES}
         settings = resolve_settings(plans, model_dir, settings_overrides)
-        return cls(plans, networks, dev, mode, settings, fold_names, model_dir, **options)
+        predictor = cls(plans, networks, dev, mode, settings, fold_names, model_dir, **options)
+        predictor.folds_reason, predictor.checkpoint = reason, checkpoint
+        predictor.settings_sources = settings_sources(model_dir, settings_overrides)
+        return predictor
+
+    def folds_line(self) -> str:
+        """Which folds are averaged and why (printed by ``cmbunet_predict`` and recorded)."""
+        return f"folds: {' '.join(self.folds) or 'none'} ({self.folds_reason}); checkpoint_{self.checkpoint}.pth"
+
+    def thresholds_line(self) -> str:
+        """The thresholds in force and where each comes from: plans, inference_settings.json or command line."""
+        s = self.settings.to_dict()
+        return "thresholds: " + ", ".join(f"{name} {s[key]:g} ({self.settings_sources.get(key, 'plans')})"
+                                          for key, name in THRESHOLD_NAMES.items())
+
+    def record(self, brain_mask: str | Path | None = None) -> dict[str, Any]:
+        """``prediction_record.json`` of a run of this predictor (:mod:`cmbunet.inference.record`)."""
+        from cmbunet.inference.record import build_record, model_section
+        from cmbunet.plans.plans_io import plans_hash
+
+        model = model_section(self.model_dir, plans_hash(self.plans), self.folds, self.checkpoint)
+        settings = {"inference": self.settings.to_dict(), "mode": self.mode, "precision": dict(self.stage_precision),
+                    "brain_mask": None if brain_mask is None else str(Path(brain_mask).resolve())}
+        about = {"model_folder": None if self.model_dir is None else str(Path(self.model_dir).resolve()),
+                 "folds_chosen": self.folds_reason, "setting_sources": dict(self.settings_sources),
+                 "device": str(self.device), "precision_reason": self.precision_reason,
+                 "screening_skips_empty_tiles": self.skip_empty}
+        return build_record(model, settings, about)
 
     def precision_line(self) -> str:
         """One line saying which arithmetic path runs and why (printed by ``cmbunet_predict``)."""
@@ -345,7 +406,9 @@ class CMBPredictor:
 
         Failing cases are reported in the returned summary (also ``summary.csv``) and do not stop the others;
         entries of the input that are not input images are listed there as ``ignored``, with the reason;
-        finished cases are skipped unless ``overwrite``. ``num_parts``/``part_id`` select this machine's share.
+        finished cases are skipped unless ``overwrite``, and only when ``prediction_record.json`` there says they
+        were made with this model and these settings (else :class:`PredictionRecordError`, before anything is
+        written; :mod:`cmbunet.inference.record`). ``num_parts``/``part_id`` select this machine's share.
         ``output_format``: ``flat`` (every file in ``output_dir``) or ``bids`` (a BIDS derivative dataset; cases
         whose id is not made of BIDS entities fail). ``save_candidates`` also writes every screening candidate
         with its scores, spot shape and whether it was kept.
@@ -360,6 +423,11 @@ class CMBPredictor:
         summary_path = output_dir / summary_name(num_parts, part_id)
         refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path, output_format, save_candidates)
         previous = pd.read_csv(summary_path, dtype={"case": str}, keep_default_na=False, na_values=[""]) if summary_path.is_file() else None
+        finished = {case.case: outputs for case in cases if case.ok and case.ignored is None
+                    and (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format,
+                                                         save_candidates)).finished()}
+        record = self.record()
+        check_record(output_dir, record, bool(finished), overwrite)
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
         for case in cases:
@@ -367,15 +435,14 @@ class CMBPredictor:
                 rows.append(summary_row(case.case, "ignored", error=case.ignored))
             elif not case.ok:
                 rows.append(summary_row(case.case, "failed", error=case.error or ""))
-            elif (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format,
-                                                  save_candidates)).finished() \
-                    and not overwrite:
-                rows.append(skipped_row(case, outputs, previous))
+            elif case.case in finished and not overwrite:
+                rows.append(skipped_row(case, finished[case.case], previous))
             else:
                 todo.append(case)
         output_dir.mkdir(parents=True, exist_ok=True)
         if output_format == "bids":
             bids.write_dataset_description(output_dir)
+        write_record(output_dir, record)
         # left by a killed run; never mistaken for outputs, but clutter
         remove_stale_temp_files(output_dir, recursive=output_format == "bids")
 
