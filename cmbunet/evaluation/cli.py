@@ -20,10 +20,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Compare predicted CMB maps with reference labels using the official VALDO 2021 task-2 "
         "metrics (F1, Dice, count and volume difference) and write metrics_per_case.csv and summary.json.")
     p.add_argument("-ref", "--reference", dest="ref", required=True, type=Path,
-                   help="reference labels: a VALDO tree (sub-XXX/sub-XXX_space-T2S_CMB.nii.gz), a labelsTr-style "
+                   help="reference labels: a VALDO tree (sub-XXX/sub-XXX_space-T2S_CMB.nii.gz), a BIDS derivative "
+                        "(sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_desc-LABEL_mask.nii.gz), a labelsTr-style "
                         "folder (CASE.nii.gz) or a dataset folder containing labelsTr/")
     p.add_argument("-pred", "--predictions", dest="pred", required=True, type=Path,
-                   help="predictions: CASE.nii.gz or sub-XXX_space-T2S_prediction.nii.gz (flat or in sub-XXX/ folders)")
+                   help="predictions, in any layout cmbunet_predict writes: CASE.nii.gz or "
+                        "sub-XXX_space-T2S_prediction.nii.gz (flat or in a folder per case), or a BIDS derivative "
+                        "(sub-XXX/[ses-YYY/]anat/..._desc-cmb_mask.nii.gz)")
     add_dist_option(p, "a predicted CMB counts as found when its centre is closer than this many mm to the "
                        "centre of a reference CMB (default: %(default)s, as in the VALDO challenge report)")
     p.add_argument("-o", "--output", dest="out_dir", type=Path, default=None,

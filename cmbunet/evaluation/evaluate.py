@@ -1,10 +1,10 @@
 """Evaluate a folder of predictions against a folder of references with the official VALDO task-2 metrics.
 
 References come as a VALDO tree (``sub-XXX/sub-XXX_space-T2S_CMB.nii.gz``, subject folders optional), as a
-``labelsTr``-style folder (``CASE.nii.gz``) or as a raw dataset folder holding ``labelsTr/``. Predictions are
-``CASE.nii.gz`` or ``sub-XXX_space-T2S_prediction.nii.gz``, flat or in ``sub-XXX/`` folders; other files in
-the prediction folder (probability maps, tables) are ignored because only names that pair with a reference
-case are read. A reference without a prediction is scored as an empty prediction and listed as missing, so a
+BIDS derivative of masks (``sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_desc-LABEL_mask.nii.gz``, the case being the
+entities without ``desc``), as a ``labelsTr``-style folder (``CASE.nii.gz``) or as a raw dataset folder holding
+``labelsTr/``. Predictions are found in every layout ``cmbunet_predict`` writes (flat, per case, BIDS
+derivatives with sessions; :mod:`cmbunet.inference.layouts`); probability maps and tables are not predictions. A reference without a prediction is scored as an empty prediction and listed as missing, so a
 crashed case cannot silently improve the averages.
 """
 
@@ -24,12 +24,12 @@ from tqdm import tqdm
 from cmbunet.errors import InputError
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, case_metrics
 from cmbunet.imageio import SimpleITKIO
-from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS, ImageProperties, geometry_mismatch
+from cmbunet.imageio.reader_writer import ImageProperties, geometry_mismatch
+from cmbunet.inference.layouts import VALDO_PREDICTION_SUFFIX, bids_mask_case, find_predictions
 from cmbunet.utilities.case_names import SUBJECT_PATTERN, image_stem
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files, save_json
 
 VALDO_REFERENCE_RE = re.compile(rf"^({SUBJECT_PATTERN})_space-T2S_CMB\.nii(?:\.gz)?$")  # BIDS entities kept
-VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
 
 #: Per-case columns, in the order of the CSV and of the printed table.
 METRIC_COLUMNS = ["f1", "dice", "count_diff", "vol_diff", "tp", "fp", "fn", "n_ref", "n_pred"]
@@ -40,7 +40,8 @@ SUMMARY_JSON = "summary.json"
 
 
 def find_reference_cases(ref_dir: str | Path) -> dict[str, Path]:
-    """Map case id -> reference file for a VALDO tree, a labelsTr-style folder or a raw dataset folder."""
+    """Map case id -> reference file for a VALDO tree, a BIDS derivative of masks, a labelsTr-style folder or a
+    raw dataset folder."""
     ref_dir = Path(ref_dir)
     if not ref_dir.is_dir():
         raise InputError(ref_dir, "reference folder does not exist" if not ref_dir.exists() else "reference must be a folder")
@@ -56,6 +57,14 @@ def find_reference_cases(ref_dir: str | Path) -> dict[str, Path]:
             found[m.group(1)] = path
     if found:
         return found
+    for path in sorted(ref_dir.glob("sub-*/**/sub-*_mask.nii*")):  # a BIDS derivative of reference masks
+        case = bids_mask_case(path, desc_of_prediction=False)
+        if case is not None and path.is_file():
+            if case in found:
+                raise InputError(path, f"second reference for {case} (first: {found[case]})")
+            found[case] = path
+    if found:
+        return found
     for path in sorted(ref_dir.iterdir()):
         case = image_stem(path.name)
         if path.is_file() and case and not path.name.startswith("."):
@@ -64,24 +73,15 @@ def find_reference_cases(ref_dir: str | Path) -> dict[str, Path]:
             found[case] = path
     if not found:
         raise InputError(ref_dir, "no reference label files found; expected sub-XXX/sub-XXX_space-T2S_CMB.nii.gz "
-                                  "(VALDO), CASE.nii.gz (labelsTr style) or a dataset folder with labelsTr/")
+                                  "(VALDO), sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_desc-LABEL_mask.nii.gz (BIDS "
+                                  "derivative), CASE.nii.gz (labelsTr style) or a dataset folder with labelsTr/")
     return found
 
 
 def find_prediction(pred_dir: Path, case: str) -> Path | None:
-    """The prediction file of ``case`` (plain or VALDO naming, flat or in a subject folder), ``None`` if absent."""
-    stems = (case, case + VALDO_PREDICTION_SUFFIX)
-    hits = [
-        folder / f"{stem}{ending}"
-        for folder in (pred_dir, pred_dir / case)
-        for stem in stems
-        for ending in SUPPORTED_ENDINGS
-        if (folder / f"{stem}{ending}").is_file()
-    ]
-    if len(hits) > 1:
-        names = ", ".join(str(h) for h in hits)
-        raise InputError(pred_dir, f"case {case} has {len(hits)} prediction files ({names}); keep one")
-    return hits[0] if hits else None
+    """The prediction file of ``case`` in any layout ``cmbunet_predict`` writes, ``None`` if absent."""
+    found = find_predictions(pred_dir).get(case)
+    return None if found is None else found.mask
 
 
 def pair_cases(ref_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, Path, Path | None]]:
@@ -90,11 +90,14 @@ def pair_cases(ref_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, Pat
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "prediction folder does not exist" if not pred_dir.exists() else "prediction must be a folder")
     refs = find_reference_cases(ref_dir)
-    pairs = [(case, refs[case], find_prediction(pred_dir, case)) for case in sorted(refs)]
+    predictions = find_predictions(pred_dir)
+    pairs = [(case, refs[case], predictions[case].mask if case in predictions else None) for case in sorted(refs)]
     if all(pred is None for _, _, pred in pairs):
         example = next(iter(sorted(refs)))
-        raise InputError(pred_dir, f"no prediction matches any of the {len(refs)} reference cases; expected e.g. "
-                                   f"{example}.nii.gz or {example}{VALDO_PREDICTION_SUFFIX}.nii.gz")
+        seen = f" (found predictions of {', '.join(sorted(predictions)[:3])})" if predictions else ""
+        raise InputError(pred_dir, f"no prediction matches any of the {len(refs)} reference cases{seen}; expected "
+                                   f"e.g. {example}.nii.gz, {example}{VALDO_PREDICTION_SUFFIX}.nii.gz or, as a BIDS "
+                                   f"derivative, {example}_desc-cmb_mask.nii.gz in sub-XXX/[ses-YYY/]anat/")
     return pairs
 
 

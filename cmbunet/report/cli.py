@@ -23,40 +23,32 @@ from tqdm import tqdm
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.options import add_dist_option
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
+from cmbunet.inference.bids import read_cmb_tsv
+from cmbunet.inference.layouts import PredictionFiles, find_predictions
 from cmbunet.report.html import CaseEntry, write_index
 from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_cases, label_detections,
                                       missed_table, read_reference, report_aggregate)
 from cmbunet.report.sheets import render_missed_sheets, render_sheets, render_thumbnail
 from cmbunet.report.volumes import CaseVolumes, normalise_cmb_table
-from cmbunet.utilities.case_names import image_stem
 from cmbunet.utilities.cli import command_parser, run_cli
 from cmbunet.utilities.components import empty_centre_table
 from cmbunet.utilities.file_io import atomic_path, load_json
 
-VALDO_PREDICTION_SUFFIX = "_space-T2S_prediction"
-PROBABILITIES_SUFFIX = "_probabilities"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 DEFAULT_MAX_CMBS_PER_SHEET = 8
 
 
 # ------------------------------------------------------------------------------------------------ discovery
-def find_prediction_files(pred_dir: Path) -> dict[str, Path]:
-    """Case id -> binary prediction file (``CASE.nii.gz`` or VALDO ``sub-XXX_space-T2S_prediction.nii.gz``);
-    probability maps and hidden temporary files are not predictions."""
-    found: dict[str, Path] = {}
-    for path in sorted(pred_dir.iterdir()):
-        stem = image_stem(path.name)
-        if stem is None or path.name.startswith(".") or not path.is_file() or stem.endswith(PROBABILITIES_SUFFIX):
-            continue
-        case = stem[: -len(VALDO_PREDICTION_SUFFIX)] if stem.endswith(VALDO_PREDICTION_SUFFIX) else stem
-        if case in found:
-            raise InputError(path, f"second prediction for case {case} (first: {found[case].name}); keep one")
-        found[case] = path
-    return found
+def find_prediction_files(pred_dir: Path) -> dict[str, PredictionFiles]:
+    """Case id -> binary prediction and CMB table, in every layout ``cmbunet_predict`` writes (flat, per case,
+    BIDS derivatives; :mod:`cmbunet.inference.layouts`); probability maps and hidden temporary files are not
+    predictions."""
+    return find_predictions(pred_dir)
 
 
 def read_summaries(pred_dir: Path) -> dict[str, dict[str, Any]]:
-    """Case -> its last line in ``summary.csv`` (or the per-part ``summary_part*.csv`` files); empty if none."""
+    """Case -> its last line in ``summary.csv`` (or the per-part ``summary_part*.csv`` files); empty if none.
+    Lines of input entries that are no case (``ignored``: metadata, files the model does not read) are left out."""
     rows: dict[str, dict[str, Any]] = {}
     for path in sorted(pred_dir.glob("summary*.csv")):
         try:
@@ -64,7 +56,7 @@ def read_summaries(pred_dir: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError, pd.errors.EmptyDataError):
             continue
         if "case" in table.columns:
-            rows.update({str(r["case"]): r for r in table.to_dict(orient="records")})
+            rows.update({str(r["case"]): r for r in table.to_dict(orient="records") if r.get("status") != "ignored"})
     return rows
 
 
@@ -144,7 +136,7 @@ def _read_table(path: Path, problems: list[str]) -> pd.DataFrame | None:
         problems.append(f"{path.name} not found: CMBs were taken from the mask (no scores)")
         return None
     try:
-        return pd.read_csv(path)
+        return read_cmb_tsv(path) if path.suffix == ".tsv" else pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except (OSError, ValueError) as e:
@@ -227,11 +219,15 @@ def _summary_fields(row: dict[str, Any] | None) -> dict[str, Any]:
             "seconds": None if seconds is None or pd.isna(seconds) else float(seconds)}
 
 
-def report_case(case: str, mask_path: Path | None, pred_dir: Path, image_case: Any | None, image_input: Path | None,
+def report_case(case: str, prediction: PredictionFiles | None, pred_dir: Path, image_case: Any | None,
+                image_input: Path | None,
                 summary: dict[str, Any] | None, report_dir: Path, max_per_sheet: int, num_slices: int,
                 ref_path: Path | None = None, ref_dir: Path | None = None, dist_mm: float = DEFAULT_DIST_MM) -> CaseEntry:
     """Render one case and describe it for the index; any problem ends up in ``entry.problems``."""
     entry = CaseEntry(case, **_summary_fields(summary))
+    mask_path = None if prediction is None else prediction.mask
+    table_path = prediction.table if prediction is not None and prediction.table is not None else \
+        pred_dir / f"{case}_cmbs.csv"
     if image_input is not None and image_case is None:
         entry.problems.append(f"no T2* image for this case in {image_input}: the sheet shows the mask only")
     if ref_dir is not None and ref_path is None:
@@ -245,7 +241,7 @@ def report_case(case: str, mask_path: Path | None, pred_dir: Path, image_case: A
         entry.problems.append("no prediction file for this case: scored as an empty prediction, as cmbunet_evaluate "
                               "does (every reference CMB missed)")
     try:
-        vol, entry.metrics = load_case(case, mask_path, pred_dir / f"{case}_cmbs.csv", image_case, entry.problems,
+        vol, entry.metrics = load_case(case, mask_path, table_path, image_case, entry.problems,
                                        ref_path, dist_mm)
     except InputError as e:
         entry.problems.append(f"prediction could not be read: {e}")
@@ -290,7 +286,8 @@ def write_report(pred_dir: str | Path, image_input: str | Path | None, report_di
     extras = expand_images(extra_images)
     predictions, summaries = find_prediction_files(pred_dir), read_summaries(pred_dir)
     if not (set(predictions) | set(summaries) | set(images)):
-        raise InputError(pred_dir, "no predictions found; expected CASE.nii.gz or sub-XXX_space-T2S_prediction.nii.gz files")
+        raise InputError(pred_dir, "no predictions found; expected CASE.nii.gz or sub-XXX_space-T2S_prediction.nii.gz "
+                                   "files, or a BIDS derivative (sub-XXX/[ses-YYY/]anat/..._desc-cmb_mask.nii.gz)")
     cases = sorted(set(predictions) | set(summaries) | set(images) | set(references))
     entries = [report_case(case, predictions.get(case), pred_dir, images.get(case), image_path, summaries.get(case),
                            report_dir, max_cmbs_per_sheet, num_slices, references.get(case), ref_dir, dist_mm)
@@ -323,9 +320,12 @@ def _reference_aggregate(entries: Sequence[CaseEntry], references: dict[str, Pat
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser("cmbunet_report", "Visual quality-control report of a cmbunet prediction folder: PNG sheets "
                        "per case and an index.html that opens offline.")
-    p.add_argument("-i", "--input", dest="pred_dir", required=True, help="prediction folder written by cmbunet_predict")
+    p.add_argument("-i", "--input", dest="pred_dir", required=True,
+                   help="prediction folder written by cmbunet_predict, in any of its layouts (flat, per case, BIDS "
+                        "derivative)")
     p.add_argument("-img", "--images", dest="images", default=None,
-                   help="the images that were predicted (VALDO tree, folder of CASE_0000.nii.gz or one file); "
+                   help="the images that were predicted (VALDO tree, BIDS dataset, folder of CASE_0000.nii.gz or one "
+                        "file); "
                         "without it only the masks are drawn")
     p.add_argument("-ref", "--reference", dest="reference", default=None,
                    help="reference labels, as for cmbunet_evaluate (VALDO tree, labelsTr-style folder or a dataset "
