@@ -18,7 +18,7 @@ from typing import Callable
 
 from cmbunet.errors import CMBUNetError
 from cmbunet.plans.planner import PRESETS
-from cmbunet.utilities.cli import command_parser, run_cli
+from cmbunet.utilities.cli import add_device_option, command_parser, run_cli
 
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SyntheticDemo"
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan overrides passed to cmbunet_plan_and_preprocess")
     p.add_argument("--full-size-networks", action="store_true",
                    help="same as --preset auto: full-size networks and the CPU budget schedule (over an hour)")
-    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="where training and prediction run")
+    add_device_option(p, "where training and prediction run")
     p.add_argument("--no-report", action="store_true", help="skip the visual report")
     return p
 

@@ -40,6 +40,7 @@ def test_record_names_model_and_settings_and_a_changed_setting_stops_the_rerun(o
     printed = capsys.readouterr().out
     assert "thresholds: screening 0 (inference_settings.json), discrimination 0 (command line), " \
            "round spots 0.5 (plans), segmentation 0.5 (plans)" in printed
+    assert "device: cpu (auto: no CUDA GPU is visible)" in printed or "device: cuda (auto: " in printed
     assert "folds: 0 1 (default: every numbered fold with all three stages trained; fold(s) all left out" in printed
     record = json.loads((out / RECORD_FILE).read_text())
     assert record["model"]["folds"] == ["0", "1"] and record["model"]["checkpoint"] == "final"
@@ -50,6 +51,7 @@ def test_record_names_model_and_settings_and_a_changed_setting_stops_the_rerun(o
     assert record["settings"]["mode"] == "fcn" and record["settings"]["precision"]["discrimination"] == "fp32"
     assert record["settings"]["inference"]["discrimination_mirror"] in (True, False)
     assert record["about"]["setting_sources"]["discrimination_threshold"] == "command line"
+    assert record["about"]["device"] in ("cpu", "cuda")
     mask = out / "sub-101_space-T2S_prediction.nii.gz"
     stamp = mask.stat().st_mtime_ns
 

@@ -39,7 +39,8 @@ from cmbunet.imageio import SimpleITKIO
 from cmbunet.inference.outputs import CaseOutputs, write_case
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder, other_plans_hint
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
-from cmbunet.utilities.cli import add_dataset_option, add_folds_option, add_plans_option, command_parser, run_cli
+from cmbunet.utilities.cli import (add_dataset_option, add_device_option, add_folds_option, add_plans_option,
+                                   command_parser, resolve_device_choice, run_cli)
 from cmbunet.utilities.file_io import load_json, save_json
 
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
@@ -274,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dist_option(p, "linking distance in mm between predicted and reference CMB centres (default %(default)s)")
     p.add_argument("--predict-missing", action="store_true",
                    help="predict the validation cases of folds whose model is trained but not yet validated")
-    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu",
-                   help="device for --predict-missing (default cpu)")
+    add_device_option(p, "device for --predict-missing")
     p.add_argument("--results-root", type=Path, default=None, help="results root (default: $CMBUNET_RESULTS)")
     p.add_argument("--raw-root", type=Path, default=None,
                    help="raw data root holding the reference labels (default: $CMBUNET_RAW)")
@@ -304,7 +304,8 @@ def collect_folds(name: str, folds: Sequence[str], pre_dir: Path, results_root: 
         trained = fold in complete
         has_outputs = any(case_finished(out, c) for c in cases)
         if state != "ok" and ((args.predict_missing and trained) or has_outputs):
-            validate_fold(name, fold, pre_dir.parent, results_root, args.device, args.raw_root, args.dist,
+            validate_fold(name, fold, pre_dir.parent, results_root, resolve_device_choice(args.device)[0],
+                          args.raw_root, args.dist,
                           predict=args.predict_missing and trained, plans_name=args.plans_name)
             state = fold_status(out, cases, args.dist)
         if state != "ok" and not trained:

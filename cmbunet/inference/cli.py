@@ -18,7 +18,8 @@ from pathlib import Path
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.model_folder import DATASET_JSON_FILE, PLANS_FILE, ModelFolder, model_subfolder, plans_name_of
 from cmbunet.paths import ROOT_VARIABLES, get_root, resolve_dataset_name
-from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_folds_option, add_plans_option, command_parser, run_cli
+from cmbunet.utilities.cli import (MODEL_PLANS_HELP, add_device_option, add_folds_option, add_plans_option,
+                                   command_parser, resolve_device_choice, run_cli)
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(-f 0 1 2 3 4 all); default: every numbered fold with all three stages trained, or 'all' "
                         "when no numbered fold is; the folds used are printed and recorded")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final", help="which checkpoint of each stage")
-    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
+    add_device_option(p, "where the networks run")
     p.add_argument("--mode", choices=("fcn", "sliding"), default="fcn",
                    help="screening as one fully convolutional pass (fast) or as an explicit sliding window (reference)")
     p.add_argument("--save-probabilities", "--save_probabilities", dest="save_probabilities", action="store_true",
@@ -228,16 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: --cpu-bf16 is deprecated; use --precision bf16", file=sys.stderr)
         args.precision = "bf16"
     precision = args.precision or "auto"
-    if precision == "bf16" and args.device == "cpu" and cpu_has_bf16() is False:
+    device, device_reason = resolve_device_choice(args.device)
+    if precision == "bf16" and device == "cpu" and cpu_has_bf16() is False:
         print(f"warning: bfloat16 on a CPU without bfloat16 instructions (none of {', '.join(BF16_CPU_FLAGS)} in "
               "/proc/cpuinfo): PyTorch emulates them and prediction runs many times slower than float32 "
               "(about 90x for the convolutions on such a CPU; documentation/benchmarks.md)", file=sys.stderr)
     model_dir = model_folder(args)
     predictor = CMBPredictor.from_model_folder(
-        model_dir, folds=args.folds, device=args.device, checkpoint=args.checkpoint, mode=args.mode,
+        model_dir, folds=args.folds, device=device, checkpoint=args.checkpoint, mode=args.mode,
         settings_overrides=settings_overrides(args), discrimination_batch_size=args.batch_size,
         segmentation_batch_size=max(1, args.batch_size // 8), precision=precision,
         skip_empty=not args.no_skip_empty)
+    print(f"device: {device} ({device_reason})")
     print(predictor.precision_line())
     print(predictor.folds_line())
     print(predictor.thresholds_line())

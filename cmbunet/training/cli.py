@@ -12,9 +12,10 @@ from cmbunet.errors import CMBUNetError, PlansMismatchError
 from cmbunet.model_folder import DATASET_FILES, ModelFolder, model_subfolder
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
                            resolve_dataset_name)
-from cmbunet.plans.schema import STAGES
+from cmbunet.plans.schema import STAGES, Plans, device_kind
 from cmbunet.utilities.cpu_features import PRECISIONS
-from cmbunet.utilities.cli import DATASET_HELP, add_plans_option, command_parser, deprecated_alias, run_cli
+from cmbunet.utilities.cli import (DATASET_HELP, add_device_option, add_plans_option, command_parser, deprecated_alias,
+                                   resolve_device_choice, run_cli)
 from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
 from cmbunet.utilities.locks import exclusive_lock
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plans_option(p, help=f"plans to train with (default {DEFAULT_PLANS_NAME}: plans.json, model in "
                         "CMBUNET_RESULTS/DatasetXXX_Name/cmbunet); another name reads NAME.json and trains into "
                         "cmbunet__NAME")
-    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
+    add_device_option(p, "where training runs; the plans' training.gpu schedule runs on cuda, training.cpu on the "
+                         "CPU (the command prints which)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic of the whole-volume screening passes during training (false-positive mining, "
                    "validation): auto = bf16 where the CPU has bfloat16 dot products, fp16 on CUDA, fp32 elsewhere "
@@ -135,6 +137,26 @@ def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str, pp_has
                                      f"{pp_hash or phash} ({what}); re-run cmbunet_plan_and_preprocess")
 
 
+def schedule_line(plans: Plans, device: str, stages: list[str]) -> str:
+    """Which of the plans' two training schedules runs on ``device``, why, and how the other differs, so that
+    choosing a device never changes the training recipe unnoticed."""
+    kind = device_kind(device)
+    other = "cpu" if kind == "gpu" else "gpu"
+    line = f"training schedule: training.{kind} of the plans (the device is {device})"
+    changed = []
+    for stage in stages:
+        ours, theirs = (getattr(getattr(plans.training, k), stage) for k in (kind, other))
+        if ours != theirs:
+            changed.append(f"{stage} {ours.epochs} x {ours.samples_per_epoch} samples (training.{other}: "
+                           f"{theirs.epochs} x {theirs.samples_per_epoch}"
+                           + (", other settings too" if (ours.epochs, ours.samples_per_epoch) ==
+                              (theirs.epochs, theirs.samples_per_epoch) else "") + ")")
+    if not changed:
+        return line + f"; training.{other} is the same"
+    return (line + f"; it differs from training.{other}: " + "; ".join(changed)
+            + f". -device {'cpu' if kind == 'gpu' else 'cuda'} trains with training.{other}")
+
+
 #: Ctrl-C: a plain re-run starts the interrupted stage from scratch; only --c continues from checkpoint_latest.pth.
 INTERRUPTED = ("interrupted; the checkpoints saved so far are kept. Run the same command with --c to continue where "
                "training stopped (finished stages are skipped); without --c every requested stage is trained again "
@@ -155,11 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")
     if args.npp < 0:
         raise CMBUNetError(f"--num-workers must be 0 or more, got {args.npp}")
+    args.device, device_reason = resolve_device_choice(args.device)
     if args.device == "cuda":
         import torch
 
-        if not torch.cuda.is_available():
-            raise CMBUNetError("-device cuda was requested but no CUDA GPU is available; use -device cpu")
         if args.num_gpus > torch.cuda.device_count():
             raise CMBUNetError(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} GPU(s) are visible")
     fold = parse_fold(args.fold)
@@ -191,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
         print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
               f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
+        print(f"device: {args.device} ({device_reason})")
+        print(schedule_line(plans, args.device, [c.stage for c in configs]))
         started = time.time()
         D.launch(run_stages, args.num_gpus, args.device, configs)
         if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):

@@ -53,6 +53,29 @@ def add_dataset_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--dataset", dest="dataset", required=True, help=DATASET_HELP)
 
 
+#: ``-device``: ``auto`` runs on a CUDA GPU when one is visible, else on the CPU.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``-device/--device {auto,cpu,cuda}`` (default auto), the same on every command that runs networks."""
+    parser.add_argument("-device", "--device", choices=DEVICE_CHOICES, default="auto",
+                        help=f"{what}: auto = cuda when a CUDA GPU is visible, else cpu (default: auto)")
+
+
+def resolve_device_choice(choice: str) -> tuple[str, str]:
+    """``(device, why)``: ``cpu`` or ``cuda`` for a ``-device`` value, and the reason to print; ``cuda`` without a
+    visible GPU is an error rather than a silent fall back to the CPU."""
+    import torch
+
+    available = torch.cuda.is_available()
+    if choice == "auto":
+        return ("cuda", "auto: a CUDA GPU is visible") if available else ("cpu", "auto: no CUDA GPU is visible")
+    if choice == "cuda" and not available:
+        raise CMBUNetError("-device cuda was requested but no CUDA GPU is available; use -device cpu or auto")
+    return choice, f"-device {choice}"
+
+
 def add_folds_option(parser: argparse.ArgumentParser, help: str) -> None:
     """``-f/--folds F [F ...]`` (into ``folds``, None when absent): ``help`` says which folds the command then takes."""
     parser.add_argument("-f", "--folds", nargs="+", default=None, help=help)
