@@ -168,24 +168,24 @@ def synthesize_case(
         "direction": [float(v) for v in direction.reshape(-1)],
         "shape": [int(v) for v in grid.shape],
     }
-    world = lambda p: (origin + direction @ (grid.to_voxel(p) * spacing)).tolist()  # noqa: E731
+    to_world = lambda p: (origin + direction @ (grid.to_voxel(p) * spacing)).tolist()  # noqa: E731
     cmbs = []
     for obj in cmb_objs:
         c = obj.parts[0].centre
         sl, inside = sphere_label(grid, c, obj.info["radius_mm"])
         label[sl][inside] = 1
-        cmbs.append({"center_world_mm": world(c), "center_voxel": grid.to_voxel(c).tolist(),
+        cmbs.append({"center_world_mm": to_world(c), "center_voxel": grid.to_voxel(c).tolist(),
                      "radius_mm": obj.info["radius_mm"], "region": obj.info["region"],
                      "num_voxels": int(inside.sum())})
     mimics = []
     for obj in mimic_objs:
         c = np.mean([cc for cc, _ in obj.collision], axis=0)
-        mimics.append({"kind": obj.kind, "center_world_mm": world(c), "center_voxel": grid.to_voxel(c).tolist(), **obj.info})
+        mimics.append({"kind": obj.kind, "center_world_mm": to_world(c), "center_voxel": grid.to_voxel(c).tolist(), **obj.info})
     if iron:
         for name, centre, _ in params.nuclei:
             if name == "lentiform":
                 p = tilt @ centre
-                mimics.append({"kind": "iron_deep_gm", "center_world_mm": world(p), "center_voxel": grid.to_voxel(p).tolist()})
+                mimics.append({"kind": "iron_deep_gm", "center_world_mm": to_world(p), "center_voxel": grid.to_voxel(p).tolist()})
     meta = {"seed": int(seed), "size": size, "site": site, "anatomy": anatomy, "snr": {m: snr[m] for m in modalities}, "intensity_scale": scale,
             "iron_deep_gm": iron, "head_tilt": tilt.round(6).tolist(),
             "slice_profile": float(profile), "world": world if acq else "quick-test"}
