@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 COMMANDS = {
@@ -19,6 +21,23 @@ setup(
     name="cmbunet",
     version="0.1.0",
     description="Self-configuring detection and segmentation of cerebral microbleeds in brain MRI",
+    long_description=(Path(__file__).resolve().parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    keywords=["cerebral microbleeds", "MRI", "detection", "segmentation", "deep learning", "VALDO", "nnU-Net"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Healthcare Industry",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
     packages=find_packages(include=["cmbunet", "cmbunet.*"]),
     python_requires=">=3.10",
     install_requires=[
