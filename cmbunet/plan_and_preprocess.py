@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-processes", dest="np", type=int, default=default_num_processes(), metavar="N",
                    help="worker processes for fingerprinting and preprocessing (default: min(4, CPUs))")
     p.add_argument("--preset", choices=PRESETS, default="auto",
-                   help="auto (default): derived from the dataset, 002's widths with a half-width screening network; "
-                        "fast: quarter-width networks and a short schedule for a quick trial; paper: the published "
-                        "20x20x16 blocks and widths; tiny: tests")
+                   help="auto (default): everything derived from the dataset, Chen & Dou's network widths with a "
+                        "half-width screening network; fast: quarter-width networks and a short schedule for a quick "
+                        "trial; "
+                        "paper: Chen & Dou's published 20x20x16 blocks, widths, screening threshold 0.1 and schedule; "
+                        "tiny: tests only")
     p.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="set plans entries, e.g. target_spacing=[0.5,0.5,0.8] (value parsed as JSON)")
     add_plans_option(p, help=f"name of the plans to write (default {DEFAULT_PLANS_NAME}: plans.json and data/); another name "

@@ -398,3 +398,105 @@ def test_named_repository_files_exist():
 ])
 def test_github_anchor(heading, anchor):
     assert github_anchor(heading.lstrip("# ")) == anchor
+
+
+# ------------------------------------------------------------------------------- 4. defaults quoted in the docs
+def default_inference_settings() -> dict:
+    """The ``inference`` section the planner writes with every default (preset ``auto``) for VALDO-like data
+    (0.49 x 0.49 x 0.8 mm, CMBs that give the 20 x 20 x 16 screening block)."""
+    from cmbunet.plans import plan_experiment
+
+    fingerprint = {"cases": [{"spacing": [0.49, 0.49, 0.8], "shape_after_crop": [400, 400, 150]}] * 3,
+                   "cmbs": [{"extent_mm": [6.86, 6.86, 8.0]}] * 5}
+    plans = plan_experiment(fingerprint, {"channel_names": {"0": "T2S"}}, preset="auto")
+    return plans.to_dict()["inference"]
+
+
+def quoted_values(text: str) -> list:
+    """``"0.5 (Chen & Dou: 0.1)"`` -> ``[0.5]``; ``"1, `max`"`` -> ``[1, "max"]``; ``"[160, 160, 80]"`` -> a list:
+    the cell's values before any parenthesis, split at commas outside brackets, backticks removed."""
+    text = re.split(r"\s\(", text.strip(), maxsplit=1)[0]
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char == "["
+        depth -= char == "]"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    values = []
+    for part in (p.strip().strip("`").strip() for p in parts):
+        try:
+            values.append(json.loads(part))
+        except ValueError:
+            values.append(part)
+    return values
+
+
+def same_value(quoted, actual) -> bool:
+    if isinstance(actual, bool) or isinstance(quoted, bool):
+        return quoted is actual
+    if isinstance(actual, (int, float)) and isinstance(quoted, (int, float)):
+        return abs(float(quoted) - float(actual)) < 1e-9
+    return quoted == actual
+
+
+def test_inference_defaults_quoted_in_the_docs_are_the_planners():
+    """The defaults of the plans' ``inference`` section, where plans.md and inference.md quote them: plans.md's
+    table, ```field` (value)`` in the prose, and the ``(default V)`` of inference.md's option table."""
+    inference = default_inference_settings()
+    problems, checked = [], 0
+
+    plans_md = REPO / "documentation" / "plans.md"
+    text = plans_md.read_text()
+    section = text.split("### Inference", 1)[1].split("\n## ", 1)[0]
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")] if row.startswith("| `") else []
+        if len(cells) < 3:
+            continue
+        fields = re.findall(r"`([a-z_]+)`", cells[0])
+        values = quoted_values(cells[-1])
+        if all(f in inference for f in fields) and len(values) == len(fields):
+            for field, value in zip(fields, values):
+                checked += 1
+                if not same_value(value, inference[field]):
+                    problems.append(f"plans.md, inference table: {field} is quoted as {value!r}, the planner "
+                                    f"writes {inference[field]!r}")
+
+    for path in (plans_md, REPO / "documentation" / "inference.md"):
+        for number, line in prose_lines(path):
+            for field, value in re.findall(r"`([a-z_]+)` \((-?\d+(?:\.\d+)?)", line):
+                if field in inference and not isinstance(inference[field], (list, bool)):
+                    checked += 1
+                    if not same_value(float(value), inference[field]):
+                        problems.append(f"{path.name}:{number}: `{field}` ({value}), but the planner writes "
+                                        f"{inference[field]!r}")
+
+    inference_md = REPO / "documentation" / "inference.md"
+    for number, line in prose_lines(inference_md):
+        if not line.startswith("| `--"):
+            continue
+        options = re.findall(r"`(--[a-z-]+)", line.split("|")[1])
+        fields = [o[2:].replace("-", "_") for o in options]
+        match = re.search(r"\(default (-?\d+(?:\.\d+)?)(?: and (-?\d+(?:\.\d+)?))?", line)
+        if not match or not all(f in inference for f in fields):
+            continue
+        values = [float(v) for v in match.groups() if v is not None]
+        for field, value in zip(fields, values):
+            checked += 1
+            if not same_value(value, inference[field]):
+                problems.append(f"inference.md:{number}: {options} default quoted as {value}, the planner writes "
+                                f"{inference[field]!r}")
+
+    assert checked >= 20, f"only {checked} quoted defaults found: has the format of the tables changed?"
+    assert not problems, "defaults quoted in the docs differ from the planner's:\n" + "\n".join(problems)
+
+
+def test_quoted_values_parses_the_table_cells():
+    assert quoted_values("0.5 (Chen & Dou: 0.1)") == [0.5]
+    assert quoted_values("1, `max`") == [1, "max"]
+    assert quoted_values("[160, 160, 80]") == [[160, 160, 80]]
+    assert quoted_values("`true`") == [True]
+    assert quoted_values("2, 10 (not in Chen & Dou)") == [2, 10]

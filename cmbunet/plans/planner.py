@@ -188,7 +188,7 @@ RULES = {
     "screening.fcn_offset": "block_size // 2: output voxel j classifies the block centred at 2*j + block//2",
     "screening.network.first_kernels": "odd number nearest 5*min(target_spacing)/spacing per axis, clipped to [3, 5]",
     "screening.network.last_kernel": "k5 = (block - 2*(k1-1))/2 - 4, so the block maps to 1x1x1",
-    "discrimination.block_size": "screening block + 4 per axis (002: 20x20x16 -> 24x24x20)",
+    "discrimination.block_size": "screening block + 4 per axis (Chen & Dou: 20x20x16 -> 24x24x20)",
     "segmentation.patch_size": "smallest multiple of 8 (three 2x downsamplings) >= 1.5x the screening block",
     "segmentation.network.foreground_prior": "0.5 * cmb_box.median_cmb_voxels / patch voxels (half the training "
                                              "patches hold a CMB), clipped to [1e-5, 1e-2]: the output layer's "
@@ -197,8 +197,9 @@ RULES = {
                               "CMBs a few voxels apart stay separate candidates (each is segmented in its own patch)",
     "inference.tile_size": "near 160x160x80 with (tile - block) even so FCN tile outputs abut; >= 2x block",
     "resampling.separate_z": "max/min target spacing > anisotropy_threshold",
-    "training": "gpu: 002's values (segmentation loss Dice + CE; paper preset: Dice); cpu: a budget of about "
-                "40-60 min for all stages on 2 cores; tiny: tests",
+    "training": "gpu: Chen & Dou's values (segmentation loss Dice + CE; paper preset: Dice); cpu: a budget for "
+                "2 cores (the default plan trained 24 realistic subjects in 23-30 min); fast: a short trial; "
+                "tiny: tests",
 }
 
 
@@ -260,8 +261,8 @@ def plan_experiment(
 
     rules = dict(RULES)
     if preset == "paper":
-        rules["screening.block_size"] = "preset paper: 002's 20x20x16 regardless of the data"
-        rules["screening.network.first_kernels"] = "preset paper: 002's 5x5x3"
+        rules["screening.block_size"] = "preset paper: Chen & Dou's 20x20x16 regardless of the data"
+        rules["screening.network.first_kernels"] = "preset paper: Chen & Dou's 5x5x3"
 
     plans = {
         "plans_version": PLANS_VERSION,
