@@ -70,7 +70,8 @@ def test_predict_on_a_full_disk_writes_nothing_and_the_rerun_predicts_again(env,
     summary = pd.read_csv(out / "summary.csv")
     assert summary["status"].tolist() == ["failed"] * 3
     assert summary["error"].str.contains("_probabilities.nii.gz: was not written completely").all()
-    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]  # no truncated file in place, no temp file
+    # no truncated file in place, no temp file
+    assert sorted(p.name for p in out.iterdir()) == ["prediction_record.json", "summary.csv"]
 
     proc = run_script("cmbunet_predict", args)
     assert proc.returncode == 0, proc.stderr

@@ -29,10 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Detect and segment cerebral microbleeds: screening FCN -> discrimination CNN -> U-Net, "
         "written back in the geometry of each input scan.")
     p.add_argument("-i", "--input", required=True,
-                   help="a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a BIDS dataset "
+                   help="skull-stripped T2*-weighted GRE magnitude or SWI images (see --brain-mask): a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a BIDS dataset "
                         "(sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_T2starw.nii.gz), a folder of CASE_0000.nii.gz "
                         "files, or one image file")
     p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--brain-mask", default=None, metavar="FOLDER",
+                   help="a folder with one brain mask per case, on the grid of its image: CASE.nii.gz (CASE as the "
+                        "case id: sub-XXX for VALDO, the BIDS entities sub-XXX_ses-YYY for BIDS) or "
+                        "CASE_desc-brain_mask.nii.gz, also in sub-XXX/[ses-YYY/]anat/ (a BIDS dataset or derivative). "
+                        "Voxels outside the mask are set to 0 before preprocessing; the input files are not changed")
+    p.add_argument("--allow-unstripped", action="store_true",
+                   help="predict images that do not look skull-stripped (signal at the border of the field of view, "
+                        "or more than a brain's volume) as they are; by default such a case fails, naming the file. "
+                        "The model expects skull-stripped T2*-weighted GRE magnitude or SWI images")
     p.add_argument("--output-format", choices=("flat", "bids"), default="flat",
                    help="flat: every file in OUTPUT, named after the case (VALDO: sub-XXX_space-T2S_prediction.nii.gz); "
                         "bids: OUTPUT becomes a BIDS derivative dataset (sub-XXX/[ses-YYY/]anat/..._desc-cmb_mask.nii.gz, "
@@ -247,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
                                        overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
                                        num_workers=args.npp, file_ending=dataset_file_ending(model_dir),
-                                       output_format=args.output_format, save_candidates=args.save_candidates)
+                                       output_format=args.output_format, save_candidates=args.save_candidates,
+                                       brain_mask=args.brain_mask, allow_unstripped=args.allow_unstripped)
     failed = summary[summary["status"] == "failed"]
     ignored = summary[summary["status"] == "ignored"]
     done = int((summary["status"] == "ok").sum())

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
 from cmbunet.inference import bids
+from cmbunet.inference.brain_mask import apply_brain_mask, find_brain_mask, unstripped_problem
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
@@ -374,10 +375,22 @@ class CMBPredictor:
         return CasePrediction(probabilities=native, binary=binary, cmbs=cmbs, geometry=geometry, candidates=candidates,
                               probabilities_preprocessed=prob_pre, timings=t, properties=dict(properties))
 
-    def load_and_preprocess(self, image_paths: Sequence[str | Path], case: str = "") -> PreparedCase:
-        """Read the channel files (one geometry) and preprocess them exactly as for training."""
+    def load_and_preprocess(self, image_paths: Sequence[str | Path], case: str = "", brain_mask: Path | None = None,
+                            check_stripped: bool = False) -> PreparedCase:
+        """Read the channel files (one geometry) and preprocess them exactly as for training.
+
+        ``brain_mask``: a mask on the images' grid; voxels outside it are set to 0 first (in memory). Without one,
+        ``check_stripped`` refuses an image that does not look skull-stripped (:mod:`cmbunet.inference.brain_mask`),
+        naming the file, since its scalp and background would be taken for brain."""
         clock = time.perf_counter()
-        images, props = SimpleITKIO.read_images([Path(p) for p in image_paths])
+        paths = [Path(p) for p in image_paths]
+        images, props = SimpleITKIO.read_images(paths)
+        if brain_mask is not None:
+            images = apply_brain_mask(images, props, brain_mask)
+        elif check_stripped:
+            for path, channel in zip(paths, images):
+                if problem := unstripped_problem(channel, props["spacing"]):
+                    raise InputError(path, problem)
         t_read = time.perf_counter() - clock
         try:
             case_data = preprocess_case(images, props, self.plans, case=case)
@@ -400,7 +413,8 @@ class CMBPredictor:
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, save_probabilities: bool = False,
                        overwrite: bool = False, num_parts: int = 1, part_id: int = 0, num_workers: int = 1,
                        file_ending: str = ".nii.gz", progress: bool | None = None,
-                       output_format: str = "flat", save_candidates: bool = False) -> pd.DataFrame:
+                       output_format: str = "flat", save_candidates: bool = False,
+                       brain_mask: str | Path | None = None, allow_unstripped: bool = False) -> pd.DataFrame:
         """Predict every case of ``input_path`` (a VALDO tree, a BIDS dataset, a ``CASE_0000`` folder or one file)
         into ``output_dir``.
 
@@ -411,10 +425,15 @@ class CMBPredictor:
         written; :mod:`cmbunet.inference.record`). ``num_parts``/``part_id`` select this machine's share.
         ``output_format``: ``flat`` (every file in ``output_dir``) or ``bids`` (a BIDS derivative dataset; cases
         whose id is not made of BIDS entities fail). ``save_candidates`` also writes every screening candidate
-        with its scores, spot shape and whether it was kept.
+        with its scores, spot shape and whether it was kept. ``brain_mask``: a folder with one brain mask per case
+        (:func:`~cmbunet.inference.brain_mask.find_brain_mask`), applied before preprocessing; without it a case
+        whose image is not skull-stripped fails, naming the file, unless ``allow_unstripped``.
         """
         if output_format not in ("flat", "bids"):
             raise CMBUNetError(f"unknown output format '{output_format}'; expected flat or bids")
+        if brain_mask is not None and not Path(brain_mask).is_dir():
+            raise InputError(brain_mask, "brain mask folder does not exist" if not Path(brain_mask).exists()
+                             else "--brain-mask must be a folder with one mask per case")
         output_dir = Path(output_dir)
         cases = select_part(find_input_cases(input_path, self.channel_names, file_ending, with_ignored=True),
                             num_parts, part_id)
@@ -426,7 +445,7 @@ class CMBPredictor:
         finished = {case.case: outputs for case in cases if case.ok and case.ignored is None
                     and (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format,
                                                          save_candidates)).finished()}
-        record = self.record()
+        record = self.record(brain_mask)
         check_record(output_dir, record, bool(finished), overwrite)
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
@@ -447,7 +466,8 @@ class CMBPredictor:
         remove_stale_temp_files(output_dir, recursive=output_format == "bids")
 
         def prepare(case: InputCase) -> PreparedCase:
-            return self.load_and_preprocess(case.images, case.case)
+            mask = None if brain_mask is None else find_brain_mask(brain_mask, case.case)
+            return self.load_and_preprocess(case.images, case.case, mask, check_stripped=not allow_unstripped)
 
         for case, future in tqdm(prefetch(prepare, todo, num_workers), total=len(todo), desc="predicting",
                                  unit="case", disable=None if progress is None else not progress):
