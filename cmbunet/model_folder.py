@@ -188,9 +188,6 @@ class ModelFolder:
     def validation_dir(self, fold: int | str) -> Path:
         return self.fold_dir(fold) / VALIDATION_DIR
 
-    def validation_settings_file(self, fold: int | str) -> Path:
-        return self.validation_dir(fold) / VALIDATION_SETTINGS_FILE
-
     def validation_candidates_file(self, fold: int | str) -> Path:
         """Screening's whole-volume validation of the fold (read for the candidate-prior threshold)."""
         return self.stage_dir(fold, "screening") / VALIDATION_CANDIDATES_FILE

@@ -91,9 +91,5 @@ def preprocessed_dataset_dir(dataset_name: str, preprocessed_root: Path | None =
     return get_root("preprocessed", preprocessed_root) / dataset_name
 
 
-def raw_dataset_dir(dataset_name: str, raw_root: Path | None = None) -> Path:
-    return get_root("raw", raw_root) / dataset_name
-
-
 def results_dataset_dir(dataset_name: str, results_root: Path | None = None) -> Path:
     return get_root("results", results_root) / dataset_name

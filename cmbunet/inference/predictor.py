@@ -39,7 +39,7 @@ from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
 from cmbunet.inference.record import check_record, write_record
-from cmbunet.inference.outputs import (CMB_COLUMNS, TIMING_KEYS, CaseOutputs,  # noqa: F401 - re-exported
+from cmbunet.inference.outputs import (CMB_COLUMNS, CaseOutputs,  # noqa: F401 - CMB_COLUMNS re-exported
                                       CasePrediction, cmb_table, drop_small_components, preprocessed_to_native,
                                       refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
                                       write_csv)
@@ -218,7 +218,6 @@ class CMBPredictor:
             {k: "given" for k in SETTING_KEYS}
         self.discrimination_batch_size = int(discrimination_batch_size)
         self.segmentation_batch_size = int(segmentation_batch_size)
-        self.cpu_bf16 = self.stage_precision["screening"] == "bf16"
         self.channels_last = bool(channels_last)
 
     @classmethod

@@ -3,8 +3,9 @@
 ``plans.json`` stays the file format and the input of the plans hash; :class:`Plans` is how code reads it.
 ``Plans.from_dict(d)`` checks every value (type and range with the check named by its field, unknown keys, then
 the consistency of the network sizes) and names the offending key; ``Plans.from_dict(d).to_dict() == d``.
-Readers take the typed section they need (``plans.screening.block_size``, ``plans.schedule(stage, device)``)
-and have no defaults of their own: the planner is the one source of values.
+Readers take the typed section they need (``plans.screening.block_size``, ``plans.schedule(stage, device)``);
+the planner is the one source of planned values. The one reader with defaults of its own is
+``training.augmentation.AugmentationParams``, for tests that build it by hand; from plans it takes every value.
 
 **Older plans files.** Keys added to the planner after ``plans_version`` 1 first shipped may be absent from a
 plans file. :data:`FILLED_FOR_OLDER_PLANS` lists them with the value that reproduces what such a file meant
@@ -379,9 +380,8 @@ class Plans(Section):
         2.5-4x fewer candidates, and the discrimination threshold read at 0.1 held on sites no model saw
         (documentation/benchmarks.md, 6g); counted at 0.5 the prior would lower it.
         """
-        mining = getattr(self.schedule("screening", device), "mining_threshold", None)
-        inference = float(self.inference.screening_threshold)
-        return inference if mining is None else min(inference, float(mining))
+        mining = getattr(self.training, device_kind(device)).screening.mining_threshold
+        return min(float(self.inference.screening_threshold), float(mining))
 
 
 def plans_value_problems(data: Mapping[str, Any]) -> list[str]:

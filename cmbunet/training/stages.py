@@ -20,7 +20,6 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from cmbunet.plans.schema import STAGES as STAGE_ORDER  # noqa: F401 - the stage names, in training order
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
 from cmbunet.plans.schema import Plans
