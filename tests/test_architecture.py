@@ -12,7 +12,8 @@ import training code. Commands (the console scripts' modules that only parse arg
 may import anything.
 
 The graph is read from the source with ``ast``: module-level imports (outside ``if TYPE_CHECKING:``) for the
-cycle check, and also the imports inside functions for the layer check.
+first cycle check, and also the imports inside functions for the layer check; a second cycle check counts every
+import, those under ``if TYPE_CHECKING:`` and inside functions included.
 """
 
 from __future__ import annotations
@@ -81,26 +82,37 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool) -
     return out
 
 
-def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """``(module-level edges, all edges)`` between cmbunet modules."""
-    top: dict[str, set[str]] = defaultdict(set)
-    every: dict[str, set[str]] = defaultdict(set)
+def module_imports(tree: ast.AST, module: str, is_package: bool,
+                   type_checking: bool = False) -> tuple[set[str], set[str]]:
+    """``(module-level imports, all imports)`` of one parsed module, as cmbunet modules; ``type_checking`` also
+    counts the imports under ``if TYPE_CHECKING:`` (as module-level ones), which type checkers and import linters
+    follow."""
+    top: set[str] = set()
+    every: set[str] = set()
 
-    def visit(node: ast.AST, module: str, is_package: bool, in_function: bool) -> None:
+    def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test) and not type_checking:
                 continue  # annotations only: never imported at run time
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 for target in _targets(child, module, is_package):
                     if target != module:
-                        every[module].add(target)
+                        every.add(target)
                         if not in_function:
-                            top[module].add(target)
-            visit(child, module, is_package,
-                  in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+                            top.add(target)
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
+    visit(tree, False)
+    return top, every
+
+
+def import_graph(type_checking: bool = False) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """``(module-level edges, all edges)`` between cmbunet modules (see :func:`module_imports`)."""
+    top: dict[str, set[str]] = defaultdict(set)
+    every: dict[str, set[str]] = defaultdict(set)
     for module, path in MODULES.items():
-        visit(ast.parse(path.read_text(), str(path)), module, path.name == "__init__.py", False)
+        top[module], every[module] = module_imports(ast.parse(path.read_text(), str(path)), module,
+                                                    path.name == "__init__.py", type_checking)
     return top, every
 
 
@@ -151,6 +163,15 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle in cmbunet.plans: " + " -> ".join(cycle)
 
 
+def test_no_import_cycles_counting_every_import():
+    """No circle either counting the imports under ``if TYPE_CHECKING:`` (type checkers and import linters follow
+    them) and those inside functions: two modules that need each other's names belong together, or the names
+    they share belong in a third."""
+    _, every = import_graph(type_checking=True)
+    cycle = find_cycle(every)
+    assert cycle is None, "import cycle (counting `if TYPE_CHECKING:` and function imports): " + " -> ".join(cycle)
+
+
 def test_no_upward_imports():
     _, every = import_graph()
     upward = {(m, t) for m, targets in every.items() for t in targets if layer_of(t) > layer_of(m)}
@@ -166,3 +187,6 @@ def test_the_graph_is_read():
     assert "cmbunet.plans.schema" in top["cmbunet.plans.plans_io"]
     assert "cmbunet.networks" in every["cmbunet.model_folder"] - top["cmbunet.model_folder"]  # inside a function
     assert find_cycle({"cmbunet.errors": {"cmbunet.paths"}, "cmbunet.paths": {"cmbunet.errors"}}) is not None
+    typed = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cmbunet.plans.schema import Plans\n")
+    assert module_imports(typed, "cmbunet.plans.topology", False) == (set(), set())
+    assert module_imports(typed, "cmbunet.plans.topology", False, type_checking=True)[1] == {"cmbunet.plans.schema"}

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Union
 
 from cmbunet.errors import CMBUNetError, InputError, InvalidValueError
 from cmbunet.plans.section import Section, as_json, build, leaf, subsection, unplanned, value_problems
-from cmbunet.plans.topology import consistency_problems
+from cmbunet.plans.topology import FCN_STRIDE, discrimination_feature_size, last_kernel_for_block
 from cmbunet.plans.validation import (boolean, channel_names, choice, integer, intensity, listing, number, optional,
                                       proportions, raise_problems, string, text, text_table, triple)
 
@@ -382,6 +382,48 @@ class Plans(Section):
         """
         mining = getattr(self.training, device_kind(device)).screening.mining_threshold
         return min(float(self.inference.screening_threshold), float(mining))
+
+
+def consistency_problems(plans: Plans) -> list[str]:
+    """Every inconsistency between values of ``plans`` whose types and ranges are already checked (empty when the
+    three networks can be built, the screening block maps to 1x1x1 and the screening tiles abut)."""
+    problems: list[str] = []
+    scr, disc, seg, inf = plans.screening, plans.discrimination, plans.segmentation, plans.inference
+    block, first = list(scr.block_size), list(scr.network.first_kernels)
+    try:
+        last = last_kernel_for_block(block, first)
+        if list(scr.network.last_kernel) != last:
+            problems.append(f"screening.network.last_kernel {list(scr.network.last_kernel)} should be {last} for "
+                            f"block {block}")
+    except CMBUNetError as e:
+        problems.append(str(e))
+    if list(scr.fcn_offset) != [b // 2 for b in block]:
+        problems.append(f"screening.fcn_offset {list(scr.fcn_offset)} should be block_size // 2 = "
+                        f"{[b // 2 for b in block]}")
+    if len(scr.network.features) != 5:
+        problems.append("screening.network.features needs 5 entries (C1, C2, C3, C4, C5)")
+    if len(disc.network.features) != 4:
+        problems.append("discrimination.network.features needs 4 entries (C1, C2, C3, C4)")
+    try:
+        discrimination_feature_size(disc.block_size, disc.network.first_kernels)
+    except CMBUNetError as e:
+        problems.append(str(e))
+    levels = len(seg.network.features)
+    divisor = 2 ** (levels - 1)
+    if levels < 2:
+        problems.append("segmentation.network.features needs at least 2 entries")
+    elif any(int(s) % divisor for s in seg.patch_size):
+        problems.append(f"segmentation.patch_size {list(seg.patch_size)} must be a multiple of {divisor} "
+                        f"({levels - 1} downsamplings) on every axis")
+    for b, t in zip(block, inf.tile_size):
+        if t < b or (t - b) % FCN_STRIDE:
+            problems.append(f"inference.tile_size {list(inf.tile_size)} must be >= the screening block {block} "
+                            f"and differ from it by a multiple of {FCN_STRIDE}")
+            break
+    for name, config in (("screening", scr), ("discrimination", disc), ("segmentation", seg)):
+        if int(config.network.in_channels) != int(plans.num_input_channels):
+            problems.append(f"{name}.network.in_channels differs from num_input_channels")
+    return problems
 
 
 def plans_value_problems(data: Mapping[str, Any]) -> list[str]:

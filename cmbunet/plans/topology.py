@@ -2,20 +2,18 @@
 
 The screening FCN is the one place with a hard constraint: its valid convolutions must map the block to exactly
 1x1x1, which fixes the last kernel once the first kernels and the block are chosen (see
-:func:`screening_layer_sizes`). Everything here is pure arithmetic on sizes; nothing reads or writes plans files.
+:func:`screening_layer_sizes`). Everything here is pure arithmetic on sizes; nothing reads ``Plans`` or plans
+files (the consistency checks of a whole ``Plans``, which use this arithmetic, are ``schema.consistency_problems``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from cmbunet.errors import CMBUNetError
-
-if TYPE_CHECKING:
-    from cmbunet.plans.schema import Plans
 
 ANISOTROPY_THRESHOLD = 3.0
 FCN_STRIDE = 2  # one 2x2x2 max-pool in the screening FCN
@@ -138,46 +136,3 @@ def tile_size(screening_block: Sequence[int], nominal: Sequence[int] = NOMINAL_T
 def nms_size(block: Sequence[int]) -> list[int]:
     """NMS neighbourhood in input voxels: block // 4, odd, at least 3 (002 block 20x20x16 -> 5x5x5)."""
     return [max(3, (int(b) // 4) | 1) for b in block]
-
-
-
-def consistency_problems(plans: Plans) -> list[str]:
-    """Every inconsistency between values of ``plans`` whose types and ranges are already checked (empty when the
-    three networks can be built, the screening block maps to 1x1x1 and the screening tiles abut)."""
-    problems: list[str] = []
-    scr, disc, seg, inf = plans.screening, plans.discrimination, plans.segmentation, plans.inference
-    block, first = list(scr.block_size), list(scr.network.first_kernels)
-    try:
-        last = last_kernel_for_block(block, first)
-        if list(scr.network.last_kernel) != last:
-            problems.append(f"screening.network.last_kernel {list(scr.network.last_kernel)} should be {last} for "
-                            f"block {block}")
-    except CMBUNetError as e:
-        problems.append(str(e))
-    if list(scr.fcn_offset) != [b // 2 for b in block]:
-        problems.append(f"screening.fcn_offset {list(scr.fcn_offset)} should be block_size // 2 = "
-                        f"{[b // 2 for b in block]}")
-    if len(scr.network.features) != 5:
-        problems.append("screening.network.features needs 5 entries (C1, C2, C3, C4, C5)")
-    if len(disc.network.features) != 4:
-        problems.append("discrimination.network.features needs 4 entries (C1, C2, C3, C4)")
-    try:
-        discrimination_feature_size(disc.block_size, disc.network.first_kernels)
-    except CMBUNetError as e:
-        problems.append(str(e))
-    levels = len(seg.network.features)
-    divisor = 2 ** (levels - 1)
-    if levels < 2:
-        problems.append("segmentation.network.features needs at least 2 entries")
-    elif any(int(s) % divisor for s in seg.patch_size):
-        problems.append(f"segmentation.patch_size {list(seg.patch_size)} must be a multiple of {divisor} "
-                        f"({levels - 1} downsamplings) on every axis")
-    for b, t in zip(block, inf.tile_size):
-        if t < b or (t - b) % FCN_STRIDE:
-            problems.append(f"inference.tile_size {list(inf.tile_size)} must be >= the screening block {block} "
-                            f"and differ from it by a multiple of {FCN_STRIDE}")
-            break
-    for name, config in (("screening", scr), ("discrimination", disc), ("segmentation", seg)):
-        if int(config.network.in_channels) != int(plans.num_input_channels):
-            problems.append(f"{name}.network.in_channels differs from num_input_channels")
-    return problems
