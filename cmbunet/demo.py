@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from cmbunet.errors import CMBUNetError
+from cmbunet.model_folder import ModelFolder
 from cmbunet.plans.planner import PRESETS
 from cmbunet.utilities.cli import add_device_option, command_parser, run_cli
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the commands load torch, the networks and matplotlib: only when the demo runs, not for --help
     from cmbunet.dataset.convert_valdo import main as convert_main
     from cmbunet.evaluation.cli import main as evaluate_main
     from cmbunet.inference.cli import main as predict_main
@@ -85,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         plan_argv += ["--override", *args.override]
     times["plan_and_preprocess"] = _step("3/7 fingerprint, plan and preprocess", "cmbunet_plan_and_preprocess", plan_main, plan_argv)
 
-    from cmbunet.model_folder import ModelFolder
-
     model = ModelFolder.of_dataset(dataset, res)
     model_dir, fold_dir = model.path, model.fold_dir("all")
     done = "all" in model.complete_folds()
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "-ref", str(valdo_test), "-pred", str(predictions), "-o", str(evaluation)])
     report_dir = out / "report"
     if not args.no_report:
-        from cmbunet.report.cli import main as report_main
+        from cmbunet.report.cli import main as report_main  # matplotlib: only when the report is written
 
         extras = sorted(str(p) for p in fold_dir.glob("*/progress.png"))
         report_argv = ["-i", str(predictions), "-img", str(valdo_test), "-ref", str(valdo_test), "-o", str(report_dir)]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, overload
 
 from cmbunet.errors import CMBUNetError, InputError, MissingStageError, PlansMismatchError
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, results_dataset_dir
+from cmbunet.plans.plans_io import load_plans, plans_hash
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, Plans, validate_settings  # noqa: F401 - re-exported
 from cmbunet.utilities.file_io import load_json, verify_checksum
 
@@ -111,7 +112,7 @@ def require_plans_hash(found: str | None, expected: str, what: str | Path, remed
 def load_checkpoint(path: str | Path, expected_plans_hash: str | None = None) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (no code runs on load) after checking it against its sha256
     (``.pth.sha256``, absent for checkpoints of older versions), and check which plans made it."""
-    import torch
+    import torch  # only here and in load_network: the commands that read model folders load no torch for --help
 
     path = Path(path)
     if not path.is_file():
@@ -216,13 +217,9 @@ class ModelFolder:
     # ------------------------------------------------------------------------------------------ contents
     def load_plans(self) -> Plans:
         """``plans.json`` read and checked (:class:`InputError` naming it when missing or invalid)."""
-        from cmbunet.plans.plans_io import load_plans
-
         return load_plans(self.plans_file)
 
     def plans_hash(self) -> str:
-        from cmbunet.plans.plans_io import plans_hash
-
         return plans_hash(self.load_plans())
 
     def check_plans(self, expected_hash: str, source: str | Path, remedy: str | None = None) -> None:
@@ -255,10 +252,9 @@ class ModelFolder:
                      which: str = "final") -> "nn.Module":
         """Build the ``stage`` network from ``plans``, load its ``checkpoint_<which>.pth`` (plans hash checked),
         move it to ``device`` in eval mode."""
-        import torch
+        import torch  # as in load_checkpoint
 
-        from cmbunet.networks import build_network
-        from cmbunet.plans.plans_io import plans_hash
+        from cmbunet.networks import build_network  # torch, as above
 
         path = self.checkpoint(fold, stage, which)
         if not path.is_file():

@@ -28,7 +28,9 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
                            resolve_dataset_name)
-from cmbunet.plans.planner import PRESETS
+from cmbunet.plans.fingerprint import extract_fingerprint, load_fingerprint, save_fingerprint
+from cmbunet.plans.planner import PRESETS, plan_experiment
+from cmbunet.plans.plans_io import plans_hash, preprocessing_hash, save_plans
 from cmbunet.plans.schema import Plans
 from cmbunet.preprocessing.preprocessor import (case_files, preprocess_case, recorded_hash_matches,
                                                 save_preprocessed_case)
@@ -218,10 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.np < 1:
         raise CMBUNetError(f"-np must be at least 1, got {args.np}")
-    from cmbunet.plans import (extract_fingerprint, load_fingerprint, plan_experiment, plans_hash, save_fingerprint,
-                               save_plans)
-    from cmbunet.plans.plans_io import preprocessing_hash
-
     plans_name = check_plans_name(args.plans_name)
 
     raw_root = get_root("raw", args.raw_root)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cmbunet.dataset.raw_dataset import list_training_cases
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.evaluate import (CASE_COLUMNS, METRIC_COLUMNS, PER_CASE_CSV, SUMMARY_JSON,
                                          aggregate_metrics, write_evaluation)
@@ -39,6 +40,9 @@ from cmbunet.imageio import SimpleITKIO
 from cmbunet.inference.outputs import CaseOutputs, write_case
 from cmbunet.model_folder import VALIDATION_SETTINGS_FILE, ModelFolder, other_plans_hint
 from cmbunet.paths import DEFAULT_PLANS_NAME, get_root, preprocessed_case_root, resolve_dataset_name
+from cmbunet.plans.plans_io import preprocessing_hash
+from cmbunet.preprocessing.preprocessor import export_to_native, load_preprocessed_case
+from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
 from cmbunet.utilities.cli import (add_dataset_option, add_device_option, add_folds_option, add_plans_option,
                                    command_parser, resolve_device_choice, run_cli)
 from cmbunet.utilities.file_io import load_json, save_json
@@ -76,8 +80,8 @@ def candidate_table(candidates: pd.DataFrame, properties: Mapping[str, Any]) -> 
 def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[str], preprocessed_dir: Path,
                              validation_dir: Path, device: str = "cpu", overwrite: bool = False) -> list[str]:
     """Predict the unfinished ``cases`` with fold ``fold``'s networks; returns the cases predicted now."""
+    # loads torch and the networks, which the rest of this module (and cmbunet_cross_validate --help) needs not
     from cmbunet.inference.predictor import CMBPredictor, resolve_settings
-    from cmbunet.preprocessing.preprocessor import load_preprocessed_case
 
     todo = [c for c in cases if overwrite or not case_finished(validation_dir, c)]
     if not todo:
@@ -99,8 +103,6 @@ def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[s
 
 def reference_files(dataset_name: str, cases: Sequence[str], raw_root: Path | None) -> dict[str, Path]:
     """The raw ``labelsTr`` file of each case; an empty dict when no raw dataset is reachable."""
-    from cmbunet.dataset.raw_dataset import list_training_cases
-
     try:
         raw_dir = get_root("raw", raw_root) / dataset_name
     except CMBUNetError:
@@ -117,8 +119,6 @@ def load_reference(case: str, label_file: Path | None, preprocessed_dir: Path) -
     if label_file is not None:
         ref, props = SimpleITKIO.read_seg(label_file)
         return ref, list(props["spacing"]), str(label_file)
-    from cmbunet.preprocessing.preprocessor import export_to_native, load_preprocessed_case
-
     pre = load_preprocessed_case(preprocessed_dir, case)
     native = export_to_native(pre.seg.astype(np.float32), pre.properties) >= 0.5
     return native.astype(np.uint8), list(pre.properties["original_spacing"]), "preprocessed label exported to native"
@@ -159,8 +159,6 @@ def evaluate_validation(validation_dir: Path, cases: Sequence[str], references: 
 
 def validation_cases(preprocessed_dir: Path, fold: int | str) -> list[str]:
     """The held-out cases of ``fold`` (none for fold ``all``)."""
-    from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
-
     splits_path = preprocessed_dir / SPLITS_FILE
     if not splits_path.is_file():
         raise InputError(splits_path, "missing; run cmbunet_plan_and_preprocess first")
@@ -186,8 +184,6 @@ def validate_fold(dataset_name: str, fold: int | str, preprocessed_root: Path | 
     model = ModelFolder.of_dataset(name, get_root("results", results_root), plans_name)
     case_root = pre_dir
     if plans_name != DEFAULT_PLANS_NAME:
-        from cmbunet.plans.plans_io import preprocessing_hash
-
         case_root = preprocessed_case_root(pre_dir, plans_name, preprocessing_hash(model.load_plans()))
     out = model.validation_dir(fold)
     out.mkdir(parents=True, exist_ok=True)
@@ -285,8 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _all_folds(preprocessed_dir: Path) -> list[str]:
-    from cmbunet.preprocessing.splits import SPLITS_FILE, load_splits
-
     return [str(i) for i in range(len(load_splits(preprocessed_dir / SPLITS_FILE)))]
 
 

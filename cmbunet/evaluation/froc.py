@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cmbunet.errors import InputError
+from cmbunet.evaluation.evaluate import PER_CASE_CSV
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, link_components
 from cmbunet.utilities.file_io import atomic_path
 
@@ -153,8 +154,6 @@ def stage_points(candidates: pd.DataFrame, references: pd.DataFrame, per_case: p
 # ------------------------------------------------------------------------------------------------ folds
 def fold_inputs(validation_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(candidates, references, per-case metrics) of one fold's validation folder."""
-    from cmbunet.evaluation.evaluate import PER_CASE_CSV
-
     validation_dir = Path(validation_dir)
     per_case_path = validation_dir / PER_CASE_CSV
     if not per_case_path.is_file():
@@ -199,7 +198,7 @@ def _stepped(curve: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_froc(curves: pd.DataFrame, stages: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Per-fold curves (thin), the pooled curve (thick) and the pooled stage-wise operating points."""
-    import matplotlib
+    import matplotlib  # plotting only: the rest of the module, and every command's --help, goes without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -21,6 +21,7 @@ from cmbunet.paths import ROOT_VARIABLES, get_root, resolve_dataset_name
 from cmbunet.utilities.cli import (MODEL_PLANS_HELP, add_device_option, add_folds_option, add_plans_option,
                                    command_parser, resolve_device_choice, run_cli)
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
+from cmbunet.utilities.file_io import load_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,8 +216,6 @@ def settings_overrides(args: argparse.Namespace) -> dict:
 
 def dataset_file_ending(model_dir: Path) -> str:
     """The raw data's file ending from the dataset.json saved with the model (``.nii.gz`` if absent)."""
-    from cmbunet.utilities.file_io import load_json
-
     path = model_dir / DATASET_JSON_FILE
     try:
         return str(load_json(path).get("file_ending", ".nii.gz")) if path.is_file() else ".nii.gz"
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.npp < 0:
         raise CMBUNetError("--batch-size must be >= 1 and -npp (--preprocessing-workers) >= 0")
     refuse_dataset_output(Path(args.output), args.results_root)
-    from cmbunet.inference.predictor import CMBPredictor
+    from cmbunet.inference.predictor import CMBPredictor  # torch and the networks: not for --help
 
     if args.cpu_bf16:
         if args.precision not in (None, "bf16"):

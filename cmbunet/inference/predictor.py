@@ -38,7 +38,7 @@ from cmbunet.inference.brain_mask import apply_brain_mask, find_brain_mask, unst
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
-from cmbunet.inference.record import check_record, write_record
+from cmbunet.inference.record import build_record, check_record, model_section, write_record
 from cmbunet.inference.outputs import (CMB_COLUMNS, CaseOutputs,  # noqa: F401 - CMB_COLUMNS re-exported
                                       CasePrediction, cmb_table, drop_small_components, preprocessed_to_native,
                                       refuse_overwriting_inputs, skipped_row, summary_name, summary_row, write_case,
@@ -48,6 +48,7 @@ from cmbunet.inference.segmentation import add_unsegmented_spots, components_at_
 from cmbunet.inference.decision import kept_candidates, measure_candidates
 from cmbunet.inference.shape import dark_spots, susceptibility_channel
 from cmbunet.model_folder import INFERENCE_SETTINGS_FILE, ModelFolder, other_plans_hint
+from cmbunet.plans.plans_io import plans_hash
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
 from cmbunet.utilities.cpu_features import resolve_precision
@@ -258,9 +259,6 @@ class CMBPredictor:
 
     def record(self, brain_mask: str | Path | None = None) -> dict[str, Any]:
         """``prediction_record.json`` of a run of this predictor (:mod:`cmbunet.inference.record`)."""
-        from cmbunet.inference.record import build_record, model_section
-        from cmbunet.plans.plans_io import plans_hash
-
         model = model_section(self.model_dir, plans_hash(self.plans), self.folds, self.checkpoint)
         settings = {"inference": self.settings.to_dict(), "mode": self.mode, "precision": dict(self.stage_precision),
                     "brain_mask": None if brain_mask is None else str(Path(brain_mask).resolve())}

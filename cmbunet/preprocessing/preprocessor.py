@@ -18,6 +18,7 @@ import numpy as np
 
 from cmbunet.errors import InputError, PlansMismatchError
 from cmbunet.imageio.reader_writer import ImageProperties
+from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
 from cmbunet.plans.schema import Plans
 from cmbunet.preprocessing.resampling import (
     compute_new_shape,
@@ -319,8 +320,6 @@ def load_preprocessed_case(preprocessed_dataset_dir: str | Path, case: str) -> P
 
 @functools.lru_cache(maxsize=8)
 def _plans_hashes_of_file(path: str, mtime_ns: int, size: int) -> tuple[str, str]:
-    from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
-
     plans = load_plans(path)
     return preprocessing_hash(plans), plans_hash(plans)
 

@@ -24,6 +24,7 @@ from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.evaluation.options import add_dist_option
 from cmbunet.imageio import SimpleITKIO, geometry_mismatch
 from cmbunet.inference.bids import read_cmb_tsv
+from cmbunet.inference.input_cases import find_input_cases
 from cmbunet.inference.layouts import PredictionFiles, find_predictions
 from cmbunet.report.html import CaseEntry, write_index
 from cmbunet.report.reference import (DEFAULT_DIST_MM, compare, find_reference_cases, label_detections,
@@ -62,8 +63,6 @@ def read_summaries(pred_dir: Path) -> dict[str, dict[str, Any]]:
 
 def find_case_images(image_input: Path) -> dict[str, Any]:
     """Case id -> input case (VALDO tree, ``CASE_0000`` folder or one file); only the T2* channel is used."""
-    from cmbunet.inference.input_cases import find_input_cases
-
     return {c.case: c for c in find_input_cases(image_input, {"0": "T2S"})}
 
 

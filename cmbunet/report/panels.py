@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
@@ -123,8 +124,6 @@ def draw_plane(ax: Any, plane: np.ndarray, h_edges: np.ndarray, v_edges: np.ndar
 
 
 def _grey() -> Any:
-    from matplotlib import colormaps
-
     return colormaps["gray"].with_extremes(bad="#202020")
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cmbunet.evaluation.evaluate import METRIC_COLUMNS, aggregate_metrics, find_reference_cases
 from cmbunet.evaluation.valdo_metrics import DEFAULT_DIST_MM, binarise_reference, case_metrics
-from cmbunet.imageio.reader_writer import ImageProperties
+from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO
 from cmbunet.utilities.components import centre_table
 
 __all__ = ["DEFAULT_DIST_MM", "Comparison", "compare", "find_reference_cases", "label_detections",
@@ -128,6 +128,4 @@ def report_aggregate(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def read_reference(path: Path) -> tuple[np.ndarray, ImageProperties]:
     """A reference label map as ``cmbunet_evaluate`` reads it (stored values; binarised by the metrics)."""
-    from cmbunet.imageio import SimpleITKIO
-
     return SimpleITKIO.read_seg(path)

@@ -8,15 +8,21 @@ import secrets
 import time
 from pathlib import Path
 
+import torch
+
 from cmbunet.errors import CMBUNetError, PlansMismatchError
-from cmbunet.model_folder import DATASET_FILES, ModelFolder, model_subfolder
+from cmbunet.model_folder import DATASET_FILES, STAGE_SUMMARY_FILE, ModelFolder, model_subfolder
 from cmbunet.paths import (DEFAULT_PLANS_NAME, check_plans_name, get_root, plans_file_name, preprocessed_case_root,
                            resolve_dataset_name)
+from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
 from cmbunet.plans.schema import STAGES, Plans, device_kind
+from cmbunet.preprocessing.preprocessor import recorded_hash_matches
+from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
+from cmbunet.training.progress import format_duration
 from cmbunet.utilities.cpu_features import PRECISIONS
 from cmbunet.utilities.cli import (DATASET_HELP, add_device_option, add_plans_option, command_parser, deprecated_alias,
                                    resolve_device_choice, run_cli)
-from cmbunet.utilities.file_io import atomic_path, remove_stale_temp_files
+from cmbunet.utilities.file_io import atomic_path, load_json, remove_stale_temp_files
 from cmbunet.utilities.locks import exclusive_lock
 
 STAGE_CHOICES = (*STAGES, "all")
@@ -119,9 +125,6 @@ def check_preprocessed_cases(pre_dir: Path, cases: list[str], phash: str, pp_has
                              plans_file: str = "plans.json") -> None:
     """Refuse, before anything is written, preprocessed cases that are missing or were made with another
     preprocessing (``pp_hash``; cases of older versions record only the full plans hash ``phash``)."""
-    from cmbunet.preprocessing.preprocessor import recorded_hash_matches
-    from cmbunet.utilities.file_io import load_json
-
     for case in cases:
         props_path = pre_dir / "data" / f"{case}.json"
         if not props_path.is_file() or not (pre_dir / "data" / f"{case}.npz").is_file():
@@ -166,8 +169,7 @@ INTERRUPTED = ("interrupted; the checkpoints saved so far are kept. Run the same
 @run_cli(interrupted=INTERRUPTED)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cmbunet.plans.plans_io import load_plans, plans_hash, preprocessing_hash
-    from cmbunet.preprocessing.splits import SPLITS_FILE, get_fold_cases, load_splits
+    # the training loop, its stages and DDP load the networks, mining and inference: not for --help
     from cmbunet.training import distributed as D
     from cmbunet.training.loop import require_stages, run_stages
     from cmbunet.training.stages import STAGES
@@ -179,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         raise CMBUNetError(f"--num-workers must be 0 or more, got {args.npp}")
     args.device, device_reason = resolve_device_choice(args.device)
     if args.device == "cuda":
-        import torch
-
         if args.num_gpus > torch.cuda.device_count():
             raise CMBUNetError(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} GPU(s) are visible")
     fold = parse_fold(args.fold)
@@ -239,10 +239,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_summary(model: ModelFolder, fold: int | str, stages: list[str], seconds: float) -> str:
     """What the run did, for the end of the console output: per stage its wall time, epochs and validation
     metrics (``stage_summary.json``), then the fold's whole-pipeline validation and the thresholds in force."""
-    from cmbunet.model_folder import STAGE_SUMMARY_FILE
-    from cmbunet.training.progress import format_duration
-    from cmbunet.utilities.file_io import load_json
-
     lines = [f"== cmbunet_train summary: fold {fold}, {format_duration(seconds)} in all =="]
     for stage in stages:
         path = model.stage_dir(fold, stage) / STAGE_SUMMARY_FILE

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, MissingStageError
 from cmbunet.model_folder import STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE, checkpoint_file, load_checkpoint
+from cmbunet.networks import build_network
 from cmbunet.plans.schema import Plans, Schedule
 from cmbunet.training import distributed as D
 from cmbunet.training.augmentation import AugmentationParams
@@ -175,8 +176,6 @@ def previous_run(info: D.DistInfo, cfg: TrainConfig) -> dict | None:
 def on_train_start(info: D.DistInfo, cfg: TrainConfig) -> TrainingState:
     """Everything before the first epoch still to run. The RNG calls keep their order, so the same seed gives
     the same weights."""
-    from cmbunet.networks import build_network
-
     started = time.time()
     stage = STAGES[cfg.stage]
     schedule = cfg.plans.schedule(stage.name, cfg.device)

@@ -54,7 +54,7 @@ def progress_figure(history: dict[str, list], monitor: str, stage: str, fold: in
     """The figure of ``progress.png``: losses, patch metrics and learning rate per epoch, titled with the
     stage and fold. ``held_out`` says whether the fixed patches come from validation cases; for fold ``all``
     they are training patches, and the labels say so instead of calling them validation."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # plotting only: training's other imports go without matplotlib
     from matplotlib.ticker import MaxNLocator
 
     def curve(name: str) -> str:  # what the fixed, unaugmented patches are

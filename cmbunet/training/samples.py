@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.preprocessing.preprocessor import load_preprocessed_case
 from cmbunet.utilities.file_io import atomic_path, load_json
 from cmbunet.utilities.geometry import mask_bbox
 from cmbunet.utilities.patches import extract_patches
@@ -114,8 +115,6 @@ def cmb_centres_from_properties(properties: dict) -> np.ndarray:
 
 def load_case_arrays(preprocessed_dir: str | Path, case: str, mmap: bool = False) -> CaseArrays:
     """Load one case, from the ``.npz`` (``mmap=False``) or memory-mapped from its unpacked ``.npy`` files."""
-    from cmbunet.preprocessing.preprocessor import load_preprocessed_case
-
     if mmap:
         paths = unpack_case(preprocessed_dir, case)
         data, seg, brain = (np.load(paths[k], mmap_mode="r") for k in ("data", "seg", "brain"))

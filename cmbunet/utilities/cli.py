@@ -66,7 +66,7 @@ def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
 def resolve_device_choice(choice: str) -> tuple[str, str]:
     """``(device, why)``: ``cpu`` or ``cuda`` for a ``-device`` value, and the reason to print; ``cuda`` without a
     visible GPU is an error rather than a silent fall back to the CPU."""
-    import torch
+    import torch  # every command imports this module: --help loads no torch
 
     available = torch.cuda.is_available()
     if choice == "auto":
