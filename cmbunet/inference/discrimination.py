@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cmbunet.plans.schema import Plans
-from cmbunet.utilities.autocast import autocast_context, to_device
+from cmbunet.utilities.autocast import batch_probability, cmb_probability
 from cmbunet.utilities.patches import extract_patches
 
 
@@ -62,15 +62,6 @@ def shift_offsets(shift_vox: int) -> np.ndarray:
     return grid[zero_first]
 
 
-def ensemble_probability(networks: Sequence[nn.Module], batch: torch.Tensor) -> torch.Tensor:
-    """CMB probability (softmax channel 1) averaged over the networks of the chosen folds."""
-    total = None
-    for net in networks:
-        p = torch.softmax(net(batch).float(), dim=1)[:, 1]
-        total = p if total is None else total + p
-    return total / len(networks)
-
-
 @torch.inference_mode()
 def block_probabilities(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, size: Sequence[int],
                         device: torch.device, batch_size: int, precision: str | bool, channels_last: bool,
@@ -80,9 +71,8 @@ def block_probabilities(networks: Sequence[nn.Module], padded: PaddedVolume, cen
     ``item_shape`` empty) or per voxel (the U-Net, ``item_shape`` its patch size)."""
     out = np.empty((len(centres), *item_shape), dtype=np.float32)
     for start in range(0, len(centres), batch_size):
-        x = to_device(padded.patches(centres[start : start + batch_size], size), device, channels_last)
-        with autocast_context(device, precision):
-            out[start : start + len(x)] = ensemble_probability(networks, x).cpu().numpy()
+        blocks = padded.patches(centres[start : start + batch_size], size)
+        out[start : start + len(blocks)] = batch_probability(networks, blocks, device, precision, channels_last)
     return out
 
 
@@ -93,7 +83,7 @@ def _shares_trunk(networks: Sequence[nn.Module]) -> bool:
 def _shared_trunk_probability(net: nn.Module, grown: torch.Tensor, shifts: np.ndarray, reach: int) -> torch.Tensor:
     """``(n, S)`` CMB probability of ``n`` candidates at every shift, from blocks grown by ``reach`` per side."""
     logits = net.shifted_logits(net.shift_invariant_features(grown), shifts.tolist(), reach)
-    return torch.softmax(logits.float(), dim=2)[:, :, 1]
+    return cmb_probability(logits, dim=2)
 
 
 @torch.inference_mode()
@@ -126,11 +116,13 @@ def shifted_probabilities(
         grown_size = [int(b) + 2 * reach for b in block_size]
         out = np.empty((n, s), dtype=np.float32)
         per_batch = max(1, batch_size // s)
+        def probability(net: nn.Module, grown: torch.Tensor) -> torch.Tensor:
+            return _shared_trunk_probability(net, grown, shifts, reach)
+
         for start in range(0, n, per_batch):
-            x = to_device(padded.patches(centres[start : start + per_batch], grown_size), device, channels_last)
-            with autocast_context(device, precision):
-                total = sum(_shared_trunk_probability(net, x, shifts, reach) for net in networks)
-            out[start : start + len(x)] = (total / len(networks)).cpu().numpy()
+            grown = padded.patches(centres[start : start + per_batch], grown_size)
+            out[start : start + len(grown)] = batch_probability(networks, grown, device, precision, channels_last,
+                                                                probability)
         return out
     all_centres = (np.asarray(centres, dtype=np.int64)[:, None, :] + shifts[None]).reshape(-1, 3)
     return block_probabilities(networks, padded, all_centres, block_size, device, batch_size, precision,

@@ -26,7 +26,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from torch import nn
 
 from cmbunet.plans.schema import Plans
-from cmbunet.utilities.autocast import autocast_context
+from cmbunet.utilities.autocast import batch_probability
 from cmbunet.utilities.patches import extract_patches
 
 
@@ -49,10 +49,6 @@ def score_voxels_to_input(indices: np.ndarray, plans: Plans) -> np.ndarray:
     """Map score-map indices ``(N, 3)`` to the input voxels their blocks are centred on (exact)."""
     _, stride, _ = fcn_geometry(plans)
     return np.asarray(indices, dtype=np.int64).reshape(-1, 3) * stride
-
-
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits.float(), dim=1)[:, 1]
 
 
 def _pad_volume(volume: np.ndarray, plans: Plans, n_out: Sequence[int]) -> np.ndarray:
@@ -100,11 +96,8 @@ def _live_box(occupied: np.ndarray, box: tuple[slice, ...], stride: np.ndarray,
 def empty_block_score(network: nn.Module, in_channels: int, block: Sequence[int], device: torch.device,
                       precision: str | bool = False, channels_last: bool = False) -> float:
     """The score of a block of zeros: what the FCN gives at every position whose block lies outside the brain."""
-    x = torch.zeros(1, int(in_channels), *[int(b) for b in block], device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    with autocast_context(device, precision):
-        return float(_probabilities(network(x)).reshape(-1)[0])
+    zeros = np.zeros((1, int(in_channels), *[int(b) for b in block]), dtype=np.float32)
+    return float(batch_probability([network], zeros, device, precision, channels_last).reshape(-1)[0])
 
 
 @torch.inference_mode()
@@ -137,20 +130,13 @@ def screening_score_map(
     padded = _pad_volume(np.asarray(volume, dtype=np.float32), plans, n_out)
     scores = np.zeros(n_out, dtype=np.float32)
 
-    def forward(tile: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(tile))
-        x = x.reshape(-1, *tile.shape[-4:]).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with autocast_context(device, precision):
-            return _probabilities(network(x)).cpu().numpy()
-
     if mode == "sliding":
         grid = np.stack(np.meshgrid(*[np.arange(n) for n in n_out], indexing="ij"), -1).reshape(-1, 3)
         centres = grid * stride + block // 2  # centres in padded coordinates
         flat = scores.reshape(-1)
         for i in range(0, len(centres), batch_size):
-            flat[i : i + batch_size] = forward(extract_patches(padded, centres[i : i + batch_size], block)).reshape(-1)
+            blocks = extract_patches(padded, centres[i : i + batch_size], block)
+            flat[i : i + batch_size] = batch_probability([network], blocks, device, precision, channels_last).reshape(-1)
         return scores
     if mode != "fcn":
         raise ValueError(f"unknown screening mode '{mode}'; expected 'fcn' or 'sliding'")
@@ -183,11 +169,8 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
                 continue
         lo = [s.start * st for s, st in zip(sl, stride)]
         hi = [(s.stop - 1) * st + b for s, st, b in zip(sl, stride, block)]
-        x = torch.from_numpy(np.ascontiguousarray(padded[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]))[None].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with autocast_context(device, precision):
-            scores[sl] = _probabilities(network(x))[0].cpu().numpy()
+        tile = padded[None, :, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        scores[sl] = batch_probability([network], tile, device, precision, channels_last)[0]
         counts["positions_computed"] += int(np.prod([s.stop - s.start for s in sl]))
     return counts
 
@@ -277,11 +260,7 @@ def score_boxes(network: nn.Module, volume: np.ndarray, plans: Plans, boxes: Seq
         for k in range(0, len(members), per_pass):
             chunk = members[k : k + per_pass]
             batch = np.stack([_window(volume, start, start + np.array(shape)) for _, _, start in chunk])
-            x = torch.from_numpy(batch).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            with autocast_context(device, precision):
-                probs = _probabilities(network(x)).cpu().numpy()
+            probs = batch_probability([network], batch, device, precision, channels_last)
             for (i, live, _), p in zip(chunk, probs):
                 scores[i][live] = p
     return scores

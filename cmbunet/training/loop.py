@@ -44,7 +44,7 @@ from cmbunet.training.progress import (TrainingLog, empty_history, epoch_summary
 from cmbunet.training.samples import SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
 from cmbunet.training.stages import STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng
 from cmbunet.training.state import TrainConfig, TrainingState
-from cmbunet.utilities.autocast import autocast_context
+from cmbunet.utilities.autocast import autocast_context, cmb_probability
 from cmbunet.utilities.file_io import save_json
 
 #: Gradient norm clip (nnU-Net's value): SGD with Nesterov momentum 0.99 can otherwise blow up on an early
@@ -101,10 +101,10 @@ def evaluate(network: nn.Module, stage: Stage, plans: Plans, bank: SampleBank, r
             out = network(x)
         loss_sum += float(loss_fn(out, y)) * len(x)
         if stage.classifier:
-            probs.append(torch.softmax(as_class_logits(out).float(), 1)[:, 1].cpu().numpy())
+            probs.append(cmb_probability(as_class_logits(out)).cpu().numpy())
             labels.append(y.cpu().numpy())
         else:
-            pred = torch.softmax(out.float(), 1)[:, 1] >= 0.5
+            pred = cmb_probability(out) >= 0.5
             ref = y > 0
             inter += float((pred & ref).sum())
             pred_sum += float(pred.sum())

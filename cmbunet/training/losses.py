@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from cmbunet.errors import CMBUNetError
 from cmbunet.plans.schema import Schedule
+from cmbunet.utilities.autocast import cmb_probability
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,7 +41,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     Pooling the batch means patches without CMB (the false-positive samples) still count through their
     predicted volume, and a batch of tiny lesions does not give a Dice that jumps between 0 and 1.
     """
-    prob = torch.softmax(logits.float(), dim=1)[:, 1]
+    prob = cmb_probability(logits)
     tgt = (target > 0).float()
     intersection = (prob * tgt).sum()
     return 1.0 - (2.0 * intersection + smooth) / (prob.sum() + tgt.sum() + smooth)

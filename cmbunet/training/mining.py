@@ -39,6 +39,7 @@ from cmbunet.training.progress import TrainingLog
 from cmbunet.training.samples import SampleBank, touches_cmb
 from cmbunet.training.stages import Stage, screening_validation
 from cmbunet.training.state import TrainConfig, TrainingState
+from cmbunet.utilities.autocast import batch_probability, cmb_probability
 from cmbunet.utilities.cpu_features import resolve_precision
 from cmbunet.utilities.file_io import load_json, save_json
 from cmbunet.utilities.patches import extract_patches
@@ -257,12 +258,16 @@ def false_positive_probabilities(network: nn.Module, stage: Stage, plans: Plans,
     out = np.zeros(len(rows), dtype=np.float64)
     was_training = network.training
     network.eval()
+
+    def probability(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return cmb_probability(as_class_logits(net(x)))
+
     for ci in np.unique(rows[:, 0]) if len(rows) else []:
         idx = np.flatnonzero(rows[:, 0] == ci)
         for start in range(0, len(idx), batch_size):
             part = idx[start : start + batch_size]
-            x = torch.from_numpy(extract_patches(np.asarray(bank.cases[ci].data), rows[part, 1:4], size)).to(device)
-            out[part] = torch.softmax(as_class_logits(network(x)).float(), 1)[:, 1].cpu().numpy()
+            blocks = extract_patches(np.asarray(bank.cases[ci].data), rows[part, 1:4], size)
+            out[part] = batch_probability([network], blocks, torch.device(device), "fp32", probability=probability)
     network.train(was_training)
     return out
 

@@ -1,11 +1,14 @@
-"""How a batch reaches the device and in which precision the networks of prediction run on it."""
+"""How a batch reaches the device, in which precision the networks of prediction run on it, and how their
+logits become the CMB probability: :func:`batch_probability` is the one forward pass of prediction."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 
 def autocast_context(device: torch.device | str, precision: str | bool = False) -> contextlib.AbstractContextManager:
@@ -27,3 +30,24 @@ def to_device(array: np.ndarray, device: torch.device, channels_last: bool = Fal
     """A ``(B, C, X, Y, Z)`` array as a tensor on ``device``, in channels-last layout when the network runs so."""
     x = torch.from_numpy(array).to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+def cmb_probability(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The CMB probability of two-class ``logits``: softmax over the class axis ``dim``, in float32, channel 1."""
+    return torch.softmax(logits.float(), dim=dim).select(dim, 1)
+
+
+def batch_probability(networks: Sequence[nn.Module], array: np.ndarray, device: torch.device,
+                      precision: str | bool = False, channels_last: bool = False,
+                      probability: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """The forward pass of prediction: the ``(B, C, X, Y, Z)`` ``array`` as a tensor on ``device`` (channels-last
+    when the networks run so), each network under the autocast of ``precision``, its CMB probability
+    (:func:`cmb_probability` of its logits, or ``probability(network, batch)``) averaged over ``networks``, back
+    on the CPU as a numpy array."""
+    x = to_device(np.ascontiguousarray(array), device, channels_last)
+    with autocast_context(device, precision):
+        total = None
+        for net in networks:
+            p = cmb_probability(net(x)) if probability is None else probability(net, x)
+            total = p if total is None else total + p
+        return (total / len(networks)).cpu().numpy()
