@@ -235,7 +235,8 @@ def test_errors_users_can_reach_are_cmbunet_errors_printed_without_a_traceback(c
                 errors.MissingStageError: errors.MissingStageError("a problem"),
                 errors.PlansMismatchError: errors.PlansMismatchError("a problem"),
                 errors.LockedError: errors.LockedError("a problem"),
-                errors.ChecksumError: errors.ChecksumError("a problem")}
+                errors.ChecksumError: errors.ChecksumError("a problem"),
+                errors.PredictionRecordError: errors.PredictionRecordError("a problem")}
     classes = {c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.CMBUNetError)}
     assert classes == set(examples)
     for error in examples.values():
