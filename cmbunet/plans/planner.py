@@ -35,8 +35,9 @@ MAX_TRANSLATION_VOX = 3  # 002: "translation (< 4 voxels)"
 SCREENING_THRESHOLD = 0.5
 PAPER_SCREENING_THRESHOLD = 0.1  # 002, kept by preset paper
 #: Most of a kept spot's surroundings that may be CSF or outside the brain (cmbunet.inference.location): above the
-#: 98th percentile of microbleeds' share (0.52) on subjects of the training sites' world, where it drops about half
-#: of the calcifications of the choroid plexus and pineal.
+#: 98th percentile of microbleeds' share (0.50) on 18 subjects of the training sites' wide world, where it drops
+#: 1 of 49 microbleeds and 40-44% of the calcifications of the choroid plexus and pineal
+#: (benchmarks/location_share.py, data seeds 7000-7017).
 LOCATION_MAX_CSF_SHARE = 0.6
 
 #: ``plans["augmentation"]["intensity"]`` (:mod:`cmbunet.training.intensity_augmentation`): nnU-Net's intensity
