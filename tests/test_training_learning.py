@@ -77,10 +77,15 @@ def test_screening_finds_most_cmbs_on_held_out_cases(trained):
     network = load_stage_network(trained["model_dir"], 0, "screening", plans)
     bank = build_bank(trained["pre"], trained["held_out"])
     detected = total = false_positives = 0
-    for case in bank.cases:
-        centres, _ = find_candidates(screening_score_map(network, case.data, plans), plans)
-        hit, is_fp, n = candidate_hits(case.seg, centres, tolerance=1)
-        detected, total, false_positives = detected + len(hit), total + n, false_positives + int(is_fp.sum())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as training validated: a CMB near the threshold may otherwise fall on the other side
+    try:
+        for case in bank.cases:
+            centres, _ = find_candidates(screening_score_map(network, case.data, plans), plans)
+            hit, is_fp, n = candidate_hits(case.seg, centres, tolerance=1)
+            detected, total, false_positives = detected + len(hit), total + n, false_positives + int(is_fp.sum())
+    finally:
+        torch.set_num_threads(threads)
     assert total >= 10  # enough held-out CMBs for the rate to mean something
     sensitivity = detected / total
     print(f"held-out screening: {detected}/{total} CMBs, {false_positives / len(bank.cases):.1f} FP per case")
@@ -88,7 +93,9 @@ def test_screening_finds_most_cmbs_on_held_out_cases(trained):
     assert sensitivity >= 0.85
     # the number the training log reports is the same computation
     logged = json.loads((trained["model_dir"] / "fold_0" / "screening" / "validation_candidates.json").read_text())
-    assert logged["sensitivity"] == pytest.approx(sensitivity)
+    # within one CMB: oneDNN's float32 convolutions differ in the last bits between runs, and a CMB scored at the
+    # threshold can fall on either side (16 or 17 of 18 here)
+    assert abs(logged["sensitivity"] - sensitivity) <= 1.0 / total + 1e-9
 
 
 def test_discrimination_separates_cmbs_from_mimics(trained):
