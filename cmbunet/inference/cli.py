@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-npp", "--preprocessing-workers", "--npp", dest="npp", type=int, default=1, metavar="N",
                    help="background threads reading and preprocessing the next cases (0: no background work)")
     p.add_argument("--screening-threshold", type=float, default=None,
-                   help="default: inference_settings.json of the model, else the plans (0.1)")
+                   help="default: inference_settings.json of the model, else the plans (0.5; 0.1 in the paper "
+                        "preset and in plans written before 2026-12)")
     p.add_argument("--discrimination-threshold", type=float, default=None,
                    help="default: inference_settings.json of the model, else the plans (0.5)")
     p.add_argument("--segmentation-threshold", type=float, default=None,
