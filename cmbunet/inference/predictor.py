@@ -91,7 +91,8 @@ def settings_sources(model_dir: Path | None = None, overrides: Mapping[str, Any]
 
 #: The thresholds printed by every prediction run, with their names on that line.
 THRESHOLD_NAMES = {"screening_threshold": "screening", "discrimination_threshold": "discrimination",
-                   "shape_round_threshold": "round spots", "segmentation_threshold": "segmentation"}
+                   "shape_round_threshold": "round spots", "location_max_csf_share": "CSF share",
+                   "segmentation_threshold": "segmentation"}
 
 
 def default_folds(complete: Sequence[str]) -> tuple[list[str], str]:
@@ -254,7 +255,8 @@ class CMBPredictor:
     def thresholds_line(self) -> str:
         """The thresholds in force and where each comes from: plans, inference_settings.json or command line."""
         s = self.settings.to_dict()
-        return "thresholds: " + ", ".join(f"{name} {s[key]:g} ({self.settings_sources.get(key, 'plans')})"
+        shown = {key: "off" if s[key] is None else f"{s[key]:g}" for key in THRESHOLD_NAMES}
+        return "thresholds: " + ", ".join(f"{name} {shown[key]} ({self.settings_sources.get(key, 'plans')})"
                                           for key, name in THRESHOLD_NAMES.items())
 
     def record(self, brain_mask: str | Path | None = None) -> dict[str, Any]:
