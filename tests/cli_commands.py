@@ -4,21 +4,23 @@ and of the documentation. Read from setup.py's source, so a new command is cover
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib
+import importlib.util
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def commands() -> dict[str, str]:
-    """``{"cmbunet_train": "cmbunet.training.cli:main", ...}`` from setup.py, without running it."""
-    tree = ast.parse((REPO / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMMANDS" for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py defines no COMMANDS")
+def _cli_reference_script():
+    """scripts/cli_reference.py as a module: its reading of setup.py's COMMANDS is the one the tests use."""
+    spec = importlib.util.spec_from_file_location("cli_reference_script", REPO / "scripts" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: ``{"cmbunet_train": "cmbunet.training.cli:main", ...}`` from setup.py, without running it.
+commands = _cli_reference_script().commands
 
 
 def entry_point(command: str) -> Callable[[list[str] | None], int]:
