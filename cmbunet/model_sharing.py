@@ -10,6 +10,12 @@ Installing refuses, naming the file and the problem, any zip that is not exactly
 or size differs, an entry missing from or absent in the manifest, a path that is absolute or leaves the model
 folder, a checkpoint of other plans. The model is extracted into a temporary folder beside the target and
 renamed into place only once everything is verified, so an existing model is never left half-replaced.
+
+A zip bomb is refused before anything is read or written: the sizes the zip's directory declares are checked
+first (the manifest at most :data:`MAX_MANIFEST_BYTES`, a JSON file at most :data:`MAX_JSON_BYTES`, a checkpoint
+at most :data:`MAX_CHECKPOINT_BYTES`, no entry above 1 MiB inflating more than :data:`MAX_RATIO` times, each size
+equal to the manifest's, all of them together fitting on the disk). The temporary folders of an install that
+was killed are removed by the next one (:func:`remove_stale_installs`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -33,7 +41,7 @@ from cmbunet.model_folder import (CHECKPOINT_KINDS, DATASET_JSON_FILE, INFERENCE
                                   plans_name_of)
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, get_root, is_dataset_name, resolve_dataset_name
 from cmbunet.utilities.cli import MODEL_PLANS_HELP, add_folds_option, add_plans_option, command_parser, run_cli
-from cmbunet.utilities.file_io import atomic_path, write_checksum
+from cmbunet.utilities.file_io import (HOST, STALE_TEMP_SECONDS, atomic_path, process_gone, write_checksum)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "cmbunet-model"
@@ -44,6 +52,17 @@ _MODEL_FILE_RE = re.compile(
     rf"^({re.escape(PLANS_FILE)}|{re.escape(DATASET_JSON_FILE)}|{re.escape(INFERENCE_SETTINGS_FILE)}"
     rf"|fold_(\d+|all)/({'|'.join(STAGES)})/checkpoint_({'|'.join(CHECKPOINT_KINDS)})\.pth)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+#: Limits on what a model zip's directory declares, checked before anything is read or extracted (zip bombs).
+#: A manifest of five folds is about 3 kB; plans.json, dataset.json and inference_settings.json a few kB; a
+#: checkpoint of the default plans a few MB.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_JSON_BYTES = 16 << 20
+MAX_CHECKPOINT_BYTES = 4 << 30
+#: Most an entry may inflate (uncompressed / compressed size): checkpoints are stored uncompressed and JSON
+#: compresses about 5 times; deflate itself reaches 1032. Checked for entries above :data:`_RATIO_FROM_BYTES`.
+MAX_RATIO = 100
+_RATIO_FROM_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -121,13 +140,64 @@ def _unsafe(name: str) -> str | None:
     return None
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
+
+
+def size_limit(name: str) -> tuple[int, str]:
+    """The most bytes an entry of this name may declare, and what it is."""
+    if name == MANIFEST:
+        return MAX_MANIFEST_BYTES, "a model manifest"
+    if name.endswith(".pth"):
+        return MAX_CHECKPOINT_BYTES, "a checkpoint"
+    return MAX_JSON_BYTES, "a model's JSON file"
+
+
+def check_declared_sizes(z: zipfile.ZipFile, where: Path) -> None:
+    """Refuse a zip bomb from the zip's directory alone, before any entry is read: every entry's declared
+    uncompressed size within the limit for its kind, and no large entry inflating more than :data:`MAX_RATIO`
+    times its compressed size."""
+    for info in z.infolist():
+        limit, kind = size_limit(info.filename)
+        if info.file_size > limit:
+            raise InputError(where, f"{info.filename}: declares {_mib(info.file_size)} uncompressed, more than the "
+                                    f"{_mib(limit)} {kind} can need; refusing to read or extract anything (a zip "
+                                    "bomb or a damaged zip)")
+        if info.file_size > _RATIO_FROM_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise InputError(where, f"{info.filename}: would inflate {info.file_size / max(info.compress_size, 1):.0f}"
+                                    f" times, from {_mib(info.compress_size)} to {_mib(info.file_size)}; model files "
+                                    f"inflate at most {MAX_RATIO} times, so nothing is extracted (a zip bomb?)")
+
+
+def check_disk_space(manifest: dict[str, Any], folder: Path, where: Path) -> None:
+    """The files of the manifest (their declared sizes, equal to the zip's: :func:`check_entries`) fit on the
+    disk of ``folder``, with room to spare, before anything is extracted."""
+    need = sum(entry["size"] for entry in manifest["files"].values())
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
+    if existing is None:
+        return
+    try:
+        stat = os.statvfs(existing)
+    except (OSError, AttributeError):  # no statvfs on this system: extraction reports a full disk itself
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if need + (64 << 20) > free:
+        raise InputError(where, f"needs {_mib(need)} of disk space to install, but only {_mib(free)} are free on "
+                                f"{existing}; nothing was extracted")
+
+
 def read_manifest(z: zipfile.ZipFile, where: Path) -> dict[str, Any]:
-    """The zip's ``manifest.json``, checked for its format; :class:`InputError` naming the zip otherwise."""
+    """The zip's ``manifest.json``, checked for its format; :class:`InputError` naming the zip otherwise. Its
+    declared size must be checked first (:func:`check_declared_sizes`); it is read no further than the limit."""
     if MANIFEST not in z.namelist():
         raise InputError(where, f"has no {MANIFEST}: not a model exported with cmbunet_export_model")
     try:
-        m = json.loads(z.read(MANIFEST))
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        with z.open(MANIFEST) as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise InputError(where, f"{MANIFEST} holds more than {_mib(MAX_MANIFEST_BYTES)}; refusing to read it")
+        m = json.loads(text)
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise InputError(where, f"{MANIFEST} is not valid JSON ({e})") from None
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
         raise InputError(where, f"{MANIFEST} is not a cmbunet model manifest (format must be '{MANIFEST_FORMAT}')")
@@ -179,6 +249,9 @@ def check_entries(z: zipfile.ZipFile, manifest: dict[str, Any], where: Path) -> 
             problem = f"is in the zip but not listed in {MANIFEST}"
         elif problem is None and name != MANIFEST and not _MODEL_FILE_RE.match(name):
             problem = "is not a file of a model folder"
+        elif problem is None and name != MANIFEST and info.file_size != files[name]["size"]:
+            problem = (f"declares {info.file_size} bytes uncompressed but {MANIFEST} lists {files[name]['size']}; "
+                       "the zip is damaged or was changed after export")
         if problem:
             raise InputError(where, f"{name}: {problem}; refusing to install")
         seen.add(name)
@@ -258,15 +331,20 @@ def install_model(zip_path: str | Path, results_root: str | Path | None = None, 
     except (zipfile.BadZipFile, OSError) as e:
         raise InputError(where, f"is not a zip file ({e}); expected a model exported with cmbunet_export_model") from None
     with z:
+        check_declared_sizes(z, where)
         manifest = read_manifest(z, where)
         check_entries(z, manifest, where)
         plans_name = plans_name or manifest.get("plans_name", DEFAULT_PLANS_NAME)
-        target = ModelFolder.of_dataset(manifest["dataset"], get_root("results", results_root), plans_name).path
+        root = get_root("results", results_root)
+        target = ModelFolder.of_dataset(manifest["dataset"], root, plans_name).path
+        for message in remove_stale_installs(root):
+            print(message, file=sys.stderr)
         if holds_model(target) and not force:
             raise InputError(target, "already holds a model; add --force to replace it (its folds, validation "
                                      "results and settings are all removed), or install into another --results-root")
+        check_disk_space(manifest, target.parent, where)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.install-{os.getpid()}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target, "install"), dir=target.parent))
         try:
             extract_verified(z, manifest, tmp, where)
             check_model(tmp, manifest, where)
@@ -275,6 +353,53 @@ def install_model(zip_path: str | Path, results_root: str | Path | None = None, 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target, manifest
+
+
+#: Temporary folders of an install: ``.MODEL.install-HOST-PID-XXXXXXXX`` (the extracted model) and
+#: ``.MODEL.replaced-HOST-PID-XXXXXXXX`` (the old model moved aside while the new one is renamed into place);
+#: older versions wrote no host.
+_INSTALL_TEMP_RE = re.compile(r"^\.(?P<model>.+)\.(?P<kind>install|replaced)-(?:(?P<host>[A-Za-z0-9]*)-)?(?P<pid>\d+)-")
+
+
+def _temp_prefix(target: Path, kind: str) -> str:
+    return f".{target.name}.{kind}-{HOST}-{os.getpid()}-"
+
+
+def remove_stale_installs(results_root: Path) -> list[str]:
+    """Remove the temporary folders that killed installs left in the dataset folders of ``results_root``, and
+    return a message for each. A folder is stale when the install that made it no longer runs (same host, pid
+    gone) or was not touched for :data:`STALE_TEMP_SECONDS`. An old model that a killed ``--force`` install had
+    moved aside, with nothing installed in its place, is put back instead of deleted."""
+    messages: list[str] = []
+    if not results_root.is_dir():
+        return messages
+    for path in sorted(results_root.glob("*/.*")):
+        m = _INSTALL_TEMP_RE.match(path.name)
+        if not m or not path.is_dir() or not is_dataset_name(path.parent.name):
+            continue
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        pid, host = int(m.group("pid")), m.group("host")
+        gone = (host in (None, HOST) and process_gone(pid)) or age > STALE_TEMP_SECONDS
+        if not gone:
+            continue
+        target, old = path.parent / m.group("model"), path / MODEL_SUBFOLDER
+        if m.group("kind") == "replaced" and holds_model(old) and not holds_model(target):
+            try:
+                if target.is_dir():
+                    target.rmdir()
+                os.replace(old, target)
+                messages.append(f"restored the model {target} that an interrupted install (pid {pid}) had moved "
+                                f"aside into {path.name}")
+            except OSError as e:
+                messages.append(f"warning: could not restore the model in {path} to {target}: {e.strerror or e}")
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            messages.append(f"removed {path}, left by an interrupted install (pid {pid})")
+    return messages
 
 
 def _umask() -> int:
@@ -291,7 +416,7 @@ def replace_folder(new: Path, target: Path) -> None:
             target.rmdir()
         os.replace(new, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-{os.getpid()}-", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target, "replaced"), dir=target.parent))
     os.replace(target, old / MODEL_SUBFOLDER)
     try:
         os.replace(new, target)

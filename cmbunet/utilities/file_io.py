@@ -32,6 +32,8 @@ os.umask(_UMASK)
 #: name of up to 255 bytes, the usual file system limit, can always be written. Older versions named them
 #: ``.TARGET.part-HOST-PID-XXXXXXXX<suffix>``; those are recognised as well.
 _HOST = (re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host")[:20]
+#: This machine's name as temporary names record it (letters and digits of the short host name, at most 20).
+HOST = _HOST
 _TEMP_RE = re.compile(r"^\.(?:.+\.)?part-(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[a-z0-9_]{8}")
 #: Longest file ending a temporary name keeps (``.nii.gz``, ``.npz``); longer ones are cut to what fits.
 _MAX_TEMP_SUFFIX = 16
@@ -129,6 +131,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process of this pid runs on this machine (never true for this process itself)."""
+    return pid != os.getpid() and not _pid_alive(pid)
 
 
 def remove_stale_temp_files(folder: str | Path, recursive: bool = False) -> list[Path]:
