@@ -205,7 +205,7 @@ def with_shape_rule(candidates: pd.DataFrame, settings: InferenceSettings) -> pd
 
 #: Highest screening threshold the search tries. Chosen on a few validation subjects of the training sites, a
 #: screening threshold near 1 drops the microbleeds that screen less clearly on other scanners: on three sites no
-#: model saw (documentation/benchmarks.md, 6g) searching up to 0.95 picked 0.85-0.95 and gave pooled F1 0.851,
+#: model saw (documentation/experiments.md, 6g) searching up to 0.95 picked 0.85-0.95 and gave pooled F1 0.851,
 #: sensitivity 0.872; capped at 0.5 it gave 0.865, 0.915 (the candidate prior's 0.1: 0.864, 0.909) with about 4
 #: times fewer candidates than at 0.1.
 MAX_SEARCHED_SCREENING_THRESHOLD = 0.5
@@ -267,7 +267,7 @@ def find_thresholds(model_dir: Path, validation_dirs: dict[str, Path], dist_mm: 
 
 #: Bounds of the prior-corrected discrimination threshold: never below the paper's 0.5; at most 0.98, because a
 #: ratio read off a few validation cases is noisy beyond it. Over three held-out sites, pooled F1 was 0.735 at
-#: the earlier bound 0.95 and 0.753 at 0.98 (documentation/benchmarks.md, 6c).
+#: the earlier bound 0.95 and 0.753 at 0.98 (documentation/experiments.md, 6c).
 PRIOR_THRESHOLD_RANGE = (0.5, 0.98)
 
 
@@ -289,7 +289,7 @@ def candidate_prior_threshold(model_dir: Path, folds: Sequence[str]) -> tuple[fl
     even odds. Among the candidates it judges at inference, false positives outnumber CMBs by ``r`` (read from
     the final screening model's whole-volume validation, ``fold_F/screening/validation_candidates.json``); Bayes'
     rule then keeps a candidate when its probability exceeds ``r / (1 + r)``, not 0.5. Measured on a held-out
-    site, this raised F1 from 0.48 to 0.71 (documentation/benchmarks.md). ``None`` when no fold has the file.
+    site, this raised F1 from 0.48 to 0.71 (documentation/experiments.md, 6a). ``None`` when no fold has the file.
     """
     fps = hits = 0
     model = ModelFolder(model_dir)

@@ -83,8 +83,9 @@ def add_unsegmented_spots(probabilities: np.ndarray, spots: DarkSpots, centres: 
     discrimination probability, into a copy of ``probabilities``; returns it and how many spots were written.
 
     Why: the U-Net sees few microbleeds of one or two voxels and leaves some of them empty, although
-    discrimination kept their candidate and the shape rule found a small round spot there (benchmarks.md, section
-    6f). A spot the U-Net segmented anywhere is left to it. Spots reaching past the volume are clipped.
+    discrimination kept their candidate and the shape rule found a small round spot there
+    (documentation/experiments.md, section 6f). A spot the U-Net segmented anywhere is left to it. Spots reaching
+    past the volume are clipped.
     """
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if len(scores) == 0:
@@ -110,7 +111,7 @@ def components_at_candidates(probabilities: np.ndarray, centres: np.ndarray, thr
 
     Why: each U-Net patch spans about 25 mm, so next to a kept candidate it also segments dark spots that
     discrimination never judged, such as the other lobes of a calcification. A written CMB should be one that
-    discrimination kept; the U-Net only delineates it (benchmarks.md, section 6f).
+    discrimination kept; the U-Net only delineates it (documentation/experiments.md, section 6f).
     """
     labels, n = label_components(np.asarray(probabilities) >= float(threshold))
     if n == 0:

@@ -66,7 +66,7 @@ def gpu_schedules(segmentation_loss: str = "dice_ce") -> dict:
 def cpu_schedules() -> dict:
     """A budget schedule for the auto preset's networks on a 2-core CPU: 23-40 minutes for 24 realistic subjects.
 
-    Measured on 2 cores (AVX-512 BF16) for 24 realistic subjects (documentation/benchmarks.md, section 6e): per
+    Measured on 2 cores (AVX-512 BF16) for 24 realistic subjects (documentation/experiments.md, section 6e): per
     training sample screening 12 ms, discrimination 37 ms, segmentation 0.24 s; a mining pass 19 s per volume.
     Screening 30k samples 6 min + 56 volumes mined 18 min, discrimination 12k 7.5 min, segmentation 2k 8 min.
     """
