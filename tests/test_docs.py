@@ -23,8 +23,11 @@ What is checked, in README.md and documentation/*.md:
 
    Every command must exit 0, and the predictions, the evaluation, the report and the trained fold must exist.
 3. **Links and paths.** Every relative markdown link points to an existing file (and a ``#anchor`` to a heading
-   of the target document), and every inline-code path into the repository (``cmbunet/...``, ``tests/...``,
-   ``benchmarks/...``, ``scripts/...``, ``documentation/...``) and every ``NAME.md`` named in the text exists.
+   of the target document, or an ``<a id>`` set by hand), and every inline-code path into the repository
+   (``cmbunet/...``, ``tests/...``, ``benchmarks/...``, ``scripts/...``, ``documentation/...``) and every
+   ``NAME.md`` named in the text exists. A section cited by number or title ("benchmarks.md, 6h",
+   'benchmarks.md, "Where a spot lies"'), in the docs or in code, is a section of that page, and benchmarks.md
+   keeps the anchors it had before its experiment log moved to experiments.md.
 """
 
 from __future__ import annotations
@@ -342,7 +345,12 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+#: An anchor set by hand, where a section moved to another page and its old links should still land: ``<a id="x"></a>``.
+EXPLICIT_ANCHOR = re.compile(r"""<a\s+(?:id|name)=["']([^"']+)["']""")
+
+
 def anchors(path: Path) -> set[str]:
+    """The anchors of a document: GitHub's heading anchors and the ``<a id>`` anchors written in the text."""
     seen: dict[str, int] = {}
     result = set()
     for _, line in prose_lines(path):
@@ -351,6 +359,7 @@ def anchors(path: Path) -> set[str]:
             slug = github_anchor(match.group(1))
             result.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
             seen[slug] = seen.get(slug, 0) + 1
+        result.update(EXPLICIT_ANCHOR.findall(line))
     return result
 
 
@@ -387,6 +396,79 @@ def test_named_repository_files_exist():
                 if not any((folder / name).exists() for folder in (path.parent, REPO, REPO / "documentation")):
                     problems.append(f"{path.name}:{number}: {name} is not in the repository")
     assert not problems, "\n".join(problems)
+
+
+#: benchmarks.md's anchors before its experiment log moved to experiments.md: links from outside the repository
+#: (issues, papers, bookmarks) still land, on the section or on the line that leads to its new page.
+BENCHMARKS_ANCHORS_BEFORE_THE_SPLIT = [
+    "the-machine", "summary-against-the-goals-cpu", "1-fcn-screening-vs-sliding-window",
+    "2-end-to-end-one-realistic-case", "2b-discrimination-at-27-shifted-centres", "3-training-throughput",
+    "4-cmbunet-vs-nnu-net-v2", "4b-per-case-speed-at-realistic-size", "5-scaling-with-volume-size", "performance-notes",
+    "6-detection-on-sites-the-model-never-saw", "6a-small-held-out-site-experiment-what-chose-the-defaults",
+    "6b-leave-one-site-out-at-realistic-size",
+    "6c-three-held-out-sites-threshold-shift-aggregation-test-time-mirroring-hard-false-positives",
+    "6d-the-shape-rule-microbleeds-are-round", "6e-the-default-plan-at-realistic-size-a-site-left-out",
+    "6f-calcification-clumps-small-microbleeds-the-u-net-misses-and-a-second-cohort",
+    "6g-five-fold-cross-validation-next-to-leave-one-site-out-and-thresholds-chosen-by-cv-on-new-sites",
+    "6h-a-half-width-screening-network", "6i-five-fold-cross-validation-at-realistic-size-with-the-default-plan",
+    "where-a-spot-lies-held-out-sites-and-anatomy-of-the-wider-world", "7-precision-and-empty-tile-skipping",
+    "dense-convolution-and-one-screening-tile", "empty-tiles-in-a-cropped-case",
+    "whole-case-fp32-against-bf16-with-skipping", "batched-float32-recomputation-median-of-3-runs",
+    "detections-bf16-against-fp32", "not-measured-yet",
+]
+
+
+def test_old_benchmarks_anchors_still_resolve():
+    missing = sorted(set(BENCHMARKS_ANCHORS_BEFORE_THE_SPLIT) - anchors(REPO / "documentation" / "benchmarks.md"))
+    assert not missing, f"benchmarks.md lost anchors that links outside the repository may use: {missing}"
+
+
+#: Files whose comments, docstrings and text cite documentation sections ("benchmarks.md, 6g", "experiments.md,
+#: section 6e", 'benchmarks.md, "Where a spot lies"').
+CITING_FILES = ("cmbunet/**/*.py", "benchmarks/*.py", "benchmarks/*.sh", "tests/*.py", "scripts/*.py", "*.md",
+                "documentation/*.md")
+SECTION_NUMBER_CITATION = re.compile(r"([\w-]+\.md)`?,?\s+(?:sections?\s+)?(\d{1,2}[a-z]?)(?!\w|\.\d)")
+SECTION_TITLE_CITATION = re.compile(r"([\w-]+\.md)`?,?\s+(?:section\s+)?\"([^\"\n]+)\"")
+
+
+def cited_sections(text: str) -> list[tuple[str, str, str]]:
+    """``(document, "number" or "title", value)`` for every section citation in ``text``; comment markers at the
+    start of continued lines are dropped, so a citation wrapped over two comment lines is found."""
+    text = re.sub(r"\n\s*(?:#:?)?\s*", " ", text)
+    return ([(m.group(1), "number", m.group(2)) for m in SECTION_NUMBER_CITATION.finditer(text)]
+            + [(m.group(1), "title", m.group(2)) for m in SECTION_TITLE_CITATION.finditer(text)])
+
+
+def has_section(doc: Path, kind: str, value: str) -> bool:
+    if kind == "number":
+        headings = any(re.match(rf"^#{{1,6}}\s+{re.escape(value)}\.?\s", line) for _, line in prose_lines(doc))
+        return headings or any(a.startswith(f"{value}-") for a in anchors(doc))
+    return any(re.match(r"^#{1,6}\s", line) and value.lower() in line.lower() for _, line in prose_lines(doc))
+
+
+def test_cited_sections_exist():
+    """A section cited by number or title, in code or docs, is a heading (or a hand-set anchor) of that page."""
+    problems, checked = [], 0
+    files = sorted({f for pattern in CITING_FILES for f in REPO.glob(pattern) if f.is_file()})
+    for path in files:
+        for doc_name, kind, value in cited_sections(path.read_text(errors="replace")):
+            doc = next((d for d in (REPO / "documentation" / doc_name, REPO / doc_name) if d.exists()), None)
+            if doc is None:
+                continue  # a missing file is the business of test_named_repository_files_exist
+            checked += 1
+            if not has_section(doc, kind, value):
+                problems.append(f"{path.relative_to(REPO)}: cites {doc_name}, section {value!r}, which it does not have")
+    assert checked >= 20, f"only {checked} section citations found: has their wording changed?"
+    assert not problems, "\n".join(problems)
+
+
+def test_section_citations_are_found():
+    text = """see (documentation/benchmarks.md, 6g) and benchmarks.md, section
+    #: 6e; experiments.md 6a, benchmarks.md, "Where a spot lies" and `benchmarks.md`, section "Precision"."""
+    assert cited_sections(text) == [("benchmarks.md", "number", "6g"), ("benchmarks.md", "number", "6e"),
+                                    ("experiments.md", "number", "6a"), ("benchmarks.md", "title", "Where a spot lies"),
+                                    ("benchmarks.md", "title", "Precision")]
+    assert cited_sections("method.md, 2016 and plans.md, 1.5 mm") == []
 
 
 @pytest.mark.parametrize("heading, anchor", [
