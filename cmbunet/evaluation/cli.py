@@ -57,7 +57,8 @@ def format_per_case(per_case: pd.DataFrame) -> str:
 
 
 def format_aggregate(agg: dict[str, Any], dist_mm: float) -> str:
-    """Aggregates in three blocks: pooled detection, medians (challenge ranking) and means (002 paper)."""
+    """Aggregates in three blocks: pooled detection, medians (challenge ranking) and means (as Chen & Dou's
+    VALDO 2021 report gives them)."""
     lines = [
         f"cases: {agg['num_cases']} ({agg['num_cases_with_cmb']} with CMBs), missing predictions: "
         f"{agg['num_missing_predictions']}, distance threshold: {dist_mm:g} mm",

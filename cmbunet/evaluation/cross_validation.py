@@ -48,7 +48,7 @@ from cmbunet.utilities.cli import (add_dataset_option, add_device_option, add_fo
 from cmbunet.utilities.file_io import load_json, save_json
 
 COMPONENT_COLUMNS = ["case", "kind", "label", "x_mm", "y_mm", "z_mm", "volume_vox"]
-#: The columns of the 002 authors' Table 3, with the cases each mean runs over.
+#: The columns of Table 3 of Chen & Dou (VALDO 2021), with the cases each mean runs over.
 TABLE3_COLUMNS = {"dice_mean": "cases with CMBs", "vol_diff_mean": "all cases", "f1_mean": "cases with CMBs",
                   "count_diff_mean": "all cases"}
 POOLED_COLUMNS = ["tp", "fp", "fn", "sensitivity", "precision", "f1_pooled", "fp_per_case"]

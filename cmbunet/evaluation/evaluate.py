@@ -161,7 +161,7 @@ def aggregate_metrics(per_case: pd.DataFrame) -> dict[str, Any]:
     """Pooled detection rates and per-case medians/means.
 
     F1 and Dice are averaged over cases with CMBs only (elsewhere they are undefined); the count and volume
-    differences over all cases. The challenge ranked medians, the 002 authors reported means: both are given.
+    differences over all cases. The challenge ranked medians, Chen & Dou (VALDO 2021) reported means: both are given.
     """
     tp, fp, fn = (int(per_case[k].sum()) for k in ("tp", "fp", "fn"))
     n = len(per_case)

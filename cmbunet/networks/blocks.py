@@ -15,7 +15,7 @@ def conv_bn_act(
     stride: Sequence[int] | int = 1,
     padding: Sequence[int] | int = 0,
 ) -> nn.Sequential:
-    """Conv3d -> BatchNorm3d -> LeakyReLU, the C(BN) unit of 002's tables (valid convolution by default)."""
+    """Conv3d -> BatchNorm3d -> LeakyReLU, the C(BN) unit of Chen & Dou's tables (valid convolution by default)."""
     return nn.Sequential(
         nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False),
         nn.BatchNorm3d(out_channels),
@@ -35,7 +35,7 @@ def init_weights(module: nn.Module, negative_slope: float = 0.01) -> None:
 def valid_trunk(
     in_channels: int, features: Sequence[int], first_kernels: Sequence[int], negative_slope: float = 0.01
 ) -> nn.Sequential:
-    """C1(BN) C2(BN) M1 C3(BN) C4(BN): the valid-convolution trunk shared by 002's Tables 1 and 2."""
+    """C1(BN) C2(BN) M1 C3(BN) C4(BN): the valid-convolution trunk shared by Chen & Dou's Tables 1 and 2."""
     f1, f2, f3, f4 = features[:4]
     return nn.Sequential(
         conv_bn_act(in_channels, f1, tuple(first_kernels), negative_slope),

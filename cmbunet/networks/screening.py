@@ -1,5 +1,6 @@
-"""Screening FCN (002 Table 1): a small valid-convolution CNN that maps its block to 1x1x1 and therefore runs
-fully convolutionally over a whole volume, producing one score per block position with stride 2."""
+"""Screening FCN (Chen & Dou, VALDO 2021, Table 1): a small valid-convolution CNN that maps its block to 1x1x1
+and therefore runs fully convolutionally over a whole volume, producing one score per block position with
+stride 2."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cmbunet.networks.blocks import init_weights, valid_trunk
 class ScreeningFCN(nn.Module):
     """C1(BN) C2(BN) M1 C3(BN) C4(BN) C5 C6, all valid convolutions.
 
-    With 002's block 20x20x16: first kernels 5x5x3, last kernel 2x2x2 and features 64-64-128-128-256 give
+    With Chen & Dou's block 20x20x16: first kernels 5x5x3, last kernel 2x2x2 and features 64-64-128-128-256 give
     exactly Table 1. Output voxel ``j`` of a whole-volume pass sees input ``[2j, 2j + B)`` per axis.
     """
 
@@ -30,7 +31,7 @@ class ScreeningFCN(nn.Module):
         super().__init__()
         f4, f5 = features[3], features[4]
         self.features = valid_trunk(in_channels, features, first_kernels, negative_slope)
-        # C5 and C6 carry no batch norm; LeakyReLU only between them (002 Table 1).
+        # C5 and C6 carry no batch norm; LeakyReLU only between them (Chen & Dou's Table 1).
         self.head = nn.Sequential(
             nn.Conv3d(f4, f5, tuple(last_kernel)),
             nn.LeakyReLU(negative_slope, inplace=True),

@@ -1,4 +1,5 @@
-"""The training schedules the planner writes: 002's on the GPU, a measured budget on the CPU, and the presets'.
+"""The training schedules the planner writes: Chen & Dou's (VALDO 2021) on the GPU, a measured budget on the CPU,
+and the presets'.
 
 One schedule per stage and device kind (``plans["training"][gpu|cpu][stage]``, typed as
 :class:`cmbunet.plans.schema.Schedule`).
@@ -24,10 +25,10 @@ def _schedule(
     mining_cases: int | None = None,
     mining_keep: str = "all",
 ) -> dict:
-    """One stage's schedule; optimiser, loss and proportions follow 002 for the stage.
+    """One stage's schedule; optimiser, loss and proportions follow Chen & Dou for the stage.
 
-    Segmentation uses soft Dice plus cross-entropy by default: Dice alone (002) learns slowly from scratch on
-    lesions that fill ~1% of a patch; the ``paper`` preset keeps 002's plain Dice.
+    Segmentation uses soft Dice plus cross-entropy by default: Dice alone (Chen & Dou) learns slowly from scratch on
+    lesions that fill ~1% of a patch; the ``paper`` preset keeps Chen & Dou's plain Dice.
     """
     if stage == "segmentation":
         sched = {"epochs": epochs, "samples_per_epoch": samples, "batch_size": batch,
@@ -55,7 +56,7 @@ def _schedule(
 
 
 def gpu_schedules(segmentation_loss: str = "dice_ce") -> dict:
-    """002's published schedule (150 x 0.2M, 80 x 0.1M, 100 x 8k samples)."""
+    """Chen & Dou's published schedule (150 x 0.2M, 80 x 0.1M, 100 x 8k samples)."""
     return {
         "screening": _schedule(150, 200_000, 128, "screening", 2000, (50, 80, 120)),
         "discrimination": _schedule(80, 100_000, 128, "discrimination", 2000),
@@ -100,7 +101,7 @@ def tiny_schedules() -> dict:
 
 
 def training_schedules(preset: str) -> dict:
-    """``{"gpu": {stage: schedule}, "cpu": {...}}`` for a preset (``paper`` uses 002's values on both)."""
+    """``{"gpu": {stage: schedule}, "cpu": {...}}`` for a preset (``paper`` uses Chen & Dou's values on both)."""
     if preset == "tiny":
         return {"gpu": tiny_schedules(), "cpu": tiny_schedules()}
     if preset == "paper":

@@ -18,10 +18,10 @@ from cmbunet.errors import CMBUNetError
 ANISOTROPY_THRESHOLD = 3.0
 FCN_STRIDE = 2  # one 2x2x2 max-pool in the screening FCN
 MID_CONVS = 2  # C3, C4: two 3x3x3 valid convs after the pool, each removes 2 voxels
-DISCRIMINATION_EXTRA_VOX = 4  # 002: 20x20x16 -> 24x24x20
-SEGMENTATION_FACTOR = 1.5  # 002: 20x20x16 -> 32x32x24
+DISCRIMINATION_EXTRA_VOX = 4  # Chen & Dou (VALDO 2021): 20x20x16 -> 24x24x20
+SEGMENTATION_FACTOR = 1.5  # Chen & Dou: 20x20x16 -> 32x32x24
 SEGMENTATION_POSITIVE_FRACTION = 0.5  # segmentation samples are positives and screening FPs, 1:1
-NOMINAL_TILE = (160, 160, 80)  # 002 reference code's tile, in voxels
+NOMINAL_TILE = (160, 160, 80)  # the tile of Chen & Dou's reference code, in voxels
 
 
 def needs_separate_z(target_spacing: Sequence[float], threshold: float = ANISOTROPY_THRESHOLD) -> bool:
@@ -76,7 +76,7 @@ def last_kernel_for_block(block: Sequence[int], first_kernels: Sequence[int]) ->
 
 
 def screening_layer_sizes(block: Sequence[int], first_kernels: Sequence[int], last_kernel: Sequence[int]) -> list[list[int]]:
-    """Spatial size after each screening layer (input, C1, C2, M1, C3, C4, C5, C6), as in 002 Table 1."""
+    """Spatial size after each screening layer (input, C1, C2, M1, C3, C4, C5, C6), as in Chen & Dou's Table 1."""
     size = np.asarray(block, dtype=int)
     k1 = np.asarray(first_kernels, dtype=int)
     sizes = [size]
@@ -89,7 +89,7 @@ def screening_layer_sizes(block: Sequence[int], first_kernels: Sequence[int], la
 
 
 def discrimination_feature_size(block: Sequence[int], first_kernels: Sequence[int]) -> list[int]:
-    """Spatial size of the discrimination CNN's last conv output, the trunk's (002: 4x4x4 for 24x24x20); raise if
+    """Spatial size of the discrimination CNN's last conv output, the trunk's (Chen & Dou: 4x4x4 for 24x24x20); raise if
     invalid."""
     sizes, axis = _trunk_output(block, first_kernels)
     if axis is not None:
@@ -101,7 +101,7 @@ def discrimination_feature_size(block: Sequence[int], first_kernels: Sequence[in
 
 
 def segmentation_patch_size(screening_block: Sequence[int], num_levels: int = 4) -> list[int]:
-    """Smallest multiple of ``2**(num_levels-1)`` that is >= 1.5x the screening block (002: 32x32x24)."""
+    """Smallest multiple of ``2**(num_levels-1)`` that is >= 1.5x the screening block (Chen & Dou: 32x32x24)."""
     divisor = 2 ** (num_levels - 1)
     return [int(divisor * math.ceil(SEGMENTATION_FACTOR * b / divisor - 1e-9)) for b in screening_block]
 
@@ -112,7 +112,7 @@ def segmentation_foreground_prior(median_cmb_voxels: float, patch_size: Sequence
 
     Half of the training patches hold one CMB (the others are screening false positives), so the expected
     fraction is ``0.5 * median CMB voxels / patch voxels`` (1.5e-3 for a 14 mm3 CMB at 0.49x0.49x0.8 mm in
-    002's 32x32x24 patch). Starting the output there rather than at a generic 1% matters for the batch Dice:
+    Chen & Dou's 32x32x24 patch). Starting the output there rather than at a generic 1% matters for the batch Dice:
     1% of every patch voxel can outweigh the CMB voxels tens of times, and the U-Net then spends its first
     epochs shrinking background mass before Dice sees a lesion at all. Clipped to [1e-5, 1e-2].
     """
@@ -134,5 +134,5 @@ def tile_size(screening_block: Sequence[int], nominal: Sequence[int] = NOMINAL_T
 
 
 def nms_size(block: Sequence[int]) -> list[int]:
-    """NMS neighbourhood in input voxels: block // 4, odd, at least 3 (002 block 20x20x16 -> 5x5x5)."""
+    """NMS neighbourhood in input voxels: block // 4, odd, at least 3 (Chen & Dou's block 20x20x16 -> 5x5x5)."""
     return [max(3, (int(b) // 4) | 1) for b in block]

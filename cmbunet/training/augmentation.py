@@ -7,7 +7,7 @@ a rotation never pulls in padding, then rotated and centre-cropped for the whole
 labels). batchgenerators v1's ``augment_spatial`` does the same per patch with spline prefiltering, which
 measured ~15 ms per patch here, slower than training on it. Labels are computed *after* augmentation.
 
-Translation (< 4 voxels, 002) moves only positives, and a shift that would take the CMB out of the central
+Translation (< 4 voxels, as Chen & Dou) moves only positives, and a shift that would take the CMB out of the central
 2x2x2 block is redrawn: otherwise most translated positives of small CMBs would silently become negatives and
 the epoch's positive share would no longer be what the plans say. Rotation and flips are applied to every kind
 with the same probability, so interpolation smoothness cannot tell a positive from a negative.

@@ -5,7 +5,7 @@ FCN over the fold's training volumes. The screening stage mines them itself (aft
 ``mining_epochs``, then once more with the final model) and writes them to ``false_positives.json``;
 discrimination and segmentation load that list (or mine it with the final screening model when it is missing).
 
-- With ``mining_keep="all"`` the FPs accumulate over the mining passes (002's code). With ``"hard"`` each pass
+- With ``mining_keep="all"`` the FPs accumulate over the mining passes (Chen & Dou's code). With ``"hard"`` each pass
   also re-scores the pool on the volumes it screens and retires the FPs the current model no longer scores above
   the mining threshold: the early passes of a weak model find thousands of easy FPs per case, which would
   otherwise crowd out the mimics the final model still fires on, and those are what discrimination meets at
