@@ -7,20 +7,29 @@ and nothing the user had lost or overwritten.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 
 from cmbunet import model_sharing
+from cmbunet.dataset.convert_valdo import main as convert_main
+from cmbunet.errors import InputError
+from cmbunet.imageio import reader_writer
+from cmbunet.imageio.reader_writer import SimpleITKIO
 from cmbunet.model_sharing import MANIFEST, install_main
+from cmbunet.synthetic.writer import write_dataset
 from cmbunet.utilities import file_io
 from test_model_export import CKPT, DATASET, exported, refused, rewrite, source, tree  # noqa: F401
 
@@ -161,3 +170,121 @@ def test_the_next_install_removes_what_killed_installs_left(exported, tmp_path, 
     assert install_main([str(exported), "--results-root", str(res), "--force"]) == 0
     assert f"removed {live}, left by an interrupted install (pid {sleeper.pid})" in capsys.readouterr().err
     assert [p.name for p in dataset.iterdir()] == ["cmbunet"]
+
+
+# ---------------------------------------------------------------------------------------------------- image headers
+def nifti_with_dims(src: Path, dest: Path, dims: tuple[int, ...], voxel_data: bytes | None = None) -> Path:
+    """``src`` (a .nii.gz) with the dimensions in its header replaced by ``dims``, and its voxel bytes by
+    ``voxel_data`` when given: a header that lies about the size of the image."""
+    data = bytearray(gzip.decompress(src.read_bytes()))
+    data[40:56] = struct.pack("<8h", len(dims), *dims, *[1] * (7 - len(dims)))
+    if voxel_data is not None:
+        offset = int(struct.unpack("<f", data[108:112])[0])
+        data = data[:offset] + voxel_data
+    dest.write_bytes(gzip.compress(bytes(data)) if dest.name.endswith(".gz") else bytes(data))
+    return dest
+
+
+def sparse_1024_cube(dest: Path) -> Path:
+    """A legitimate 1024^3 uint8 NIfTI of zeros (1 GiB of voxels) written as a 1 MiB .nii.gz without holding the
+    gigabyte: one deflated MiB of zeros, repeated (each block ends with a full flush, so the blocks are equal)."""
+    img = sitk.Image([4, 4, 4], sitk.sitkUInt8)
+    small = dest.with_name("header.nii")
+    sitk.WriteImage(img, str(small))
+    header = bytearray(small.read_bytes()[:352])
+    small.unlink()
+    header[40:56] = struct.pack("<8h", 3, 1024, 1024, 1024, 1, 1, 1, 1)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = deflate.compress(bytes(header)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    zeros = bytes(1 << 20)
+    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    assert deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH) == block
+    crc = zlib.crc32(bytes(header))
+    for _ in range(1024):
+        crc = zlib.crc32(zeros, crc)
+    dest.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + head + block * 1024 + deflate.flush()
+                     + struct.pack("<II", crc, (len(header) + (1 << 30)) & 0xFFFFFFFF))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def valdo_scan(tmp_path_factory) -> Path:
+    """One synthetic subject in the VALDO layout; returns its T2S scan."""
+    valdo = write_dataset(tmp_path_factory.mktemp("valdo") / "valdo", 1, layout="valdo", seed=5)
+    return next(valdo.rglob("*_desc-masked_T2S.nii.gz"))
+
+
+@pytest.fixture
+def no_voxels_read(monkeypatch):
+    """Fail the test if any image's voxels are read (only headers may be)."""
+    def refuse(self):
+        raise AssertionError("voxels were read")
+
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", refuse)
+
+
+def test_a_header_claiming_900_cubed_floats_is_refused_before_reading(valdo_scan, tmp_path, no_voxels_read):
+    """A scan of a few hundred kB whose header claims 900^3 float32 voxels (2.7 GiB; the file could hold 1032
+    times its size at most, even compressed) is refused from the header, before anything is allocated."""
+    liar = nifti_with_dims(valdo_scan, tmp_path / "liar.nii.gz", (900, 900, 900))
+    assert liar.stat().st_size < 1 << 20
+    with pytest.raises(InputError) as error:
+        SimpleITKIO.read_image(liar)
+    assert error.value.path == str(liar)
+    assert ("is truncated or its header is wrong: its header declares 900 x 900 x 900 voxels of 32-bit float "
+            "(2.7 GiB), more than a file of") in error.value.problem
+    assert "(at most 1032 times)" in error.value.problem
+
+
+def test_an_uncompressed_nifti_smaller_than_its_voxels_is_refused_before_reading(valdo_scan, tmp_path,
+                                                                                no_voxels_read):
+    short = nifti_with_dims(valdo_scan, tmp_path / "short.nii", (64, 64, 64), voxel_data=bytes(1000))
+    with pytest.raises(InputError, match=rf"^{short}: is truncated or its header is wrong: its header declares 64 x "
+                                         r"64 x 64 voxels of 32-bit float \(1.0 MiB\), 1.0 MiB with the header, but "
+                                         r"the file holds 1352 bytes"):
+        SimpleITKIO.read_image(short)
+
+
+def test_a_scan_larger_than_the_available_memory_is_refused_naming_file_and_size(tmp_path, monkeypatch):
+    """A legitimate sparse 1024^3 uint8 scan (1 GiB of voxels in a 1 MiB file, within what deflate can do) is not
+    taken for a lying header; where less than the 2 GiB that reading needs is available, it is refused from its
+    header, naming the file and the size."""
+    cube = sparse_1024_cube(tmp_path / "sub-1_T2starw.nii.gz")
+    assert cube.stat().st_size < 1_100_000
+    monkeypatch.setattr(reader_writer, "available_memory", lambda: 1 << 30)
+    with pytest.raises(InputError) as error:
+        SimpleITKIO.read_image(cube)
+    assert error.value.path == str(cube)
+    assert error.value.problem == ("is too large for the memory of this machine: its header declares 1024 x 1024 x "
+                                   "1024 voxels of 8-bit unsigned integer (1.0 GiB); reading it needs about 2.0 GiB "
+                                   "but 1.0 GiB are available")
+
+
+def test_running_out_of_memory_while_reading_names_the_file(tmp_path):
+    """Where the available memory cannot be told (or was misjudged), the allocation itself fails: here under an
+    address-space limit of 256 MiB more than the process uses. The failure is one error naming the file and the
+    size, not a MemoryError traceback."""
+    cube = sparse_1024_cube(tmp_path / "cube.nii.gz")
+    script = ("import resource, sys\nfrom cmbunet.imageio import reader_writer as rw\n"
+              "from cmbunet.errors import InputError\nrw.available_memory = lambda: None\n"
+              "vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize:')).split()[1]) * 1024\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))\n"
+              "try:\n    rw.SimpleITKIO.read_image(sys.argv[1])\nexcept InputError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(cube)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == (f"{cube}: could not be read for lack of memory: it holds 1024 x 1024 x 1024 voxels "
+                                   "of 8-bit unsigned integer (1.0 GiB); free memory, or read it on a machine with "
+                                   "more")
+
+
+def test_convert_valdo_names_a_scan_with_a_lying_header(valdo_scan, tmp_path, capsys):
+    valdo = tmp_path / "valdo"
+    shutil.copytree(valdo_scan.parent.parent, valdo)
+    target = valdo / valdo_scan.parent.name / valdo_scan.name
+    nifti_with_dims(valdo_scan, target, (900, 900, 900))
+    raw = tmp_path / "raw"
+    assert convert_main(["-i", str(valdo), "-d", "7", "--raw-root", str(raw)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {target}: is truncated or its header is wrong: its header declares 900 x 900 x 900")
+    assert "Traceback" not in err
+    assert not [p for p in raw.rglob("*") if p.is_file()]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -30,6 +32,18 @@ ORIGIN_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-4
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+#: Deflate (gzip, and the zlib encodings of NRRD and MetaImage) inflates at most 1032 times: a file whose header
+#: declares more voxel bytes than this many times the file's size cannot hold them, whatever its compression.
+MAX_INFLATION = 1032
+#: Reading needs SimpleITK's buffer and the numpy copy of it at once.
+READ_MEMORY_FACTOR = 2
+
+#: Bytes of one component of every SimpleITK pixel type (vector and complex types included).
+_COMPONENT_BYTES = {
+    getattr(sitk, name): int(m.group(3)) // 8 * (2 if m.group(1) else 1)
+    for name in dir(sitk) if (m := re.fullmatch(r"sitk(?:Vector|Label)?(Complex)?(U?Int|Float)(\d+)", name))
+}
 
 
 class ImageProperties(TypedDict):
@@ -133,6 +147,100 @@ def written_image_problem(path: str | Path) -> str | None:
     return None
 
 
+def _mib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size:.0f} bytes"
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping: the system's available memory (MemAvailable),
+    lowered to what a cgroup memory limit leaves (containers, batch jobs); None when it cannot be told."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = (Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip())
+        except OSError:
+            continue
+        if limit.isdigit() and usage.isdigit():
+            available = min(available, max(0, int(limit) - int(usage)))
+        break
+    return available
+
+
+def _stored_bytes(path: Path) -> int:
+    """Bytes on disk that hold the image's voxels: the file, plus the data file a ``.mhd`` header names."""
+    size = path.stat().st_size
+    if path.name.endswith(".mhd"):
+        try:
+            with open(path, "rb") as f:
+                header = f.read(1 << 16).decode("latin-1")
+        except OSError:
+            return size
+        m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", header, re.MULTILINE)
+        data = path.parent / m.group(1) if m else None
+        if data is not None and data.is_file():
+            size += data.stat().st_size
+    return size
+
+
+def declared_voxels(reader: sitk.ImageFileReader) -> tuple[int | None, str]:
+    """Bytes of the voxels a header read by ``reader.ReadImageInformation()`` declares (None for a pixel type
+    of unknown size), and how to say it: ``512 x 512 x 300 voxels of 32-bit float (300.0 MiB)``."""
+    size, pixel_id = reader.GetSize(), reader.GetPixelID()
+    dims = " x ".join(str(int(d)) for d in size)
+    pixel_type = sitk.GetPixelIDValueAsString(pixel_id)
+    per_component = _COMPONENT_BYTES.get(pixel_id)
+    if per_component is None:
+        return None, f"{dims} voxels of {pixel_type}"
+    declared = math.prod(int(d) for d in size) * max(1, int(reader.GetNumberOfComponents())) * per_component
+    return declared, f"{dims} voxels of {pixel_type} ({_mib(declared)})"
+
+
+def header_size_problem(path: str | Path, declared: int | None, described: str) -> str | None:
+    """Why the voxels a header declares (``declared`` bytes, see :func:`declared_voxels`) cannot or must not be
+    read, checked before they are: more than the file can hold (an uncompressed NIfTI must hold every byte, a
+    compressed file inflates at most :data:`MAX_INFLATION` times), or more than the memory available."""
+    path = Path(path)
+    if declared is None:
+        return None
+    what = f"its header declares {described}"
+    stored = _stored_bytes(path)
+    if path.name.endswith(".nii"):
+        with open(path, "rb") as f:
+            head = f.read(540)
+        expected = _nifti_expected_size(head) if head[:2] != b"\x1f\x8b" else None
+        if expected is not None and stored < expected:
+            return (f"is truncated or its header is wrong: {what}, {_mib(expected)} with the header, but the file "
+                    f"holds {_mib(stored)}")
+    if declared > MAX_INFLATION * stored + (1 << 16):
+        return (f"is truncated or its header is wrong: {what}, more than a file of {_mib(stored)} can hold even "
+                f"compressed (at most {MAX_INFLATION} times)")
+    available = available_memory()
+    if available is not None and READ_MEMORY_FACTOR * declared > available:
+        return (f"is too large for the memory of this machine: {what}; reading it needs about "
+                f"{_mib(READ_MEMORY_FACTOR * declared)} but {_mib(available)} are available")
+    return None
+
+
+def _out_of_memory(path: Path, described: str) -> InputError:
+    return InputError(path, f"could not be read for lack of memory: it holds {described or 'too many voxels'}; free "
+                            "memory, or read it on a machine with more")
+
+
 class SimpleITKIO:
     """Read and write 3D medical images (NIfTI, NRRD, MHA) with SimpleITK, keeping exact geometry."""
 
@@ -147,10 +255,23 @@ class SimpleITKIO:
             raise InputError(path, f"unsupported file ending; expected one of {', '.join(SUPPORTED_ENDINGS)}")
         if path.stat().st_size == 0:
             raise InputError(path, "is an empty file (0 bytes)")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        described = ""
         try:
-            img = sitk.ReadImage(str(path))
+            reader.ReadImageInformation()  # the header alone: nothing is allocated for the voxels yet
+            declared, described = declared_voxels(reader)
+            problem = header_size_problem(path, declared, described)
+            if problem:
+                raise InputError(path, problem)
+            img = reader.Execute()
+        except MemoryError:
+            raise _out_of_memory(path, described) from None
         except RuntimeError as e:  # corrupt gzip, truncated file, not an image
-            first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
+            text = str(e).strip()
+            if re.search(r"alloc|out of memory", text, re.IGNORECASE):
+                raise _out_of_memory(path, described) from None
+            first = text.splitlines()[-1] if text else "unknown reason"
             raise InputError(path, f"cannot be read as an image (corrupt or truncated file?): {first}") from None
         truncated = nifti_truncation_problem(path)
         if truncated:
@@ -166,7 +287,10 @@ class SimpleITKIO:
                 img = img[:, :, :, 0]
             else:
                 raise InputError(path, f"is {img.GetDimension()}D with size {size}; cmbunet needs 3D images")
-        arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+        try:
+            arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+        except MemoryError:
+            raise _out_of_memory(path, described) from None
         if arr.ndim != 3 or min(arr.shape) < 1:
             raise InputError(path, f"has an unusable shape {arr.shape}")
         props: ImageProperties = {
