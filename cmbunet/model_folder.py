@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, overload
 
-from cmbunet.errors import CMBUNetError, InputError, MissingStageError, PlansMismatchError
+from cmbunet.errors import CMBUNetError, InputError, InvalidValueError, MissingStageError, PlansMismatchError
 from cmbunet.paths import DEFAULT_PLANS_NAME, check_plans_name, results_dataset_dir
 from cmbunet.plans.plans_io import load_plans, plans_hash
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, Plans, validate_settings  # noqa: F401 - re-exported
@@ -269,7 +269,7 @@ class ModelFolder:
 def checkpoint_file(stage_dir: str | Path, which: str) -> Path:
     """``stage_dir/checkpoint_<which>.pth``; ``which`` is latest, best or final."""
     if which not in CHECKPOINT_KINDS:
-        raise ValueError(f"unknown checkpoint '{which}'; expected one of {CHECKPOINT_KINDS}")
+        raise InvalidValueError(f"unknown checkpoint '{which}'; expected one of {CHECKPOINT_KINDS}")
     return Path(stage_dir) / f"checkpoint_{which}.pth"
 
 

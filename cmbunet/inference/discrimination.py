@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.plans.schema import Plans
 from cmbunet.utilities.autocast import batch_probability, cmb_probability
 from cmbunet.utilities.patches import extract_patches
@@ -187,7 +188,7 @@ def aggregate_shifts(probs: np.ndarray, centres: np.ndarray, shifts: np.ndarray,
     elif how == "mean":
         prob, moved = probs.mean(axis=1), centres.copy()
     else:
-        raise ValueError(f"unknown discrimination_aggregate '{how}'; expected 'max' or 'mean'")
+        raise InvalidValueError(f"unknown discrimination_aggregate '{how}'; expected 'max' or 'mean'")
     if shape is not None:
         moved = np.clip(moved, 0, np.asarray(shape, dtype=np.int64) - 1)
     return prob.astype(np.float32), moved

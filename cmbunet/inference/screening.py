@@ -25,6 +25,7 @@ import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from torch import nn
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.plans.schema import Plans
 from cmbunet.utilities.autocast import batch_probability
 from cmbunet.utilities.patches import extract_patches
@@ -139,7 +140,7 @@ def screening_score_map(
             flat[i : i + batch_size] = batch_probability([network], blocks, device, precision, channels_last).reshape(-1)
         return scores
     if mode != "fcn":
-        raise ValueError(f"unknown screening mode '{mode}'; expected 'fcn' or 'sliding'")
+        raise InvalidValueError(f"unknown screening mode '{mode}'; expected 'fcn' or 'sliding'")
 
     counts = _fcn_pass(network, padded, scores, plans, device, tile_size, precision, channels_last, skip_empty)
     if stats is not None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.networks.discrimination import DiscriminationCNN
 from cmbunet.networks.screening import ScreeningFCN
 from cmbunet.networks.unet import SegmentationUNet
@@ -33,5 +34,5 @@ def network_arguments(stage: str, plans: Plans) -> dict[str, Any]:
 def build_network(stage: str, plans: Plans) -> nn.Module:
     """Instantiate the ``stage`` network described by ``plans.<stage>.network``."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage '{stage}'; expected one of {STAGES}")
+        raise InvalidValueError(f"unknown stage '{stage}'; expected one of {STAGES}")
     return NETWORK_CLASSES[stage](**network_arguments(stage, plans))

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.networks.blocks import init_weights, valid_trunk
 
 
@@ -32,7 +33,7 @@ class DiscriminationCNN(nn.Module):
         self.features = valid_trunk(in_channels, features, first_kernels, negative_slope)
         trunk = [((b - 2 * (k - 1)) // 2) - 4 for b, k in zip(block_size, first_kernels)]
         if min(trunk) < 1:
-            raise ValueError(f"discrimination block {tuple(block_size)} is too small for kernels {tuple(first_kernels)}")
+            raise InvalidValueError(f"discrimination block {tuple(block_size)} is too small for kernels {tuple(first_kernels)}")
         self.trunk_size = tuple(trunk)
         self.classifier = nn.Sequential(
             nn.Flatten(),

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.networks.blocks import conv_bn_act, init_weights
 
 
@@ -66,7 +67,7 @@ class SegmentationUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         divisor = 2**self.num_pool
         if any(s % divisor for s in x.shape[2:]):
-            raise ValueError(f"U-Net input size {tuple(x.shape[2:])} must be divisible by {divisor}")
+            raise InvalidValueError(f"U-Net input size {tuple(x.shape[2:])} must be divisible by {divisor}")
         skips = []
         for stage in self.encoder:
             x = stage(x)

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.imageio import ImageProperties
 from cmbunet.synthetic import anatomy as anat
 from cmbunet.synthetic.lesions import Grid, render_object, sphere_label, supersampling
@@ -76,16 +77,16 @@ def synthesize_case(
     ``world``: see :data:`WORLDS` (cases drawn from a site only).
     """
     if world not in WORLDS:
-        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
+        raise InvalidValueError(f"world must be one of {WORLDS}, got {world!r}")
     if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+        raise InvalidValueError(f"size must be one of {SIZES}, got {size!r}")
     if anatomy not in ANATOMIES:
-        raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
+        raise InvalidValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
-        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
+        raise InvalidValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
     if num_cmbs is not None and not 0 <= num_cmbs <= MAX_CMBS:
-        raise ValueError(f"num_cmbs must lie in [0, {MAX_CMBS}], got {num_cmbs}")
+        raise InvalidValueError(f"num_cmbs must lie in [0, {MAX_CMBS}], got {num_cmbs}")
     site_names = None if (sites is None and size == "small") else parse_sites(sites)
     if anatomy == "auto":
         anatomy = "template" if size == "realistic" else "phantom"
@@ -139,7 +140,7 @@ def synthesize_case(
     placer = Placer(rng, params, co, grid, labels, phi, axes, appearance=acq, wide=bool(acq) and world == "wide")
     cmb_objs = place_cmbs(placer, draw_num_cmbs(rng) if num_cmbs is None else int(num_cmbs))
     if num_cmbs is not None and len(cmb_objs) < num_cmbs:
-        raise ValueError(f"could only place {len(cmb_objs)} of {num_cmbs} microbleeds in the brain of seed {seed}")
+        raise InvalidValueError(f"could only place {len(cmb_objs)} of {num_cmbs} microbleeds in the brain of seed {seed}")
     mimic_objs = place_mimics(placer, multi_site=bool(acq))
 
     # rendering

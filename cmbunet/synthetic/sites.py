@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cmbunet.errors import InvalidValueError
+
 Range = tuple[float, float]
 
 
@@ -74,5 +76,5 @@ def parse_sites(names: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
         names = [n for n in names.split(",") if n]
     bad = [n for n in names if n not in SITES]
     if bad or not names:
-        raise ValueError(f"unknown site(s) {bad or '(none)'}; choose among {', '.join(SITES)} or 'all'")
+        raise InvalidValueError(f"unknown site(s) {bad or '(none)'}; choose among {', '.join(SITES)} or 'all'")
     return tuple(names)

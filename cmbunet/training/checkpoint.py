@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmbunet.errors import InvalidValueError
 from cmbunet.model_folder import load_checkpoint, load_stage_network  # noqa: F401 - read here by training's callers
 from cmbunet.utilities.file_io import checksummed_path
 
@@ -28,7 +29,7 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     sha256 beside it (``checkpoint_*.pth.sha256``), checked by every load."""
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
-        raise ValueError(f"checkpoint lacks keys {missing}")
+        raise InvalidValueError(f"checkpoint lacks keys {missing}")
     with checksummed_path(path, suffix=".pth") as tmp:
         torch.save(checkpoint, tmp)
 

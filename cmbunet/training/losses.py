@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from cmbunet.errors import CMBUNetError
+from cmbunet.errors import CMBUNetError, InvalidValueError
 from cmbunet.plans.schema import Schedule
 from cmbunet.utilities.autocast import cmb_probability
 
@@ -20,7 +20,7 @@ def as_class_logits(logits: torch.Tensor) -> torch.Tensor:
     if logits.ndim == 2:
         return logits
     if logits.shape[2:].numel() != 1:
-        raise ValueError(f"expected one output per block, got logits of shape {tuple(logits.shape)}")
+        raise InvalidValueError(f"expected one output per block, got logits of shape {tuple(logits.shape)}")
     return logits.reshape(logits.shape[0], logits.shape[1])
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmbunet.errors import InvalidValueError
+
 
 def autocast_context(device: torch.device | str, precision: str | bool = False) -> contextlib.AbstractContextManager:
     """Autocast for a resolved ``precision`` (``fp32``, ``bf16``, ``fp16``; see ``cpu_features.resolve_precision``).
@@ -23,7 +25,7 @@ def autocast_context(device: torch.device | str, precision: str | bool = False) 
         return contextlib.nullcontext()
     if precision in ("bf16", "fp16"):
         return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    raise ValueError(f"unknown precision '{precision}'; expected fp32, bf16 or fp16 (resolve 'auto' first)")
+    raise InvalidValueError(f"unknown precision '{precision}'; expected fp32, bf16 or fp16 (resolve 'auto' first)")
 
 
 def to_device(array: np.ndarray, device: torch.device, channels_last: bool = False) -> torch.Tensor:

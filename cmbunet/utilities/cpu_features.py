@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cmbunet.errors import InvalidValueError
+
 #: Flags of any bfloat16 support; a CPU with none of them emulates bf16 and runs it many times slower.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
 #: Flags of bfloat16 dot products (conversion alone, ``avx_ne_convert``, does not make convolutions faster).
@@ -45,7 +47,7 @@ def resolve_precision(requested: str = "auto", device: str = "cpu",
     products and ``fp32`` elsewhere (also where ``/proc/cpuinfo`` cannot be read: emulated bf16 is far slower).
     """
     if requested not in PRECISIONS:
-        raise ValueError(f"unknown precision '{requested}'; expected one of {', '.join(PRECISIONS)}")
+        raise InvalidValueError(f"unknown precision '{requested}'; expected one of {', '.join(PRECISIONS)}")
     if str(device).startswith("cuda"):
         if requested == "auto":
             return "fp16", "CUDA: float16 autocast"
