@@ -14,7 +14,6 @@ unless ``--clear-overrides`` is given.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -38,6 +37,7 @@ from cmbunet.preprocessing.splits import SPLITS_FILE, load_or_create_splits
 from cmbunet.utilities.cli import DATASET_HELP, add_plans_option, command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
 from cmbunet.utilities.locks import exclusive_lock
+from cmbunet.utilities.pools import worker_pool
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 PLANS_FILE = "plans.json"
@@ -187,7 +187,7 @@ def preprocess_cases(jobs: list[tuple], num_processes: int) -> list[dict[str, An
     """Run the jobs with a process pool (or in-process for one worker) behind a tqdm bar."""
     bar = {"total": len(jobs), "desc": "preprocessing", "unit": "case", "disable": None}
     if num_processes > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+        with worker_pool(min(num_processes, len(jobs)), "spawn") as pool:  # Ctrl-C: no worker tracebacks
             results = list(tqdm(pool.imap_unordered(_worker, jobs), **bar))
     else:
         results = [_worker(job) for job in tqdm(jobs, **bar)]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from cmbunet.imageio.reader_writer import SimpleITKIO
 from cmbunet.model_sharing import MANIFEST, install_main
 from cmbunet.synthetic.writer import write_dataset
 from cmbunet.utilities import file_io
+from test_bad_input import BIN
 from test_model_export import CKPT, DATASET, exported, refused, rewrite, source, tree  # noqa: F401
 
 
@@ -288,3 +290,61 @@ def test_convert_valdo_names_a_scan_with_a_lying_header(valdo_scan, tmp_path, ca
     assert err.startswith(f"error: {target}: is truncated or its header is wrong: its header declares 900 x 900 x 900")
     assert "Traceback" not in err
     assert not [p for p in raw.rglob("*") if p.is_file()]
+
+
+# ---------------------------------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_during_parallel_preprocessing_stops_without_worker_tracebacks(tmp_path):
+    """Ctrl-C reaches the whole foreground process group, the pool's workers included. Sent while the first
+    pool's workers are starting up (fingerprinting), and again once the first case is preprocessed (two workers
+    busy, more cases to go), it ends the command with the one 'interrupted' line and exit code 130: no
+    KeyboardInterrupt traceback from any worker, and no worker left running."""
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    write_dataset(raw / "Dataset809_CtrlC", 8, seed=2, size="small")
+    args = [str(BIN / "cmbunet_plan_and_preprocess"), "-d", "809", "--raw-root", str(raw), "--preprocessed-root",
+            str(pre), "-np", "2", "--preset", "tiny"]
+    data = pre / "Dataset809_CtrlC" / "data"
+
+    def workers_of(proc: subprocess.Popen) -> list[int]:
+        return [pid for pid in children(proc.pid) if b"spawn_main" in command_line(pid)]
+
+    for moment, delay in (("workers starting", 0.3), ("first case written", 0.0)):
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        end = time.monotonic() + 240
+        started = (lambda: len(workers_of(proc)) == 2) if moment == "workers starting" else (
+            lambda: data.is_dir() and any(data.glob("*.json")))
+        while not started():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end
+            time.sleep(0.005)
+        time.sleep(delay)
+        workers = workers_of(proc)
+        assert len(workers) == 2
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (moment, err)
+        assert err.strip().endswith("interrupted; finished outputs are kept and a re-run continues where this one "
+                                    "stopped"), (moment, err)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, (moment, err)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # terminated and reaped
+    assert len(list(data.glob("*.json"))) < 8
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the live child processes of ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended meanwhile
+        return b""

@@ -17,7 +17,6 @@ images are skull-masked, so 0 is the background value) and labels are binarised 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import re
 import sys
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
 from cmbunet.utilities.case_names import SUBJECT_PATTERN, channel_file_name
 from cmbunet.utilities.cli import command_parser, run_cli
 from cmbunet.utilities.file_io import load_json, remove_stale_temp_files, save_json
+from cmbunet.utilities.pools import worker_pool
 
 VALDO_MODALITIES = ("T2S", "T1", "T2")
 FILE_ENDING = ".nii.gz"
@@ -257,7 +257,7 @@ def convert_valdo(
     args = [(job, overwrite) for job in jobs]
     bar = dict(total=len(jobs), desc="converting VALDO", unit="case", disable=None)
     if num_processes > 1 and len(jobs) > 1:
-        with multiprocessing.Pool(min(num_processes, len(jobs))) as pool:
+        with worker_pool(min(num_processes, len(jobs))) as pool:
             results = list(tqdm(pool.imap(_convert_subject_safe, args), **bar))
     else:
         results = [_convert_subject_safe(a) for a in tqdm(args, **bar)]

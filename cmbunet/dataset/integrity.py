@@ -8,7 +8,6 @@ are counted in the NIfTI bytes (:func:`count_nonfinite_nifti`) because SimpleITK
 from __future__ import annotations
 
 import gzip
-import multiprocessing
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cmbunet.dataset.raw_dataset import (
 from cmbunet.errors import DatasetIntegrityError, InputError
 from cmbunet.imageio.reader_writer import ImageProperties, SimpleITKIO, geometry_mismatch
 from cmbunet.utilities.case_names import CHANNEL_STEM_RE, channel_file_name
+from cmbunet.utilities.pools import worker_pool
 
 
 # ----------------------------------------------------------------------------------------------- NaN/inf
@@ -229,7 +229,7 @@ def verify_dataset_integrity(raw_dir: str | Path, num_processes: int = 1) -> Non
     results: list[tuple[list[Problem], int]]
     bar = dict(total=len(jobs), desc="verifying dataset", unit="case", disable=None)
     if num_processes > 1 and len(jobs) > 1:
-        with multiprocessing.Pool(min(num_processes, len(jobs))) as pool:
+        with worker_pool(min(num_processes, len(jobs))) as pool:
             results = list(tqdm(pool.imap(_check_case_star, jobs), **bar))
     else:
         results = [check_case(*job) for job in tqdm(jobs, **bar)]

@@ -11,7 +11,6 @@ Non-finite voxels (VALDO images contain NaNs) are set to 0 and so count as backg
 
 from __future__ import annotations
 
-import multiprocessing
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +23,7 @@ from cmbunet.imageio import SimpleITKIO, geometry_mismatch
 from cmbunet.utilities.components import find_components
 from cmbunet.utilities.file_io import load_json_input, save_json
 from cmbunet.utilities.geometry import mask_bbox
+from cmbunet.utilities.pools import worker_pool
 
 FINGERPRINT_VERSION = 1
 
@@ -135,7 +135,7 @@ def extract_fingerprint(
     jobs = [(case, files["images"], files["label"], per_case, seed) for case, files in cases.items()]
     bar = {"total": len(jobs), "desc": "fingerprint", "unit": "case", "disable": None}
     if num_processes > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+        with worker_pool(min(num_processes, len(jobs)), "spawn") as pool:
             results = list(tqdm(pool.imap(_case_fingerprint_star, jobs), **bar))
     else:
         results = [case_fingerprint(*job) for job in tqdm(jobs, **bar)]
