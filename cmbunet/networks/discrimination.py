@@ -1,4 +1,5 @@
-"""Discrimination CNN (002 Table 2): the screening trunk on a larger block, then two fully connected layers."""
+"""Discrimination CNN (Chen & Dou, VALDO 2021, Table 2): the screening trunk on a larger block, then two fully
+connected layers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cmbunet.networks.blocks import init_weights, valid_trunk
 class DiscriminationCNN(nn.Module):
     """C1(BN) C2(BN) M1 C3(BN) C4(BN) -> FC(512, dropout) -> FC(2).
 
-    The flattened size follows from ``block_size`` (002: 24x24x20 gives 128x4x4x4).
+    The flattened size follows from ``block_size`` (Chen & Dou: 24x24x20 gives 128x4x4x4).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Segmentation U-Net (002): two conv-BN-LeakyReLU per stage, strided-conv down, transposed-conv up,
+"""Segmentation U-Net (Chen & Dou, VALDO 2021): two conv-BN-LeakyReLU per stage, strided-conv down, transposed-conv up,
 skip concatenation; features start at 32 and double per stage."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def init_rare_foreground(output: nn.Conv3d, prior: float) -> None:
 
 
 class SegmentationUNet(nn.Module):
-    """Input sizes must be divisible by ``2 ** (len(features) - 1)`` (002: 32x32x24 with 4 stages)."""
+    """Input sizes must be divisible by ``2 ** (len(features) - 1)`` (Chen & Dou: 32x32x24 with 4 stages)."""
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ def as_class_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def weighted_cross_entropy(class_weights: Sequence[float] | None) -> Loss:
-    """Cross entropy with per-class weights (002: background 0.25, CMB 0.75) against ``(B,)`` labels."""
+    """Cross entropy with per-class weights (Chen & Dou: background 0.25, CMB 0.75) against ``(B,)`` labels."""
     weight = None if class_weights is None else torch.tensor([float(w) for w in class_weights])
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
