@@ -30,8 +30,10 @@ from cmbunet.errors import InputError
 from cmbunet.imageio import reader_writer
 from cmbunet.imageio.reader_writer import SimpleITKIO
 from cmbunet.model_sharing import MANIFEST, install_main
+from cmbunet.plans.plans_io import load_plans, plans_hash, save_plans
 from cmbunet.synthetic.writer import write_dataset
 from cmbunet.utilities import file_io
+from plan_helpers import make_plans
 from test_bad_input import BIN
 from test_model_export import CKPT, DATASET, exported, refused, rewrite, source, tree  # noqa: F401
 
@@ -348,3 +350,35 @@ def command_line(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:  # ended meanwhile
         return b""
+
+
+# ---------------------------------------------------------------------------------------------------- whole numbers
+def test_a_whole_number_written_as_a_float_is_an_integer(tmp_path):
+    """JSON has one kind of number: ``1e3`` or ``1000.0`` where an integer is expected (a count, a size, a list of
+    sizes, an optional count) is read as the integer 1000, in a plans file, an override and inference settings;
+    2.5 is still refused. The plans hash does not change."""
+    plans = make_plans()
+    edited = plans.to_dict()
+    edited["inference"]["max_candidates"] = 1e3
+    edited["screening"]["block_size"] = [float(v) for v in edited["screening"]["block_size"]]
+    edited["training"]["cpu"]["screening"]["mining_cases"] = 4.0
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps(edited).replace("1000.0", "1e3"))
+    assert '"max_candidates": 1e3' in path.read_text()
+    loaded = load_plans(path)
+    assert loaded.inference.max_candidates == 1000 and type(loaded.inference.max_candidates) is int
+    assert loaded.screening.block_size == plans.screening.block_size
+    assert all(type(v) is int for v in loaded.screening.block_size)
+    assert type(loaded.training.cpu.screening.mining_cases) is int
+    assert plans_hash(loaded) == plans_hash(plans)
+    save_plans(loaded, path)
+    assert json.loads(path.read_text())["inference"]["max_candidates"] == 1000 and "1e3" not in path.read_text()
+
+    overridden = make_plans(overrides=["inference.max_candidates=1e3"])
+    assert overridden.inference.max_candidates == 1000 and type(overridden.inference.max_candidates) is int
+
+    settings = plans.inference.merged({"max_candidates": 2e2, "min_component_voxels": 5.0}, tmp_path / "s.json")
+    assert (settings.max_candidates, settings.min_component_voxels) == (200, 5)
+    assert type(settings.max_candidates) is int and type(settings.min_component_voxels) is int
+    with pytest.raises(InputError, match=r"max_candidates = 2.5: must be an integer >= 1"):
+        plans.inference.merged({"max_candidates": 2.5}, tmp_path / "s.json")

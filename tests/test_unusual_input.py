@@ -248,7 +248,7 @@ def test_evaluate_checks_the_whole_geometry(env, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------------- 4. values
 @pytest.mark.parametrize("override, expect", [
-    ("inference.max_candidates=1e3", "inference.max_candidates = 1000.0: must be an integer >= 1"),
+    ("inference.max_candidates=2.5", "inference.max_candidates = 2.5: must be an integer >= 1"),
     ("training.cpu.screening.batch_size=0", "training.cpu.screening.batch_size = 0: must be an integer >= 1"),
     ("training.cpu.discrimination.epochs=0", "training.cpu.discrimination.epochs = 0: must be an integer >= 1"),
     ("inference.screening_threshold=-0.2", "inference.screening_threshold = -0.2: must be a number >= 0 and <= 1"),
@@ -297,7 +297,7 @@ def test_train_refuses_hand_edited_plans_naming_key_and_file(env, tmp_path, caps
 
 @pytest.mark.parametrize("settings, expect", [
     ({"screening_threshold": "0.1"}, 'screening_threshold = "0.1": must be a number >= 0 and <= 1'),
-    ({"max_candidates": 1e3}, "max_candidates = 1000.0: must be an integer >= 1"),
+    ({"max_candidates": 1e3 + 0.5}, "max_candidates = 1000.5: must be an integer >= 1"),
     ({"discrimination_aggregate": "median"}, 'discrimination_aggregate = "median": must be one of max, mean'),
 ])
 def test_predict_refuses_bad_inference_settings_naming_key_and_file(env, tmp_path, capsys, settings, expect):

@@ -148,7 +148,9 @@ def written_image_problem(path: str | Path) -> str | None:
 
 
 def _mib(size: float) -> str:
-    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size:.0f} bytes"
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GiB"
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size:.0f} bytes"
 
 
 def available_memory() -> int | None:

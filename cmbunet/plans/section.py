@@ -13,7 +13,7 @@ from dataclasses import field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from cmbunet.plans.validation import Check, optional, raise_problems
+from cmbunet.plans.validation import Check, normalized, optional, raise_problems
 
 _MISSING = object()
 
@@ -78,12 +78,14 @@ def _thaw(v: Any) -> Any:
 
 
 def build(cls: type, data: Mapping[str, Any]) -> Any:
-    """The frozen ``cls`` of checked JSON ``data`` (absent unplanned keys are None)."""
+    """The frozen ``cls`` of checked JSON ``data`` (absent unplanned keys are None; a whole number written as a
+    float, ``1e3``, becomes the ``int`` its check asks for)."""
     kwargs = {}
     for f in checked_fields(cls):
         if f.name in data:
             value, section = data[f.name], f.metadata.get("section")
-            kwargs[f.name] = build(section, value) if section is not None and value is not None else _freeze(value)
+            kwargs[f.name] = (build(section, value) if section is not None and value is not None
+                              else _freeze(normalized(f.metadata.get("check"), value)))
     return cls(**kwargs)
 
 

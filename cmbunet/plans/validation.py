@@ -1,10 +1,14 @@
 """The checks a plans or inference-settings value must pass, and how their failures are reported.
 
-A value of the right JSON kind can still be unusable: ``max_candidates=1e3`` is a float, a batch size of 0
+A value of the right JSON kind can still be unusable: ``max_candidates=2.5`` is no count, a batch size of 0
 divides by zero, 0 epochs trains nothing, a threshold of "0.5" is a string. Each field of the schema
 (:mod:`cmbunet.plans.schema`) names one of these checks; values are checked when plans or settings are loaded
 (and after overrides), and a bad value is reported with its key and its file, before any work starts, instead of
 failing later inside training or prediction with a traceback.
+
+A JSON number that is a whole number is an integer wherever one is expected: ``1e3`` and ``1000.0`` are read as
+``1000`` (JSON has one kind of number; editors and other programs write either form). A check may carry a
+``normalize`` function that gives a checked value its type; :func:`normalized` applies it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,21 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_whole(v: Any) -> bool:
+    """A float that is a whole number (``1e3``): an integer as JSON writes it."""
+    return isinstance(v, float) and math.isfinite(v) and v.is_integer()
+
+
+def _whole_to_int(v: Any) -> Any:
+    return int(v) if _is_whole(v) else v
+
+
+def normalized(check: Check | None, v: Any) -> Any:
+    """``v`` with the type its check gives it (``1e3`` -> ``1000`` where an integer is checked)."""
+    normalize = getattr(check, "normalize", None)
+    return normalize(v) if normalize is not None else v
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -32,9 +51,10 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
     want = f"an integer {bounds}".strip()
 
     def check(v: Any) -> str | None:
-        if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        if not (_is_int(v) or _is_whole(v)) or (lo is not None and v < lo) or (hi is not None and v > hi):
             return f"must be {want}"
         return None
+    check.normalize = _whole_to_int  # type: ignore[attr-defined]
     return check
 
 
@@ -85,6 +105,7 @@ def choice(*options: str) -> Check:
 def optional(inner: Check) -> Check:
     def check(v: Any) -> str | None:
         return None if v is None else inner(v)
+    check.normalize = lambda v: None if v is None else normalized(inner, v)  # type: ignore[attr-defined]
     return check
 
 
@@ -100,6 +121,8 @@ def listing(item: Check, length: int | None = None, min_length: int = 0) -> Chec
             if problem:
                 return f"every entry {problem}"
         return None
+    check.normalize = (  # type: ignore[attr-defined]
+        lambda v: [normalized(item, x) for x in v] if isinstance(v, list) else v)
     return check
 
 
