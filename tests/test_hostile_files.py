@@ -382,3 +382,40 @@ def test_a_whole_number_written_as_a_float_is_an_integer(tmp_path):
     assert type(settings.max_candidates) is int and type(settings.min_component_voxels) is int
     with pytest.raises(InputError, match=r"max_candidates = 2.5: must be an integer >= 1"):
         plans.inference.merged({"max_candidates": 2.5}, tmp_path / "s.json")
+
+
+# ---------------------------------------------------------------------------------------------------- full disk
+def run_on_a_full_disk(folder: Path, size: str, command: list[str]) -> subprocess.CompletedProcess:
+    """Run ``command`` with a RAM disk of ``size`` mounted on ``folder`` (in a mount namespace of its own, so
+    nothing is mounted for anyone else); its stdout ends with the files left on that disk. Skips the test where
+    the system does not let an unprivileged user namespace mount a tmpfs."""
+    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {folder}"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs in a user namespace here (unshare -Urm)")
+    script = 'mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; shift 2; "$@"; code=$?; echo FILES; ' \
+             'find "$0" -type f; exit $code'
+    return subprocess.run(["unshare", "-Urm", "sh", "-c", script, str(folder), size, str(folder), *command],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_full_disk_while_converting_says_so_and_names_the_file(tmp_path):
+    """On a disk that fills up (ENOSPC; SimpleITK's NIfTI writer leaves a truncated gzip without an error) the
+    conversion stops with one line that says writing failed for lack of space and names the file, not that a
+    gzip is corrupt; no partial or temporary file is left, and the input is untouched."""
+    valdo = write_dataset(tmp_path / "valdo", 2, layout="valdo", seed=3)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    before = tree(valdo)
+    proc = run_on_a_full_disk(raw, "48k", [str(BIN / "cmbunet_convert_valdo"), "-i", str(valdo), "-d", "5",
+                                           "--raw-root", str(raw)])
+    assert proc.returncode == 2, proc.stderr
+    first = sorted(p.name for p in valdo.iterdir())[0]
+    image = raw / "Dataset005_VALDO" / "imagesTr" / f"{first}_0000.nii.gz"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # NIfTI's C library adds one
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: {image}: was not written completely: writing failed for lack of space: the disk holding "
+        f"{image.parent} is full ("), proc.stderr
+    assert "gzip" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.split("FILES\n")[1].strip() == ""  # nothing written, not even a temporary file
+    assert tree(valdo) == before

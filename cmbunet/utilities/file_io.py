@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import resource
 import socket
 import tempfile
 import time
@@ -41,6 +42,32 @@ _MAX_TEMP_SUFFIX = 16
 STALE_TEMP_SECONDS = 3600.0
 #: Errors of a write that ran out of room; the message then names the target, since the OS names no file.
 _NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+#: A disk with less room than this left after a failed write is full: the write failed for lack of space.
+FULL_DISK_BYTES = 4 << 20
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} kB" if size >= 1024 else f"{size} bytes"
+
+
+def lack_of_room(folder: Path, written: int | None = None) -> str | None:
+    """Why a write into ``folder`` that failed (or left an incomplete file of ``written`` bytes) ran out of room,
+    or None when it did not: the file size limit of this process (``ulimit -f``) reached, or the disk full (less
+    than :data:`FULL_DISK_BYTES` left; root may also use the blocks reserved for it)."""
+    try:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (OSError, ValueError):
+        limit = resource.RLIM_INFINITY
+    if written is not None and limit != resource.RLIM_INFINITY and written >= limit:
+        return f"writing stopped at the file size limit of this process ({_size_text(limit)}, ulimit -f)"
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    free = (stat.f_bfree if os.geteuid() == 0 else stat.f_bavail) * stat.f_frsize
+    if free < FULL_DISK_BYTES:
+        return f"writing failed for lack of space: the disk holding {folder} is full ({_size_text(free)} free)"
+    return None
 
 
 def written_file_problem(path: str | Path) -> str | None:
@@ -100,13 +127,19 @@ def atomic_path(target: str | Path, suffix: str | None = None,
     try:
         try:
             yield tmp_path
-        except OSError as e:
-            if e.errno in _NO_ROOM:
+        except (OSError, RuntimeError, InputError) as e:  # a writer's error on a full disk (C++ writers: RuntimeError)
+            room = _room_left(tmp_path)
+            if room:
+                raise InputError(target, f"was not written completely: {room}; nothing was replaced") from None
+            if isinstance(e, OSError) and e.errno in _NO_ROOM:
                 raise InputError(target, f"could not be written: {e.strerror or e} (is the disk full or a file "
                                          "size limit reached?); nothing was replaced") from None
             raise
         problem = (verify or written_file_problem)(tmp_path)
         if problem:
+            room = _room_left(tmp_path)
+            if room:  # some writers (SimpleITK's NIfTI writer) leave a truncated file without an error
+                raise InputError(target, f"was not written completely: {room}; nothing was replaced")
             raise InputError(target, f"was not written completely (the file {problem}; is the disk full or a file size "
                                      "limit reached?); nothing was replaced")
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
@@ -115,6 +148,15 @@ def atomic_path(target: str | Path, suffix: str | None = None,
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _room_left(tmp: Path) -> str | None:
+    """:func:`lack_of_room` for the temporary file ``tmp`` of a failed write (its size as written so far)."""
+    try:
+        written = tmp.stat().st_size
+    except OSError:
+        written = None
+    return lack_of_room(tmp.parent, written)
 
 
 def outputs_complete(paths: Iterable[str | Path | None]) -> bool:
