@@ -29,6 +29,7 @@ from cmbunet.dataset.convert_valdo import main as convert_main
 from cmbunet.errors import InputError
 from cmbunet.imageio import reader_writer
 from cmbunet.imageio.reader_writer import SimpleITKIO
+from cmbunet.inference.input_cases import find_input_cases
 from cmbunet.model_sharing import MANIFEST, install_main
 from cmbunet.plans.plans_io import load_plans, plans_hash, save_plans
 from cmbunet.synthetic.writer import write_dataset
@@ -419,3 +420,35 @@ def test_a_full_disk_while_converting_says_so_and_names_the_file(tmp_path):
     assert "gzip" not in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout.split("FILES\n")[1].strip() == ""  # nothing written, not even a temporary file
     assert tree(valdo) == before
+
+
+# ---------------------------------------------------------------------------------------------------- sessions
+def test_bids_sessions_are_one_case_per_subject_and_session(tmp_path, capsys):
+    """Subject sub-109's files carry a BIDS ses- entity, two sessions side by side in its folder (as
+    sub-109_ses-01_space-T2S_desc-masked_T2S.nii.gz): the converter makes one case per subject and session and
+    prediction finds both; an image in a subject folder that bears no VALDO name is named as ignored by both."""
+    valdo = write_dataset(tmp_path / "valdo", 2, layout="valdo", seed=4)
+    plain, other = sorted(p for p in valdo.iterdir() if p.is_dir())
+    subject = valdo / "sub-109"
+    subject.mkdir()
+    for session in ("ses-01", "ses-02"):
+        for f in other.iterdir():
+            shutil.copy(f, subject / f.name.replace(other.name, f"sub-109_{session}"))
+    shutil.rmtree(other)
+    stray = subject / "sub-109_ses-03_T2S.nii.gz"
+    shutil.copy(subject / "sub-109_ses-01_space-T2S_desc-masked_T2S.nii.gz", stray)
+    raw = tmp_path / "raw"
+    assert convert_main(["-i", str(valdo), "-d", "9", "--raw-root", str(raw), "--skip-verify"]) == 0
+    printed = capsys.readouterr().out
+    cases = [plain.name, "sub-109_ses-01", "sub-109_ses-02"]
+    dataset = raw / "Dataset009_VALDO"
+    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in cases]
+    assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in cases]
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 3
+    assert "ignored: sub-109/sub-109_ses-03_T2S.nii.gz: not a VALDO file name" in printed
+
+    found = {c.case: c for c in find_input_cases(valdo, {"0": "T2S"}, with_ignored=True)}
+    assert [c for c in cases if found[c].ok] == cases
+    assert found["sub-109_ses-02"].output_stem == "sub-109_ses-02_space-T2S_prediction"
+    assert found["sub-109_ses-02"].images == (subject / "sub-109_ses-02_space-T2S_desc-masked_T2S.nii.gz",)
+    assert found["sub-109/sub-109_ses-03_T2S.nii.gz"].ignored.startswith("BIDS suffix T2S is not an input of the model")

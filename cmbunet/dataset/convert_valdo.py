@@ -6,7 +6,8 @@ Input (never modified)::
     VALDO_DIR/sub-XXX/sub-XXX_space-T2S_CMB.nii.gz          (absent for test subjects)
 
 ``.nii`` files are read as well as ``.nii.gz``, and BIDS entities are kept: ``sub-XXX/ses-1/anat/sub-XXX_ses-1_
-space-T2S_desc-masked_T2S.nii`` becomes case ``sub-XXX_ses-1``.
+space-T2S_desc-masked_T2S.nii`` becomes case ``sub-XXX_ses-1``, as does ``sub-XXX/sub-XXX_ses-1_space-T2S_...``
+(one case per subject and session). Images below a subject folder that bear no VALDO name are listed as ignored.
 
 Output: ``RAW/DatasetIDD_NAME`` with ``imagesTr``/``labelsTr`` (subjects with a label) and ``imagesTs``
 (subjects without one), channels in the order asked for, case id ``sub-XXX``. NaN/inf voxels become 0 (VALDO
@@ -27,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmbunet.errors import CMBUNetError, InputError
-from cmbunet.imageio.reader_writer import SimpleITKIO, geometry_mismatch
+from cmbunet.imageio.reader_writer import SUPPORTED_ENDINGS, SimpleITKIO, geometry_mismatch
 from cmbunet.dataset.integrity import count_nonfinite, verify_dataset_integrity
 from cmbunet.dataset.raw_dataset import EXPECTED_LABELS, binarise_label
 from cmbunet.paths import dataset_name_from_id, get_root, is_dataset_name
@@ -100,9 +101,20 @@ def _single(files: list[Path] | None, what: str) -> Path | None:
 
 
 def ignored_entries(valdo_dir: Path) -> list[tuple[str, str]]:
-    """(name, reason) for every entry of the VALDO folder that is not a subject folder, so none goes unmentioned."""
-    return [(p.name, "not a sub-* subject folder") for p in sorted(valdo_dir.iterdir())
-            if not (p.is_dir() and p.name.startswith("sub-"))]
+    """(name, reason) for every entry of the VALDO folder that is not a subject folder, and every image below a
+    subject folder whose name is no VALDO file name, so that nothing is skipped unmentioned."""
+    ignored = []
+    for entry in sorted(valdo_dir.iterdir()):
+        if not (entry.is_dir() and entry.name.startswith("sub-")):
+            ignored.append((entry.name, "not a sub-* subject folder"))
+            continue
+        for path in sorted(entry.rglob("*")):
+            relative = path.relative_to(valdo_dir)
+            if (path.is_file() and path.name.endswith(SUPPORTED_ENDINGS) and not VALDO_FILE_RE.match(path.name)
+                    and not any(part.startswith(".") for part in relative.parts)):
+                ignored.append((relative.as_posix(), "not a VALDO file name (SUBJECT[_ses-X]_space-T2S_desc-masked_"
+                                                     "<contrast>.nii.gz, or _space-T2S_CMB.nii.gz for the label)"))
+    return ignored
 
 
 def find_subjects(valdo_dir: Path, out_dir: Path, modalities: Sequence[str]) -> list[SubjectJob]:
