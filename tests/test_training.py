@@ -7,7 +7,10 @@ further through plan overrides so each training run takes seconds on a CPU.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -404,6 +407,21 @@ def test_ddp_with_two_cpu_processes(roots, tmp_path):
     assert ckpt["epoch"] == 2 and all(np.isfinite(ckpt["history"]["train_loss"]))
     assert not any(k.startswith("module.") for k in ckpt["weights"])
     assert "2 process(es)" in (folder / "training_log.txt").read_text()
+
+
+def test_torchrun_with_two_cpu_processes(roots, tmp_path):
+    """Under torchrun every rank runs the command: rank 0 takes the fold's lock and writes the summary, the
+    other ranks only train (before, every rank but one stopped at the lock)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "cmbunet.training.cli", DATASET, "0", "-s", "screening", "--seed", "2", "-npp", "0",
+                          "-device", "cpu", "--preprocessed-root", str(roots["pre"]), "--results-root", str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    folder = tmp_path / DATASET / "cmbunet" / "fold_0" / "screening"
+    assert torch.load(folder / "checkpoint_final.pth", weights_only=True)["epoch"] == 2
+    assert "2 process(es)" in (folder / "training_log.txt").read_text()
+    assert run.stdout.count("cmbunet_train summary") == 1 and "already" not in run.stderr
 
 
 def test_stage_without_its_prerequisite_is_refused(roots, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import time
@@ -206,16 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     if not (first.resume and model.is_trained(fold, first.stage)):
         require_stages(first, STAGES[first.stage])
     check_preprocessed_cases(case_root, train_cases + val_cases, phash, pp_hash, plans_file_name(plans_name))
-    # one run per fold: a second one would delete this run's logs and mix its checkpoints into this run's
-    with exclusive_lock(model.train_lock_file(fold), f"training of {name} fold {fold} ({model.path.name})"):
-        prepare_model_folder(pre_dir, model, phash, plans_name)
-        remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
-        print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
-              f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
-        print(f"device: {args.device} ({device_reason})")
-        print(schedule_line(plans, args.device, [c.stage for c in configs]))
+    # one run per fold: a second one would delete this run's logs and mix its checkpoints into this run's. Under
+    # torchrun, rank 0 takes the lock and prepares the folder; the other ranks only train (after the rendezvous).
+    primary = D.is_primary_process()
+    lock = exclusive_lock(model.train_lock_file(fold), f"training of {name} fold {fold} ({model.path.name})")
+    with lock if primary else contextlib.nullcontext():
+        if primary:
+            prepare_model_folder(pre_dir, model, phash, plans_name)
+            remove_stale_temp_files(model.fold_dir(fold), recursive=True)  # checkpoints a killed run left half-written
+            print(f"training {', '.join(c.stage for c in configs)} on {name} fold {fold}: {len(train_cases)} training, "
+                  f"{len(val_cases)} validation cases -> {model.fold_dir(fold)}")
+            print(f"device: {args.device} ({device_reason})")
+            print(schedule_line(plans, args.device, [c.stage for c in configs]))
         started = time.time()
         D.launch(run_stages, args.num_gpus, args.device, configs)
+        if not primary:  # thresholds, validation and the summary are rank 0's
+            return 0
         if not args.no_thresholds and any(c.stage == "discrimination" for c in configs):
             from cmbunet.evaluation.thresholds import threshold_from_candidate_prior
             trained = [str(f) for f in ["all", *range(len(load_splits(pre_dir / SPLITS_FILE)))]
@@ -264,3 +271,7 @@ def run_summary(model: ModelFolder, fold: int | str, stages: list[str], seconds:
                                                           for k, v in settings.items())
                      + f" ({model.inference_settings_file})")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m cmbunet.training.cli DATASET FOLD ...
+    raise SystemExit(main())

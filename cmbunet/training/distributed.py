@@ -39,6 +39,12 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def is_primary_process() -> bool:
+    """True in the one process that owns a run's folder: the only process, or rank 0 of ``torchrun``'s. The
+    others only train; the rendezvous in :func:`launch` holds them back until rank 0 has prepared the folder."""
+    return not launched_by_torchrun() or int(os.environ["RANK"]) == 0
+
+
 def free_port() -> int:
     """An unused TCP port on this machine for the rendezvous of spawned processes."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
