@@ -141,7 +141,9 @@ def _unsafe(name: str) -> str | None:
 
 
 def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
+    if size >= 2**20:
+        return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+    return f"{size / 2**10:.1f} kB" if size >= 2**10 else f"{size} bytes"
 
 
 def size_limit(name: str) -> tuple[int, str]:

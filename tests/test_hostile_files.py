@@ -96,7 +96,7 @@ def test_a_checkpoint_larger_than_its_kind_can_be_is_refused(exported, tmp_path,
     is lowered to 1 kB, below the size of the real checkpoint, which is stored uncompressed."""
     monkeypatch.setattr(model_sharing, "MAX_CHECKPOINT_BYTES", 1024)
     res = tmp_path / "res"
-    refused(capsys, [str(exported), "--results-root", str(res)], f"{CKPT}: declares", "more than the 1024 bytes a "
+    refused(capsys, [str(exported), "--results-root", str(res)], f"{CKPT}: declares", "more than the 1.0 kB a "
             "checkpoint can need")
     assert nothing_written(res)
 
@@ -120,7 +120,7 @@ def test_a_model_larger_than_the_free_disk_space_is_refused(exported, tmp_path, 
     monkeypatch.setattr(model_sharing.os, "statvfs", lambda path: Full())
     res = tmp_path / "res"
     refused(capsys, [str(exported), "--results-root", str(res)], f"{exported}: needs", "of disk space to install, "
-            "but only 40960 bytes are free", "nothing was extracted")
+            "but only 40.0 kB are free", "nothing was extracted")
     assert nothing_written(res)
 
 
@@ -246,7 +246,7 @@ def test_an_uncompressed_nifti_smaller_than_its_voxels_is_refused_before_reading
     short = nifti_with_dims(valdo_scan, tmp_path / "short.nii", (64, 64, 64), voxel_data=bytes(1000))
     with pytest.raises(InputError, match=rf"^{short}: is truncated or its header is wrong: its header declares 64 x "
                                          r"64 x 64 voxels of 32-bit float \(1.0 MiB\), 1.0 MiB with the header, but "
-                                         r"the file holds 1352 bytes"):
+                                         r"the file holds 1.3 kB"):
         SimpleITKIO.read_image(short)
 
 

@@ -150,7 +150,9 @@ def written_image_problem(path: str | Path) -> str | None:
 def _mib(size: float) -> str:
     if size >= 2**30:
         return f"{size / 2**30:.1f} GiB"
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size:.0f} bytes"
+    if size >= 2**20:
+        return f"{size / 2**20:.1f} MiB"
+    return f"{size / 2**10:.1f} kB" if size >= 2**10 else f"{size:.0f} bytes"
 
 
 def available_memory() -> int | None:
