@@ -452,3 +452,25 @@ def test_bids_sessions_are_one_case_per_subject_and_session(tmp_path, capsys):
     assert found["sub-109_ses-02"].output_stem == "sub-109_ses-02_space-T2S_prediction"
     assert found["sub-109_ses-02"].images == (subject / "sub-109_ses-02_space-T2S_desc-masked_T2S.nii.gz",)
     assert found["sub-109/sub-109_ses-03_T2S.nii.gz"].ignored.startswith("BIDS suffix T2S is not an input of the model")
+
+
+def test_available_memory_is_lowered_to_a_containers_limit(tmp_path):
+    """A cgroup limit (containers, batch jobs) lowers the available memory below the system's; its page cache
+    counts as free, because the kernel reclaims it before an allocation fails."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       67108864 kB\nMemAvailable:   33554432 kB\n")
+    assert reader_writer.available_memory(str(meminfo), str(tmp_path / "none")) == 32 << 30
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text(f"{4 << 30}\n")
+    (v2 / "memory.current").write_text(f"{3 << 30}\n")
+    (v2 / "memory.stat").write_text(f"anon {1 << 30}\nfile {2 << 30}\n")
+    assert reader_writer.available_memory(str(meminfo), str(v2)) == 3 << 30
+    (v2 / "memory.max").write_text("max\n")  # no limit
+    assert reader_writer.available_memory(str(meminfo), str(v2)) == 32 << 30
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{8 << 30}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{7 << 30}\n")
+    (v1 / "memory.stat").write_text(f"cache 1\nrss 2\ntotal_cache {1 << 30}\ntotal_rss {6 << 30}\n")
+    assert reader_writer.available_memory(str(meminfo), str(v1.parent)) == 2 << 30

@@ -155,12 +155,24 @@ def _mib(size: float) -> str:
     return f"{size / 2**10:.1f} kB" if size >= 2**10 else f"{size:.0f} bytes"
 
 
-def available_memory() -> int | None:
+def _cgroup_cache(stat_file: str, keys: tuple[str, ...]) -> int:
+    """Page cache counted in a cgroup's usage (reclaimed before an allocation fails): the first of ``keys``
+    found in its ``memory.stat``, else 0."""
+    try:
+        fields = dict(line.split()[:2] for line in Path(stat_file).read_text().splitlines() if line.strip())
+    except (OSError, ValueError):
+        return 0
+    return next((int(fields[k]) for k in keys if fields.get(k, "").isdigit()), 0)
+
+
+def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
     """Bytes this process can still allocate without swapping: the system's available memory (MemAvailable),
-    lowered to what a cgroup memory limit leaves (containers, batch jobs); None when it cannot be told."""
+    lowered to what a cgroup memory limit leaves (containers, batch jobs; its page cache counts as free, as the
+    kernel reclaims it); None when it cannot be told. ``meminfo`` and ``cgroup`` (v2 there, v1 in ``memory/``) are
+    where these are read."""
     available = None
     try:
-        with open("/proc/meminfo") as f:
+        with open(meminfo) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     available = int(line.split()[1]) * 1024
@@ -172,15 +184,17 @@ def available_memory() -> int | None:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             return None
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for folder, limit_name, usage_name, cache_keys in (
+            (cgroup, "memory.max", "memory.current", ("file",)),
+            (f"{cgroup}/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", ("total_cache", "cache"))):
         try:
-            limit, usage = (Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip())
+            limit = Path(folder, limit_name).read_text().strip()
+            usage = Path(folder, usage_name).read_text().strip()
         except OSError:
             continue
         if limit.isdigit() and usage.isdigit():
-            available = min(available, max(0, int(limit) - int(usage)))
+            used = max(0, int(usage) - _cgroup_cache(f"{folder}/memory.stat", cache_keys))
+            available = min(available, max(0, int(limit) - used))
         break
     return available
 
