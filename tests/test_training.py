@@ -424,6 +424,25 @@ def test_torchrun_with_two_cpu_processes(roots, tmp_path):
     assert run.stdout.count("cmbunet_train summary") == 1 and "already" not in run.stderr
 
 
+def test_fold_whose_validation_cases_hold_no_cmb_is_refused_naming_them(roots, tmp_path, capsys):
+    import shutil
+
+    pre = tmp_path / "preprocessed"
+    shutil.copytree(roots["pre"], pre)
+    val_case = _splits(roots)[0]["val"][0]
+    splits = _splits(roots)
+    splits[0]["val"] = [val_case]
+    (pre / DATASET / "splits_final.json").write_text(json.dumps(splits))
+    for props in (pre / DATASET).rglob(f"data/{val_case}.json"):
+        info = json.loads(props.read_text())
+        info["cmbs"] = []
+        props.write_text(json.dumps(info))
+    code = train_cli.main([DATASET, "0", "-s", "screening", "--preprocessed-root", str(pre),
+                           "--results-root", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"1 validation case(s) of fold 0 hold no CMB ({val_case})" in err, err
+
+
 def test_stage_without_its_prerequisite_is_refused(roots, tmp_path, capsys):
     assert _train(roots, tmp_path, "0", "-s", "discrimination") == 2
     err = capsys.readouterr().err

@@ -139,6 +139,13 @@ def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: Trainin
     log(f"{len(bank.cases)} training cases with {len(bank.positives)} CMBs; "
         + (f"{len(val_bank.cases)} validation cases with {len(val_bank.positives)} CMBs" if val_bank is not bank
            else "no validation cases (fold all): validating on a fixed subset of TRAINING patches"))
+    for role, b in (("training", bank), ("validation", val_bank)):
+        if not len(b.positives):  # say which side lacks CMBs: the message of an empty draw cannot
+            raise CMBUNetError(f"the {len(b.cases)} {role} case(s) of fold {cfg.fold} hold no CMB "
+                               f"({', '.join(b.names[:5])}{', ...' if len(b.cases) > 5 else ''}), so the stages "
+                               f"cannot {'learn' if role == 'training' else 'be validated'}; split the cases so that "
+                               "every fold's training and validation cases hold CMBs (splits_final.json of the "
+                               "preprocessed dataset), or train fold all")
     if not stage.mines:
         screening_false_positives(info, cfg, bank, FALSE_POSITIVES_FILE, log)
         if val_bank is not bank:
