@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256, help="(candidate, shift) blocks per forward pass")
     a, info, repeats = C.start(p)
     from cmbunet.inference.discrimination import PaddedVolume, shift_offsets, shifted_probabilities
+    from cmbunet.utilities.autocast import ForwardOptions
 
     n_cand = 8 if a.quick else a.candidates
     plans = C.make_plans("paper")
@@ -64,11 +65,11 @@ def main() -> None:
     centres = np.column_stack([rng.integers(0, s, n_cand) for s in shape])
     shifts = shift_offsets(a.shift)
     padded = PaddedVolume.create(volume, [b // 2 + b % 2 + a.shift for b in block])
-    dev = torch.device("cpu")
+    forward = ForwardOptions(batch_size=a.batch_size)
     load_start = C.loadavg()
 
     def run(share: bool) -> np.ndarray:
-        return shifted_probabilities([net], padded, centres, shifts, block, dev, a.batch_size, share_trunk=share)
+        return shifted_probabilities([net], padded, centres, shifts, block, forward, share_trunk=share)
 
     t_plain, plain_times, plain = C.median_time(lambda: run(False), repeats)
     t_shared, shared_times, shared = C.median_time(lambda: run(True), repeats)

@@ -64,21 +64,25 @@ STAGE_KEYS = ["read", "preprocess", "screening", "refine", "candidates", "discri
 def _predictor(args: dict):
     """The predictor of one setting: the trained model of ``--model`` with its own thresholds, or paper-size
     networks with random (seeded) weights for the forced workload."""
-    from cmbunet.inference.predictor import SCREENING_MARGIN, CMBPredictor, resolve_settings
+    from cmbunet.inference.options import REDUCED_PRECISION_STAGES, SCREENING_MARGIN, InferenceOptions
+    from cmbunet.inference.predictor import CMBPredictor, resolve_settings
+    from cmbunet.plans.schema import STAGES
 
     bf16_all = args["precision"] == "bf16-all"
-    options = dict(discrimination_batch_size=args["batch"], segmentation_batch_size=max(1, args["batch"] // 8),
-                   precision="bf16" if args["precision"].startswith("bf16") else "fp32",
-                   bf16_stages=("screening", "discrimination", "segmentation") if bf16_all else ("screening",),
-                   screening_margin=None if bf16_all else SCREENING_MARGIN,
-                   skip_empty=args["skip"], screening_channels_last=args["cl"])
+    options = InferenceOptions(
+        "cpu", "bf16" if args["precision"].startswith("bf16") else "fp32",
+        reduced_precision_stages=STAGES if bf16_all else REDUCED_PRECISION_STAGES,
+        channels_last_stages=("screening",) if args["cl"] else (), discrimination_batch_size=args["batch"],
+        segmentation_batch_size=max(1, args["batch"] // 8), skip_empty=args["skip"],
+        screening_margin=None if bf16_all else SCREENING_MARGIN)
     if args.get("model"):
-        return CMBPredictor.from_model_folder(args["model"], settings_overrides={"tile_size": args["tile"]}, **options)
+        return CMBPredictor.from_model_folder(args["model"], settings_overrides={"tile_size": args["tile"]},
+                                              options=options)
     plans = C.make_plans(args.get("preset") or "paper", overrides=args.get("overrides") or None)
     nets = C.build_networks(plans)
     settings = resolve_settings(plans, None, {"tile_size": args["tile"], "screening_threshold": 0.0,
                                               "max_candidates": args["candidates"]})
-    return CMBPredictor(plans, {k: [v] for k, v in nets.items()}, "cpu", settings=settings, **options)
+    return CMBPredictor(plans, {k: [v] for k, v in nets.items()}, options, settings=settings)
 
 
 def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -> dict:
@@ -112,10 +116,9 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
     t["candidates"] += time.perf_counter() - clock
     stats = dict(pred.last_screening_stats)
     clock = time.perf_counter()
-    disc, moved = discriminate_candidates(pred.networks["discrimination"], data, centres, plans, pred.device,
-                                          settings.discrimination_shift_vox, settings.discrimination_aggregate,
-                                          pred.discrimination_batch_size, pred.stage_precision["discrimination"],
-                                          pred.channels_last, settings.discrimination_mirror)
+    disc, moved = discriminate_candidates(pred.networks["discrimination"], data, centres, plans,
+                                          pred.options.forward("discrimination"), settings.discrimination_shift_vox,
+                                          settings.discrimination_aggregate, settings.discrimination_mirror)
     if forced:  # the top-K rule in place of the threshold, which means nothing for random weights
         kept = np.zeros(len(disc), dtype=bool)
         kept[np.argsort(-disc, kind="stable")[: args["kept"]]] = True
@@ -125,8 +128,8 @@ def _run_case(pred, image: str, outdir: Path, args: dict, t: dict[str, float]) -
         kept = kept_candidates(disc, measures, settings)
     t["discrimination"] += time.perf_counter() - clock
     clock = time.perf_counter()
-    prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans, pred.device,
-                                  pred.segmentation_batch_size, pred.stage_precision["segmentation"], pred.channels_last)
+    prob_pre = segment_candidates(pred.networks["segmentation"], data, moved[kept], plans,
+                                  pred.options.forward("segmentation"))
     t["segmentation"] += time.perf_counter() - clock
     clock = time.perf_counter()
     native, binary, _ = export_segmentation(prob_pre, properties, float(settings.segmentation_threshold))

@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass of the sliding window")
     a, info, repeats = C.start(p)
     from cmbunet.inference.screening import score_map_shape, screening_score_map
+    from cmbunet.utilities.autocast import ForwardOptions
 
     plans = C.make_plans("paper")
     net = C.build_networks(plans)["screening"]
@@ -62,12 +63,13 @@ def main() -> None:
     print(f"# volume {vshape} ({source}); sliding-window crop {list(crop.shape[1:])} at offset {off}; load {load_start}")
 
     fcn_flops = C.screening_fcn_flops(net, vshape, plans)
-    t_fcn, fcn_times, fcn_map = C.median_time(lambda: screening_score_map(net, volume, plans, "cpu", mode="fcn"), repeats)
+    t_fcn, fcn_times, fcn_map = C.median_time(lambda: screening_score_map(net, volume, plans, mode="fcn"), repeats)
     n_blocks_volume = int(np.prod(score_map_shape(vshape, plans)))
 
-    crop_fcn = screening_score_map(net, crop, plans, "cpu", mode="fcn")
-    t_sl, sl_times, sl_map = C.median_time(
-        lambda: screening_score_map(net, crop, plans, "cpu", mode="sliding", batch_size=a.batch_size), repeats)
+    crop_fcn = screening_score_map(net, crop, plans, mode="fcn")
+    sliding = ForwardOptions(batch_size=a.batch_size)
+    t_sl, sl_times, sl_map = C.median_time(lambda: screening_score_map(net, crop, plans, sliding, mode="sliding"),
+                                           repeats)
     n_blocks_crop = int(sl_map.size)
     blocks_per_s = n_blocks_crop / t_sl
     t_sl_volume = n_blocks_volume / blocks_per_s

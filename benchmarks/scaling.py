@@ -60,7 +60,7 @@ def main() -> None:
         props = dict(case.props, shape=[int(v) for v in crop.shape])
         data, _, _, _ = preprocess_case(crop[None], props, plans)
         n_vox = int(np.prod(data.shape[1:]))
-        t_scr, times, _ = C.median_time(lambda: screening_score_map(net, data, plans, "cpu"), repeats, warmup=0)
+        t_scr, times, _ = C.median_time(lambda: screening_score_map(net, data, plans), repeats, warmup=0)
         row = {"native crop": list(crop.shape), "preprocessed": list(data.shape[1:]), "voxels (M)": n_vox / 1e6,
                "screening s": t_scr, "screening us/voxel": 1e6 * t_scr / n_vox,
                "GFLOP/s": C.screening_fcn_flops(net, data.shape[1:], plans) / t_scr / 1e9}

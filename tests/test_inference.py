@@ -17,11 +17,13 @@ from cmbunet.imageio import SimpleITKIO
 from cmbunet.inference.discrimination import (PaddedVolume, aggregate_shifts, discriminate_candidates,
                                               shift_offsets, shifted_probabilities)
 from cmbunet.inference.input_cases import find_input_cases, select_part
+from cmbunet.inference.options import FolderOptions, InferenceOptions
 from cmbunet.inference.predictor import CMBPredictor, drop_small_components, resolve_settings, voxel_to_world
 from cmbunet.inference.segmentation import gaussian_importance, merge_patches, segment_candidates
 from cmbunet.networks import build_network
 from cmbunet.plans import STAGES, Plans
 from cmbunet.plans.plans_io import plans_hash, save_plans
+from cmbunet.utilities.autocast import ForwardOptions
 from cmbunet.utilities.file_io import save_json
 from plan_helpers import make_plans
 
@@ -148,8 +150,8 @@ def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_
     block = plans.discrimination.block_size
     padded = PaddedVolume.create(vol, [b // 2 + 1 + shift_vox for b in block])
     shifts = shift_offsets(shift_vox)
-    shared = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=60)
-    plain = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=10,
+    shared = shifted_probabilities([net], padded, centres, shifts, block, ForwardOptions(batch_size=60))
+    plain = shifted_probabilities([net], padded, centres, shifts, block, ForwardOptions(batch_size=10),
                                   share_trunk=False)
     # reference: explicit zero padding and slicing of every (candidate, shift) block
     big = np.pad(vol, [(0, 0)] + [(40, 40)] * 3)
@@ -160,7 +162,8 @@ def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_
     assert ref.std() > 1e-3  # the probabilities differ between shifts, so a wrong window would show
     np.testing.assert_allclose(plain, ref, atol=1e-5)
     np.testing.assert_allclose(shared, ref, atol=1e-5)
-    prob, moved = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, batch_size=7, mirror=False)
+    prob, moved = discriminate_candidates([net], vol, centres, plans, ForwardOptions(batch_size=7), shift_vox=shift_vox,
+                                          mirror=False)
     np.testing.assert_allclose(prob, ref.max(axis=1), atol=1e-5)
     assert (moved >= 0).all() and (moved < np.array(vol.shape[1:])).all()
     # test-time mirroring along x: the mean of each block's score and its mirrored block's, in both passes
@@ -168,7 +171,7 @@ def test_batched_shifted_discrimination_equals_one_block_at_a_time(plans, shift_
         flipped = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(blocks[:, :, ::-1]))), 1)[:, 1].numpy()
     mirrored_ref = (ref + flipped.reshape(ref.shape)) / 2
     for share in (True, False):
-        mirrored = shifted_probabilities([net], padded, centres, shifts, block, torch.device("cpu"), batch_size=60,
+        mirrored = shifted_probabilities([net], padded, centres, shifts, block, ForwardOptions(batch_size=60),
                                          share_trunk=share, mirror_axes=(0,))
         np.testing.assert_allclose(mirrored, mirrored_ref, atol=1e-5)
     prob, _ = discriminate_candidates([net], vol, centres, plans, shift_vox=shift_vox, mirror=True)
@@ -204,7 +207,7 @@ def test_fold_average_of_segmentation_equals_mean_of_single_folds(plans):
         nets.append(build_network("segmentation", plans).eval())
     vol = np.random.default_rng(0).normal(size=(1, 40, 36, 20)).astype(np.float32)
     centres = np.array([[20, 15, 9], [38, 35, 19]])
-    both = segment_candidates(nets, vol, centres, plans, batch_size=2)
+    both = segment_candidates(nets, vol, centres, plans, ForwardOptions(batch_size=2))
     single = [segment_candidates([n], vol, centres, plans) for n in nets]
     np.testing.assert_allclose(both, (single[0] + single[1]) / 2, atol=1e-5)
     assert both.shape == (40, 36, 20) and 0 <= both.min() and both.max() <= 1 and both[0, 35, 0] == 0
@@ -232,7 +235,7 @@ def test_planted_cmb_is_found_at_its_world_position(plans, planted):
 
 def test_geometry_round_trip_of_oblique_anisotropic_case(plans, planted, tmp_path):
     folder, _ = planted
-    summary = standin_predictor(plans).predict_folder(folder, tmp_path, save_probabilities=True, progress=False)
+    summary = standin_predictor(plans).predict_folder(folder, tmp_path, FolderOptions(save_probabilities=True, progress=False))
     assert summary["status"].tolist() == ["ok"]
     src = sitk.ReadImage(str(folder / "case_0000.nii.gz"))
     for name in ("case.nii.gz", "case_probabilities.nii.gz"):
@@ -257,7 +260,7 @@ def test_fcn_and_sliding_window_give_the_same_prediction(plans, tmp_path):
     overrides = {"screening_threshold": 0.0, "discrimination_threshold": 0.0, "max_candidates": 6}
     results = {}
     for mode in ("fcn", "sliding"):
-        pred = CMBPredictor.from_model_folder(model, mode=mode, settings_overrides=overrides)
+        pred = CMBPredictor.from_model_folder(model, settings_overrides=overrides, options=InferenceOptions(mode=mode))
         results[mode] = pred.predict_case([tmp_path / "small_0000.nii.gz"])
     fcn, sliding = results["fcn"], results["sliding"]
     assert len(fcn.candidates) == 6
@@ -283,7 +286,7 @@ def test_min_component_voxels_drops_small_cmbs_from_both_maps(plans, planted):
 def test_cpu_bf16_stays_close_to_fp32(plans, planted):
     folder, _ = planted
     fp32 = standin_predictor(plans).predict_case([folder / "case_0000.nii.gz"])
-    bf16 = standin_predictor(plans, cpu_bf16=True).predict_case([folder / "case_0000.nii.gz"])
+    bf16 = standin_predictor(plans, options=InferenceOptions(precision="bf16")).predict_case([folder / "case_0000.nii.gz"])
     assert np.abs(fp32.probabilities - bf16.probabilities).max() < 0.02
     assert len(bf16.cmbs) == len(fp32.cmbs) == 1
 

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from cmbunet.inference.candidates import decision_boxes, find_candidates
+from cmbunet.inference.cli import build_parser, inference_options
+from cmbunet.inference.options import InferenceOptions
 from cmbunet.inference.predictor import CMBPredictor
 from cmbunet.inference.screening import empty_block_score, score_box, score_boxes, screening_score_map
 from cmbunet.networks import build_network
 from cmbunet.preprocessing.preprocessor import load_preprocessed_case, preprocess_case
+from cmbunet.utilities.autocast import ForwardOptions
 from cmbunet.utilities.cpu_features import cpu_has_fast_bf16, resolve_precision
 from plan_helpers import make_plans, paper_plans
 from tiny_schedule import TINY_TRAINING_OVERRIDES
@@ -85,19 +88,21 @@ def test_auto_precision_follows_the_cpu_flags(tmp_path):
 
 
 def test_predictor_runs_bf16_in_screening_only_and_says_so(trained):
-    pred = CMBPredictor.from_model_folder(trained["model"], precision="bf16")
+    pred = CMBPredictor.from_model_folder(trained["model"], options=InferenceOptions(precision="bf16"))
     assert pred.stage_precision == {"screening": "bf16", "discrimination": "fp32", "segmentation": "fp32"}
     assert pred.precision_line().startswith("precision: bf16 on cpu (bfloat16 requested")
-    legacy = CMBPredictor.from_model_folder(trained["model"], cpu_bf16=True)
+    args = build_parser().parse_args(["-i", "in", "-o", "out", "-m", "model", "-device", "cpu", "--cpu-bf16"])
+    legacy = CMBPredictor.from_model_folder(trained["model"], options=inference_options(args)[0])
     assert legacy.stage_precision["screening"] == "bf16"
     assert CMBPredictor.from_model_folder(trained["model"]).precision == "fp32"  # the Python API keeps float32
 
 
 # ----------------------------------------------------------------------------------------------- bf16 = fp32
 def test_bf16_gives_the_candidates_and_kept_cmbs_of_fp32_on_a_trained_model(trained):
-    fp32 = CMBPredictor.from_model_folder(trained["model"], precision="fp32")
-    bf16 = CMBPredictor.from_model_folder(trained["model"], precision="bf16")
-    raw_bf16 = CMBPredictor.from_model_folder(trained["model"], precision="bf16", screening_margin=None)
+    fp32 = CMBPredictor.from_model_folder(trained["model"], options=InferenceOptions(precision="fp32"))
+    bf16 = CMBPredictor.from_model_folder(trained["model"], options=InferenceOptions(precision="bf16"))
+    raw_bf16 = CMBPredictor.from_model_folder(trained["model"],
+                                              options=InferenceOptions(precision="bf16", screening_margin=None))
     total_candidates = total_kept = 0
     raw_diffs = []
     for case in trained["cases"][:5]:
@@ -166,11 +171,12 @@ def test_skipping_empty_tiles_leaves_the_score_map_unchanged_everywhere(trained,
     assert (data[:, ~brain] == 0).all() and brain.mean() < 0.7  # background is exactly 0 in the cropped box
     tile = [32, 32, 24]  # small tiles, so that some, in the corner of the box, lie wholly outside the brain
     stats: dict = {}
-    skipped = screening_score_map(net, data, plans, tile_size=tile, precision=precision, stats=stats)
-    full = screening_score_map(net, data, plans, tile_size=tile, precision=precision, skip_empty=False)
+    forward = ForwardOptions(precision=precision)
+    skipped = screening_score_map(net, data, plans, forward, tile_size=tile, stats=stats)
+    full = screening_score_map(net, data, plans, forward, tile_size=tile, skip_empty=False)
     assert stats["tiles_skipped"] > 0 and stats["positions_computed"] < stats["positions"], stats
     np.testing.assert_allclose(skipped, full, rtol=0, atol=1e-6 if precision == "fp32" else 1e-3)
-    empty = empty_block_score(net, 1, plans.screening.block_size, torch.device("cpu"), precision)
+    empty = empty_block_score(net, 1, plans.screening.block_size, forward)
     outside = np.isclose(full, empty, rtol=0, atol=1e-6)
     assert 0.02 < outside.mean() < 0.95  # the constant fills a real part of the map, and only that part
     assert (skipped == np.float32(empty)).mean() > 0.02  # filled, not computed, there
@@ -212,7 +218,7 @@ def test_batched_box_scores_equal_one_pass_per_box():
     assert len(calls) < passes_single, (len(calls), passes_single)
     full = screening_score_map(net, volume, plans, tile_size=[1000, 1000, 1000], skip_empty=False)
     assert float(np.ptp(full)) > 1e-3  # random weights, but scores that differ
-    last = score_boxes(net, volume, plans, boxes, tile_size=tile, channels_last=True)  # the predictor's layout
+    last = score_boxes(net, volume, plans, boxes, ForwardOptions(channels_last=True), tile)  # the predictor's layout
     for box, a, b, c in zip(boxes, single, batched, last):
         assert a.shape == b.shape == c.shape == full[box].shape
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)

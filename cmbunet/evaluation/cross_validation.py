@@ -81,12 +81,13 @@ def predict_validation_cases(model_dir: Path, fold: int | str, cases: Sequence[s
                              validation_dir: Path, device: str = "cpu", overwrite: bool = False) -> list[str]:
     """Predict the unfinished ``cases`` with fold ``fold``'s networks; returns the cases predicted now."""
     # loads torch and the networks, which the rest of this module (and cmbunet_cross_validate --help) needs not
+    from cmbunet.inference.options import InferenceOptions
     from cmbunet.inference.predictor import CMBPredictor, resolve_settings
 
     todo = [c for c in cases if overwrite or not case_finished(validation_dir, c)]
     if not todo:
         return []
-    predictor = CMBPredictor.from_model_folder(model_dir, folds=[fold], device=device)
+    predictor = CMBPredictor.from_model_folder(model_dir, folds=[fold], options=InferenceOptions(device=device))
     # the plans' defaults only: a tuned inference_settings.json must not shape the data it was tuned on, and
     # the saved candidates stay comparable between runs. Screening keeps candidates down to the counting
     # threshold, so that the threshold search can sweep the screening threshold from there.

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmbunet.errors import CMBUNetError, InputError
 from cmbunet.model_folder import DATASET_JSON_FILE, PLANS_FILE, ModelFolder, model_subfolder, plans_name_of
@@ -23,12 +24,22 @@ from cmbunet.utilities.cli import (MODEL_PLANS_HELP, add_device_option, add_fold
 from cmbunet.utilities.cpu_features import BF16_CPU_FLAGS, PRECISIONS, cpu_has_bf16  # noqa: F401
 from cmbunet.utilities.file_io import load_json
 
+if TYPE_CHECKING:
+    from cmbunet.inference.options import InferenceOptions
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = command_parser(
+    parser = command_parser(
         "cmbunet_predict",
         "Detect and segment cerebral microbleeds: screening FCN -> discrimination CNN -> U-Net, "
         "written back in the geometry of each input scan.")
+    for add_group in (_input_options, _model_options, _run_options, _decision_options, _speed_options):
+        add_group(parser)
+    return parser
+
+
+def _input_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("input and output")
     p.add_argument("-i", "--input", required=True,
                    help="skull-stripped T2*-weighted GRE magnitude or SWI images (see --brain-mask): a VALDO tree (sub-XXX/sub-XXX_space-T2S_desc-masked_T2S.nii.gz), a BIDS dataset "
                         "(sub-XXX/[ses-YYY/]anat/sub-XXX[_ses-YYY]_T2starw.nii.gz), a folder of CASE_0000.nii.gz "
@@ -47,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flat: every file in OUTPUT, named after the case (VALDO: sub-XXX_space-T2S_prediction.nii.gz); "
                         "bids: OUTPUT becomes a BIDS derivative dataset (sub-XXX/[ses-YYY/]anat/..._desc-cmb_mask.nii.gz, "
                         "_desc-cmb_probseg.nii.gz, _desc-cmb_cmbs.tsv)")
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("model")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("-d", "--dataset", help="dataset id or name; the model is CMBUNET_RESULTS/DatasetXXX_Name/cmbunet")
     model.add_argument("-m", "--model",
@@ -59,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(-f 0 1 2 3 4 all); default: every numbered fold with all three stages trained, or 'all' "
                         "when no numbered fold is; the folds used are printed and recorded")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final", help="which checkpoint of each stage")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("running and writing")
     add_device_option(p, "where the networks run")
     p.add_argument("--mode", choices=("fcn", "sliding"), default="fcn",
                    help="screening as one fully convolutional pass (fast) or as an explicit sliding window (reference)")
@@ -77,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which share this run does (0-based)")
     p.add_argument("-npp", "--preprocessing-workers", "--npp", dest="npp", type=int, default=1, metavar="N",
                    help="background threads reading and preprocessing the next cases (0: no background work)")
+
+
+def _decision_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("thresholds and rules",
+                                  "each defaults to inference_settings.json of the model, else the plans")
     p.add_argument("--screening-threshold", type=float, default=None,
                    help="default: inference_settings.json of the model, else the plans (0.5; 0.1 in the paper "
                         "preset and in plans written before 2026-12)")
@@ -120,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="yes: write only the segmented CMBs that reach within two voxels of a kept candidate (the "
                         "U-Net's patch also segments dark spots nearby that discrimination never judged); no: every "
                         "component (default: inference_settings.json of the model, else the plans (yes))")
+
+
+def _speed_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("speed", "how the networks run; the detections stay those of float32")
     p.add_argument("--batch-size", type=int, default=256, help="blocks per forward pass in discrimination "
                                                               "(segmentation uses an eighth of it)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -130,7 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-bf16", action="store_true", help="deprecated: same as --precision bf16")
     p.add_argument("--no-skip-empty", action="store_true",
                    help="screen every tile, also those outside the brain (same result, slower; for checking)")
-    return p
 
 
 def model_folder(args: argparse.Namespace) -> Path:
@@ -224,40 +251,55 @@ def dataset_file_ending(model_dir: Path) -> str:
         return ".nii.gz"
 
 
+def requested_precision(args: argparse.Namespace) -> str:
+    """``--precision`` (``auto`` when absent), or ``bf16`` for the deprecated ``--cpu-bf16``, with a warning."""
+    if not args.cpu_bf16:
+        return args.precision or "auto"
+    if args.precision not in (None, "bf16"):
+        raise CMBUNetError(f"--cpu-bf16 (deprecated, = --precision bf16) contradicts --precision {args.precision}")
+    print("warning: --cpu-bf16 is deprecated; use --precision bf16", file=sys.stderr)
+    return "bf16"
+
+
+def inference_options(args: argparse.Namespace) -> tuple[InferenceOptions, str]:
+    """How the networks run, from the command line, and why on that device: ``-device``, the precision,
+    ``--batch-size`` (discrimination; segmentation an eighth of it), ``--no-skip-empty`` and ``--mode``."""
+    from cmbunet.inference.options import InferenceOptions  # torch: not for --help
+
+    precision = requested_precision(args)
+    device, device_reason = resolve_device_choice(args.device)
+    if precision == "bf16" and device == "cpu" and cpu_has_bf16() is False:
+        print(f"warning: bfloat16 on a CPU without bfloat16 instructions (none of {', '.join(BF16_CPU_FLAGS)} in "
+              "/proc/cpuinfo): PyTorch emulates them and prediction runs many times slower than float32 "
+              "(about 90x for the convolutions on such a CPU; documentation/benchmarks.md)", file=sys.stderr)
+    options = InferenceOptions(device=device, precision=precision, discrimination_batch_size=args.batch_size,
+                               segmentation_batch_size=max(1, args.batch_size // 8),
+                               skip_empty=not args.no_skip_empty, mode=args.mode)
+    return options, device_reason
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.npp < 0:
         raise CMBUNetError("--batch-size must be >= 1 and -npp (--preprocessing-workers) >= 0")
     refuse_dataset_output(Path(args.output), args.results_root)
-    from cmbunet.inference.predictor import CMBPredictor  # torch and the networks: not for --help
+    from cmbunet.inference.options import FolderOptions  # torch and the networks: not for --help
+    from cmbunet.inference.predictor import CMBPredictor
 
-    if args.cpu_bf16:
-        if args.precision not in (None, "bf16"):
-            raise CMBUNetError(f"--cpu-bf16 (deprecated, = --precision bf16) contradicts --precision {args.precision}")
-        print("warning: --cpu-bf16 is deprecated; use --precision bf16", file=sys.stderr)
-        args.precision = "bf16"
-    precision = args.precision or "auto"
-    device, device_reason = resolve_device_choice(args.device)
-    if precision == "bf16" and device == "cpu" and cpu_has_bf16() is False:
-        print(f"warning: bfloat16 on a CPU without bfloat16 instructions (none of {', '.join(BF16_CPU_FLAGS)} in "
-              "/proc/cpuinfo): PyTorch emulates them and prediction runs many times slower than float32 "
-              "(about 90x for the convolutions on such a CPU; documentation/benchmarks.md)", file=sys.stderr)
+    options, device_reason = inference_options(args)
     model_dir = model_folder(args)
-    predictor = CMBPredictor.from_model_folder(
-        model_dir, folds=args.folds, device=device, checkpoint=args.checkpoint, mode=args.mode,
-        settings_overrides=settings_overrides(args), discrimination_batch_size=args.batch_size,
-        segmentation_batch_size=max(1, args.batch_size // 8), precision=precision,
-        skip_empty=not args.no_skip_empty)
-    print(f"device: {device} ({device_reason})")
+    predictor = CMBPredictor.from_model_folder(model_dir, args.folds, args.checkpoint, settings_overrides(args),
+                                               options)
+    print(f"device: {options.device} ({device_reason})")
     print(predictor.precision_line())
     print(predictor.folds_line())
     print(predictor.thresholds_line())
-    summary = predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
-                                       overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
-                                       num_workers=args.npp, file_ending=dataset_file_ending(model_dir),
-                                       output_format=args.output_format, save_candidates=args.save_candidates,
-                                       brain_mask=args.brain_mask, allow_unstripped=args.allow_unstripped)
+    run = FolderOptions(save_probabilities=args.save_probabilities, save_candidates=args.save_candidates,
+                        output_format=args.output_format, overwrite=args.overwrite, num_parts=args.num_parts,
+                        part_id=args.part_id, num_workers=args.npp, file_ending=dataset_file_ending(model_dir),
+                        brain_mask=args.brain_mask, allow_unstripped=args.allow_unstripped)
+    summary = predictor.predict_folder(args.input, args.output, run)
     failed = summary[summary["status"] == "failed"]
     ignored = summary[summary["status"] == "ignored"]
     done = int((summary["status"] == "ok").sum())

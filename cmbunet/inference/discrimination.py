@@ -25,7 +25,7 @@ from torch import nn
 
 from cmbunet.errors import InvalidValueError
 from cmbunet.plans.schema import Plans
-from cmbunet.utilities.autocast import batch_probability, cmb_probability
+from cmbunet.utilities.autocast import ForwardOptions, batch_probability, cmb_probability
 from cmbunet.utilities.patches import extract_patches
 
 
@@ -65,15 +65,14 @@ def shift_offsets(shift_vox: int) -> np.ndarray:
 
 @torch.inference_mode()
 def block_probabilities(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, size: Sequence[int],
-                        device: torch.device, batch_size: int, precision: str | bool, channels_last: bool,
-                        item_shape: Sequence[int] = ()) -> np.ndarray:
+                        forward: ForwardOptions, item_shape: Sequence[int] = ()) -> np.ndarray:
     """``(N, *item_shape)`` fold-averaged CMB probabilities of the blocks of ``size`` centred at ``centres``, cut and
-    run ``batch_size`` at a time so memory stays bounded: one probability per block (the discrimination CNN,
-    ``item_shape`` empty) or per voxel (the U-Net, ``item_shape`` its patch size)."""
+    run ``forward.batch_size`` at a time so memory stays bounded: one probability per block (the discrimination
+    CNN, ``item_shape`` empty) or per voxel (the U-Net, ``item_shape`` its patch size)."""
     out = np.empty((len(centres), *item_shape), dtype=np.float32)
-    for start in range(0, len(centres), batch_size):
-        blocks = padded.patches(centres[start : start + batch_size], size)
-        out[start : start + len(blocks)] = batch_probability(networks, blocks, device, precision, channels_last)
+    for start in range(0, len(centres), forward.batch_size):
+        blocks = padded.patches(centres[start : start + forward.batch_size], size)
+        out[start : start + len(blocks)] = batch_probability(networks, blocks, forward)
     return out
 
 
@@ -88,51 +87,38 @@ def _shared_trunk_probability(net: nn.Module, grown: torch.Tensor, shifts: np.nd
 
 
 @torch.inference_mode()
-def shifted_probabilities(
-    networks: Sequence[nn.Module],
-    padded: PaddedVolume,
-    centres: np.ndarray,
-    shifts: np.ndarray,
-    block_size: Sequence[int],
-    device: torch.device,
-    batch_size: int = 256,
-    precision: str | bool = False,
-    channels_last: bool = False,
-    share_trunk: bool = True,
-    mirror_axes: Sequence[int] = (),
-) -> np.ndarray:
+def shifted_probabilities(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, shifts: np.ndarray,
+                          block_size: Sequence[int], forward: ForwardOptions = ForwardOptions(),
+                          share_trunk: bool = True, mirror_axes: Sequence[int] = ()) -> np.ndarray:
     """``(N, S)`` fold-averaged CMB probability of every candidate at every shifted centre.
 
-    ``batch_size`` counts (candidate, shift) blocks. Networks that expose a shift-invariant trunk (the
+    ``forward.batch_size`` counts (candidate, shift) blocks. Networks that expose a shift-invariant trunk (the
     discrimination CNN) compute it once per candidate unless ``share_trunk`` is False; any other network sees
     every shifted block. ``mirror_axes`` (spatial axes 0-2) adds test-time mirroring: every combination of flips
     along them is scored too and averaged (2^k passes), as the blocks were flipped in training.
     """
     if mirror_axes:
-        return _mirrored(networks, padded, centres, shifts, block_size, device, batch_size, precision, channels_last,
-                         share_trunk, mirror_axes)
+        return _mirrored(networks, padded, centres, shifts, block_size, forward, share_trunk, mirror_axes)
     n, s = len(centres), len(shifts)
     if share_trunk and _shares_trunk(networks) and n:
         reach = int(np.abs(shifts).max())
         grown_size = [int(b) + 2 * reach for b in block_size]
         out = np.empty((n, s), dtype=np.float32)
-        per_batch = max(1, batch_size // s)
+        per_batch = max(1, forward.batch_size // s)
         def probability(net: nn.Module, grown: torch.Tensor) -> torch.Tensor:
             return _shared_trunk_probability(net, grown, shifts, reach)
 
         for start in range(0, n, per_batch):
             grown = padded.patches(centres[start : start + per_batch], grown_size)
-            out[start : start + len(grown)] = batch_probability(networks, grown, device, precision, channels_last,
-                                                                probability)
+            out[start : start + len(grown)] = batch_probability(networks, grown, forward, probability)
         return out
     all_centres = (np.asarray(centres, dtype=np.int64)[:, None, :] + shifts[None]).reshape(-1, 3)
-    return block_probabilities(networks, padded, all_centres, block_size, device, batch_size, precision,
-                               channels_last).reshape(n, s)
+    return block_probabilities(networks, padded, all_centres, block_size, forward).reshape(n, s)
 
 
 def _mirrored(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.ndarray, shifts: np.ndarray,
-              block_size: Sequence[int], device: torch.device, batch_size: int, precision: str | bool,
-              channels_last: bool, share_trunk: bool, mirror_axes: Sequence[int]) -> np.ndarray:
+              block_size: Sequence[int], forward: ForwardOptions, share_trunk: bool,
+              mirror_axes: Sequence[int]) -> np.ndarray:
     """Mean over every flip combination of ``mirror_axes``: the networks see each block mirrored. With a shared
     trunk the grown block is flipped once, and its window at a shift holds the flipped block of the opposite
     shift (the block is grown symmetrically), so those columns are mapped back."""
@@ -143,8 +129,7 @@ def _mirrored(networks: Sequence[nn.Module], padded: PaddedVolume, centres: np.n
     combos = [[a for k, a in enumerate(axes) if mask >> k & 1] for mask in range(2 ** len(axes))]
     for flip in combos:
         flipped = [_Flipped(net, [2 + a for a in flip]) for net in networks] if flip else list(networks)
-        probs = shifted_probabilities(flipped, padded, centres, shifts, block_size, device, batch_size, precision,
-                                      channels_last, share_trunk)
+        probs = shifted_probabilities(flipped, padded, centres, shifts, block_size, forward, share_trunk)
         sign = np.ones(3, dtype=np.int64)
         if share_trunk:  # column j of the flipped trunk pass saw the original block at shift sign * shifts[j]
             sign[flip] = -1
@@ -195,16 +180,15 @@ def aggregate_shifts(probs: np.ndarray, centres: np.ndarray, shifts: np.ndarray,
 
 
 def discriminate_candidates(networks: Sequence[nn.Module], volume: np.ndarray, centres: np.ndarray, plans: Plans,
-                            device: str | torch.device = "cpu", shift_vox: int | None = None,
-                            aggregate: str | None = None, batch_size: int = 256, precision: str | bool = False,
-                            channels_last: bool = False, mirror: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            forward: ForwardOptions = ForwardOptions(), shift_vox: int | None = None,
+                            aggregate: str | None = None, mirror: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Discrimination probability ``(N,)`` and refined centres ``(N, 3)`` of candidates in ``volume`` ``(C, X, Y, Z)``.
 
-    With several networks (folds) the per-shift probabilities are averaged over folds before aggregation, so
-    all folds agree on one refined centre. ``mirror`` (default: the plans' ``discrimination_mirror``) also
-    scores every block mirrored along the training flip axes (``augmentation.flip_axes``) and averages.
+    ``forward``: how the networks run (``batch_size`` counts (candidate, shift) blocks). With several networks
+    (folds) the per-shift probabilities are averaged over folds before aggregation, so all folds agree on one
+    refined centre. ``mirror`` (default: the plans' ``discrimination_mirror``) also scores every block mirrored
+    along the training flip axes (``augmentation.flip_axes``) and averages.
     """
-    device = torch.device(device)
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
     inf = plans.inference
     shift_vox = int(inf.discrimination_shift_vox if shift_vox is None else shift_vox)
@@ -217,6 +201,5 @@ def discriminate_candidates(networks: Sequence[nn.Module], volume: np.ndarray, c
     padded = PaddedVolume.for_blocks(volume, block, pad_value, reach=shift_vox)
     mirror = bool(inf.discrimination_mirror if mirror is None else mirror)
     axes = [int(a) for a in plans.augmentation.flip_axes] if mirror else []
-    probs = shifted_probabilities(networks, padded, centres, shifts, block, device, batch_size, precision, channels_last,
-                                  mirror_axes=axes)
+    probs = shifted_probabilities(networks, padded, centres, shifts, block, forward, mirror_axes=axes)
     return aggregate_shifts(probs, centres, shifts, aggregate, volume.shape[1:])

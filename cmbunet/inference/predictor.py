@@ -38,6 +38,7 @@ from cmbunet.inference.brain_mask import apply_brain_mask, find_brain_mask, unst
 from cmbunet.inference.candidates import decision_boxes, find_candidates
 from cmbunet.inference.discrimination import discriminate_candidates
 from cmbunet.inference.input_cases import InputCase, find_input_cases, select_part
+from cmbunet.inference.options import FolderOptions, InferenceOptions
 from cmbunet.inference.record import build_record, check_record, model_section, write_record
 from cmbunet.inference.outputs import (CMB_COLUMNS, CaseOutputs,  # noqa: F401 - CMB_COLUMNS re-exported
                                       CasePrediction, cmb_table, drop_small_components, preprocessed_to_native,
@@ -51,18 +52,8 @@ from cmbunet.model_folder import INFERENCE_SETTINGS_FILE, ModelFolder, other_pla
 from cmbunet.plans.plans_io import plans_hash
 from cmbunet.plans.schema import SETTING_KEYS, STAGES, InferenceSettings, Plans
 from cmbunet.preprocessing.preprocessor import export_segmentation, native_geometry, preprocess_case
-from cmbunet.utilities.cpu_features import resolve_precision
 from cmbunet.utilities.file_io import remove_stale_temp_files
 from cmbunet.utilities.geometry import voxel_to_world
-
-#: Stages that run in reduced precision (bf16 on the CPU, fp16 on CUDA). Screening is nearly all of the time;
-#: discrimination and segmentation stay in float32 so that the kept candidates, their centres and the masks are
-#: float32's.
-BF16_STAGES = ("screening",)
-#: Reduced-precision screening scores are recomputed in float32 where they lie within this margin of the screening
-#: threshold (and in the NMS windows around them). bf16 moved scores by at most 0.02 in the measurements
-#: (documentation/benchmarks.md), so the candidates are exactly those of float32.
-SCREENING_MARGIN = 0.05
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -105,16 +96,6 @@ def default_folds(complete: Sequence[str]) -> tuple[list[str], str]:
         note = f"; fold(s) {', '.join(left)} left out (pass -f {' '.join(left)} to use them)" if left else ""
         return numbered, "default: every numbered fold with all three stages trained" + note
     return list(complete), "default: no numbered fold is trained, so the model trained on all cases"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto``: CUDA when a GPU is visible, else the CPU; ``cuda`` without a GPU is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CMBUNetError("-device cuda was requested but no CUDA GPU is available; use -device cpu")
-    return dev
 
 
 def cheaper_boxes(boxes: Sequence[tuple[slice, ...]], plans: Plans) -> list[tuple[slice, ...]]:
@@ -177,40 +158,21 @@ class _Done:
 class CMBPredictor:
     """Trained screening, discrimination and segmentation networks (one or more folds) and their settings."""
 
-    def __init__(self, plans: Plans, networks: Mapping[str, Sequence[nn.Module]], device: str | torch.device = "cpu",
-                 mode: str = "fcn", settings: InferenceSettings | None = None, folds: Sequence[str] = (),
-                 model_dir: Path | None = None, discrimination_batch_size: int = 256,
-                 segmentation_batch_size: int = 32, cpu_bf16: bool = False, channels_last: bool = False,
-                 precision: str | None = None, skip_empty: bool = True, screening_channels_last: bool | None = None,
-                 bf16_stages: Sequence[str] = BF16_STAGES, screening_margin: float | None = SCREENING_MARGIN):
-        """``precision``: ``auto``, ``fp32`` or ``bf16`` (see ``cpu_features.resolve_precision``); None keeps the
-        older ``cpu_bf16`` flag (``bf16`` when True, else ``fp32``; CUDA: float16 autocast). Reduced precision
-        (bf16, fp16) applies to ``bf16_stages`` only; the other stages run in float32. ``skip_empty`` skips screening tiles outside the brain
-        (same map). ``screening_channels_last`` (default: on the CPU) runs the screening FCN in channels-last
-        layout, measured faster in both precisions. ``screening_margin``: see :meth:`screening` (None: no float32
-        recomputation)."""
-        if mode not in ("fcn", "sliding"):
-            raise CMBUNetError(f"unknown screening mode '{mode}'; expected fcn or sliding")
+    def __init__(self, plans: Plans, networks: Mapping[str, Sequence[nn.Module]],
+                 options: InferenceOptions | None = None, settings: InferenceSettings | None = None,
+                 folds: Sequence[str] = (), model_dir: Path | None = None):
+        """``options``: how the networks run (:class:`~cmbunet.inference.options.InferenceOptions`; default: the
+        CPU in float32). ``settings``: the thresholds and rules (default: the plans')."""
         missing = [s for s in STAGES if not networks.get(s)]
         if missing:
             raise MissingStageError(f"no network given for stage(s) {missing}")
         self.plans = plans
-        self.device = resolve_device(device)
+        self.options = InferenceOptions() if options is None else options
         self.networks = {s: [n.to(self.device).eval() for n in networks[s]] for s in STAGES}
-        if screening_channels_last is None:
-            screening_channels_last = self.device.type == "cpu"
-        self.screening_channels_last = bool(screening_channels_last or channels_last)
         for stage, nets in self.networks.items():
-            if channels_last or (stage == "screening" and self.screening_channels_last):
+            if self.options.forward(stage).channels_last:
                 self.networks[stage] = [n.to(memory_format=torch.channels_last_3d) for n in nets]
-        if precision is None:
-            precision = "bf16" if cpu_bf16 and self.device.type == "cpu" else ("auto" if self.device.type == "cuda" else "fp32")
-        self.precision, self.precision_reason = resolve_precision(precision, self.device.type)
-        self.stage_precision = {s: self.precision if s in bf16_stages else "fp32" for s in STAGES}
-        self.skip_empty = bool(skip_empty)
-        self.screening_margin = None if screening_margin is None else float(screening_margin)
         self.last_screening_stats: dict[str, Any] = {}
-        self.mode = mode
         self.settings = resolve_settings(plans, None, None) if settings is None else settings
         self.folds = list(folds)
         self.folds_reason = "given"
@@ -218,15 +180,13 @@ class CMBPredictor:
         self.checkpoint = "final"
         self.settings_sources = {k: "plans" for k in SETTING_KEYS} if settings is None else \
             {k: "given" for k in SETTING_KEYS}
-        self.discrimination_batch_size = int(discrimination_batch_size)
-        self.segmentation_batch_size = int(segmentation_batch_size)
-        self.channels_last = bool(channels_last)
 
     @classmethod
     def from_model_folder(cls, model_dir: str | Path, folds: Sequence[int | str] | None = None,
-                          device: str | torch.device = "cpu", checkpoint: str = "final", mode: str = "fcn",
-                          settings_overrides: Mapping[str, Any] | None = None, **options: Any) -> "CMBPredictor":
-        """Load ``plans.json`` and the checkpoints of ``folds`` (default: every complete fold) once."""
+                          checkpoint: str = "final", settings_overrides: Mapping[str, Any] | None = None,
+                          options: InferenceOptions | None = None) -> "CMBPredictor":
+        """Load ``plans.json`` and the checkpoints of ``folds`` (default: every complete fold) once, onto the
+        device of ``options`` (default: :class:`~cmbunet.inference.options.InferenceOptions`, the CPU)."""
         model = ModelFolder(Path(model_dir))
         model_dir = model.path
         if not model_dir.is_dir():
@@ -240,10 +200,11 @@ class CMBPredictor:
         if missing:
             raise MissingStageError("cannot predict, checkpoint(s) missing (train these stages first, or choose "
                                     "other folds with -f):\n  " + "\n  ".join(map(str, missing)))
-        dev = resolve_device(device)
-        networks = {s: [model.load_network(f, s, plans, dev, checkpoint) for f in fold_names] for s in STAGES}
+        options = InferenceOptions() if options is None else options
+        networks = {s: [model.load_network(f, s, plans, options.device, checkpoint) for f in fold_names]
+                    for s in STAGES}
         settings = resolve_settings(plans, model_dir, settings_overrides)
-        predictor = cls(plans, networks, dev, mode, settings, fold_names, model_dir, **options)
+        predictor = cls(plans, networks, options, settings, fold_names, model_dir)
         predictor.folds_reason, predictor.checkpoint = reason, checkpoint
         predictor.settings_sources = settings_sources(model_dir, settings_overrides)
         return predictor
@@ -262,23 +223,39 @@ class CMBPredictor:
     def record(self, brain_mask: str | Path | None = None) -> dict[str, Any]:
         """``prediction_record.json`` of a run of this predictor (:mod:`cmbunet.inference.record`)."""
         model = model_section(self.model_dir, plans_hash(self.plans), self.folds, self.checkpoint)
-        settings = {"inference": self.settings.to_dict(), "mode": self.mode, "precision": dict(self.stage_precision),
+        settings = {"inference": self.settings.to_dict(), "mode": self.options.mode,
+                    "precision": self.stage_precision,
                     "brain_mask": None if brain_mask is None else str(Path(brain_mask).resolve())}
         about = {"model_folder": None if self.model_dir is None else str(Path(self.model_dir).resolve()),
                  "folds_chosen": self.folds_reason, "setting_sources": dict(self.settings_sources),
-                 "device": str(self.device), "precision_reason": self.precision_reason,
-                 "screening_skips_empty_tiles": self.skip_empty}
+                 "device": str(self.device), "precision_reason": self.options.precision_reason,
+                 "screening_skips_empty_tiles": self.options.skip_empty}
         return build_record(model, settings, about)
 
     def precision_line(self) -> str:
         """One line saying which arithmetic path runs and why (printed by ``cmbunet_predict``)."""
         stages = ", ".join(f"{s} {p}" for s, p in self.stage_precision.items())
-        return (f"precision: {self.precision} on {self.device.type} ({self.precision_reason}); {stages}; "
-                f"screening skips empty tiles: {'yes' if self.skip_empty else 'no'}")
+        return (f"precision: {self.precision} on {self.device.type} ({self.options.precision_reason}); {stages}; "
+                f"screening skips empty tiles: {'yes' if self.options.skip_empty else 'no'}")
 
     @property
     def channel_names(self) -> dict[str, str]:
         return dict(self.plans.channel_names)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run (``options.device``)."""
+        return self.options.device
+
+    @property
+    def precision(self) -> str:
+        """The precision of the reduced-precision stages (``options.precision``)."""
+        return self.options.precision
+
+    @property
+    def stage_precision(self) -> dict[str, str]:
+        """The precision of each stage (``options.stage_precision``)."""
+        return self.options.stage_precision
 
     # ---------------------------------------------------------------------------------------- one case
     def screening(self, data: np.ndarray) -> np.ndarray:
@@ -288,10 +265,8 @@ class CMBPredictor:
     def screening_pass(self, data: np.ndarray) -> np.ndarray:
         """Fold-averaged screening score map in the screening stage's precision (no recomputation)."""
         stats: dict[str, Any] = {}
-        maps = [screening_score_map(net, data, self.plans, self.device, self.settings.tile_size, self.mode,
-                                    precision=self.stage_precision["screening"],
-                                    channels_last=self.screening_channels_last, skip_empty=self.skip_empty,
-                                    stats=stats)
+        maps = [screening_score_map(net, data, self.plans, self.options.forward("screening"), self.settings.tile_size,
+                                    self.options.mode, self.options.skip_empty, stats)
                 for net in self.networks["screening"]]
         self.last_screening_stats = {**stats, "positions_refined": 0}
         return np.mean(maps, axis=0) if len(maps) > 1 else maps[0]
@@ -299,17 +274,18 @@ class CMBPredictor:
     def refine_screening(self, data: np.ndarray, score: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Recompute a reduced-precision (bf16, fp16) score map in float32 wherever it can decide a candidate.
 
-        That is within ``screening_margin`` of the screening threshold, grown by the NMS window
+        That is within ``options.screening_margin`` of the screening threshold, grown by the NMS window
         (:func:`decision_boxes`), so the candidates and their scores are those of float32 while the rest of the
         volume ran in reduced precision. A float32 map is returned as it is.
         """
-        if self.stage_precision["screening"] == "fp32" or self.mode != "fcn" or self.screening_margin is None:
+        if not self.options.refines_screening:
             return score
         threshold = self.settings.screening_threshold if threshold is None else threshold
-        boxes = decision_boxes(score, self.plans, threshold, self.settings.nms_size_vox, self.screening_margin)
+        boxes = decision_boxes(score, self.plans, threshold, self.settings.nms_size_vox, self.options.screening_margin)
         boxes = cheaper_boxes(boxes, self.plans)
-        exact = [score_boxes(net, data, self.plans, boxes, self.device, self.settings.tile_size, "fp32",
-                             self.screening_channels_last) for net in self.networks["screening"]]
+        float32 = replace(self.options.forward("screening"), precision="fp32")
+        exact = [score_boxes(net, data, self.plans, boxes, float32, self.settings.tile_size)
+                 for net in self.networks["screening"]]
         refined = 0
         for i, box in enumerate(boxes):
             score[box] = np.mean([e[i] for e in exact], axis=0) if len(exact) > 1 else exact[0][i]
@@ -334,18 +310,16 @@ class CMBPredictor:
         t["screening"], clock = time.perf_counter() - clock, time.perf_counter()
 
         disc, moved = discriminate_candidates(
-            self.networks["discrimination"], data, centres, self.plans, self.device, s.discrimination_shift_vox,
-            s.discrimination_aggregate, self.discrimination_batch_size, self.stage_precision["discrimination"],
-            self.channels_last, s.discrimination_mirror)
+            self.networks["discrimination"], data, centres, self.plans, self.options.forward("discrimination"),
+            s.discrimination_shift_vox, s.discrimination_aggregate, s.discrimination_mirror)
         measures = measure_candidates(data, moved, disc, s, self.plans.channel_names, self.plans.target_spacing,
                                       properties["original_spacing"])
         kept = kept_candidates(disc, measures, s)
         diameter = measures.diameter_mm
         t["discrimination"], clock = time.perf_counter() - clock, time.perf_counter()
 
-        prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans, self.device,
-                                      self.segmentation_batch_size, self.stage_precision["segmentation"],
-                                      self.channels_last)
+        prob_pre = segment_candidates(self.networks["segmentation"], data, moved[kept], self.plans,
+                                      self.options.forward("segmentation"))
         if s.unsegmented_spot_max_diameter_mm is not None:  # small spots the U-Net left empty
             with np.errstate(invalid="ignore"):
                 small = np.flatnonzero(kept & (diameter <= float(s.unsegmented_spot_max_diameter_mm)))
@@ -409,43 +383,40 @@ class CMBPredictor:
         return replace(result, geometry=dict(prepared.geometry), timings={**prepared.timings, **result.timings})
 
     # ---------------------------------------------------------------------------------------- a folder
-    def predict_folder(self, input_path: str | Path, output_dir: str | Path, save_probabilities: bool = False,
-                       overwrite: bool = False, num_parts: int = 1, part_id: int = 0, num_workers: int = 1,
-                       file_ending: str = ".nii.gz", progress: bool | None = None,
-                       output_format: str = "flat", save_candidates: bool = False,
-                       brain_mask: str | Path | None = None, allow_unstripped: bool = False) -> pd.DataFrame:
+    def predict_folder(self, input_path: str | Path, output_dir: str | Path,
+                       run: FolderOptions | None = None) -> pd.DataFrame:
         """Predict every case of ``input_path`` (a VALDO tree, a BIDS dataset, a ``CASE_0000`` folder or one file)
-        into ``output_dir``.
+        into ``output_dir``; ``run`` (:class:`~cmbunet.inference.options.FolderOptions`) says which files, which
+        share of the cases and how the input is checked.
 
         Failing cases are reported in the returned summary (also ``summary.csv``) and do not stop the others;
         entries of the input that are not input images are listed there as ``ignored``, with the reason;
-        finished cases are skipped unless ``overwrite``, and only when ``prediction_record.json`` there says they
-        were made with this model and these settings (else :class:`PredictionRecordError`, before anything is
-        written; :mod:`cmbunet.inference.record`). ``num_parts``/``part_id`` select this machine's share.
-        ``output_format``: ``flat`` (every file in ``output_dir``) or ``bids`` (a BIDS derivative dataset; cases
-        whose id is not made of BIDS entities fail). ``save_candidates`` also writes every screening candidate
-        with its scores, spot shape and whether it was kept. ``brain_mask``: a folder with one brain mask per case
-        (:func:`~cmbunet.inference.brain_mask.find_brain_mask`), applied before preprocessing; without it a case
-        whose image is not skull-stripped fails, naming the file, unless ``allow_unstripped``.
+        finished cases are skipped unless ``run.overwrite``, and only when ``prediction_record.json`` there says
+        they were made with this model and these settings (else :class:`PredictionRecordError`, before anything is
+        written; :mod:`cmbunet.inference.record`). With ``output_format`` ``bids``, cases whose id is not made of
+        BIDS entities fail. ``save_candidates`` also writes every screening candidate with its scores, spot shape
+        and whether it was kept. ``brain_mask`` is applied before preprocessing
+        (:func:`~cmbunet.inference.brain_mask.find_brain_mask`); without it a case whose image is not
+        skull-stripped fails, naming the file, unless ``allow_unstripped``.
         """
-        if output_format not in ("flat", "bids"):
-            raise CMBUNetError(f"unknown output format '{output_format}'; expected flat or bids")
+        run = FolderOptions() if run is None else run
+        brain_mask, bids_output = run.brain_mask, run.output_format == "bids"
         if brain_mask is not None and not Path(brain_mask).is_dir():
             raise InputError(brain_mask, "brain mask folder does not exist" if not Path(brain_mask).exists()
                              else "--brain-mask must be a folder with one mask per case")
         output_dir = Path(output_dir)
-        cases = select_part(find_input_cases(input_path, self.channel_names, file_ending, with_ignored=True),
-                            num_parts, part_id)
-        if output_format == "bids":
+        cases = select_part(find_input_cases(input_path, self.channel_names, run.file_ending, with_ignored=True),
+                            run.num_parts, run.part_id)
+        if bids_output:
             cases = [replace(c, error=bids.not_bids_problem(c.case)) if c.ok else c for c in cases]
-        summary_path = output_dir / summary_name(num_parts, part_id)
-        refuse_overwriting_inputs(cases, output_dir, save_probabilities, summary_path, output_format, save_candidates)
+        summary_path = output_dir / summary_name(run.num_parts, run.part_id)
+        refuse_overwriting_inputs(cases, output_dir, run.save_probabilities, summary_path, run.output_format,
+                                  run.save_candidates)
         previous = pd.read_csv(summary_path, dtype={"case": str}, keep_default_na=False, na_values=[""]) if summary_path.is_file() else None
         finished = {case.case: outputs for case in cases if case.ok and case.ignored is None
-                    and (outputs := CaseOutputs.for_case(output_dir, case, save_probabilities, output_format,
-                                                         save_candidates)).finished()}
+                    and (outputs := run.case_outputs(output_dir, case)).finished()}
         record = self.record(brain_mask)
-        check_record(output_dir, record, bool(finished), overwrite)
+        check_record(output_dir, record, bool(finished), run.overwrite)
         rows: list[dict[str, Any]] = []
         todo: list[InputCase] = []
         for case in cases:
@@ -453,25 +424,24 @@ class CMBPredictor:
                 rows.append(summary_row(case.case, "ignored", error=case.ignored))
             elif not case.ok:
                 rows.append(summary_row(case.case, "failed", error=case.error or ""))
-            elif case.case in finished and not overwrite:
+            elif case.case in finished and not run.overwrite:
                 rows.append(skipped_row(case, finished[case.case], previous))
             else:
                 todo.append(case)
         output_dir.mkdir(parents=True, exist_ok=True)
-        if output_format == "bids":
+        if bids_output:
             bids.write_dataset_description(output_dir)
         write_record(output_dir, record)
         # left by a killed run; never mistaken for outputs, but clutter
-        remove_stale_temp_files(output_dir, recursive=output_format == "bids")
+        remove_stale_temp_files(output_dir, recursive=bids_output)
 
         def prepare(case: InputCase) -> PreparedCase:
             mask = None if brain_mask is None else find_brain_mask(brain_mask, case.case)
-            return self.load_and_preprocess(case.images, case.case, mask, check_stripped=not allow_unstripped)
+            return self.load_and_preprocess(case.images, case.case, mask, check_stripped=not run.allow_unstripped)
 
-        for case, future in tqdm(prefetch(prepare, todo, num_workers), total=len(todo), desc="predicting",
-                                 unit="case", disable=None if progress is None else not progress):
-            rows.append(self._run_one(case, future, CaseOutputs.for_case(output_dir, case, save_probabilities,
-                                                                         output_format, save_candidates)))
+        for case, future in tqdm(prefetch(prepare, todo, run.num_workers), total=len(todo), desc="predicting",
+                                 unit="case", disable=None if run.progress is None else not run.progress):
+            rows.append(self._run_one(case, future, run.case_outputs(output_dir, case)))
             self._write_summary(rows, cases, summary_path)
         return self._write_summary(rows, cases, summary_path)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from cmbunet.errors import InvalidValueError
 from cmbunet.plans.schema import Plans
-from cmbunet.utilities.autocast import batch_probability
+from cmbunet.utilities.autocast import ForwardOptions, batch_probability
 from cmbunet.utilities.patches import extract_patches
 
 
@@ -94,38 +94,27 @@ def _live_box(occupied: np.ndarray, box: tuple[slice, ...], stride: np.ndarray,
 
 
 @torch.inference_mode()
-def empty_block_score(network: nn.Module, in_channels: int, block: Sequence[int], device: torch.device,
-                      precision: str | bool = False, channels_last: bool = False) -> float:
+def empty_block_score(network: nn.Module, in_channels: int, block: Sequence[int],
+                      forward: ForwardOptions = ForwardOptions()) -> float:
     """The score of a block of zeros: what the FCN gives at every position whose block lies outside the brain."""
     zeros = np.zeros((1, int(in_channels), *[int(b) for b in block]), dtype=np.float32)
-    return float(batch_probability([network], zeros, device, precision, channels_last).reshape(-1)[0])
+    return float(batch_probability([network], zeros, forward).reshape(-1)[0])
 
 
 @torch.inference_mode()
-def screening_score_map(
-    network: nn.Module,
-    volume: np.ndarray,
-    plans: Plans,
-    device: str | torch.device = "cpu",
-    tile_size: Sequence[int] | None = None,
-    mode: str = "fcn",
-    batch_size: int = 256,
-    precision: str | bool = False,
-    channels_last: bool = False,
-    skip_empty: bool = True,
-    stats: dict | None = None,
-) -> np.ndarray:
+def screening_score_map(network: nn.Module, volume: np.ndarray, plans: Plans,
+                        forward: ForwardOptions = ForwardOptions(), tile_size: Sequence[int] | None = None,
+                        mode: str = "fcn", skip_empty: bool = True, stats: dict | None = None) -> np.ndarray:
     """CMB probability for the block centred at every ``fcn_stride``-th voxel of ``volume`` ``(C, X, Y, Z)``.
 
+    ``forward``: device, precision and layout of the pass, and blocks per batch in ``sliding`` mode.
     ``tile_size`` (input voxels; default ``plans.inference.tile_size``) bounds the memory of the FCN pass:
     the volume is processed in tiles of at most that size, each tile covering whole blocks, and the tiled map
     equals the untiled one. Pass ``tile_size=volume.shape[1:]`` (or larger) to force a single pass.
-    ``precision`` is a resolved precision (``fp32``, ``bf16``, ``fp16``) or the older ``cpu_bf16`` bool.
     ``skip_empty`` runs the FCN only where blocks touch non-zero voxels (same map; see the module docstring).
     ``stats``, when given, receives the number of tiles, tiles skipped and score positions computed.
     """
-    device = torch.device(device)
-    network = network.to(device).eval()
+    network = network.to(forward.device).eval()
     block, stride, _ = fcn_geometry(plans)
     n_out = score_map_shape(volume.shape[1:], plans)
     padded = _pad_volume(np.asarray(volume, dtype=np.float32), plans, n_out)
@@ -135,21 +124,22 @@ def screening_score_map(
         grid = np.stack(np.meshgrid(*[np.arange(n) for n in n_out], indexing="ij"), -1).reshape(-1, 3)
         centres = grid * stride + block // 2  # centres in padded coordinates
         flat = scores.reshape(-1)
-        for i in range(0, len(centres), batch_size):
-            blocks = extract_patches(padded, centres[i : i + batch_size], block)
-            flat[i : i + batch_size] = batch_probability([network], blocks, device, precision, channels_last).reshape(-1)
+        step = forward.batch_size
+        for i in range(0, len(centres), step):
+            blocks = extract_patches(padded, centres[i : i + step], block)
+            flat[i : i + step] = batch_probability([network], blocks, forward).reshape(-1)
         return scores
     if mode != "fcn":
         raise InvalidValueError(f"unknown screening mode '{mode}'; expected 'fcn' or 'sliding'")
 
-    counts = _fcn_pass(network, padded, scores, plans, device, tile_size, precision, channels_last, skip_empty)
+    counts = _fcn_pass(network, padded, scores, plans, forward, tile_size, skip_empty)
     if stats is not None:
         stats.update(counts)
     return scores
 
 
-def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans: Plans, device: torch.device,
-              tile_size: Sequence[int] | None, precision: str | bool, channels_last: bool, skip_empty: bool) -> dict:
+def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans: Plans, forward: ForwardOptions,
+              tile_size: Sequence[int] | None, skip_empty: bool) -> dict:
     """Fill ``scores`` (its shape is the number of block positions) from ``padded``, in which score voxel ``j``
     is the block ``[s*j, s*j + B)``; tiles, and with ``skip_empty`` only the boxes of blocks touching non-zeros."""
     block, stride, _ = fcn_geometry(plans)
@@ -159,7 +149,7 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
     tile_out = _tile_out(tile_size, plans)
     occupied = np.any(padded != 0, axis=0) if skip_empty else None
     if skip_empty and not occupied.all():
-        scores.fill(empty_block_score(network, padded.shape[0], block, device, precision, channels_last))
+        scores.fill(empty_block_score(network, padded.shape[0], block, forward))
     counts = {"tiles": 0, "tiles_skipped": 0, "positions": int(np.prod(n_out)), "positions_computed": 0}
     for sl in output_tiles(n_out, tile_out):
         counts["tiles"] += 1
@@ -171,7 +161,7 @@ def _fcn_pass(network: nn.Module, padded: np.ndarray, scores: np.ndarray, plans:
         lo = [s.start * st for s, st in zip(sl, stride)]
         hi = [(s.stop - 1) * st + b for s, st, b in zip(sl, stride, block)]
         tile = padded[None, :, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        scores[sl] = batch_probability([network], tile, device, precision, channels_last)[0]
+        scores[sl] = batch_probability([network], tile, forward)[0]
         counts["positions_computed"] += int(np.prod([s.stop - s.start for s in sl]))
     return counts
 
@@ -204,24 +194,21 @@ def _window(volume: np.ndarray, lo: Sequence[int], hi: Sequence[int]) -> np.ndar
 
 @torch.inference_mode()
 def score_box(network: nn.Module, volume: np.ndarray, plans: Plans, box: Sequence[slice],
-              device: str | torch.device = "cpu", tile_size: Sequence[int] | None = None,
-              precision: str | bool = False, channels_last: bool = False) -> np.ndarray:
+              forward: ForwardOptions = ForwardOptions(), tile_size: Sequence[int] | None = None) -> np.ndarray:
     """The score map of ``volume`` inside ``box`` (slices of score voxels) alone: the FCN on the input under it,
     equal to ``screening_score_map(...)[box]``."""
-    device = torch.device(device)
-    network = network.to(device).eval()
+    network = network.to(forward.device).eval()
     box = _clip_box(box, score_map_shape(volume.shape[1:], plans))
     # padded coordinates [s*j0, s*(j1-1) + B) are voxels [.. - offset) of the volume, zeros outside it
     sub = _window(volume, *_box_window(box, plans))
     scores = np.zeros(tuple(s.stop - s.start for s in box), dtype=np.float32)
-    _fcn_pass(network, sub, scores, plans, device, tile_size, precision, channels_last, skip_empty=True)
+    _fcn_pass(network, sub, scores, plans, forward, tile_size, skip_empty=True)
     return scores
 
 
 @torch.inference_mode()
 def score_boxes(network: nn.Module, volume: np.ndarray, plans: Plans, boxes: Sequence[Sequence[slice]],
-                device: str | torch.device = "cpu", tile_size: Sequence[int] | None = None,
-                precision: str | bool = False, channels_last: bool = False) -> list[np.ndarray]:
+                forward: ForwardOptions = ForwardOptions(), tile_size: Sequence[int] | None = None) -> list[np.ndarray]:
     """``[score_box(network, volume, plans, box, ...) for box in boxes]`` in few forward passes.
 
     The float32 recomputation of a bf16 map scores many small boxes; one pass per box would pay the network's
@@ -231,8 +218,7 @@ def score_boxes(network: nn.Module, volume: np.ndarray, plans: Plans, boxes: Seq
     tile runs alone, tiled, through :func:`score_box`. Every box thus runs exactly the computation of
     :func:`score_box`, only batched.
     """
-    device = torch.device(device)
-    network = network.to(device).eval()
+    network = network.to(forward.device).eval()
     block, stride, _ = fcn_geometry(plans)
     tile_size = plans.inference.tile_size if tile_size is None else tile_size
     tile_out = _tile_out(tile_size, plans)
@@ -242,14 +228,14 @@ def score_boxes(network: nn.Module, volume: np.ndarray, plans: Plans, boxes: Seq
     groups: dict[tuple[int, ...], list[tuple[int, tuple[slice, ...], np.ndarray]]] = {}
     for i, box in enumerate(boxes):
         if any(s.stop - s.start > t for s, t in zip(box, tile_out)):
-            scores[i] = score_box(network, volume, plans, box, device, tile_size, precision, channels_last)
+            scores[i] = score_box(network, volume, plans, box, forward, tile_size)
             continue
         lo, hi = _box_window(box, plans)
         occupied = np.any(_window(volume, lo, hi) != 0, axis=0)
         live = _live_box(occupied, tuple(slice(0, n) for n in scores[i].shape), stride, block)
         if not occupied.all():
             if not empty:
-                empty.append(empty_block_score(network, volume.shape[0], block, device, precision, channels_last))
+                empty.append(empty_block_score(network, volume.shape[0], block, forward))
             scores[i].fill(empty[0])
         if live is not None:
             start = lo + np.array([s.start for s in live]) * stride
@@ -261,7 +247,7 @@ def score_boxes(network: nn.Module, volume: np.ndarray, plans: Plans, boxes: Seq
         for k in range(0, len(members), per_pass):
             chunk = members[k : k + per_pass]
             batch = np.stack([_window(volume, start, start + np.array(shape)) for _, _, start in chunk])
-            probs = batch_probability([network], batch, device, precision, channels_last)
+            probs = batch_probability([network], batch, forward)
             for (i, live, _), p in zip(chunk, probs):
                 scores[i][live] = p
     return scores

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from cmbunet.inference.discrimination import PaddedVolume, block_probabilities
 from cmbunet.inference.shape import DarkSpots
 from cmbunet.plans.schema import Plans
+from cmbunet.utilities.autocast import ForwardOptions
 from cmbunet.utilities.components import label_components
 from cmbunet.utilities.patches import extract_patches
 
@@ -57,14 +57,13 @@ def merge_patches(patches: np.ndarray, centres: np.ndarray, shape: Sequence[int]
 
 
 def segment_candidates(networks: Sequence[nn.Module], volume: np.ndarray, centres: np.ndarray, plans: Plans,
-                       device: str | torch.device = "cpu", batch_size: int = 32, precision: str | bool = False,
-                       channels_last: bool = False) -> np.ndarray:
-    """CMB probability map ``(X, Y, Z)`` of ``volume`` ``(C, X, Y, Z)`` from U-Net patches at ``centres``.
+                       forward: ForwardOptions = ForwardOptions(batch_size=32)) -> np.ndarray:
+    """CMB probability map ``(X, Y, Z)`` of ``volume`` ``(C, X, Y, Z)`` from U-Net patches at ``centres``, run
+    ``forward.batch_size`` patches at a time.
 
     With several networks (folds) each patch's probabilities are averaged over the folds before merging, which
     equals averaging the folds' merged maps because all folds use the same patches and weights.
     """
-    device = torch.device(device)
     shape = tuple(int(s) for s in volume.shape[1:])
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
     if len(centres) == 0:
@@ -72,8 +71,7 @@ def segment_candidates(networks: Sequence[nn.Module], volume: np.ndarray, centre
     patch = [int(s) for s in plans.segmentation.patch_size]
     pad_value = float(plans.normalization.background_value)
     padded = PaddedVolume.for_blocks(volume, patch, pad_value)
-    probs = block_probabilities(networks, padded, centres, patch, device, batch_size, precision, channels_last,
-                                item_shape=patch)
+    probs = block_probabilities(networks, padded, centres, patch, forward, item_shape=patch)
     return merge_patches(probs, centres, shape, gaussian_importance(patch))
 
 

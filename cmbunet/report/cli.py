@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -218,19 +219,32 @@ def _summary_fields(row: dict[str, Any] | None) -> dict[str, Any]:
             "seconds": None if seconds is None or pd.isna(seconds) else float(seconds)}
 
 
-def report_case(case: str, prediction: PredictionFiles | None, pred_dir: Path, image_case: Any | None,
-                image_input: Path | None,
-                summary: dict[str, Any] | None, report_dir: Path, max_per_sheet: int, num_slices: int,
-                ref_path: Path | None = None, ref_dir: Path | None = None, dist_mm: float = DEFAULT_DIST_MM) -> CaseEntry:
+@dataclass(frozen=True)
+class ReportOptions:
+    """What every case of one report shares: the prediction folder, the images (None: masks alone) and reference
+    folders given, the report folder, CMB rows per sheet, axial slices of the overview and the linking distance of
+    the reference comparison."""
+
+    pred_dir: Path
+    report_dir: Path
+    image_input: Path | None = None
+    ref_dir: Path | None = None
+    max_per_sheet: int = DEFAULT_MAX_CMBS_PER_SHEET
+    num_slices: int = 16
+    dist_mm: float = DEFAULT_DIST_MM
+
+
+def report_case(case: str, prediction: PredictionFiles | None, image_case: Any | None,
+                summary: dict[str, Any] | None, ref_path: Path | None, report: ReportOptions) -> CaseEntry:
     """Render one case and describe it for the index; any problem ends up in ``entry.problems``."""
     entry = CaseEntry(case, **_summary_fields(summary))
     mask_path = None if prediction is None else prediction.mask
     table_path = prediction.table if prediction is not None and prediction.table is not None else \
-        pred_dir / f"{case}_cmbs.csv"
-    if image_input is not None and image_case is None:
-        entry.problems.append(f"no T2* image for this case in {image_input}: the sheet shows the mask only")
-    if ref_dir is not None and ref_path is None:
-        entry.problems.append(f"no reference for this case in {ref_dir}: detections not scored")
+        report.pred_dir / f"{case}_cmbs.csv"
+    if report.image_input is not None and image_case is None:
+        entry.problems.append(f"no T2* image for this case in {report.image_input}: the sheet shows the mask only")
+    if report.ref_dir is not None and ref_path is None:
+        entry.problems.append(f"no reference for this case in {report.ref_dir}: detections not scored")
     if mask_path is None:
         if ref_path is None:
             entry.problems.append("no prediction file for this case")
@@ -241,20 +255,21 @@ def report_case(case: str, prediction: PredictionFiles | None, pred_dir: Path, i
                               "does (every reference CMB missed)")
     try:
         vol, entry.metrics = load_case(case, mask_path, table_path, image_case, entry.problems,
-                                       ref_path, dist_mm)
+                                       ref_path, report.dist_mm)
     except InputError as e:
         entry.problems.append(f"prediction could not be read: {e}")
         return entry
     entry.num_cmbs = len(vol.cmbs)
     volumes = pd.to_numeric(vol.cmbs["volume_mm3"], errors="coerce") if "volume_mm3" in vol.cmbs else None
     entry.total_volume_mm3 = float(volumes.sum()) if volumes is not None and volumes.notna().any() else (0.0 if not len(vol.cmbs) else None)
+    report_dir = report.report_dir
     cases_dir = report_dir / "cases"
 
     def rel(paths: Iterable[Path]) -> list[str]:
         return [p.relative_to(report_dir).as_posix() for p in paths]
 
-    entry.sheets = rel(render_sheets(vol, cases_dir, max_per_sheet, num_slices))
-    entry.missed_sheets = rel(render_missed_sheets(vol, cases_dir, max_per_sheet))
+    entry.sheets = rel(render_sheets(vol, cases_dir, report.max_per_sheet, report.num_slices))
+    entry.missed_sheets = rel(render_missed_sheets(vol, cases_dir, report.max_per_sheet))
     entry.thumbnail = render_thumbnail(vol, cases_dir / f"{case}_thumb.png").relative_to(report_dir).as_posix()
     return entry
 
@@ -288,9 +303,9 @@ def write_report(pred_dir: str | Path, image_input: str | Path | None, report_di
         raise InputError(pred_dir, "no predictions found; expected CASE.nii.gz or sub-XXX_space-T2S_prediction.nii.gz "
                                    "files, or a BIDS derivative (sub-XXX/[ses-YYY/]anat/..._desc-cmb_mask.nii.gz)")
     cases = sorted(set(predictions) | set(summaries) | set(images) | set(references))
-    entries = [report_case(case, predictions.get(case), pred_dir, images.get(case), image_path, summaries.get(case),
-                           report_dir, max_cmbs_per_sheet, num_slices, references.get(case), ref_dir, dist_mm)
-               for case in tqdm(cases, desc="report", unit="case", disable=None)]
+    report = ReportOptions(pred_dir, report_dir, image_path, ref_dir, max_cmbs_per_sheet, num_slices, dist_mm)
+    entries = [report_case(case, predictions.get(case), images.get(case), summaries.get(case), references.get(case),
+                           report) for case in tqdm(cases, desc="report", unit="case", disable=None)]
     aggregate, note = load_evaluation(pred_dir)
     if ref_dir is not None:
         aggregate, note = _reference_aggregate(entries, references, ref_dir, dist_mm)

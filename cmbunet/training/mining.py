@@ -39,7 +39,7 @@ from cmbunet.training.progress import TrainingLog
 from cmbunet.training.samples import SampleBank, touches_cmb
 from cmbunet.training.stages import Stage, screening_validation
 from cmbunet.training.state import TrainConfig, TrainingState
-from cmbunet.utilities.autocast import batch_probability, cmb_probability
+from cmbunet.utilities.autocast import ForwardOptions, batch_probability, cmb_probability
 from cmbunet.utilities.cpu_features import resolve_precision
 from cmbunet.utilities.file_io import load_json, save_json
 from cmbunet.utilities.patches import extract_patches
@@ -78,8 +78,8 @@ def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, thr
     for i in tqdm(indices, desc=f"screening training volumes ({precision})", unit="case", leave=False,
                   disable=None if progress else True):
         case = bank.cases[i]
-        score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device,
-                                        precision=precision)
+        score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans,
+                                        ForwardOptions(device, precision))
         centres, s = find_candidates(score_map, plans, threshold=threshold)
         if candidates is not None:
             candidates[int(i)] = (centres, s)
@@ -267,7 +267,7 @@ def false_positive_probabilities(network: nn.Module, stage: Stage, plans: Plans,
         for start in range(0, len(idx), batch_size):
             part = idx[start : start + batch_size]
             blocks = extract_patches(np.asarray(bank.cases[ci].data), rows[part, 1:4], size)
-            out[part] = batch_probability([network], blocks, torch.device(device), "fp32", probability=probability)
+            out[part] = batch_probability([network], blocks, ForwardOptions(device), probability=probability)
     network.train(was_training)
     return out
 

@@ -25,6 +25,7 @@ from cmbunet.inference.screening import screening_score_map
 from cmbunet.plans.schema import Plans
 from cmbunet.training.augmentation import AugmentationParams, make_patches
 from cmbunet.training.samples import CaseArrays, SampleBank
+from cmbunet.utilities.autocast import ForwardOptions
 from cmbunet.utilities.components import label_components
 from cmbunet.utilities.patches import central_label, extract_patches
 
@@ -134,8 +135,8 @@ def dice_metrics(intersection: float, predicted: float, reference: float) -> dic
 def screening_candidates(network: nn.Module, case: CaseArrays, plans: Plans, threshold: float,
                          device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Candidate centres and scores of the screening FCN on one whole volume."""
-    scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans, device=device,
-                                 precision=precision)
+    scores = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans,
+                                 ForwardOptions(device, precision))
     return find_candidates(scores, plans, threshold=threshold)
 
 

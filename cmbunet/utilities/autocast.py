@@ -1,9 +1,11 @@
 """How a batch reaches the device, in which precision the networks of prediction run on it, and how their
-logits become the CMB probability: :func:`batch_probability` is the one forward pass of prediction."""
+logits become the CMB probability: :func:`batch_probability` is the one forward pass of prediction, and
+:class:`ForwardOptions` says how one stage runs it."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -11,6 +13,22 @@ import torch
 from torch import nn
 
 from cmbunet.errors import InvalidValueError
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How the networks of one stage run: on ``device``, in ``precision`` (resolved: ``fp32``, ``bf16`` or
+    ``fp16``; see ``cpu_features.resolve_precision``), in channels-last layout or not, and ``batch_size`` blocks or
+    patches per forward pass where the stage batches them. ``InferenceOptions.forward(stage)`` gives the
+    predictor's; the defaults are float32 on the CPU."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    channels_last: bool = False
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", torch.device(self.device))  # "cpu" or "cuda" given as a string
 
 
 def autocast_context(device: torch.device | str, precision: str | bool = False) -> contextlib.AbstractContextManager:
@@ -39,15 +57,14 @@ def cmb_probability(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=dim).select(dim, 1)
 
 
-def batch_probability(networks: Sequence[nn.Module], array: np.ndarray, device: torch.device,
-                      precision: str | bool = False, channels_last: bool = False,
+def batch_probability(networks: Sequence[nn.Module], array: np.ndarray, forward: ForwardOptions,
                       probability: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-    """The forward pass of prediction: the ``(B, C, X, Y, Z)`` ``array`` as a tensor on ``device`` (channels-last
-    when the networks run so), each network under the autocast of ``precision``, its CMB probability
-    (:func:`cmb_probability` of its logits, or ``probability(network, batch)``) averaged over ``networks``, back
-    on the CPU as a numpy array."""
-    x = to_device(np.ascontiguousarray(array), device, channels_last)
-    with autocast_context(device, precision):
+    """The forward pass of prediction: the ``(B, C, X, Y, Z)`` ``array`` as a tensor on ``forward.device``
+    (channels-last when the networks run so), each network under the autocast of ``forward.precision``, its CMB
+    probability (:func:`cmb_probability` of its logits, or ``probability(network, batch)``) averaged over
+    ``networks``, back on the CPU as a numpy array. ``forward.batch_size`` is the caller's to apply."""
+    x = to_device(np.ascontiguousarray(array), forward.device, forward.channels_last)
+    with autocast_context(forward.device, forward.precision):
         total = None
         for net in networks:
             p = cmb_probability(net(x)) if probability is None else probability(net, x)
