@@ -326,6 +326,12 @@ def install_model(zip_path: str | Path, results_root: str | Path | None = None, 
     manifest records, else the default name. An existing model is replaced only with ``force``, and only once the
     new one is verified."""
     where = Path(zip_path)
+    try:
+        root = get_root("results", results_root)
+    except CMBUNetError:  # no results root given: the zip is checked first, the root is asked for below
+        root = None
+    for message in remove_stale_installs(root) if root is not None else []:  # whatever becomes of this install
+        print(message, file=sys.stderr)
     if not where.is_file():
         raise InputError(where, "model zip does not exist")
     try:
@@ -337,10 +343,7 @@ def install_model(zip_path: str | Path, results_root: str | Path | None = None, 
         manifest = read_manifest(z, where)
         check_entries(z, manifest, where)
         plans_name = plans_name or manifest.get("plans_name", DEFAULT_PLANS_NAME)
-        root = get_root("results", results_root)
-        target = ModelFolder.of_dataset(manifest["dataset"], root, plans_name).path
-        for message in remove_stale_installs(root):
-            print(message, file=sys.stderr)
+        target = ModelFolder.of_dataset(manifest["dataset"], get_root("results", results_root), plans_name).path
         if holds_model(target) and not force:
             raise InputError(target, "already holds a model; add --force to replace it (its folds, validation "
                                      "results and settings are all removed), or install into another --results-root")

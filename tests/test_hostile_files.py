@@ -160,12 +160,13 @@ def test_the_next_install_removes_what_killed_installs_left(exported, tmp_path, 
             assert f"removed {folder}, left by an interrupted install" in err
         assert live.is_dir() and tree(model) == before
 
-        # killed between moving the old model aside and renaming the new one into place
+        # killed between moving the old model aside and renaming the new one into place; the next install is
+        # refused for another reason (its zip does not exist) and cleans up all the same
         aside = dataset / f".cmbunet.replaced-{file_io.HOST}-{dead}-qrst7890"
         aside.mkdir()
         os.replace(model, aside / "cmbunet")
         (dataset / f".cmbunet.install-{file_io.HOST}-{dead}-uvwx1234").mkdir()
-        err = refused(capsys, [str(exported), "--results-root", str(res)], "already holds a model")
+        err = refused(capsys, [str(tmp_path / "missing.zip"), "--results-root", str(res)], "does not exist")
         assert f"restored the model {model} that an interrupted install (pid {dead}) had moved aside" in err
         assert tree(model) == before
         assert sorted(p.name for p in dataset.iterdir()) == sorted(["cmbunet", live.name])
