@@ -235,7 +235,8 @@ def test_planted_cmb_is_found_at_its_world_position(plans, planted):
 
 def test_geometry_round_trip_of_oblique_anisotropic_case(plans, planted, tmp_path):
     folder, _ = planted
-    summary = standin_predictor(plans).predict_folder(folder, tmp_path, FolderOptions(save_probabilities=True, progress=False))
+    summary = standin_predictor(plans).predict_folder(folder, tmp_path,
+                                                      FolderOptions(save_probabilities=True, progress=False))
     assert summary["status"].tolist() == ["ok"]
     src = sitk.ReadImage(str(folder / "case_0000.nii.gz"))
     for name in ("case.nii.gz", "case_probabilities.nii.gz"):
@@ -286,7 +287,8 @@ def test_min_component_voxels_drops_small_cmbs_from_both_maps(plans, planted):
 def test_cpu_bf16_stays_close_to_fp32(plans, planted):
     folder, _ = planted
     fp32 = standin_predictor(plans).predict_case([folder / "case_0000.nii.gz"])
-    bf16 = standin_predictor(plans, options=InferenceOptions(precision="bf16")).predict_case([folder / "case_0000.nii.gz"])
+    bf16_options = InferenceOptions(precision="bf16")
+    bf16 = standin_predictor(plans, options=bf16_options).predict_case([folder / "case_0000.nii.gz"])
     assert np.abs(fp32.probabilities - bf16.probabilities).max() < 0.02
     assert len(bf16.cmbs) == len(fp32.cmbs) == 1
 
