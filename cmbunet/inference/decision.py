@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cmbunet.inference.blob import relative_blob_ratios
 from cmbunet.inference.location import csf_level, csf_shares
 from cmbunet.inference.shape import (dark_spots, decision_scores, measured_threshold, round_spot_elongation,
                                      shapes_of_spots, susceptibility_channel)
@@ -27,6 +28,7 @@ class SpotMeasures:
     diameter_mm: np.ndarray
     csf_share: np.ndarray
     elongation_scale: float
+    blob_ratio: np.ndarray | None = None  # relative_blob_ratios; None: not measured (the rule is off)
 
 
 def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.ndarray,
@@ -36,7 +38,7 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
     keep it, in the susceptibility-weighted channel: shape always, location when the settings use it (finding the
     scan's CSF level reads every brain voxel once)."""
     n = len(centres)
-    elongation, diameter, share = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    elongation, diameter, share, blob = (np.full(n, np.nan) for _ in range(4))
     above = np.asarray(probabilities) > measured_threshold(settings)
     if above.any():
         image = data[susceptibility_channel(dict(channel_names))]
@@ -46,12 +48,14 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
         elongation[above], diameter[above] = shapes.elongation, shapes.diameter_mm
         if settings.location_max_csf_share is not None:
             share[above] = csf_shares(image, spots, at, spacing, csf_level(image))
-    return SpotMeasures(elongation, diameter, share, round_spot_elongation(original_spacing))
+        if settings.shape_min_blob_ratio is not None:
+            blob[above] = relative_blob_ratios(image, at, spacing, original_spacing)
+    return SpotMeasures(elongation, diameter, share, round_spot_elongation(original_spacing), blob)
 
 
 def kept_candidates(probabilities: np.ndarray, measures: SpotMeasures, settings: InferenceSettings) -> np.ndarray:
     """Which candidates are kept: the discrimination threshold on the scores of
-    :func:`~cmbunet.inference.shape.decision_scores` (shape and location rules applied)."""
+    :func:`~cmbunet.inference.shape.decision_scores` (shape, curvature and location rules applied)."""
     scores = decision_scores(probabilities, measures.elongation, measures.diameter_mm, settings,
-                             measures.elongation_scale, measures.csf_share)
+                             measures.elongation_scale, measures.csf_share, measures.blob_ratio)
     return scores > float(settings.discrimination_threshold)

@@ -50,6 +50,7 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "inference.unsegmented_spot_max_diameter_mm": None,  # the U-Net alone decided what was written
     "inference.components_need_candidate": False,  # every component the U-Net segmented was written
     "inference.location_max_csf_share": None,  # where a spot lies was not looked at
+    "inference.shape_min_blob_ratio": None,  # how the spot curves was not looked at
 }
 
 _SIZE = triple(integer(1))
@@ -272,6 +273,10 @@ class InferenceSettings(Section):
     #: not: calcifications of the choroid plexus, pineal and falx lie in CSF, microbleeds in parenchyma (None: no
     #: limit; 1 drops nothing)
     location_max_csf_share: float | None = leaf(optional(number(0, 1)))
+    #: a kept candidate whose dark spot curves less like a ball than this share of what a small round microbleed
+    #: shows on the scan's voxels (smallest over largest Hessian eigenvalue) is dropped, round or not: veins seen
+    #: end-on or cut short by thick slices are tubes (None: no limit; 0 drops only saddles and lines)
+    shape_min_blob_ratio: float | None = leaf(optional(number(hi=1)))
     #: a kept candidate the U-Net leaves empty is written as its dark spot when the spot is at most this wide (mm);
     #: None: only what the U-Net segments is written
     unsegmented_spot_max_diameter_mm: float | None = leaf(optional(number(0)))
