@@ -25,15 +25,15 @@ from cmbunet.plans.topology import (ANISOTROPY_THRESHOLD, DISCRIMINATION_EXTRA_V
 
 PRESETS = ("auto", "fast", "paper", "tiny")
 
-DEFAULT_CMB_QUANTILE = 0.984  # 002: "98.4% of CMBs can be covered by a bounding box of this size"
+DEFAULT_CMB_QUANTILE = 0.984  # Chen & Dou: "98.4% of CMBs can be covered by a bounding box of this size"
 MIN_FIRST_KERNEL, MAX_FIRST_KERNEL = 3, 5
-MAX_TRANSLATION_VOX = 3  # 002: "translation (< 4 voxels)"
+MAX_TRANSLATION_VOX = 3  # Chen & Dou: "translation (< 4 voxels)"
 #: Screening threshold at inference. The paper screens at 0.1. At 0.5 the default models found the same microbleeds
 #: on three sites they never saw, with one false positive fewer, 2.5-4x fewer candidates and iso3T subjects 26.4
 #: -> 14.3 s (documentation/benchmarks.md, 6g). Training still counts candidates at the mining threshold (0.1):
 #: :meth:`cmbunet.plans.schema.Plans.candidate_count_threshold`.
 SCREENING_THRESHOLD = 0.5
-PAPER_SCREENING_THRESHOLD = 0.1  # 002, kept by preset paper
+PAPER_SCREENING_THRESHOLD = 0.1  # Chen & Dou, kept by preset paper
 #: Most of a kept spot's surroundings that may be CSF or outside the brain (cmbunet.inference.location): above the
 #: 98th percentile of microbleeds' share (0.50) on 18 subjects of the training sites' wide world, where it drops
 #: 1 of 49 microbleeds and 40-44% of the calcifications of the choroid plexus and pineal
@@ -64,13 +64,13 @@ PAPER_FIRST_KERNELS = [5, 5, 3]
 
 #: Network widths per preset.
 WIDTHS = {
-    "paper": {  # 002's widths
+    "paper": {  # Chen & Dou's widths
         "screening": [64, 64, 128, 128, 256],
         "discrimination": [64, 64, 128, 128],
         "fc_features": 512,
         "segmentation": [32, 64, 128, 256],
     },
-    "fast": {  # a quarter of 002's widths (a sixteenth of the convolution cost)
+    "fast": {  # a quarter of Chen & Dou's widths (a sixteenth of the convolution cost)
         "screening": [16, 16, 32, 32, 64],
         "discrimination": [16, 16, 32, 32],
         "fc_features": 128,
@@ -83,10 +83,10 @@ WIDTHS = {
         "segmentation": [4, 8, 16, 32],
     },
 }
-#: The default (preset auto): 002's widths, except a half-width screening FCN. Its second 5x5x3 convolution runs at
-#: full resolution and holds 77% of the multiply-adds; at half width, over 88 held-out-site subjects, the default
-#: models found 289 of 304 microbleeds with 68 false positives (002's width: 291, 67), and a realistic 1.5 T case
-#: took 8.2 s instead of 19.1 s (documentation/benchmarks.md, 6h).
+#: The default (preset auto): Chen & Dou's widths, except a half-width screening FCN. Its second 5x5x3 convolution
+#: runs at full resolution and holds 77% of the multiply-adds; at half width, over 88 held-out-site subjects, the
+#: default models found 289 of 304 microbleeds with 68 false positives (Chen & Dou's width: 291, 67), and a
+#: realistic 1.5 T case took 8.2 s instead of 19.1 s (documentation/benchmarks.md, 6h).
 WIDTHS["auto"] = {**WIDTHS["paper"], "screening": [32, 32, 64, 64, 128]}
 
 
@@ -166,10 +166,11 @@ def quantile_box(extents: np.ndarray, quantile: float) -> tuple[list[int], float
 # network topologies
 # ----------------------------------------------------------------------------------------------------------
 def first_kernel_sizes(target_spacing: Sequence[float]) -> list[int]:
-    """Odd kernel nearest ``5 * min_spacing / spacing`` per axis, clipped to [3, 5] (002: 5,5,3 at 0.49x0.49x0.8).
+    """Odd kernel nearest ``5 * min_spacing / spacing`` per axis, clipped to [3, 5] (Chen & Dou: 5,5,3 at
+    0.49x0.49x0.8).
 
-    Why: 002's 5x5x3 kernel spans about the same millimetres on every axis; scaling by spacing keeps that for
-    other resolutions. Ties (exactly 4) go to 5.
+    Why: Chen & Dou's 5x5x3 kernel spans about the same millimetres on every axis; scaling by spacing keeps that
+    for other resolutions. Ties (exactly 4) go to 5.
     """
     sp = np.asarray(target_spacing, dtype=float)
     raw = 5.0 * sp.min() / sp
@@ -222,6 +223,99 @@ def _channel_names(dataset_json: dict) -> dict:
     return {str(k): v for k, v in names.items()}
 
 
+def _median_cmb_voxels(fingerprint: dict, target_spacing: Sequence[float]) -> float:
+    """Median CMB volume in voxels at the target spacing; a fingerprint without volumes (hand-written) gets the
+    volume of the ellipsoid in each CMB's box."""
+    volumes_mm3 = np.array([c.get("volume_mm3", np.pi / 6 * np.prod(c["extent_mm"]))
+                            for c in fingerprint.get("cmbs", [])], dtype=float)
+    return float(np.median(volumes_mm3) / np.prod(target_spacing))
+
+
+def _cmb_box_section(extents_mm: np.ndarray, target_spacing: Sequence[float], quantile: float,
+                     median_cmb_voxels: float) -> dict:
+    """``plans["cmb_box"]``: the box holding ``quantile`` of the CMBs plus the translation context."""
+    extent_box, coverage = quantile_box(cmb_extents_vox(extents_mm, target_spacing), quantile)
+    return {
+        "quantile": quantile,
+        "box_vox": [e + 2 * MAX_TRANSLATION_VOX for e in extent_box],
+        "num_cmbs": int(len(extents_mm)),
+        "extent_vox": extent_box,
+        "coverage": coverage,
+        "context_vox": MAX_TRANSLATION_VOX,
+        "median_cmb_voxels": round(median_cmb_voxels, 3),
+        "rule": (
+            f"smallest box, grown along the per-axis order statistics of the CMB extents (voxels at the "
+            f"target spacing), that holds >= {quantile:g} of the CMBs in all three axes "
+            f"(extent_vox, covering {coverage:.3f}), plus {MAX_TRANSLATION_VOX} voxels of context per side"
+        ),
+    }
+
+
+def _network_sections(preset: str, in_channels: int, target_spacing: Sequence[float], box: Sequence[int],
+                      median_cmb_voxels: float) -> dict[str, dict]:
+    """``plans["screening"]``, ``["discrimination"]`` and ``["segmentation"]``: block and patch sizes, and each
+    network's topology."""
+    if preset == "paper":
+        block, first = list(PAPER_BLOCK), list(PAPER_FIRST_KERNELS)
+        last = last_kernel_for_block(block, first)
+    else:
+        first = first_kernel_sizes(target_spacing)
+        block, last = screening_block_for_box(box, first)
+    widths = WIDTHS[preset]
+    seg_patch = segmentation_patch_size(block, len(widths["segmentation"]))
+    return {
+        "screening": {
+            "block_size": block,
+            "fcn_stride": [FCN_STRIDE] * 3,
+            "fcn_offset": [b // 2 for b in block],
+            "network": {"in_channels": in_channels, "features": list(widths["screening"]), "first_kernels": first,
+                        "last_kernel": last, "num_classes": 2, "negative_slope": 0.01},
+        },
+        "discrimination": {
+            "block_size": [b + DISCRIMINATION_EXTRA_VOX for b in block],
+            "network": {"in_channels": in_channels, "features": list(widths["discrimination"]),
+                        "first_kernels": list(first), "fc_features": widths["fc_features"], "dropout": 0.5,
+                        "num_classes": 2, "negative_slope": 0.01},
+        },
+        "segmentation": {
+            "patch_size": seg_patch,
+            "network": {"in_channels": in_channels, "features": list(widths["segmentation"]), "num_classes": 2,
+                        "negative_slope": 0.01,
+                        "foreground_prior": segmentation_foreground_prior(median_cmb_voxels, seg_patch)},
+        },
+    }
+
+
+def _resampling_section(target_spacing: Sequence[float]) -> dict:
+    return {
+        "image_order": 3,
+        "image_order_z": 0,
+        "separate_z": needs_separate_z(target_spacing),
+        "anisotropy_threshold": ANISOTROPY_THRESHOLD,
+        "label_rule": "linear interpolation of the mask, threshold 0.5",
+    }
+
+
+def _augmentation_section() -> dict:
+    return {
+        "max_translation_vox": MAX_TRANSLATION_VOX,
+        "max_rotation_deg": 10.0,
+        "flip_axes": [0],
+        "flip_probability": 0.5,
+        "rotation_probability": 0.5,
+        "intensity": copy.deepcopy(INTENSITY_AUGMENTATION),
+    }
+
+
+def _rules(preset: str) -> dict[str, str]:
+    """The ``rules`` table: :data:`RULES`, with the sizes preset paper fixes regardless of the data."""
+    rules = dict(RULES)
+    if preset == "paper":
+        rules["screening.block_size"] = "preset paper: Chen & Dou's 20x20x16 regardless of the data"
+        rules["screening.network.first_kernels"] = "preset paper: Chen & Dou's 5x5x3"
+    return rules
+
+
 def plan_experiment(
     fingerprint: dict,
     dataset_json: dict,
@@ -235,109 +329,31 @@ def plan_experiment(
     if preset not in PRESETS:
         raise CMBUNetError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     spacings, shapes, extents_mm = _fingerprint_arrays(fingerprint)
-    # a fingerprint without voxel counts (hand-written) gets the volume of the ellipsoid in each CMB's box
-    cmb_volumes_mm3 = np.array([c.get("volume_mm3", np.pi / 6 * np.prod(c["extent_mm"])) for c in fingerprint.get("cmbs", [])],
-                               dtype=float)
     if len(extents_mm) == 0:
         raise CMBUNetError(
             "the training set contains no CMB (every label map is empty after binarisation); cmbunet needs "
             "annotated CMBs to size its blocks and to train"
         )
     channels = _channel_names(dataset_json)
-    n_in = len(channels)
     target, spacing_rule = target_spacing_from_cases(spacings, shapes)
-
-    extent_box, coverage = quantile_box(cmb_extents_vox(extents_mm, target), cmb_quantile)
-    box = [e + 2 * MAX_TRANSLATION_VOX for e in extent_box]
-    if preset == "paper":
-        block, first = list(PAPER_BLOCK), list(PAPER_FIRST_KERNELS)
-        last = last_kernel_for_block(block, first)
-    else:
-        first = first_kernel_sizes(target)
-        block, last = screening_block_for_box(box, first)
-    widths = WIDTHS[preset]
-    disc_block = [b + DISCRIMINATION_EXTRA_VOX for b in block]
-    seg_patch = segmentation_patch_size(block, len(widths["segmentation"]))
-    median_cmb_voxels = float(np.median(cmb_volumes_mm3) / np.prod(target))
-
-    rules = dict(RULES)
-    if preset == "paper":
-        rules["screening.block_size"] = "preset paper: Chen & Dou's 20x20x16 regardless of the data"
-        rules["screening.network.first_kernels"] = "preset paper: Chen & Dou's 5x5x3"
+    median_cmb_voxels = _median_cmb_voxels(fingerprint, target)
+    cmb_box = _cmb_box_section(extents_mm, target, cmb_quantile, median_cmb_voxels)
+    networks = _network_sections(preset, len(channels), target, cmb_box["box_vox"], median_cmb_voxels)
+    block = networks["screening"]["block_size"]
 
     plans = {
         "plans_version": PLANS_VERSION,
         "dataset_name": dataset_name,
         "preset": preset,
         "channel_names": channels,
-        "num_input_channels": n_in,
+        "num_input_channels": len(channels),
         "target_spacing": target,
         "target_spacing_rule": spacing_rule,
         "normalization": {"scheme": "zscore_foreground_per_case", "background_value": 0.0},
-        "resampling": {
-            "image_order": 3,
-            "image_order_z": 0,
-            "separate_z": needs_separate_z(target),
-            "anisotropy_threshold": ANISOTROPY_THRESHOLD,
-            "label_rule": "linear interpolation of the mask, threshold 0.5",
-        },
-        "cmb_box": {
-            "quantile": cmb_quantile,
-            "box_vox": box,
-            "num_cmbs": int(len(extents_mm)),
-            "extent_vox": extent_box,
-            "coverage": coverage,
-            "context_vox": MAX_TRANSLATION_VOX,
-            "median_cmb_voxels": round(median_cmb_voxels, 3),
-            "rule": (
-                f"smallest box, grown along the per-axis order statistics of the CMB extents (voxels at the "
-                f"target spacing), that holds >= {cmb_quantile:g} of the CMBs in all three axes "
-                f"(extent_vox, covering {coverage:.3f}), plus {MAX_TRANSLATION_VOX} voxels of context per side"
-            ),
-        },
-        "screening": {
-            "block_size": block,
-            "fcn_stride": [FCN_STRIDE] * 3,
-            "fcn_offset": [b // 2 for b in block],
-            "network": {
-                "in_channels": n_in,
-                "features": list(widths["screening"]),
-                "first_kernels": first,
-                "last_kernel": last,
-                "num_classes": 2,
-                "negative_slope": 0.01,
-            },
-        },
-        "discrimination": {
-            "block_size": disc_block,
-            "network": {
-                "in_channels": n_in,
-                "features": list(widths["discrimination"]),
-                "first_kernels": list(first),
-                "fc_features": widths["fc_features"],
-                "dropout": 0.5,
-                "num_classes": 2,
-                "negative_slope": 0.01,
-            },
-        },
-        "segmentation": {
-            "patch_size": seg_patch,
-            "network": {
-                "in_channels": n_in,
-                "features": list(widths["segmentation"]),
-                "num_classes": 2,
-                "negative_slope": 0.01,
-                "foreground_prior": segmentation_foreground_prior(median_cmb_voxels, seg_patch),
-            },
-        },
-        "augmentation": {
-            "max_translation_vox": MAX_TRANSLATION_VOX,
-            "max_rotation_deg": 10.0,
-            "flip_axes": [0],
-            "flip_probability": 0.5,
-            "rotation_probability": 0.5,
-            "intensity": copy.deepcopy(INTENSITY_AUGMENTATION),
-        },
+        "resampling": _resampling_section(target),
+        "cmb_box": cmb_box,
+        **networks,
+        "augmentation": _augmentation_section(),
         "training": training_schedules(preset),
         "inference": {
             "screening_threshold": PAPER_SCREENING_THRESHOLD if preset == "paper" else SCREENING_THRESHOLD,
@@ -357,7 +373,7 @@ def plan_experiment(
             "segmentation_threshold": 0.5,
             "tile_size": tile_size(block),
         },
-        "rules": rules,
+        "rules": _rules(preset),
         "overrides": [],
     }
     return apply_overrides(Plans.from_dict(plans), overrides)
