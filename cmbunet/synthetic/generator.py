@@ -10,7 +10,7 @@ Everything follows from one integer seed. :mod:`cmbunet.synthetic.writer` writes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 from scipy import ndimage
@@ -33,7 +33,7 @@ from cmbunet.synthetic.rendering import (
     upsample,
 )
 from cmbunet.synthetic.sites import SITES, parse_sites
-from cmbunet.synthetic.template import sample_template_brain
+from cmbunet.synthetic.template import TemplateBrain, sample_template_brain
 
 SIZES = ("small", "realistic")
 #: Worlds of the cases drawn from a site: ``wide`` (default) adds veins of every kind, calcifications in CSF,
@@ -42,6 +42,9 @@ SIZES = ("small", "realistic")
 WORLDS = ("wide", "narrow")
 #: Brain models: the parametric phantom, the warped MNI152 template, or by size (template for realistic cases).
 ANATOMIES = ("auto", "phantom", "template")
+
+#: A brain model: the parametric phantom or the warped template (one interface).
+Brain = Union[anat.AnatomyParams, TemplateBrain]
 
 __all__ = ["ANATOMIES", "MAX_CMBS", "MODALITIES", "SIZES", "WORLDS", "SyntheticCase", "synthesize_case"]
 
@@ -59,23 +62,47 @@ class SyntheticCase:
     meta: dict = field(default_factory=dict)
 
 
-def synthesize_case(
-    seed: int,
-    size: str = "small",
-    num_cmbs: int | None = None,
-    modalities: Sequence[str] = ("T2S",),
-    anatomy: str = "auto",
-    sites: Sequence[str] | str | None = None,
-    world: str = "wide",
-) -> SyntheticCase:
-    """Generate one case from ``seed`` (same seed, same arrays). ``num_cmbs`` forces the microbleed count.
+@dataclass
+class _Scan:
+    """How one case is acquired: site, grid, head pose, contrasts, intensity scale, noise and blur."""
 
-    ``anatomy``: ``phantom`` (parametric), ``template`` (warped MNI152) or ``auto`` (template for realistic
-    cases, phantom for small ones). ``sites``: acquisition sites to draw from (:mod:`cmbunet.synthetic.sites`);
-    realistic cases default to the whole catalogue. Small cases without named sites keep the quick-test world
-    (0.8-1.3 mm pixels, 1-2.5 mm slices, fewer mimic kinds) that the test suite's learning bars were set on.
-    ``world``: see :data:`WORLDS` (cases drawn from a site only).
-    """
+    site: str
+    acq: dict | None  # the site's draw; None in the quick-test world
+    spacing: np.ndarray
+    tilt: np.ndarray  # head position in the scanner
+    grid: Grid
+    direction: np.ndarray
+    origin: np.ndarray
+    iron: bool  # iron-rich deep grey matter
+    contrasts: dict[str, dict[str, float]]
+    scale: float
+    offset: float
+    snr: dict[str, float]
+    psf_sigma_vox: float
+
+    @property
+    def slice_profile(self) -> float:
+        return self.acq.get("slice_profile", 1.0) if self.acq else 1.0
+
+    def to_world(self, p: np.ndarray) -> list[float]:
+        """World coordinates (mm) of the image-frame point ``p``."""
+        return (self.origin + self.direction @ (self.grid.to_voxel(p) * self.spacing)).tolist()
+
+
+@dataclass
+class _Tissue:
+    """The brain on the coarse anatomy grid: fractions, signed distance, labels and shading."""
+
+    factors: np.ndarray
+    axes: list[np.ndarray]
+    coords: anat.Coords
+    frac: dict[str, np.ndarray]
+    phi: np.ndarray
+    labels: np.ndarray
+    shading: np.ndarray
+
+
+def _check_arguments(size: str, num_cmbs: int | None, modalities: Sequence[str], anatomy: str, world: str) -> None:
     if world not in WORLDS:
         raise InvalidValueError(f"world must be one of {WORLDS}, got {world!r}")
     if size not in SIZES:
@@ -87,13 +114,11 @@ def synthesize_case(
         raise InvalidValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
     if num_cmbs is not None and not 0 <= num_cmbs <= MAX_CMBS:
         raise InvalidValueError(f"num_cmbs must lie in [0, {MAX_CMBS}], got {num_cmbs}")
-    site_names = None if (sites is None and size == "small") else parse_sites(sites)
-    if anatomy == "auto":
-        anatomy = "template" if size == "realistic" else "phantom"
-    rng = np.random.default_rng(seed)
 
-    # acquisition and anatomy
-    params = sample_template_brain(rng, size) if anatomy == "template" else anat.sample_anatomy(rng, size)
+
+def _draw_scan(rng: np.random.Generator, seed: int, params: Brain, size: str,
+               site_names: Sequence[str] | None, modalities: Sequence[str], world: str) -> _Scan:
+    """The acquisition of the case, drawn from ``rng`` after the anatomy ``params``."""
     if site_names is None:
         site, acq = "small", None
         spacing = small_spacing(rng)
@@ -124,71 +149,115 @@ def synthesize_case(
     else:
         snr = {m: float(modality_rng(seed, m).uniform(12.0, 40.0)) for m in MODALITIES}
         psf_sigma_vox = rng.uniform(0.3, 0.6)
+    return _Scan(site, acq, spacing, tilt, grid, direction, origin, iron, contrasts, scale, offset, snr,
+                 psf_sigma_vox)
 
-    # tissue on the anatomy grid
-    _, factors, axes = anatomy_grid(grid)
-    co = anat.Coords(*np.meshgrid(*axes, indexing="ij", sparse=True), tilt)
-    coarse_mm = float(np.mean(grid.spacing * factors))
-    frac, phi = tissue_on_grid(params, axes, tilt, grid.spacing * factors, coarse_mm)
+
+def _tissue(params: Brain, scan: _Scan) -> _Tissue:
+    """Tissue fractions, labels and shading (bias field x white-matter texture) on the anatomy grid."""
+    _, factors, axes = anatomy_grid(scan.grid)
+    co = anat.Coords(*np.meshgrid(*axes, indexing="ij", sparse=True), scan.tilt)
+    coarse_mm = float(np.mean(scan.grid.spacing * factors))
+    frac, phi = tissue_on_grid(params, axes, scan.tilt, scan.grid.spacing * factors, coarse_mm)
     labels = anat.labels_from_fractions(frac, phi)
     bias = anat.bias_field(params, co)
-    if acq:
-        bias = bias ** np.float32(acq["bias_scale"])
-    shading = bias * anat.white_matter_texture(params, co)
+    if scan.acq:
+        bias = bias ** np.float32(scan.acq["bias_scale"])
+    return _Tissue(factors, axes, co, frac, phi, labels, bias * anat.white_matter_texture(params, co))
 
-    # objects
-    placer = Placer(rng, params, co, grid, labels, phi, axes, appearance=acq, wide=bool(acq) and world == "wide")
-    cmb_objs = place_cmbs(placer, draw_num_cmbs(rng) if num_cmbs is None else int(num_cmbs))
-    if num_cmbs is not None and len(cmb_objs) < num_cmbs:
-        raise InvalidValueError(f"could only place {len(cmb_objs)} of {num_cmbs} microbleeds in the brain of seed {seed}")
-    mimic_objs = place_mimics(placer, multi_site=bool(acq))
 
-    # rendering
+def _render(seed: int, scan: _Scan, tissue: _Tissue, objects: list, modalities: Sequence[str],
+            brain: np.ndarray) -> dict[str, np.ndarray]:
+    """The image of each modality: contrast x shading, PSF blur, lesion darkening, Rician noise."""
+    grid, factors = scan.grid, tissue.factors
     samples = supersampling(grid)
-    profile = acq.get("slice_profile", 1.0) if acq else 1.0
-    rendered = [(o, render_object(grid, o, samples, profile)) for o in cmb_objs + mimic_objs]
-    phi_full = upsample(phi, factors, grid.shape)
-    brain = phi_full < 0
+    rendered = [(o, render_object(grid, o, samples, scan.slice_profile)) for o in objects]
     images = {}
     for m in modalities:
-        c = contrasts[m]
-        img = anat.intensity(frac, c) * shading  # outside is CSF-like, so the blur keeps a bright rim
-        img = ndimage.gaussian_filter(img, psf_sigma_vox / factors, mode="nearest")
+        c = scan.contrasts[m]
+        img = anat.intensity(tissue.frac, c) * tissue.shading  # outside is CSF-like, so the blur keeps a bright rim
+        img = ndimage.gaussian_filter(img, scan.psf_sigma_vox / factors, mode="nearest")
         img = upsample(img, factors, grid.shape)
         for obj, r in rendered:
             if r is not None:
                 sl, dark = r
                 img[sl] *= 1.0 - np.float32(obj.strength[m]) * dark
-        images[m] = acquire(img[brain], brain, sigma=float(c["wm"]) / snr[m], scale=scale, offset=offset,
-                            rng=np.random.default_rng([int(seed), 11 + MODALITIES.index(m)]))
+        images[m] = acquire(img[brain], brain, sigma=float(c["wm"]) / scan.snr[m], scale=scan.scale,
+                            offset=scan.offset, rng=np.random.default_rng([int(seed), 11 + MODALITIES.index(m)]))
+    return images
 
+
+def _ground_truth(scan: _Scan, params: Brain, cmb_objs: list,
+                  mimic_objs: list) -> tuple[np.ndarray, list[dict], list[dict]]:
+    """The label map and the records of every microbleed and mimic (iron-rich nuclei included)."""
+    grid = scan.grid
     label = np.zeros(grid.shape, dtype=np.uint8)
-    props: ImageProperties = {
-        "spacing": [float(v) for v in spacing],
-        "origin": [float(v) for v in origin],
-        "direction": [float(v) for v in direction.reshape(-1)],
-        "shape": [int(v) for v in grid.shape],
-    }
-    to_world = lambda p: (origin + direction @ (grid.to_voxel(p) * spacing)).tolist()  # noqa: E731
     cmbs = []
     for obj in cmb_objs:
         c = obj.parts[0].centre
         sl, inside = sphere_label(grid, c, obj.info["radius_mm"])
         label[sl][inside] = 1
-        cmbs.append({"center_world_mm": to_world(c), "center_voxel": grid.to_voxel(c).tolist(),
+        cmbs.append({"center_world_mm": scan.to_world(c), "center_voxel": grid.to_voxel(c).tolist(),
                      "radius_mm": obj.info["radius_mm"], "region": obj.info["region"],
                      "num_voxels": int(inside.sum())})
     mimics = []
     for obj in mimic_objs:
         c = np.mean([cc for cc, _ in obj.collision], axis=0)
-        mimics.append({"kind": obj.kind, "center_world_mm": to_world(c), "center_voxel": grid.to_voxel(c).tolist(), **obj.info})
-    if iron:
+        mimics.append({"kind": obj.kind, "center_world_mm": scan.to_world(c), "center_voxel": grid.to_voxel(c).tolist(),
+                       **obj.info})
+    if scan.iron:
         for name, centre, _ in params.nuclei:
             if name == "lentiform":
-                p = tilt @ centre
-                mimics.append({"kind": "iron_deep_gm", "center_world_mm": to_world(p), "center_voxel": grid.to_voxel(p).tolist()})
-    meta = {"seed": int(seed), "size": size, "site": site, "anatomy": anatomy, "snr": {m: snr[m] for m in modalities}, "intensity_scale": scale,
-            "iron_deep_gm": iron, "head_tilt": tilt.round(6).tolist(),
-            "slice_profile": float(profile), "world": world if acq else "quick-test"}
-    return SyntheticCase(images=images, label=label, props=props, cmbs=cmbs, mimics=mimics, brain=brain, meta=meta)
+                p = scan.tilt @ centre
+                mimics.append({"kind": "iron_deep_gm", "center_world_mm": scan.to_world(p),
+                               "center_voxel": grid.to_voxel(p).tolist()})
+    return label, cmbs, mimics
 
+
+def synthesize_case(
+    seed: int,
+    size: str = "small",
+    num_cmbs: int | None = None,
+    modalities: Sequence[str] = ("T2S",),
+    anatomy: str = "auto",
+    sites: Sequence[str] | str | None = None,
+    world: str = "wide",
+) -> SyntheticCase:
+    """Generate one case from ``seed`` (same seed, same arrays). ``num_cmbs`` forces the microbleed count.
+
+    ``anatomy``: ``phantom`` (parametric), ``template`` (warped MNI152) or ``auto`` (template for realistic
+    cases, phantom for small ones). ``sites``: acquisition sites to draw from (:mod:`cmbunet.synthetic.sites`);
+    realistic cases default to the whole catalogue. Small cases without named sites keep the quick-test world
+    (0.8-1.3 mm pixels, 1-2.5 mm slices, fewer mimic kinds) that the test suite's learning bars were set on.
+    ``world``: see :data:`WORLDS` (cases drawn from a site only).
+    """
+    _check_arguments(size, num_cmbs, modalities, anatomy, world)
+    site_names = None if (sites is None and size == "small") else parse_sites(sites)
+    if anatomy == "auto":
+        anatomy = "template" if size == "realistic" else "phantom"
+    rng = np.random.default_rng(seed)
+    params = sample_template_brain(rng, size) if anatomy == "template" else anat.sample_anatomy(rng, size)
+    scan = _draw_scan(rng, seed, params, size, site_names, modalities, world)
+    tissue = _tissue(params, scan)
+
+    placer = Placer(rng, params, tissue.coords, scan.grid, tissue.labels, tissue.phi, tissue.axes,
+                    appearance=scan.acq, wide=bool(scan.acq) and world == "wide")
+    cmb_objs = place_cmbs(placer, draw_num_cmbs(rng) if num_cmbs is None else int(num_cmbs))
+    if num_cmbs is not None and len(cmb_objs) < num_cmbs:
+        raise InvalidValueError(f"could only place {len(cmb_objs)} of {num_cmbs} microbleeds in the brain of seed {seed}")
+    mimic_objs = place_mimics(placer, multi_site=bool(scan.acq))
+
+    brain = upsample(tissue.phi, tissue.factors, scan.grid.shape) < 0
+    images = _render(seed, scan, tissue, cmb_objs + mimic_objs, modalities, brain)
+    label, cmbs, mimics = _ground_truth(scan, params, cmb_objs, mimic_objs)
+    props: ImageProperties = {
+        "spacing": [float(v) for v in scan.spacing],
+        "origin": [float(v) for v in scan.origin],
+        "direction": [float(v) for v in scan.direction.reshape(-1)],
+        "shape": [int(v) for v in scan.grid.shape],
+    }
+    meta = {"seed": int(seed), "size": size, "site": scan.site, "anatomy": anatomy,
+            "snr": {m: scan.snr[m] for m in modalities}, "intensity_scale": scan.scale, "iron_deep_gm": scan.iron,
+            "head_tilt": scan.tilt.round(6).tolist(), "slice_profile": float(scan.slice_profile),
+            "world": world if scan.acq else "quick-test"}
+    return SyntheticCase(images=images, label=label, props=props, cmbs=cmbs, mimics=mimics, brain=brain, meta=meta)

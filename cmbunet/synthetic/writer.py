@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -78,59 +79,76 @@ def _write_valdo_case(case: SyntheticCase, folder: Path, case_id: str, nan: bool
     SimpleITKIO.write(case.label, sub / f"{case_id}_space-T2S_CMB.nii.gz", case.props)
 
 
-def write_dataset(
-    out_dir: str | Path,
-    num_cases: int,
-    layout: str = "raw",
-    seed: int = 0,
-    size: str = "small",
-    num_test_cases: int = 0,
-    modalities: Sequence[str] = ("T2S",),
-    dataset_name: str | None = None,
-    anatomy: str = "auto",
-    sites: Sequence[str] | str | None = None,
-    world: str = "wide",
-) -> Path:
+@dataclass(frozen=True)
+class CaseRecipe:
+    """What every case of a dataset is drawn as: the keywords of
+    :func:`~cmbunet.synthetic.generator.synthesize_case` that are not per case (seed, microbleed count)."""
+
+    size: str = "small"
+    modalities: Sequence[str] = ("T2S",)
+    anatomy: str = "auto"
+    sites: Sequence[str] | str | None = None
+    world: str = "wide"
+
+    def checked(self, out: Path) -> CaseRecipe:
+        """This recipe with its sites resolved (``all``: every site); raise :class:`InputError` naming ``out``."""
+        modalities = tuple(self.modalities)
+        bad = [m for m in modalities if m not in MODALITIES] + (["(none)"] if not modalities else [])
+        if bad or len(set(modalities)) != len(modalities):
+            raise InputError(out, f"modalities must be distinct names among {', '.join(MODALITIES)}; got "
+                                  f"{list(modalities)}")
+        if self.anatomy not in ANATOMIES:
+            raise InputError(out, f"unknown anatomy {self.anatomy!r}; choose one of {', '.join(ANATOMIES)}")
+        try:
+            sites = None if self.sites is None else parse_sites(self.sites)
+        except ValueError as e:
+            raise InputError(out, str(e)) from None
+        return replace(self, modalities=modalities, sites=sites)
+
+    def synthesize(self, seed: int, modalities: Sequence[str]) -> SyntheticCase:
+        return synthesize_case(seed, size=self.size, modalities=modalities, anatomy=self.anatomy, sites=self.sites,
+                               world=self.world)
+
+
+def _check_dataset(out: Path, layout: str, num_cases: int, num_test_cases: int, recipe: CaseRecipe) -> CaseRecipe:
+    if layout not in LAYOUTS:
+        raise InputError(out, f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if recipe.size not in SIZES:
+        raise InputError(out, f"unknown size {recipe.size!r}; choose one of {', '.join(SIZES)}")
+    if num_cases < 0 or num_test_cases < 0 or num_cases + num_test_cases == 0:
+        raise InputError(out, "need at least one case (training + test), and no negative counts")
+    recipe = recipe.checked(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    return recipe
+
+
+def write_dataset(out_dir: str | Path, num_cases: int, layout: str = "raw", seed: int = 0, num_test_cases: int = 0,
+                  dataset_name: str | None = None, **recipe: Any) -> Path:
     """Generate and write a dataset; returns the folder written (``out_dir``).
 
     ``raw``: ``out_dir`` is the dataset folder (dataset.json, imagesTr/labelsTr, imagesTs/labelsTs).
     ``valdo``: ``out_dir/sub-XXX/...`` with all three contrasts; test subjects go to the sibling ``<out_dir>_test``.
     Either way ``out_dir/synthetic_truth.json`` lists every microbleed and mimic of every case, with its site.
-    ``anatomy``, ``sites`` and ``world`` are passed to :func:`~cmbunet.synthetic.generator.synthesize_case`.
+    ``recipe``: the fields of :class:`CaseRecipe` (``size``, ``modalities``, ``anatomy``, ``sites``, ``world``),
+    passed to :func:`~cmbunet.synthetic.generator.synthesize_case`.
     """
     out = Path(out_dir)
-    if layout not in LAYOUTS:
-        raise InputError(out, f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if size not in SIZES:
-        raise InputError(out, f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
-    if num_cases < 0 or num_test_cases < 0 or num_cases + num_test_cases == 0:
-        raise InputError(out, "need at least one case (training + test), and no negative counts")
-    modalities = tuple(modalities)
-    bad = [m for m in modalities if m not in MODALITIES] + (["(none)"] if not modalities else [])
-    if bad or len(set(modalities)) != len(modalities):
-        raise InputError(out, f"modalities must be distinct names among {', '.join(MODALITIES)}; got {list(modalities)}")
-    if anatomy not in ANATOMIES:
-        raise InputError(out, f"unknown anatomy {anatomy!r}; choose one of {', '.join(ANATOMIES)}")
-    try:
-        sites = None if sites is None else parse_sites(sites)
-    except ValueError as e:
-        raise InputError(out, str(e)) from None
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
+    case_recipe = _check_dataset(out, layout, num_cases, num_test_cases, CaseRecipe(**recipe))
+    modalities = case_recipe.modalities
     render = MODALITIES if layout == "valdo" else modalities
     train_ids, test_ids = case_ids(layout, num_cases, num_test_cases)
-    all_ids = train_ids + test_ids
     test_dir = out.parent / f"{out.name}_test"
-    nan_idx = _nan_cases(seed, len(all_ids)) if layout == "valdo" else set()
-    truth: dict = {"generator": {"seed": seed, "size": size, "layout": layout, "modalities": list(render),
-                                 "anatomy": anatomy, "sites": None if sites is None else list(sites),
+    nan_idx = _nan_cases(seed, num_cases + num_test_cases) if layout == "valdo" else set()
+    truth: dict = {"generator": {"seed": seed, "size": case_recipe.size, "layout": layout, "modalities": list(render),
+                                 "anatomy": case_recipe.anatomy,
+                                 "sites": None if case_recipe.sites is None else list(case_recipe.sites),
                                  "coordinates": "center_voxel is (x, y, z) in voxel indices; center_world_mm "
                                                 "is the physical point (origin + direction * index * spacing)"},
                    "cases": {}}
-    for i, cid in enumerate(tqdm(all_ids, desc="synthesising", unit="case", disable=None)):
+    for i, cid in enumerate(tqdm(train_ids + test_ids, desc="synthesising", unit="case", disable=None)):
         split = "train" if i < num_cases else "test"
-        case = synthesize_case(case_seed(seed, i), size=size, modalities=render, anatomy=anatomy, sites=sites,
-                               world=world)
+        case = case_recipe.synthesize(case_seed(seed, i), render)
         if layout == "raw":
             _write_raw_case(case, out, cid, split, modalities)
         else:
