@@ -106,13 +106,13 @@ def main() -> None:
         s_per_vox = screening_seconds_per_voxel(plans, a.quick)
         total = 0.0
         for stage in STAGES:
-            sched = getattr(sched_all, stage)
+            sched = sched_all.stage(stage)
             if a.quick:
                 sched = dataclasses.replace(sched, batch_size=min(int(sched.batch_size), 4))
             r = throughput(stage, plans, sched, steps, repeats)
             epochs, n, nval = int(sched.epochs), int(sched.samples_per_epoch), int(sched.val_samples)
             train_s = epochs * (n / r["train samples/s"] + nval / r["eval samples/s"])
-            mining = len(sched.mining_epochs) + 1 if stage == "screening" else 0
+            mining = len(sched_all.screening.mining_epochs) + 1 if stage == "screening" else 0
             mining_s = mining * a.train_cases * s_per_vox * float(np.prod(VALDO_PREPROCESSED))
             total += train_s + mining_s
             rows.append({"preset": preset, "stage": stage, "patch": [int(v) for v in plans.stage(stage).input_size],

@@ -12,7 +12,7 @@ import pytest
 from cli_commands import build_parser, commands, entry_point
 
 #: Options whose default depends on the machine, so the help names the rule instead of the value.
-MACHINE_DEPENDENT_DEFAULTS = {("cmbunet_plan_and_preprocess", "np"), ("cmbunet_train", "npp")}
+MACHINE_DEPENDENT_DEFAULTS = {("cmbunet_plan_and_preprocess", "np"), ("cmbunet_train", "num_workers")}
 
 
 def visible_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -74,10 +74,10 @@ def test_old_spellings_still_work(capsys):
 
     # cmbunet_train's data-loading workers: --num-workers; the old -npp still works, hidden, with a warning
     train = build_parser("cmbunet_train")
-    assert train.parse_args(["1", "0", "--num-workers", "0", "--c"]).npp == 0
+    assert train.parse_args(["1", "0", "--num-workers", "0", "--c"]).num_workers == 0
     capsys.readouterr()
     old = train.parse_args(["1", "0", "-npp", "0", "--continue"])
-    assert old.npp == 0 and old.resume
+    assert old.num_workers == 0 and old.resume
     assert "-npp is deprecated; use --num-workers" in capsys.readouterr().err
     assert "-npp" not in train.format_help()
-    assert train.parse_args(["1", "0"]).npp >= 0  # the default survives the hidden alias
+    assert train.parse_args(["1", "0"]).num_workers >= 0  # the default survives the hidden alias

@@ -13,10 +13,10 @@ import torch
 from cmbunet.plan_and_preprocess import main as plan_main
 from cmbunet.plans.plans_io import load_plans
 from cmbunet.synthetic.writer import write_dataset
-from cmbunet.training.augmentation import AugmentationParams
 from cmbunet.training.cli import main as train_main
 from cmbunet.training.samples import build_bank, draw_epoch_samples
-from cmbunet.training.stages import STAGES, EpochBatches, epoch_rng
+from cmbunet.training.batches import EpochBatches, epoch_rng
+from cmbunet.training.stages import STAGE_TABLE
 
 DATASET = "Dataset804_Determinism"
 OVERRIDES = [
@@ -59,13 +59,13 @@ def test_same_preprocessed_arrays(runs):
 def test_same_training_samples(runs):
     plans = load_plans(runs["a"] / "plans.json")
     splits = json.loads((runs["a"] / "splits_final.json").read_text())
-    stage = STAGES["screening"]
+    stage = STAGE_TABLE["screening"]
     proportions = plans.training.cpu.screening.proportions
     batches = []
     for name in ("a", "b", "a"):
         bank = build_bank(runs[name], splits[0]["train"])
         rows = draw_epoch_samples(bank, 32, proportions, epoch_rng(7, 0, 1))
-        ds = EpochBatches(stage, plans, bank, rows, 16, AugmentationParams.from_plans(plans), seed=7, rank=0, epoch=1)
+        ds = EpochBatches(stage, plans, bank, rows, 16, plans.augmentation, seed=7, rank=0, epoch=1)
         batches.append((rows, [ds[i] for i in range(len(ds))]))
     (rows0, b0), others = batches[0], batches[1:]
     for rows, b in others:

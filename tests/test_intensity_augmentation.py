@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from cmbunet.plans import Plans
+from cmbunet.plans.schema import Intensity
 from cmbunet.plans.planner import INTENSITY_AUGMENTATION
-from cmbunet.training.augmentation import AugmentationParams
-from cmbunet.training.intensity_augmentation import IntensityParams, augment_intensity
+from cmbunet.training.intensity_augmentation import augment_intensity
 from plan_helpers import make_plans
 
 OFF = {k: (0.0 if k.endswith("probability") else v) for k, v in INTENSITY_AUGMENTATION.items()}
@@ -24,7 +24,7 @@ def _patches(n: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def test_same_generator_same_batch_and_global_state_untouched():
-    params = IntensityParams.from_dict(INTENSITY_AUGMENTATION)
+    params = Intensity.from_dict(INTENSITY_AUGMENTATION)
     x = _patches()
     np.random.seed(123)
     random.seed(456)
@@ -41,14 +41,14 @@ def test_same_generator_same_batch_and_global_state_untouched():
 
 def test_all_probabilities_zero_is_identity():
     x = _patches()
-    assert np.array_equal(augment_intensity(x, IntensityParams.from_dict(OFF), np.random.default_rng(0)), x)
+    assert np.array_equal(augment_intensity(x, Intensity.from_dict(OFF), np.random.default_rng(0)), x)
 
 
 def test_low_resolution_simulation_smooths_across_slices_most():
     """Only the low-resolution transform, always on: the slice axis (2) loses more detail than in-plane."""
     only = dict(OFF, low_resolution_probability=1.0)
     x = _patches(128)
-    y = augment_intensity(x, IntensityParams.from_dict(only), np.random.default_rng(1))
+    y = augment_intensity(x, Intensity.from_dict(only), np.random.default_rng(1))
     rough = lambda a, ax: float(np.mean(np.diff(a, axis=ax) ** 2))  # noqa: E731
     # relative loss of high-frequency energy per axis (x is white noise: equal on every axis before)
     loss = [1 - rough(y, ax) / rough(x, ax) for ax in (2, 3, 4)]
@@ -61,14 +61,14 @@ def test_plans_switch_it_on_and_old_plans_keep_it_off():
     plans["augmentation"] = {"max_translation_vox": 3, "max_rotation_deg": 10.0, "flip_axes": [0],
                              "flip_probability": 0.5, "rotation_probability": 0.5,
                              "intensity": copy.deepcopy(INTENSITY_AUGMENTATION)}
-    assert AugmentationParams.from_plans(Plans.from_dict(plans)).intensity == IntensityParams.from_dict(INTENSITY_AUGMENTATION)
+    assert Plans.from_dict(plans).augmentation.intensity == Intensity.from_dict(INTENSITY_AUGMENTATION)
     old = copy.deepcopy(plans)
     del old["augmentation"]["intensity"]
-    assert AugmentationParams.from_plans(Plans.from_dict(old)).intensity is None
+    assert Plans.from_dict(old).augmentation.intensity is None
     bad = copy.deepcopy(plans)
     bad["augmentation"]["intensity"]["gamma_probability"] = 1.5
     with pytest.raises(ValueError, match="gamma_probability"):
-        AugmentationParams.from_plans(Plans.from_dict(bad))
+        Plans.from_dict(bad)
     bad["augmentation"]["intensity"] = {"gamma": [0.7, 1.5]}
     with pytest.raises(ValueError, match="missing"):
-        AugmentationParams.from_plans(Plans.from_dict(bad))
+        Plans.from_dict(bad)

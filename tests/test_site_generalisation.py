@@ -29,7 +29,7 @@ from cmbunet.plans.plans_io import load_plans
 from cmbunet.training import cli as train_cli
 from cmbunet.training.checkpoint import load_stage_network
 from cmbunet.training.samples import build_bank
-from cmbunet.training.stages import candidate_hits
+from cmbunet.training.screening_validation import candidate_hits
 from cmbunet.utilities.file_io import save_json
 from tiny_schedule import LEARNING_OVERRIDES
 

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,20 @@ import torch
 
 from cmbunet.errors import MissingStageError, PlansMismatchError
 from cmbunet.plans.plans_io import load_plans, plans_hash
+from cmbunet.plans.schema import Augmentation
 from cmbunet.training import cli as train_cli
 from cmbunet.training import loop, progress
-from cmbunet.training.augmentation import AugmentationParams, cut_patches, make_patches, rotate_and_crop
+from cmbunet.training.augmentation import cut_patches, make_patches, rotate_and_crop
 from cmbunet.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, load_stage_network
+from cmbunet.training.false_positive_files import load_false_positives, save_false_positives
 from cmbunet.training.losses import soft_dice_loss, weighted_cross_entropy
-from cmbunet.training.mining import (load_false_positives, merge_false_positives, mining_cases,
-                                     retire_easy_false_positives, save_false_positives)
+from cmbunet.training.metrics import rank_auc
+from cmbunet.training.mining import merge_false_positives, mining_cases, retire_easy_false_positives
 from cmbunet.training.samples import (NEGATIVE, POSITIVE, CaseArrays, SampleBank, build_bank, draw_epoch_samples,
                                       draw_fixed_samples, epoch_counts, split_counts, touches_cmb)
-from cmbunet.training.stages import STAGES, candidate_hits, rank_auc
+from cmbunet.training.screening_validation import candidate_hits
+from cmbunet.training.stages import STAGE_TABLE
+from plan_helpers import make_plans
 from tiny_schedule import TINY_TRAINING_OVERRIDES
 
 DATASET = "Dataset701_TrainTiny"
@@ -55,6 +60,11 @@ def _train(roots: dict[str, Path], results: Path, *extra: str) -> int:
 
 def _splits(roots) -> list[dict]:
     return json.loads((roots["pre"] / DATASET / "splits_final.json").read_text())
+
+
+def _spatial_augmentation(**changes) -> Augmentation:
+    """The planner's augmentation without the intensity transforms, with ``changes``."""
+    return replace(make_plans().augmentation, intensity=None, **changes)
 
 
 def _bank(roots, fold: int = 0) -> SampleBank:
@@ -101,17 +111,17 @@ def test_epoch_draw_proportions_labels_and_negatives_inside_brain(roots):
     rows = draw_epoch_samples(bank, 64, {"positive": 1, "negative": 2, "false_positive": 1}, rng)
     assert np.bincount(rows[:, 4], minlength=3).tolist() == [16, 32, 16]
     # labels after cutting and augmenting: positives keep their CMB in the central 2x2x2 block
-    size = STAGES["screening"].patch_size(load_plans(roots["pre"] / DATASET / "plans.json"))
-    _, seg = make_patches(bank, rows, size, AugmentationParams(), rng)
-    labels = STAGES["screening"].targets(seg)
+    size = STAGE_TABLE["screening"].patch_size(load_plans(roots["pre"] / DATASET / "plans.json"))
+    _, seg = make_patches(bank, rows, size, _spatial_augmentation(), rng)
+    labels = STAGE_TABLE["screening"].targets(seg)
     assert labels[rows[:, 4] == POSITIVE].all()
     assert not labels[rows[:, 4] == NEGATIVE].any()
     # segmentation targets are the label patches themselves
-    assert np.array_equal(STAGES["segmentation"].targets(seg), (seg > 0).astype(np.int64))
+    assert np.array_equal(STAGE_TABLE["segmentation"].targets(seg), (seg > 0).astype(np.int64))
 
 
 def test_hard_sampling_draws_the_false_positives_the_network_still_takes_for_cmbs(roots):
-    from cmbunet.training.mining import HARD_SAMPLING_FLOOR, hardness_weights
+    from cmbunet.training.hard_sampling import HARD_SAMPLING_FLOOR, hardness_weights
 
     w = hardness_weights(np.array([0.0, 0.0, 0.1, 0.9]))
     assert w.sum() == pytest.approx(1.0) and w[0] == pytest.approx(HARD_SAMPLING_FLOOR / 4)  # never forgotten
@@ -180,11 +190,11 @@ def test_hard_mining_retires_easy_fps_in_place_and_resume_restores_the_pool(tmp_
 def test_augmentation_without_rotation_or_flip_is_an_exact_cut(roots):
     bank = _bank(roots)
     rows = draw_epoch_samples(bank, 24, {"positive": 1, "negative": 1}, np.random.default_rng(1))
-    plain = AugmentationParams(max_translation_vox=0, rotation_probability=0.0, flip_probability=0.0)
+    plain = _spatial_augmentation(max_translation_vox=0, rotation_probability=0.0, flip_probability=0.0)
     d1, s1 = make_patches(bank, rows, (10, 10, 8), plain, np.random.default_rng(2))
     d2, s2 = cut_patches(bank, rows, (10, 10, 8))
     assert np.array_equal(d1, d2) and np.array_equal(s1, s2)
-    flip = AugmentationParams(max_translation_vox=0, rotation_probability=0.0, flip_probability=1.0)
+    flip = _spatial_augmentation(max_translation_vox=0, rotation_probability=0.0, flip_probability=1.0)
     d3, s3 = make_patches(bank, rows, (10, 10, 8), flip, np.random.default_rng(2))
     assert np.array_equal(d3, d2[:, :, ::-1]) and np.array_equal(s3, s2[:, ::-1])
 
@@ -194,7 +204,7 @@ def test_rotation_keeps_centre_and_moves_corners():
     big[0, 0, 10, 10, 10] = 1.0  # the centre voxel
     big[0, 0, 10, 16, 10] = 1.0  # 6 voxels along y
     seg = (big[:, 0] > 0).astype(np.uint8)
-    params = AugmentationParams(max_rotation_deg=10.0, rotation_probability=1.0)
+    params = _spatial_augmentation(max_rotation_deg=10.0, rotation_probability=1.0)
     d, s = rotate_and_crop(big, seg, (15, 15, 15), params, np.random.default_rng(0))
     assert d[0, 0, 7, 7, 7] == pytest.approx(1.0, abs=1e-5) and s[0, 7, 7, 7] == 1
     assert d[0, 0, 7, 13, 7] < 0.9  # the off-centre voxel moved
@@ -207,10 +217,9 @@ def test_rotation_keeps_centre_and_moves_corners():
 def test_eta_counts_the_whole_volume_screening_still_to_come(roots):
     """Mining passes over whole volumes take minutes on VALDO-sized scans: once one pass is timed, the ETA adds
     the volumes still to screen (intermediate passes, the final pass, the validation volumes)."""
-    from dataclasses import replace
     from types import SimpleNamespace
 
-    from cmbunet.training.mining import cases_still_to_screen
+    from cmbunet.training.loop import cases_still_to_screen
     from cmbunet.training.progress import stage_eta
 
     assert stage_eta([10.0, 100.0, 10.0], 2) == 20.0  # the median epoch: the mining epoch does not count twice
@@ -219,12 +228,13 @@ def test_eta_counts_the_whole_volume_screening_still_to_come(roots):
     plans = load_plans(roots["pre"] / DATASET / "plans.json")
     schedule = replace(plans.schedule("screening", "cpu"), epochs=20, mining_epochs=(7, 14), mining_cases=4)
     bank, val = SimpleNamespace(cases=[0] * 10), SimpleNamespace(cases=[0] * 3)
-    state = SimpleNamespace(schedule=schedule, stage=STAGES["screening"], bank=bank, val_bank=val, epochs=20)
+    state = SimpleNamespace(screening_schedule=schedule, stage=STAGE_TABLE["screening"], bank=bank, val_bank=val,
+                            epochs=20)
     assert cases_still_to_screen(state, 0) == 4 + 4 + 10 + 3  # passes after epochs 7 and 14, final, validation
     assert cases_still_to_screen(state, 7) == 4 + 10 + 3
     state.val_bank = bank  # fold all: validation reuses the final pass
     assert cases_still_to_screen(state, 15) == 10
-    state.stage = STAGES["discrimination"]
+    state.stage = STAGE_TABLE["discrimination"]
     assert cases_still_to_screen(state, 0) == 0
 
 
@@ -273,7 +283,7 @@ def test_fold_all_validation_reuses_the_final_mining_pass_with_the_same_result(r
     weights, lower threshold) must give what a fresh pass over the volumes gives."""
     from cmbunet.networks import build_network
     from cmbunet.training.mining import mine_false_positives, mining_precision
-    from cmbunet.training.stages import screening_validation
+    from cmbunet.training.screening_validation import screening_validation
 
     plans = load_plans(roots["pre"] / DATASET / "plans.json")
     torch.manual_seed(3)
@@ -292,7 +302,7 @@ def test_fold_all_validation_reuses_the_final_mining_pass_with_the_same_result(r
 def test_progress_plot_names_stage_fold_and_what_it_validates_on(stage, fold, held_out, tmp_path):
     """Fold all has no validation cases: its curves are training patches and must not be called validation.
     The monitored metric is plotted once (segmentation monitors Dice, which is also a plotted metric)."""
-    monitor = STAGES[stage].monitor
+    monitor = STAGE_TABLE[stage].monitor
     metrics = ["dice"] if stage == "segmentation" else ["sensitivity", "precision", "f1", "f2", "auc"]
     history = {"epoch": [0, 1, 2], "lr": [0.01, 0.006, 0.002], "train_loss": [0.9, 0.7, 0.6],
                "val_loss": [1.0, 0.8, None], **{f"val_{m}": [0.2, 0.4, 0.5] for m in metrics}}

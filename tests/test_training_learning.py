@@ -21,7 +21,8 @@ from cmbunet.plans.plans_io import load_plans
 from cmbunet.training import cli as train_cli
 from cmbunet.training.checkpoint import load_stage_network
 from cmbunet.training.samples import build_bank
-from cmbunet.training.stages import candidate_hits, rank_auc
+from cmbunet.training.metrics import rank_auc
+from cmbunet.training.screening_validation import candidate_hits
 from cmbunet.utilities.file_io import save_json
 from cmbunet.utilities.patches import extract_patches
 from tiny_schedule import LEARNING_OVERRIDES

@@ -3,9 +3,9 @@
 ``plans.json`` stays the file format and the input of the plans hash; :class:`Plans` is how code reads it.
 ``Plans.from_dict(d)`` checks every value (type and range with the check named by its field, unknown keys, then
 the consistency of the network sizes) and names the offending key; ``Plans.from_dict(d).to_dict() == d``.
-Readers take the typed section they need (``plans.screening.block_size``, ``plans.schedule(stage, device)``);
-the planner is the one source of planned values. The one reader with defaults of its own is
-``training.augmentation.AugmentationParams``, for tests that build it by hand; from plans it takes every value.
+Readers take the typed section they need (``plans.screening.block_size``, ``plans.augmentation``,
+``plans.screening_schedule(device)``) and use it as it is; the planner is the one source of planned values, and no
+reader has defaults of its own.
 
 **Older plans files.** Keys added to the planner after ``plans_version`` 1 first shipped may be absent from a
 plans file. :data:`FILLED_FOR_OLDER_PLANS` lists them with the value that reproduces what such a file meant
@@ -25,8 +25,8 @@ from typing import Any, Mapping, Union
 from cmbunet.errors import CMBUNetError, InputError, InvalidValueError
 from cmbunet.plans.section import Section, as_json, build, leaf, subsection, unplanned, value_problems
 from cmbunet.plans.topology import FCN_STRIDE, discrimination_feature_size, last_kernel_for_block
-from cmbunet.plans.validation import (boolean, channel_names, choice, integer, intensity, listing, number, optional,
-                                      proportions, raise_problems, string, text, text_table, triple)
+from cmbunet.plans.validation import (boolean, channel_names, choice, integer, listing, number, optional, proportions,
+                                      raise_problems, string, text, text_table, triple)
 
 STAGES = ("screening", "discrimination", "segmentation")
 #: ``plans["training"]`` holds one schedule per stage for each kind of device.
@@ -161,30 +161,27 @@ class SegmentationConfig(Section):
 StageConfig = Union[ScreeningConfig, DiscriminationConfig, SegmentationConfig]
 
 Range = tuple[float, float]
+_RANGE = listing(number(0), length=2)
+_PROBABILITY = number(0, 1)
 
 
 @dataclass(frozen=True)
 class Intensity(Section):
-    """``augmentation.intensity``: each transform's range and per-patch probability (checked as a whole)."""
+    """``augmentation.intensity``: each transform's range (a pair of numbers >= 0; per axis for the zoom) and its
+    per-patch probability (:mod:`cmbunet.training.intensity_augmentation` applies them)."""
     PREFIX = "augmentation.intensity"
-    low_resolution_zoom: tuple[Range, Range, Range] = leaf(None)
-    low_resolution_probability: float = leaf(None)
-    blur_sigma: Range = leaf(None)
-    blur_probability: float = leaf(None)
-    noise_variance: Range = leaf(None)
-    noise_probability: float = leaf(None)
-    brightness: Range = leaf(None)
-    brightness_probability: float = leaf(None)
-    contrast: Range = leaf(None)
-    contrast_probability: float = leaf(None)
-    gamma: Range = leaf(None)
-    gamma_probability: float = leaf(None)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str | Path | None = None) -> Intensity:
-        problem = intensity(data)
-        raise_problems([f"{cls.PREFIX} = {json.dumps(data)}: {problem}"] if problem else [], where, "plans value(s)")
-        return build(cls, data)
+    low_resolution_zoom: tuple[Range, Range, Range] = leaf(triple(_RANGE))
+    low_resolution_probability: float = leaf(_PROBABILITY)
+    blur_sigma: Range = leaf(_RANGE)
+    blur_probability: float = leaf(_PROBABILITY)
+    noise_variance: Range = leaf(_RANGE)
+    noise_probability: float = leaf(_PROBABILITY)
+    brightness: Range = leaf(_RANGE)
+    brightness_probability: float = leaf(_PROBABILITY)
+    contrast: Range = leaf(_RANGE)
+    contrast_probability: float = leaf(_PROBABILITY)
+    gamma: Range = leaf(_RANGE)
+    gamma_probability: float = leaf(_PROBABILITY)
 
 
 @dataclass(frozen=True)
@@ -196,7 +193,7 @@ class Augmentation(Section):
     flip_probability: float = leaf(number(0, 1))
     rotation_probability: float = leaf(number(0, 1))
     #: None: off (plans written before intensity augmentation existed)
-    intensity: Intensity | None = subsection(Intensity, optional(intensity))
+    intensity: Intensity | None = subsection(Intensity, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -243,12 +240,21 @@ class DeviceSchedules(Section):
     discrimination: DiscriminationSchedule = subsection(DiscriminationSchedule)
     segmentation: Schedule = subsection(Schedule)
 
+    def stage(self, name: str) -> Schedule:
+        """The schedule of stage ``name`` (the fields give each stage's own schedule type)."""
+        return {"screening": self.screening, "discrimination": self.discrimination,
+                "segmentation": self.segmentation}[name]
+
 
 @dataclass(frozen=True)
 class Training(Section):
     PREFIX = "training"
     gpu: DeviceSchedules = subsection(DeviceSchedules)
     cpu: DeviceSchedules = subsection(DeviceSchedules)
+
+    def of_kind(self, kind: str) -> DeviceSchedules:
+        """The schedules of one of :data:`DEVICE_KINDS` (see :func:`device_kind`)."""
+        return self.gpu if kind == "gpu" else self.cpu
 
 
 @dataclass(frozen=True)
@@ -371,9 +377,18 @@ class Plans(Section):
 
     def schedule(self, stage: str, device: object) -> Schedule:
         """The training schedule of ``stage`` for ``device``: ``cuda`` (any ``cuda:N``) -> gpu, anything else ->
-        cpu."""
+        cpu. What only one stage's schedule holds is read through :meth:`screening_schedule` or
+        :meth:`discrimination_schedule`."""
         self.stage(stage)
-        return getattr(getattr(self.training, device_kind(device)), stage)
+        return self.training.of_kind(device_kind(device)).stage(stage)
+
+    def screening_schedule(self, device: object) -> ScreeningSchedule:
+        """The screening schedule for ``device``, with when and how false positives are mined."""
+        return self.training.of_kind(device_kind(device)).screening
+
+    def discrimination_schedule(self, device: object) -> DiscriminationSchedule:
+        """The discrimination schedule for ``device``, with how its false positives are drawn."""
+        return self.training.of_kind(device_kind(device)).discrimination
 
     def candidate_count_threshold(self, device: object = "cpu") -> float:
         """Screening threshold at which training counts and keeps candidates for the later steps: the lower of
@@ -385,7 +400,7 @@ class Plans(Section):
         2.5-4x fewer candidates, and the discrimination threshold read at 0.1 held on sites no model saw
         (documentation/benchmarks.md, 6g); counted at 0.5 the prior would lower it.
         """
-        mining = getattr(self.training, device_kind(device)).screening.mining_threshold
+        mining = self.screening_schedule(device).mining_threshold
         return min(float(self.inference.screening_threshold), float(mining))
 
 

@@ -1,7 +1,7 @@
 """How a section of the plans is declared, checked, built from its JSON and written back to it.
 
 Each field of a section dataclass names the check its value must pass (:func:`leaf`), the section nested under
-it (:func:`subsection`), or marks a key the planner does not write (:func:`unplanned`). From these alone,
+it (:func:`subsection`, which may allow ``null``), or marks a key the planner does not write (:func:`unplanned`). From these alone,
 :func:`value_problems` finds every missing, unknown or unusable value (naming its dotted key), :func:`build`
 makes the frozen objects (lists become tuples) and :func:`as_json` gives back the JSON.
 """
@@ -23,9 +23,9 @@ def leaf(check: Check | None) -> Any:
     return field(metadata={"check": check})
 
 
-def subsection(cls: type, check: Check | None = None) -> Any:
-    """A nested object; ``check``, when given, checks the whole value (and may allow null) instead of its fields."""
-    return field(metadata={"section": cls, "check": check})
+def subsection(cls: type, nullable: bool = False) -> Any:
+    """A nested object, checked by its own fields; ``nullable``: ``null`` is allowed too (and read as None)."""
+    return field(metadata={"section": cls, "check": None, "nullable": nullable})
 
 
 def unplanned(check: Check) -> Any:
@@ -53,7 +53,7 @@ def value_problems(cls: type, data: Any, prefix: str) -> list[str]:
             problem = f.metadata["check"](value)
             if problem:
                 problems.append(f"{key} = {json.dumps(value)}: {problem}")
-        elif f.metadata.get("section") is not None:
+        elif f.metadata.get("section") is not None and not (value is None and f.metadata["nullable"]):
             problems += value_problems(f.metadata["section"], value, key)
     expected = ", ".join(sorted(names))
     problems += [f"{prefix + '.' if prefix else ''}{k} is not a plans key (expected one of {expected})"

@@ -150,31 +150,6 @@ def channel_names(v: Any) -> str | None:
     return None
 
 
-def intensity(v: Any) -> str | None:
-    """``augmentation.intensity``: every transform's range (a pair of numbers >= 0; per axis for the zoom) and its
-    probability in [0, 1]."""
-    keys = {"low_resolution_zoom", "blur_sigma", "noise_variance", "brightness", "contrast", "gamma"}
-    expected = keys | {k.removesuffix("_zoom").removesuffix("_sigma").removesuffix("_variance") + "_probability"
-                       for k in keys}
-    if not isinstance(v, dict) or set(v) != expected:
-        detail = ""
-        if isinstance(v, dict):
-            missing, unknown = sorted(expected - set(v)), sorted(set(v) - expected)
-            detail = f" (missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})"
-        return f"must be null or an object with exactly the keys {', '.join(sorted(expected))}{detail}"
-    pair = listing(number(0), length=2)
-    for k in sorted(keys):
-        value = v[k]
-        problem = triple(pair)(value) if k == "low_resolution_zoom" else pair(value)
-        if problem:
-            return f"{k} {problem}"
-    for k in sorted(expected - keys):
-        problem = number(0, 1)(v[k])
-        if problem:
-            return f"{k} {problem}"
-    return None
-
-
 def raise_problems(problems: list[str], where: str | Path | None, what: str) -> None:
     """Raise naming ``where`` (a file: :class:`InputError`; a description such as the overrides, or nothing:
     :class:`InvalidValueError`) and every problem; do nothing when there is none."""

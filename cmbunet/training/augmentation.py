@@ -15,7 +15,6 @@ with the same probability, so interpolation smoothness cannot tell a positive fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -23,36 +22,10 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
-from cmbunet.plans.schema import Plans
-from cmbunet.training.intensity_augmentation import IntensityParams, augment_intensity
+from cmbunet.plans.schema import Augmentation
+from cmbunet.training.intensity_augmentation import augment_intensity
 from cmbunet.training.samples import POSITIVE, SampleBank, touches_cmb
 from cmbunet.utilities.patches import extract_patches
-
-
-@dataclass(frozen=True)
-class AugmentationParams:
-    """Augmentation settings from ``plans.augmentation`` (the defaults here serve tests that build them by hand)."""
-
-    max_translation_vox: int = 3
-    max_rotation_deg: float = 10.0
-    flip_axes: tuple[int, ...] = (0,)
-    flip_probability: float = 0.5
-    rotation_probability: float = 0.5
-    #: intensity and resolution transforms (:mod:`cmbunet.training.intensity_augmentation`); None: off, as in
-    #: plans written before they existed
-    intensity: IntensityParams | None = None
-
-    @classmethod
-    def from_plans(cls, plans: Plans) -> "AugmentationParams":
-        a = plans.augmentation
-        return cls(
-            intensity=IntensityParams.from_dict(a.intensity.to_dict()) if a.intensity is not None else None,
-            max_translation_vox=int(a.max_translation_vox),
-            max_rotation_deg=float(a.max_rotation_deg),
-            flip_axes=tuple(int(x) for x in a.flip_axes),
-            flip_probability=float(a.flip_probability),
-            rotation_probability=float(a.rotation_probability),
-        )
 
 
 def rotation_margin(patch_size: Sequence[int], max_rotation_deg: float) -> np.ndarray:
@@ -113,7 +86,7 @@ def centre_crop(patches: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return patches[..., lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]]
 
 
-def rotate_and_crop(data: np.ndarray, seg: np.ndarray, size: Sequence[int], params: AugmentationParams,
+def rotate_and_crop(data: np.ndarray, seg: np.ndarray, size: Sequence[int], params: Augmentation,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Rotate a random subset of ``(C, *S)`` patches about their centre (voxel space) and crop their central ``size``.
 
@@ -151,9 +124,10 @@ def random_flips(data: np.ndarray, seg: np.ndarray, axes: Sequence[int], probabi
     return data, seg
 
 
-def make_patches(bank: SampleBank, rows: np.ndarray, size: Sequence[int], params: AugmentationParams | None,
+def make_patches(bank: SampleBank, rows: np.ndarray, size: Sequence[int], params: Augmentation | None,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Cut (and, with ``params``, augment) the patches of ``rows [case, x, y, z, kind]``: ``(N,C,*size)``, ``(N,*size)``."""
+    """Cut (and, with ``params``, the plans' augmentation section, augment) the patches of
+    ``rows [case, x, y, z, kind]``: ``(N,C,*size)``, ``(N,*size)``."""
     if params is None:
         return cut_patches(bank, rows, size)
     rows = translate_positives(bank, rows, params.max_translation_vox, rng)

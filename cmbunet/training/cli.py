@@ -71,11 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "validation predictions (cmbunet_find_thresholds) once every fold is validated")
     p.add_argument("--raw-root", type=Path, default=None,
                    help="raw data root holding the reference labels for validation (default: $CMBUNET_RAW)")
-    p.add_argument("--num-workers", dest="npp", type=int, default=default_num_workers(), metavar="N",
+    p.add_argument("--num-workers", type=int, default=default_num_workers(), metavar="N",
                    help="data-loading worker processes per training process (0: build batches in the training "
                    "process; default: min(4, CPUs - 1))")
     # -npp was this option's old name; cmbunet_predict's -npp (as nnU-Net's) counts preprocessing workers instead
-    p.add_argument("-npp", dest="npp", type=int, default=argparse.SUPPRESS, metavar="N",
+    p.add_argument("-npp", dest="num_workers", type=int, default=argparse.SUPPRESS, metavar="N",
                    action=deprecated_alias("--num-workers"), help=argparse.SUPPRESS)
     return p
 
@@ -149,7 +149,7 @@ def schedule_line(plans: Plans, device: str, stages: list[str]) -> str:
     line = f"training schedule: training.{kind} of the plans (the device is {device})"
     changed = []
     for stage in stages:
-        ours, theirs = (getattr(getattr(plans.training, k), stage) for k in (kind, other))
+        ours, theirs = (plans.training.of_kind(k).stage(stage) for k in (kind, other))
         if ours != theirs:
             changed.append(f"{stage} {ours.epochs} x {ours.samples_per_epoch} samples (training.{other}: "
                            f"{theirs.epochs} x {theirs.samples_per_epoch}"
@@ -173,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     # the training loop, its stages and DDP load the networks, mining and inference: not for --help
     from cmbunet.training import distributed as D
     from cmbunet.training.loop import require_stages, run_stages
-    from cmbunet.training.stages import STAGES
+    from cmbunet.training.stages import STAGE_TABLE
     from cmbunet.training.state import TrainConfig
 
     if args.num_gpus < 1:
         raise CMBUNetError(f"--num-gpus must be at least 1, got {args.num_gpus}")
-    if args.npp < 0:
-        raise CMBUNetError(f"--num-workers must be 0 or more, got {args.npp}")
+    if args.num_workers < 0:
+        raise CMBUNetError(f"--num-workers must be 0 or more, got {args.num_workers}")
     args.device, device_reason = resolve_device_choice(args.device)
     if args.device == "cuda":
         if args.num_gpus > torch.cuda.device_count():
@@ -200,12 +200,12 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = [TrainConfig(stage=s, fold=fold, plans=plans, plans_hash=phash, preprocessed_dir=case_root,
                            model_dir=model_dir, train_cases=train_cases, val_cases=val_cases, device=args.device,
-                           seed=seed, resume=args.resume, num_workers=args.npp, precision=args.precision)
+                           seed=seed, resume=args.resume, num_workers=args.num_workers, precision=args.precision)
                for s in stages_to_run(args.stage)]
     # refuse early, before any process starts: the first stage's prerequisites must already be trained
     first = configs[0]
     if not (first.resume and model.is_trained(fold, first.stage)):
-        require_stages(first, STAGES[first.stage])
+        require_stages(first, STAGE_TABLE[first.stage])
     check_preprocessed_cases(case_root, train_cases + val_cases, phash, pp_hash, plans_file_name(plans_name))
     # one run per fold: a second one would delete this run's logs and mix its checkpoints into this run's. Under
     # torchrun, rank 0 takes the lock and prepares the folder; the other ranks only train (after the rendezvous).

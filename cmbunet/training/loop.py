@@ -33,16 +33,18 @@ from cmbunet.model_folder import STAGE_SUMMARY_FILE, VALIDATION_CANDIDATES_FILE,
 from cmbunet.networks import build_network
 from cmbunet.plans.schema import Plans, Schedule
 from cmbunet.training import distributed as D
-from cmbunet.training.augmentation import AugmentationParams
+from cmbunet.training.batches import EpochBatches, epoch_rng
 from cmbunet.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from cmbunet.training.false_positive_files import FALSE_POSITIVES_FILE, VALIDATION_FP_FILE
+from cmbunet.training.hard_sampling import update_fp_weights
 from cmbunet.training.losses import as_class_logits, build_loss
-from cmbunet.training.mining import (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, cases_still_to_screen, final_mining,
-                                     mine_after_epoch, restore_mined_false_positives, screen_validation_volumes,
-                                     screening_false_positives, update_fp_weights)
+from cmbunet.training.metrics import classification_metrics, dice_metrics
+from cmbunet.training.mining import (final_mining, mine_after_epoch, restore_mined_false_positives,
+                                     screen_validation_volumes, screening_false_positives)
 from cmbunet.training.progress import (TrainingLog, empty_history, epoch_summary, format_duration, plot_progress,
                                        record_epoch, stage_eta)
 from cmbunet.training.samples import SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
-from cmbunet.training.stages import STAGES, EpochBatches, Stage, classification_metrics, dice_metrics, epoch_rng
+from cmbunet.training.stages import STAGE_TABLE, Stage
 from cmbunet.training.state import TrainConfig, TrainingState
 from cmbunet.utilities.autocast import autocast_context, cmb_probability
 from cmbunet.utilities.file_io import save_json
@@ -184,7 +186,7 @@ def on_train_start(info: D.DistInfo, cfg: TrainConfig) -> TrainingState:
     """Everything before the first epoch still to run. The RNG calls keep their order, so the same seed gives
     the same weights."""
     started = time.time()
-    stage = STAGES[cfg.stage]
+    stage = STAGE_TABLE[cfg.stage]
     schedule = cfg.plans.schedule(stage.name, cfg.device)
     log = TrainingLog(cfg.out_dir / "training_log.txt", info.is_main)
     require_stages(cfg, stage)
@@ -205,8 +207,7 @@ def on_train_start(info: D.DistInfo, cfg: TrainConfig) -> TrainingState:
         info, cfg, stage, schedule, log, seed, bank, val_bank, val_rows, network=net, model=net,
         optimizer=build_optimizer(net, schedule),
         scaler=torch.amp.GradScaler("cuda") if info.device.startswith("cuda") else None,
-        loss_fn=build_loss(schedule), augmentation=AugmentationParams.from_plans(cfg.plans),
-        history=empty_history(), started=started)
+        loss_fn=build_loss(schedule), history=empty_history(), started=started)
     torch.manual_seed(seed * 1009 + info.rank + 1)  # dropout differs between ranks
     if ckpt is not None:
         resume(state, ckpt)
@@ -246,7 +247,7 @@ def train_one_epoch(state: TrainingState, epoch: int) -> float:
     batch_size = int(schedule.batch_size)
     n = batches_per_rank(schedule, info.world_size) * batch_size
     rows = draw_epoch_samples(state.bank, n, schedule.proportions, epoch_rng(state.seed, info.rank, epoch))
-    dataset = EpochBatches(state.stage, cfg.plans, state.bank, rows, batch_size, state.augmentation, state.seed,
+    dataset = EpochBatches(state.stage, cfg.plans, state.bank, rows, batch_size, cfg.plans.augmentation, state.seed,
                            info.rank, epoch)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
@@ -321,6 +322,18 @@ def on_epoch_end(state: TrainingState, result: EpochResult) -> None:
     state.log(epoch_summary(epoch, state.epochs, result.lr, result.train_loss, result.val, stage.monitor, improved,
                             result.mined, len(bank.active_false_positives), time.time() - result.started)
               + f" eta {stage_eta_text(state, epoch)}")
+
+
+def cases_still_to_screen(state: TrainingState, epoch: int) -> int:
+    """Whole volumes the screening stage will still screen after ``epoch``: the intermediate mining passes left,
+    the final pass over every training case, and the validation volumes (none more for fold ``all``, whose
+    validation reuses the final pass)."""
+    if not state.stage.mines:
+        return 0
+    schedule, n = state.screening_schedule, len(state.bank.cases)
+    per_pass = min(n, int(schedule.mining_cases)) if schedule.mining_cases else n
+    later = [e for e in sorted({int(e) for e in schedule.mining_epochs}) if epoch + 1 < e < state.epochs]
+    return len(later) * per_pass + n + (len(state.val_bank.cases) if state.val_bank is not state.bank else 0)
 
 
 def stage_eta_text(state: TrainingState, epoch: int) -> str:

@@ -4,6 +4,7 @@ An FP is a screening candidate without a CMB voxel in its central 2x2x2 block, f
 FCN over the fold's training volumes. The screening stage mines them itself (after the schedule's
 ``mining_epochs``, then once more with the final model) and writes them to ``false_positives.json``;
 discrimination and segmentation load that list (or mine it with the final screening model when it is missing).
+The files' format is :mod:`cmbunet.training.false_positive_files`.
 
 - With ``mining_keep="all"`` the FPs accumulate over the mining passes (Chen & Dou's code). With ``"hard"`` each pass
   also re-scores the pool on the volumes it screens and retires the FPs the current model no longer scores above
@@ -11,8 +12,7 @@ discrimination and segmentation load that list (or mine it with the final screen
   otherwise crowd out the mimics the final model still fires on, and those are what discrimination meets at
   inference. Retired FPs stay in the list, so a resumed run sees the pool exactly as it was.
 - ``mining_cases`` limits an intermediate pass to a window of the cases moving through one seeded permutation.
-- With the discrimination schedule's ``fp_sampling="hard"`` FPs are drawn in proportion to the network's current
-  CMB probability of each (:func:`hardness_weights`).
+- How often each FP is drawn for training is :mod:`cmbunet.training.hard_sampling`.
 
 Passes are split across ranks by case and gathered, so every rank's bank holds the same FPs.
 """
@@ -20,36 +20,32 @@ Passes are split across ranks by case and gathered, so every rank's bank holds t
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Sequence, cast
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.errors import CMBUNetError
 from cmbunet.inference.candidates import find_candidates
 from cmbunet.inference.screening import screening_score_map
-from cmbunet.plans.schema import Plans, ScreeningSchedule
-from cmbunet.training import distributed as D
-from cmbunet.training.losses import as_class_logits
 from cmbunet.model_folder import VALIDATION_CANDIDATES_FILE
+from cmbunet.plans.schema import Plans
+from cmbunet.training import distributed as D
+from cmbunet.training.false_positive_files import (FALSE_POSITIVES_FILE, VALIDATION_FP_FILE, load_false_positives,
+                                                   save_false_positives)
 from cmbunet.training.progress import TrainingLog
 from cmbunet.training.samples import SampleBank, touches_cmb
-from cmbunet.training.stages import Stage, screening_validation
+from cmbunet.training.screening_validation import screening_validation
 from cmbunet.training.state import TrainConfig, TrainingState
-from cmbunet.utilities.autocast import ForwardOptions, batch_probability, cmb_probability
+from cmbunet.utilities.autocast import ForwardOptions
 from cmbunet.utilities.cpu_features import resolve_precision
-from cmbunet.utilities.file_io import load_json, save_json
-from cmbunet.utilities.patches import extract_patches
-
-FALSE_POSITIVES_FILE = "false_positives.json"
-VALIDATION_FP_FILE = "validation_false_positives.json"
+from cmbunet.utilities.file_io import save_json
 
 
 # ----------------------------------------------------------------------------------------------------------
-# one pass over the volumes, and the bank's FP list
+# one pass over the volumes, and merging its FPs into the bank's
 # ----------------------------------------------------------------------------------------------------------
 def mining_precision(device: str | torch.device = "cpu", requested: str = "auto") -> str:
     """The arithmetic of whole-volume screening passes during training (``cmbunet_train --precision``). ``auto``:
@@ -130,42 +126,6 @@ def merge_false_positives(bank: SampleBank, rows: np.ndarray, scores: np.ndarray
     return len(first) - before
 
 
-def save_false_positives(path: str | Path, bank: SampleBank, threshold: float) -> None:
-    """``false_positives.json``: each mined FP with its case, centre, score and the epochs completed when mined;
-    retired FPs (``mining_keep="hard"``) follow with the epoch they were retired at."""
-    names = bank.names
-    dropped = bank.fp_dropped if len(bank.fp_dropped) == len(bank.false_positives) else \
-        np.full(len(bank.false_positives), -1, np.int64)
-    fps = [{"case": names[r[0]], "center": r[1:].tolist(), "score": float(s), "epoch": int(e)}
-           | ({"retired": int(d)} if d >= 0 else {})
-           for r, s, e, d in zip(bank.false_positives, bank.fp_scores, bank.fp_epochs, dropped)]
-    per_case = {n: 0 for n in names}
-    for f in fps:
-        per_case[f["case"]] += "retired" not in f
-    save_json({"mining_threshold": float(threshold), "num_false_positives": len(fps) - int((dropped >= 0).sum()),
-               "num_retired": int((dropped >= 0).sum()), "per_case": per_case, "false_positives": fps}, path)
-
-
-def load_false_positives(path: str | Path, bank: SampleBank, max_epoch: int | None = None) -> int:
-    """Put the FPs of ``path`` that belong to the bank's cases (and were mined by ``max_epoch``) into the bank."""
-    path = Path(path)
-    try:
-        content = load_json(path)
-        entries = content["false_positives"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(path, f"cannot be read as a false-positive list ({e})") from None
-    index = {n: i for i, n in enumerate(bank.names)}
-    keep = [f for f in entries if f["case"] in index and (max_epoch is None or int(f["epoch"]) <= max_epoch)]
-    rows = np.array([[index[f["case"]], *f["center"]] for f in keep], dtype=np.int64).reshape(-1, 4)
-    bank.false_positives = rows
-    bank.fp_scores = np.array([f["score"] for f in keep], dtype=np.float32)
-    bank.fp_epochs = np.array([f["epoch"] for f in keep], dtype=np.int64)
-    # an FP retired after max_epoch was still in use then (exact resume)
-    bank.fp_dropped = np.array([int(f.get("retired", -1)) if max_epoch is None or int(f.get("retired", -1)) <= max_epoch
-                                else -1 for f in keep], dtype=np.int64)
-    return int((bank.fp_dropped < 0).sum())
-
-
 # ----------------------------------------------------------------------------------------------------------
 # passes across ranks and epochs
 # ----------------------------------------------------------------------------------------------------------
@@ -225,51 +185,7 @@ def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBa
 
 
 def _mining_threshold(cfg: TrainConfig) -> float:
-    return float(cfg.plans.schedule("screening", cfg.device).mining_threshold)  # type: ignore[attr-defined]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# hard sampling
-# ----------------------------------------------------------------------------------------------------------
-#: Share of the draws spread evenly over all false positives under ``fp_sampling="hard"``, so that an FP the
-#: network rejects today is still seen and not forgotten.
-HARD_SAMPLING_FLOOR = 0.25
-
-
-def hardness_weights(cmb_probability: np.ndarray, floor: float = HARD_SAMPLING_FLOOR) -> np.ndarray:
-    """Sampling weights of false positives from the network's current CMB probability of each: a quarter of the
-    draws uniform, the rest in proportion to the probability, so the mimics the network still takes for CMBs
-    (the ones that cost precision on new sites) come up most often. Sums to 1."""
-    p = np.clip(np.asarray(cmb_probability, dtype=np.float64), 0.0, 1.0)
-    if p.size == 0:
-        return p
-    hard = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
-    w = floor / p.size + (1.0 - floor) * hard
-    return w / w.sum()
-
-
-@torch.inference_mode()
-def false_positive_probabilities(network: nn.Module, stage: Stage, plans: Plans, bank: SampleBank,
-                                 device: str | torch.device = "cpu", batch_size: int = 256) -> np.ndarray:
-    """The classifier's current CMB probability of every active false positive, each seen once, centred and
-    unaugmented (the input to ``hardness_weights``)."""
-    rows = bank.active_false_positives
-    size = stage.patch_size(plans)
-    out = np.zeros(len(rows), dtype=np.float64)
-    was_training = network.training
-    network.eval()
-
-    def probability(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return cmb_probability(as_class_logits(net(x)))
-
-    for ci in np.unique(rows[:, 0]) if len(rows) else []:
-        idx = np.flatnonzero(rows[:, 0] == ci)
-        for start in range(0, len(idx), batch_size):
-            part = idx[start : start + batch_size]
-            blocks = extract_patches(np.asarray(bank.cases[ci].data), rows[part, 1:4], size)
-            out[part] = batch_probability([network], blocks, ForwardOptions(device), probability=probability)
-    network.train(was_training)
-    return out
+    return float(cfg.plans.screening_schedule(cfg.device).mining_threshold)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -284,23 +200,14 @@ def restore_mined_false_positives(state: TrainingState) -> None:
         state.log(f"restored {n} mined false positives")
 
 
-def update_fp_weights(state: TrainingState, epoch: int) -> None:
-    """Under ``fp_sampling="hard"``, weight the FPs by the network's CMB probability at the start of ``epoch``
-    (from these weights, not later ones, so a resumed run draws the same)."""
-    if getattr(state.schedule, "fp_sampling", "uniform") == "hard" and epoch > 0:  # discrimination's schedule only
-        probability = false_positive_probabilities(state.network, state.stage, state.cfg.plans, state.bank,
-                                                   state.info.device)
-        state.bank.fp_weights = hardness_weights(probability)
-
-
 def mine_after_epoch(state: TrainingState, epoch: int) -> int:
     """The screening schedule's mining pass after ``epoch`` when it has one; returns how many FPs were new.
 
     None after the last epoch: :func:`final_mining` screens every case with the final weights then.
     """
-    schedule, bank, done = state.schedule, state.bank, epoch + 1
-    if not (state.stage.mines and isinstance(schedule, ScreeningSchedule)):
+    if not state.stage.mines:
         return 0
+    schedule, bank, done = state.screening_schedule, state.bank, epoch + 1
     passes = sorted({int(e) for e in schedule.mining_epochs})
     if done not in passes or done >= state.epochs:
         return 0
@@ -318,21 +225,9 @@ def mine_after_epoch(state: TrainingState, epoch: int) -> int:
     return mined
 
 
-def cases_still_to_screen(state: TrainingState, epoch: int) -> int:
-    """Whole volumes the screening stage will still screen after ``epoch``: the intermediate mining passes left,
-    the final pass over every training case, and the validation volumes (none more for fold ``all``, whose
-    validation reuses the final pass)."""
-    schedule, n = state.schedule, len(state.bank.cases)
-    if not (state.stage.mines and isinstance(schedule, ScreeningSchedule)):
-        return 0
-    per_pass = min(n, int(schedule.mining_cases)) if schedule.mining_cases else n
-    later = [e for e in sorted({int(e) for e in schedule.mining_epochs}) if epoch + 1 < e < state.epochs]
-    return len(later) * per_pass + n + (len(state.val_bank.cases) if state.val_bank is not state.bank else 0)
-
-
 def final_mining(state: TrainingState) -> None:
     """The last pass, over every training volume with the final screening weights."""
-    schedule, bank = cast(ScreeningSchedule, state.schedule), state.bank
+    schedule, bank = state.screening_schedule, state.bank
     threshold = float(schedule.mining_threshold)
     retired_before = int((bank.fp_dropped >= 0).sum())
     state.final_candidates.clear()
@@ -358,7 +253,7 @@ def screen_validation_volumes(state: TrainingState) -> None:
     cfg, val_bank, out = state.cfg, state.val_bank, state.out
     count_threshold = cfg.plans.candidate_count_threshold(state.info.device)
     reuse = (state.final_candidates if val_bank is state.bank
-             and count_threshold >= float(cast(ScreeningSchedule, state.schedule).mining_threshold) else None)
+             and count_threshold >= float(state.screening_schedule.mining_threshold) else None)
     result = screening_validation(state.network, val_bank, cfg.plans, count_threshold, state.info.device,
                                   precision=mining_precision(state.info.device, cfg.precision), candidates=reuse)
     where = "validation" if state.held_out else "TRAINING (fold all has no validation cases)"

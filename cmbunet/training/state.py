@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from cmbunet.model_folder import ModelFolder
-from cmbunet.plans.schema import Plans, Schedule
+from cmbunet.plans.schema import Plans, Schedule, ScreeningSchedule
 from cmbunet.training import distributed as D
-from cmbunet.training.augmentation import AugmentationParams
 from cmbunet.training.progress import TrainingLog
 from cmbunet.training.samples import SampleBank
 from cmbunet.training.stages import Stage
@@ -70,7 +69,6 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None  # CUDA mixed precision only
     loss_fn: Any
-    augmentation: AugmentationParams
     history: dict[str, list]
     best: float | None = None  # best validation value of the monitored metric so far
     start_epoch: int = 0  # the first epoch still to run
@@ -84,6 +82,19 @@ class TrainingState:
     @property
     def epochs(self) -> int:
         return int(self.schedule.epochs)
+
+    @property
+    def screening_schedule(self) -> ScreeningSchedule:
+        """The screening schedule on this device: when and how false positives are mined (in the screening stage,
+        the stage's own schedule)."""
+        return self.cfg.plans.screening_schedule(self.cfg.device)
+
+    @property
+    def hard_fp_sampling(self) -> bool:
+        """Whether false positives are drawn in proportion to the network's current CMB probability (the
+        discrimination schedule's ``fp_sampling="hard"``; the other stages draw them evenly)."""
+        return (self.stage.name == "discrimination"
+                and self.cfg.plans.discrimination_schedule(self.cfg.device).fp_sampling == "hard")
 
     @property
     def out(self) -> Path:
