@@ -293,8 +293,8 @@ def main() -> None:
                    help="a trained model folder: its plans, networks and thresholds instead of paper-size networks "
                         "with random weights and the forced workload (then F1 against the truth means something)")
     p.add_argument("--preset", default="paper", choices=("paper", "auto"),
-                   help="networks of the forced workload (random weights): paper (002's sizes) or auto (the default "
-                        "plan's, half-width screening), both at 002's 20x20x16 block of VALDO spacing")
+                   help="networks of the forced workload (random weights): paper (Chen & Dou's sizes) or auto (the "
+                        "default plan's, half-width screening), both at Chen & Dou's 20x20x16 block of VALDO spacing")
     p.add_argument("--override", nargs="+", default=[], help="plan overrides of the forced workload's networks")
     p.add_argument("--child", help=__import__("argparse").SUPPRESS)
     p.add_argument("--timeout", type=float, default=580, help="seconds per child run")

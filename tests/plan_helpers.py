@@ -28,7 +28,8 @@ def make_plans(channels: Sequence[str] = ("T2S",), preset: str = "tiny", overrid
 
 
 def paper_plans(overrides: Sequence[str] = (), channels: Sequence[str] = ("T2S",)) -> Plans:
-    """002's plans (preset ``paper`` at VALDO spacing): blocks 20x20x16 / 24x24x20, patch 32x32x24, full widths."""
+    """Chen & Dou's plans (preset ``paper`` at VALDO spacing): blocks 20x20x16 / 24x24x20, patch 32x32x24, full
+    widths."""
     fingerprint = {"cases": [{"spacing": VALDO_SPACING, "shape_after_crop": [400, 400, 150]}] * 3,
                    "cmbs": [{"extent_mm": [6.86, 6.86, 8.0]}] * 5}
     return plan_experiment(fingerprint, dataset_json(channels), preset="paper", overrides=list(overrides))

@@ -1,4 +1,4 @@
-"""Networks match 002's tables; the fully convolutional score map equals explicit block classification."""
+"""Networks match Chen & Dou's tables; the fully convolutional score map equals explicit block classification."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cmbunet.plans import Plans
 from cmbunet.utilities.patches import central_label, extract_patches
 from plan_helpers import paper_plans
 
-#: 002's plans, with 002's reference NMS window of half a block
+#: Chen & Dou's plans, with Chen & Dou's reference NMS window of half a block
 PAPER_PLANS = paper_plans(["inference.nms_size_vox=[10,10,8]"])
 
 
@@ -32,13 +32,13 @@ def test_screening_fcn_reproduces_002_table1_layer_sizes():
             sizes.append((x.shape[1], *x.shape[2:]))
     assert sizes == [(64, 16, 16, 14), (64, 12, 12, 12), (64, 6, 6, 6), (128, 4, 4, 4), (128, 2, 2, 2), (256, 1, 1, 1), (2, 1, 1, 1)]
     assert screening_output_size([20, 20, 16], [5, 5, 3], [2, 2, 2]) == [1, 1, 1]
-    # BN after C1-C4 only (002 Table 1: C5 and C6 have none)
+    # BN after C1-C4 only (Chen & Dou Table 1: C5 and C6 have none)
     assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules()) == 4
 
 
 def test_discrimination_and_unet_shapes_from_plans():
     disc = build_network("discrimination", PAPER_PLANS)
-    assert isinstance(disc, DiscriminationCNN) and disc.trunk_size == (4, 4, 4)  # 128x4x4x4 as in 002 Table 2
+    assert isinstance(disc, DiscriminationCNN) and disc.trunk_size == (4, 4, 4)  # 128x4x4x4 as in Chen & Dou Table 2
     assert disc.classifier[1].in_features == 128 * 64 and disc.classifier[1].out_features == 512
     assert disc.eval()(torch.zeros(3, 1, 24, 24, 20)).shape == (3, 2)
     unet = build_network("segmentation", PAPER_PLANS)

@@ -1,4 +1,5 @@
-"""Planner and plans I/O: 002 reproduced from a fingerprint, valid topologies elsewhere, presets, overrides, hash."""
+"""Planner and plans I/O: Chen & Dou reproduced from a fingerprint, valid topologies elsewhere, presets, overrides,
+hash."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def auto_plans(paper_fp) -> Plans:
 
 # --------------------------------------------------------------------------------------- layer arithmetic
 def screening_output(block, k1, k5):
-    """Output size of the screening FCN on ``block``, layer by layer (002 Table 1); None when a layer fails."""
+    """Output size of the screening FCN on ``block``, layer by layer (Chen & Dou Table 1); None when a layer fails."""
     sizes = []
     for b, a, c in zip(block, k1, k5):
         s = b - (a - 1)  # C1
@@ -74,7 +75,7 @@ def discrimination_output(block, k1):
     return sizes
 
 
-# --------------------------------------------------------------------------------------- 002 reproduced
+# ------------------------------------------------------------------------------- Chen & Dou reproduced
 def test_paper_numbers_from_fingerprint(auto_plans):
     p = auto_plans.to_dict()
     assert p["plans_version"] == 1 and p["preset"] == "auto" and p["dataset_name"] == "Dataset001_Test"
@@ -83,7 +84,7 @@ def test_paper_numbers_from_fingerprint(auto_plans):
     assert p["cmb_box"]["coverage"] == pytest.approx(0.984) and p["cmb_box"]["num_cmbs"] == 1000
     s, d, g = p["screening"], p["discrimination"], p["segmentation"]
     assert s["block_size"] == [20, 20, 16] and s["fcn_stride"] == [2, 2, 2] and s["fcn_offset"] == [10, 10, 8]
-    # 002's screening widths are 64-64-128-128-256 (preset paper); auto halves them (benchmarks.md, 6h)
+    # Chen & Dou's screening widths are 64-64-128-128-256 (preset paper); auto halves them (benchmarks.md, 6h)
     assert s["network"] == {"in_channels": 1, "features": [32, 32, 64, 64, 128], "first_kernels": [5, 5, 3],
                             "last_kernel": [2, 2, 2], "num_classes": 2, "negative_slope": 0.01}
     assert d["block_size"] == [24, 24, 20]
@@ -94,7 +95,7 @@ def test_paper_numbers_from_fingerprint(auto_plans):
     assert p["cmb_box"]["median_cmb_voxels"] == pytest.approx(median_vox, rel=1e-3)
     assert g["network"]["foreground_prior"] == pytest.approx(0.5 * median_vox / (32 * 32 * 24), rel=1e-3)
     assert screening_output(s["block_size"], [5, 5, 3], [2, 2, 2]) == [1, 1, 1]
-    assert discrimination_output(d["block_size"], [5, 5, 3]) == [4, 4, 4]  # 002 Table 2: 128 x 4x4x4
+    assert discrimination_output(d["block_size"], [5, 5, 3]) == [4, 4, 4]  # Chen & Dou Table 2: 128 x 4x4x4
     inf = p["inference"]
     assert inf["nms_size_vox"] == [5, 5, 5] and inf["tile_size"] == [160, 160, 80]
     assert inf["screening_threshold"] == 0.5 and inf["discrimination_shift_vox"] == 1
@@ -216,7 +217,7 @@ def test_paper_preset_ignores_the_data():
     assert p["preset"] == "paper"
     assert p["screening"]["block_size"] == [20, 20, 16] and p["screening"]["network"]["first_kernels"] == [5, 5, 3]
     assert p["screening"]["network"]["last_kernel"] == [2, 2, 2]
-    assert p["screening"]["network"]["features"] == [64, 64, 128, 128, 256]  # 002 Table 1
+    assert p["screening"]["network"]["features"] == [64, 64, 128, 128, 256]  # Chen & Dou Table 1
     assert p["inference"]["screening_threshold"] == 0.1
     assert p["discrimination"]["network"]["features"] == [64, 64, 128, 128]
     assert p["discrimination"]["block_size"] == [24, 24, 20] and p["segmentation"]["patch_size"] == [32, 32, 24]
@@ -242,7 +243,7 @@ def test_fast_preset_is_auto_at_quarter_width_with_a_short_schedule(paper_fp, au
     p = plan_experiment(paper_fp, DATASET_JSON, preset="fast")
     paper = plan_experiment(paper_fp, DATASET_JSON, preset="paper")
     assert p.preset == "fast"
-    for stage in STAGES:  # a quarter of 002's widths
+    for stage in STAGES:  # a quarter of Chen & Dou's widths
         full, quarter = paper.stage(stage).network.features, p.stage(stage).network.features
         assert tuple(f // 4 for f in full) == tuple(quarter)
     assert tuple(f // 2 for f in auto_plans.screening.network.features) == tuple(p.screening.network.features)
