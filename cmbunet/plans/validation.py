@@ -130,9 +130,14 @@ def triple(item: Check) -> Check:
     return listing(item, length=3)
 
 
+#: The kinds of training sample: the keys of a schedule's ``proportions``, in the order of their codes in the
+#: sample rows (:mod:`cmbunet.training.samples`).
+SAMPLE_KINDS = ("positive", "negative", "false_positive")
+
+
 def proportions(v: Any) -> str | None:
     """Sample proportions: positive/negative/false_positive weights, not all zero."""
-    allowed = {"positive", "negative", "false_positive"}
+    allowed = set(SAMPLE_KINDS)
     if not isinstance(v, dict) or not v or set(v) - allowed:
         return f"must be an object with keys among {', '.join(sorted(allowed))}"
     if any(not _is_number(x) or x < 0 for x in v.values()) or sum(v.values()) <= 0:

@@ -43,7 +43,7 @@ from cmbunet.training.mining import (final_mining, mine_after_epoch, restore_min
                                      screen_validation_volumes, screening_false_positives)
 from cmbunet.training.progress import (TrainingLog, empty_history, epoch_summary, format_duration, plot_progress,
                                        record_epoch, stage_eta)
-from cmbunet.training.samples import SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
+from cmbunet.training.samples import KIND_NAMES, SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
 from cmbunet.training.stages import STAGE_TABLE, Stage
 from cmbunet.training.state import TrainConfig, TrainingState
 from cmbunet.utilities.autocast import autocast_context, cmb_probability
@@ -199,7 +199,7 @@ def on_train_start(info: D.DistInfo, cfg: TrainConfig) -> TrainingState:
     bank, val_bank = prepare_banks(info, cfg, stage, log)
     val_rows = draw_fixed_samples(val_bank, int(schedule.val_samples), schedule.proportions, seed)
     log(f"validation set: {len(val_rows)} fixed patches "
-        f"({', '.join(f'{k}={int((val_rows[:, 4] == i).sum())}' for k, i in (('positive', 0), ('negative', 1), ('false_positive', 2)))})")
+        f"({', '.join(f'{k}={int((val_rows[:, 4] == i).sum())}' for k, i in KIND_NAMES.items())})")
 
     torch.manual_seed(seed)
     net = build_network(stage.name, cfg.plans).to(info.device)

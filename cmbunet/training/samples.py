@@ -20,13 +20,15 @@ from typing import Sequence
 import numpy as np
 
 from cmbunet.errors import CMBUNetError, InputError
+from cmbunet.plans.validation import SAMPLE_KINDS
 from cmbunet.preprocessing.preprocessor import load_preprocessed_case
 from cmbunet.utilities.file_io import atomic_path, load_json
 from cmbunet.utilities.geometry import mask_bbox
 from cmbunet.utilities.patches import extract_patches
 
-POSITIVE, NEGATIVE, FALSE_POSITIVE = 0, 1, 2
-KIND_NAMES = {"positive": POSITIVE, "negative": NEGATIVE, "false_positive": FALSE_POSITIVE}
+#: The code of each kind of sample (the rows' fifth column) by its name in the plans.
+KIND_NAMES = {kind: code for code, kind in enumerate(SAMPLE_KINDS)}
+POSITIVE, NEGATIVE, FALSE_POSITIVE = (KIND_NAMES[k] for k in ("positive", "negative", "false_positive"))
 
 #: Above this many bytes of uncompressed volumes, cases are unpacked to ``.npy`` once and memory-mapped
 #: instead of being held in RAM (the page cache then shares them between data-loading workers and ranks).
