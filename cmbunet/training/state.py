@@ -1,7 +1,8 @@
 """What one stage's training is given (:class:`TrainConfig`) and where it stands (:class:`TrainingState`).
 
-The steps of ``loop.train_stage`` and the mining steps of ``mining.py`` read and update one
-:class:`TrainingState`, so each step takes the state and at most the epoch instead of a dozen arguments.
+The steps of ``loop.train_stage``, the mining steps of ``mining.py`` and the sampling weights of
+``hard_sampling.py`` read and update one :class:`TrainingState`, so each step takes the state and at most the
+epoch instead of a dozen arguments.
 """
 
 from __future__ import annotations
