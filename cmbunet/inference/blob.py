@@ -30,9 +30,9 @@ KERNEL_REACH = 3.0
 
 def hessian_kernels(spacing: Sequence[float], sigma_mm: float | Sequence[float] = BLOB_SIGMA_MM
                     ) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Second derivatives of a Gaussian of ``sigma_mm`` (one, or one per axis) sampled on voxels of ``spacing``:
-    ``(V, 6)`` kernels for the entries xx, yy, zz, xy, xz, yz of the Hessian at a box's centre, and the box size
-    (odd, per axis)."""
+    """A Gaussian of ``sigma_mm`` (one, or one per axis) and its second derivatives, sampled on voxels of
+    ``spacing``: ``(V, 7)`` kernels giving, at a box's centre, the smoothed value and the Hessian entries xx, yy,
+    zz, xy, xz, yz; and the box size (odd, per axis)."""
     spacing = np.asarray(spacing, dtype=float)
     sigma = np.broadcast_to(np.asarray(sigma_mm, dtype=float), (3,))
     half = np.maximum(1, np.ceil(KERNEL_REACH * sigma / spacing)).astype(int)
@@ -41,26 +41,28 @@ def hessian_kernels(spacing: Sequence[float], sigma_mm: float | Sequence[float] 
     gauss = np.exp(-0.5 * np.sum((grid / sigma) ** 2, axis=1))
     gauss /= gauss.sum()
     pairs = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
-    kernels = np.stack([gauss * (grid[:, i] * grid[:, j] / (sigma[i] ** 2 * sigma[j] ** 2) - (i == j) / sigma[i] ** 2)
-                        for i, j in pairs], axis=1)
+    kernels = np.stack([gauss] + [gauss * (grid[:, i] * grid[:, j] / (sigma[i] ** 2 * sigma[j] ** 2)
+                                           - (i == j) / sigma[i] ** 2) for i, j in pairs], axis=1)
     return kernels, tuple(int(2 * h + 1) for h in half)
 
 
 def blob_ratios(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float],
                 sigma_mm: float | Sequence[float] = BLOB_SIGMA_MM) -> np.ndarray:
-    """Smallest over largest eigenvalue of the Hessian (at ``sigma_mm``) at the darkest voxel next to each centre
-    of a 3D ``image`` with voxel ``spacing`` (mm), ``(N,)``: near 1 for a dark ball, near 0 for a dark tube, below
-    0 on a dark line or where the spot is not a minimum; NaN where the largest eigenvalue is not positive (no dark
-    spot). Voxels beyond the image count as 0, like the background of a skull-stripped scan."""
+    """Smallest over largest eigenvalue of the Hessian (at ``sigma_mm``) where the image smoothed at that scale is
+    darkest among each centre and its 26 neighbours, for a 3D ``image`` with voxel ``spacing`` (mm), ``(N,)``: near
+    1 for a dark ball, near 0 for a dark tube, below 0 on a dark line or where the spot is not a minimum; NaN where
+    the largest eigenvalue is not positive (no dark spot). The smoothed minimum, not the darkest raw voxel, is the
+    spot's centre at that scale: noise moves the latter onto a ball's flank, where it curves less one way. Voxels
+    beyond the image count as 0, like the background of a skull-stripped scan."""
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
-    if len(centres) == 0:
+    n = len(centres)
+    if n == 0:
         return np.zeros(0)
-    image = np.asarray(image, dtype=np.float32)
-    core = extract_patches(image, centres, (3, 3, 3), pad_value=np.inf).reshape(len(centres), -1)
-    darkest = np.stack(np.unravel_index(core.argmin(axis=1), (3, 3, 3)), axis=1) - 1
     kernels, size = hessian_kernels(spacing, sigma_mm)
-    boxes = extract_patches(image, centres + darkest, size, pad_value=0.0).reshape(len(centres), -1)
-    entries = boxes.astype(np.float64) @ kernels  # (N, 6)
+    grown = extract_patches(np.asarray(image, dtype=np.float32), centres, [s + 2 for s in size], pad_value=0.0)
+    per_offset = np.stack([grown[:, i: i + size[0], j: j + size[1], k: k + size[2]].reshape(n, -1) @ kernels
+                           for i in range(3) for j in range(3) for k in range(3)], axis=1)  # (N, 27, 7)
+    entries = per_offset[np.arange(n), per_offset[:, :, 0].argmin(axis=1), 1:].astype(np.float64)
     xx, yy, zz, xy, xz, yz = entries.T
     hessian = np.stack([np.stack([xx, xy, xz], -1), np.stack([xy, yy, yz], -1), np.stack([xz, yz, zz], -1)], 1)
     eig = np.linalg.eigvalsh(hessian)  # ascending

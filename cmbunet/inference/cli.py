@@ -131,6 +131,11 @@ def _decision_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--shape-round-threshold", type=float, default=None, metavar="T",
                    help="discrimination threshold of round spots (default: inference_settings.json of the model, "
                         "else the plans (0.5))")
+    p.add_argument("--shape-min-blob-ratio", type=float, default=None, metavar="B",
+                   help="drop a kept candidate, round or not, whose dark spot curves less like a ball than B times a "
+                        "small round microbleed on the scan's voxels (smallest over largest eigenvalue of the "
+                        "image's Hessian): veins seen end-on or cut short by thick slices; a very negative value "
+                        "drops nothing (default: inference_settings.json of the model, else the plans)")
     p.add_argument("--location-max-csf-share", type=float, default=None, metavar="S",
                    help="drop a kept candidate, round or not, when more than this share of a thin shell around its "
                         "dark spot is CSF (brighter than the scan's CSF level) or outside the brain: calcifications "
@@ -237,6 +242,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "shape_max_diameter_mm": args.shape_max_diameter_mm, "shape_round_elongation": args.shape_round_elongation,
             "shape_round_threshold": args.shape_round_threshold,
             "location_max_csf_share": args.location_max_csf_share,
+            "shape_min_blob_ratio": args.shape_min_blob_ratio,
             "unsegmented_spot_max_diameter_mm": args.unsegmented_spot_max_diameter_mm,
             "components_need_candidate": None if args.components_need_candidate is None
             else args.components_need_candidate == "yes"}

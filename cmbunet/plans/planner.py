@@ -39,6 +39,11 @@ PAPER_SCREENING_THRESHOLD = 0.1  # Chen & Dou, kept by preset paper
 #: 1 of 49 microbleeds and 40-44% of the calcifications of the choroid plexus and pineal
 #: (benchmarks/location_share.py, data seeds 7000-7017).
 LOCATION_MAX_CSF_SHARE = 0.6
+#: Least curvature a kept spot must show, as a share of a small round microbleed's on the scan's voxels
+#: (cmbunet.inference.blob): below the lowest of 83 microbleed candidates with probability above 0.2 (0.48) on 18
+#: subjects of the training sites' wide world, where it drops the 6 veins and 3 of 42 calcifications the default model kept
+#: (benchmarks/blob_ratio.py, data seeds 7000xxx).
+SHAPE_MIN_BLOB_RATIO = 0.4
 
 #: ``plans["augmentation"]["intensity"]`` (:mod:`cmbunet.training.intensity_augmentation`): nnU-Net's intensity
 #: set, with the
@@ -368,6 +373,7 @@ def plan_experiment(
             "shape_round_elongation": 1.5,
             "shape_round_threshold": 0.5,
             "location_max_csf_share": LOCATION_MAX_CSF_SHARE,
+            "shape_min_blob_ratio": SHAPE_MIN_BLOB_RATIO,
             "unsegmented_spot_max_diameter_mm": 4.0,
             "components_need_candidate": True,
             "segmentation_threshold": 0.5,
