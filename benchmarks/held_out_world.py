@@ -12,7 +12,7 @@ generator settings of its data (site, anatomy, data seed). Steps whose outputs e
 interrupted run continues.
 
     python benchmarks/held_out_world.py --work /tmp/how --train-seeds 0 1 \\
-        --variant default= --variant no_location=--location-max-csf-share=none --out results.json
+        --variant default= --variant "no_curvature=--shape-min-blob-ratio -1000" --out results.json
 """
 
 from __future__ import annotations
