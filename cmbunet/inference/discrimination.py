@@ -160,7 +160,7 @@ def aggregate_shifts(probs: np.ndarray, centres: np.ndarray, shifts: np.ndarray,
                      shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One probability per candidate and its new centre.
 
-    ``max`` (002's reference code) keeps the best shift and moves the candidate there; ``mean`` averages the
+    ``max`` (the reference code of Chen & Dou) keeps the best shift and moves the candidate there; ``mean`` averages the
     shifts and leaves the candidate where screening put it. Moved centres are clipped into ``shape``.
     """
     centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
