@@ -21,22 +21,23 @@ from cmbunet.plans.schema import InferenceSettings
 
 @dataclass(frozen=True)
 class SpotMeasures:
-    """Per-candidate measures ``(N,)`` (NaN where not measured: only candidates that can be kept are) and the
-    scan's :func:`~cmbunet.inference.shape.round_spot_elongation`."""
+    """Per-candidate measures ``(N,)`` (NaN where not measured: only candidates that can be kept are, and the CSF
+    share and curvature only when their rule is on) and the scan's
+    :func:`~cmbunet.inference.shape.round_spot_elongation`."""
 
     elongation: np.ndarray
     diameter_mm: np.ndarray
     csf_share: np.ndarray
     elongation_scale: float
-    blob_ratio: np.ndarray | None = None  # relative_blob_ratios; None: not measured (the rule is off)
+    blob_ratio: np.ndarray  # relative_blob_ratios, NaN when the curvature rule is off
 
 
 def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.ndarray,
                        settings: InferenceSettings, channel_names: Mapping[str, str], spacing: Sequence[float],
                        original_spacing: Sequence[float]) -> SpotMeasures:
     """Measure the dark spot under each candidate of a preprocessed case ``(C, X, Y, Z)`` whose probability could
-    keep it, in the susceptibility-weighted channel: shape always, location when the settings use it (finding the
-    scan's CSF level reads every brain voxel once)."""
+    keep it, in the susceptibility-weighted channel: shape always, location and curvature when the settings use
+    them (finding the scan's CSF level reads every brain voxel once)."""
     n = len(centres)
     elongation, diameter, share, blob = (np.full(n, np.nan) for _ in range(4))
     above = np.asarray(probabilities) > measured_threshold(settings)
