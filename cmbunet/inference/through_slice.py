@@ -70,10 +70,9 @@ def continuations(image: np.ndarray, spots: DarkSpots, centres: np.ndarray, spac
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: beyond the image, or off the spot
         darkest = np.nanmin(np.where(disc[None, :, :, None], boxes, np.nan), axis=(1, 2))  # (N, slices)
+        spot_darkest = np.nanmin(np.where(masks, boxes, np.nan), axis=(1, 2))  # (N, slices), NaN off the spot
     has_spot = masks.reshape(n, -1).any(axis=1)
-    mid = boxes.shape[-1] // 2  # the spot's own slice: the darkest next to the centre, as dark_spots seeds it
-    own = mid - 1 + np.argmin(np.where(np.isnan(darkest[:, mid - 1: mid + 2]), np.inf, darkest[:, mid - 1: mid + 2]),
-                              axis=1)
+    own = np.nanargmin(np.where(np.isnan(spot_darkest), np.inf, spot_darkest), axis=1)  # the spot's darkest slice
     rows = np.arange(n)
     depth = background[:, None] - darkest
     below = np.clip(own - step, 0, boxes.shape[-1] - 1)
