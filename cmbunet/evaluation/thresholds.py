@@ -191,7 +191,7 @@ def with_shape_rule(candidates: pd.DataFrame, settings: InferenceSettings) -> pd
     keep a candidate (NaN below, where the rule changes nothing), so thresholds below the validation's are
     approximate; tables written before the spot columns existed are returned as they are, and those written
     before ``round_spot_elongation`` existed are scored with an unscaled elongation limit, and those without
-    ``csf_share``, ``blob_ratio`` or ``continuation`` without the location, curvature or through-slice rule."""
+    ``csf_share`` or ``blob_ratio`` without the location or curvature rule."""
     if "spot_elongation" not in candidates or "spot_diameter_mm" not in candidates:
         return candidates
     scale = (candidates["round_spot_elongation"].to_numpy(float) if "round_spot_elongation" in candidates
@@ -200,8 +200,7 @@ def with_shape_rule(candidates: pd.DataFrame, settings: InferenceSettings) -> pd
                             candidates["spot_elongation"].to_numpy(float),
                             candidates["spot_diameter_mm"].to_numpy(float), settings, scale,
                             candidates["csf_share"].to_numpy(float) if "csf_share" in candidates else None,
-                            candidates["blob_ratio"].to_numpy(float) if "blob_ratio" in candidates else None,
-                            candidates["continuation"].to_numpy(float) if "continuation" in candidates else None)
+                            candidates["blob_ratio"].to_numpy(float) if "blob_ratio" in candidates else None)
     return candidates.assign(discrimination_score=score)
 
 

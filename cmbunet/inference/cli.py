@@ -136,11 +136,6 @@ def _decision_options(parser: argparse.ArgumentParser) -> None:
                         "small round microbleed on the scan's voxels (smallest over largest eigenvalue of the "
                         "image's Hessian): veins seen end-on or cut short by thick slices; a very negative value "
                         "drops nothing (default: inference_settings.json of the model, else the plans)")
-    p.add_argument("--slice-max-continuation", type=float, default=None, metavar="C",
-                   help="on scans with slices of 2 mm or more, drop a kept candidate, round or not, whose dark spot "
-                        "goes on one original slice above and below with more than C times its own darkness: a vein "
-                        "crossing the slices; 1000 drops nothing (default: inference_settings.json of the model, "
-                        "else the plans (0.6))")
     p.add_argument("--location-max-csf-share", type=float, default=None, metavar="S",
                    help="drop a kept candidate, round or not, when more than this share of a thin shell around its "
                         "dark spot is CSF (brighter than the scan's CSF level) or outside the brain: calcifications "
@@ -248,7 +243,6 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "shape_round_threshold": args.shape_round_threshold,
             "location_max_csf_share": args.location_max_csf_share,
             "shape_min_blob_ratio": args.shape_min_blob_ratio,
-            "slice_max_continuation": args.slice_max_continuation,
             "unsegmented_spot_max_diameter_mm": args.unsegmented_spot_max_diameter_mm,
             "components_need_candidate": None if args.components_need_candidate is None
             else args.components_need_candidate == "yes"}

@@ -14,7 +14,6 @@ import numpy as np
 
 from cmbunet.inference.blob import relative_blob_ratios
 from cmbunet.inference.location import csf_level, csf_shares
-from cmbunet.inference.through_slice import continuations
 from cmbunet.inference.shape import (dark_spots, decision_scores, measured_threshold, round_spot_elongation,
                                      shapes_of_spots, susceptibility_channel)
 from cmbunet.plans.schema import InferenceSettings
@@ -31,7 +30,6 @@ class SpotMeasures:
     csf_share: np.ndarray
     elongation_scale: float
     blob_ratio: np.ndarray  # relative_blob_ratios, NaN when the curvature rule is off
-    continuation: np.ndarray  # through_slice.continuations, NaN when the through-slice rule is off or slices are thin
 
 
 def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.ndarray,
@@ -39,10 +37,9 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
                        original_spacing: Sequence[float]) -> SpotMeasures:
     """Measure the dark spot under each candidate of a preprocessed case ``(C, X, Y, Z)`` whose probability could
     keep it, in the susceptibility-weighted channel: shape always, location and curvature when the settings use
-    them (finding the scan's CSF level reads every brain voxel once), continuation across slices when the rule is
-    on and the slices are thick."""
+    them (finding the scan's CSF level reads every brain voxel once)."""
     n = len(centres)
-    elongation, diameter, share, blob, goes_on = (np.full(n, np.nan) for _ in range(5))
+    elongation, diameter, share, blob = (np.full(n, np.nan) for _ in range(4))
     above = np.asarray(probabilities) > measured_threshold(settings)
     if above.any():
         image = data[susceptibility_channel(dict(channel_names))]
@@ -54,15 +51,12 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
             share[above] = csf_shares(image, spots, at, spacing, csf_level(image))
         if settings.shape_min_blob_ratio is not None:
             blob[above] = relative_blob_ratios(image, at, spacing, original_spacing)
-        if settings.slice_max_continuation is not None:
-            goes_on[above] = continuations(image, spots, at, spacing, original_spacing)
-    return SpotMeasures(elongation, diameter, share, round_spot_elongation(original_spacing), blob, goes_on)
+    return SpotMeasures(elongation, diameter, share, round_spot_elongation(original_spacing), blob)
 
 
 def kept_candidates(probabilities: np.ndarray, measures: SpotMeasures, settings: InferenceSettings) -> np.ndarray:
     """Which candidates are kept: the discrimination threshold on the scores of
-    :func:`~cmbunet.inference.shape.decision_scores` (shape, curvature, through-slice and location rules applied)."""
+    :func:`~cmbunet.inference.shape.decision_scores` (shape, curvature and location rules applied)."""
     scores = decision_scores(probabilities, measures.elongation, measures.diameter_mm, settings,
-                             measures.elongation_scale, measures.csf_share, measures.blob_ratio,
-                             measures.continuation)
+                             measures.elongation_scale, measures.csf_share, measures.blob_ratio)
     return scores > float(settings.discrimination_threshold)

@@ -170,8 +170,7 @@ DROPPED, ROUND = -1.0, 2.0
 
 def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter_mm: np.ndarray,
                     settings: InferenceSettings, elongation_scale: float | np.ndarray = 1.0,
-                    csf_share: np.ndarray | None = None, blob_ratio: np.ndarray | None = None,
-                    continuation: np.ndarray | None = None) -> np.ndarray:
+                    csf_share: np.ndarray | None = None, blob_ratio: np.ndarray | None = None) -> np.ndarray:
     """What the discrimination threshold is compared with once the spot's shape is known.
 
     A spot the shape rule drops (more than ``shape_max_elongation`` x ``elongation_scale`` times longer than
@@ -187,8 +186,6 @@ def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter
     drops, round or not, a spot lying in CSF by ``location_max_csf_share``: where a spot lies outweighs its look.
     ``blob_ratio`` (:func:`~cmbunet.inference.blob.relative_blob_ratios`) drops, round or not, a spot that curves
     less like a ball than ``shape_min_blob_ratio``: a tube seen end-on can look round in its half-depth region.
-    ``continuation`` (:func:`~cmbunet.inference.through_slice.continuations`) drops, round or not, a spot on thick
-    slices that goes on above and below by more than ``slice_max_continuation``: a vein crossing the slices.
     """
     p = np.asarray(discrimination, dtype=float)
     e, d = np.asarray(elongation, dtype=float), np.asarray(diameter_mm, dtype=float)
@@ -208,9 +205,6 @@ def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter
     if blob_ratio is not None and settings.shape_min_blob_ratio is not None:
         with np.errstate(invalid="ignore"):
             score = np.where(np.asarray(blob_ratio, dtype=float) < settings.shape_min_blob_ratio, DROPPED, score)
-    if continuation is not None and settings.slice_max_continuation is not None:
-        with np.errstate(invalid="ignore"):
-            score = np.where(np.asarray(continuation, dtype=float) > settings.slice_max_continuation, DROPPED, score)
     return score
 
 

@@ -44,12 +44,6 @@ LOCATION_MAX_CSF_SHARE = 0.6
 #: subjects of the training sites' wide world, where it drops the 6 veins and 3 of 42 calcifications the default model kept
 #: (benchmarks/blob_ratio.py, data seeds 7000xxx).
 SHAPE_MIN_BLOB_RATIO = 0.4
-#: Most a kept spot on a thick-slice scan may go on one original slice above and below, as a share of its own
-#: darkness (cmbunet.inference.through_slice): on thick15T (3-3.5 mm slices, a site neither trained on nor held
-#: out), the 29 veins the default model kept split into those that stop (below 0.1) and those that go on (above
-#: 0.7); any limit from 0.4 to 0.7 drops the same 14 of them and 1 of 31 kept microbleeds
-#: (benchmarks/through_slice.py, data seeds 7000xxx).
-SLICE_MAX_CONTINUATION = 0.6
 
 #: ``plans["augmentation"]["intensity"]`` (:mod:`cmbunet.training.intensity_augmentation`): nnU-Net's intensity
 #: set, with the
@@ -380,7 +374,6 @@ def plan_experiment(
             "shape_round_threshold": 0.5,
             "location_max_csf_share": LOCATION_MAX_CSF_SHARE,
             "shape_min_blob_ratio": SHAPE_MIN_BLOB_RATIO,
-            "slice_max_continuation": SLICE_MAX_CONTINUATION,
             "unsegmented_spot_max_diameter_mm": 4.0,
             "components_need_candidate": True,
             "segmentation_threshold": 0.5,

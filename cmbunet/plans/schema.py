@@ -51,7 +51,6 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "inference.components_need_candidate": False,  # every component the U-Net segmented was written
     "inference.location_max_csf_share": None,  # where a spot lies was not looked at
     "inference.shape_min_blob_ratio": None,  # how the spot curves was not looked at
-    "inference.slice_max_continuation": None,  # what the spot does across slices was not looked at
 }
 
 _SIZE = triple(integer(1))
@@ -284,10 +283,6 @@ class InferenceSettings(Section):
     #: shows on the scan's voxels (smallest over largest Hessian eigenvalue) is dropped, round or not: veins seen
     #: end-on or cut short by thick slices are tubes (None: no limit; 0 drops only saddles and lines)
     shape_min_blob_ratio: float | None = leaf(optional(number(hi=1)))
-    #: on thick-slice scans, a kept candidate whose dark spot goes on one original slice above and below with more
-    #: than this share of its own darkness is dropped, round or not: a vein crossing the slices (None: no limit;
-    #: 1000 drops nothing)
-    slice_max_continuation: float | None = leaf(optional(number(0)))
     #: a kept candidate the U-Net leaves empty is written as its dark spot when the spot is at most this wide (mm);
     #: None: only what the U-Net segments is written
     unsegmented_spot_max_diameter_mm: float | None = leaf(optional(number(0)))
