@@ -16,7 +16,6 @@ import pytest
 from scipy import ndimage
 
 from cmbunet.inference.decision import kept_candidates, measure_candidates
-from cmbunet.plans.planner import LOCATION_MAX_CSF_SHARE, SHAPE_MIN_BLOB_RATIO
 from cmbunet.synthetic.generator import synthesize_case
 from plan_helpers import make_plans
 
@@ -43,10 +42,7 @@ def _near(mm: np.ndarray, centre_voxel, spacing: np.ndarray, reach_mm: float) ->
 def kept_by_object() -> dict[str, np.ndarray]:
     """Whether the plans' rules keep each dark spot, by the object it lies on (spots near a microbleed count only
     for it)."""
-    settings = make_plans().inference.merged({
-        "discrimination_threshold": 0.5, "shape_max_elongation": 2.0, "shape_max_diameter_mm": 10.0,
-        "shape_round_elongation": 1.5, "location_max_csf_share": LOCATION_MAX_CSF_SHARE,
-        "shape_min_blob_ratio": SHAPE_MIN_BLOB_RATIO})
+    settings = make_plans().inference  # the planner's rules and limits, whatever they become
     kept: dict[str, list[bool]] = {"small_cmb": [], "vein": [], "csf_calcification": []}
     for seed in SEEDS:
         case = synthesize_case(seed, "realistic", sites=["thick15T"])
