@@ -31,14 +31,10 @@ class ForwardOptions:
         object.__setattr__(self, "device", torch.device(self.device))  # "cpu" or "cuda" given as a string
 
 
-def autocast_context(device: torch.device | str, precision: str | bool = False) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
     """Autocast for a resolved ``precision`` (``fp32``, ``bf16``, ``fp16``; see ``cpu_features.resolve_precision``).
-
-    A bool is the older ``cpu_bf16`` flag: fp16 autocast on CUDA whatever its value, bf16 on the CPU when True.
-    """
+    Anything else, ``auto`` or a bool included, is refused: the caller resolves it first, so one place decides."""
     device = torch.device(device)
-    if isinstance(precision, bool):
-        precision = "fp16" if device.type == "cuda" else ("bf16" if precision else "fp32")
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision in ("bf16", "fp16"):
