@@ -53,6 +53,24 @@ def object_kinds(native_mm: np.ndarray, entry: dict, spacing: np.ndarray) -> lis
     return kinds
 
 
+def labelled_candidates(predictor: CMBPredictor, work: Path, sites: list[str], cases_per_site: int,
+                        data_seed: int):
+    """Yield ``(prepared case, candidate table, object kind of each candidate)`` for new subjects of ``sites``
+    (wide world, MNI152 anatomy, seeds ``data_seed * 1000 + site``), predicted by ``predictor``."""
+    for site in sites:
+        folder = generate(work / site, cases_per_site, data_seed * 1000 + sum(map(ord, site)), site, "template")
+        truth = json.loads((folder / "synthetic_truth.json").read_text())["cases"]
+        for image_path in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
+            case = image_path.name[: -len("_0000.nii.gz")]
+            prepared = predictor.load_and_preprocess([image_path], case)
+            cand = predictor.predict_preprocessed(prepared.data, prepared.properties).candidates
+            spacing = np.asarray(prepared.properties["original_spacing"], dtype=float)
+            kinds = object_kinds(cand[["native_i", "native_j", "native_k"]].to_numpy(float) * spacing, truth[case],
+                                 spacing)
+            print(f"{site} {case}: {len(cand)} candidates, {int(cand['kept'].sum())} kept", flush=True)
+            yield prepared, cand, kinds
+
+
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
@@ -66,25 +84,16 @@ def main() -> None:
     predictor = CMBPredictor.from_model_folder(args.model, ["all"], settings_overrides={"shape_min_blob_ratio": None})
     kept: dict[str, list[float]] = {}
     cmb_candidates: list[float] = []
-    for site in args.sites:
-        folder = generate(args.work / site, args.cases_per_site, args.data_seed * 1000 + sum(map(ord, site)), site,
-                          "template")
-        truth = json.loads((folder / "synthetic_truth.json").read_text())["cases"]
-        for image_path in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
-            case = image_path.name[: -len("_0000.nii.gz")]
-            prepared = predictor.load_and_preprocess([image_path], case)
-            cand = predictor.predict_preprocessed(prepared.data, prepared.properties).candidates
-            spacing = np.asarray(prepared.properties["original_spacing"], dtype=float)
-            kinds = object_kinds(cand[["native_i", "native_j", "native_k"]].to_numpy(float) * spacing, truth[case],
-                                 spacing)
-            ratio = relative_blob_ratios(prepared.data[susceptibility_channel(predictor.channel_names)],
-                                         cand[["x", "y", "z"]].to_numpy(int), predictor.plans.target_spacing, spacing)
-            for kind, r, k, prob in zip(kinds, ratio, cand["kept"], cand["discrimination_score"]):
-                if k:
-                    kept.setdefault(kind, []).append(float(r))
-                if kind == "cmb" and prob > 0.2:
-                    cmb_candidates.append(float(r))
-            print(f"{site} {case}: {len(cand)} candidates, {int(cand['kept'].sum())} kept", flush=True)
+    for prepared, cand, kinds in labelled_candidates(predictor, args.work, args.sites, args.cases_per_site,
+                                                     args.data_seed):
+        ratio = relative_blob_ratios(prepared.data[susceptibility_channel(predictor.channel_names)],
+                                     cand[["x", "y", "z"]].to_numpy(int), predictor.plans.target_spacing,
+                                     prepared.properties["original_spacing"])
+        for kind, r, k, prob in zip(kinds, ratio, cand["kept"], cand["discrimination_score"]):
+            if k:
+                kept.setdefault(kind, []).append(float(r))
+            if kind == "cmb" and prob > 0.2:
+                cmb_candidates.append(float(r))
     rows = []
     for kind, values in sorted(kept.items()):
         v = np.nan_to_num(np.array(values), nan=-1.0)

@@ -109,7 +109,8 @@ def write_fake_model(model_dir: Path, plans: Plans, folds=("0",), checkpoint_pla
     save_plans(plans, model_dir / "plans.json")
     save_json({"channel_names": plans.channel_names, "file_ending": ".nii.gz"}, model_dir / "dataset.json")
     save_json({"max_candidates": 4, "screening_threshold": 0.0, "shape_max_elongation": None, "shape_max_diameter_mm": None,
-               "shape_min_blob_ratio": None}, model_dir / "inference_settings.json")
+               "shape_min_blob_ratio": None, "shape_max_inplane_elongation": None},
+              model_dir / "inference_settings.json")
     ck_plans = plans if checkpoint_plans is None else checkpoint_plans
     for fold in folds:
         for i, stage in enumerate(STAGES):

@@ -2,11 +2,11 @@
 
 thick15T (3-3.5 mm slices, 1.5 T) is a site no benchmark trains on or holds out. Every clearly dark spot of its
 subjects is proposed with probability 1, as a model that learned another generator's look would propose them,
-and the measured rules of the plans (shape, round-spot, curvature, location) decide alone. What they must do is
-the bar of a detector a rater would trust: keep the small microbleeds that partial volume leaves faint, drop the
-veins crossing the slices and the calcifications of the choroid plexus and pineal gland. The first test holds
-what the rules do now; the second is the bar they do not reach yet (documentation/experiments.md, "Through-slice
-continuation").
+and the measured rules of the plans (shape, round-spot, curvature, in-plane elongation, location) decide alone.
+What they must do is the bar of a detector a rater would trust: keep the small microbleeds that partial volume
+leaves faint, drop the veins crossing the slices and the calcifications of the choroid plexus and pineal gland.
+The first test holds what the rules do now; the second is the bar they do not reach yet
+(documentation/experiments.md, "Through-slice continuation" and "In-plane elongation on thick slices").
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_rules_keep_small_microbleeds_and_drop_most_vein_spots_on_a_held_out_thi
     print({name: f"{int(v.sum())}/{len(v)} kept" for name, v in k.items()})
     assert len(k["small_cmb"]) >= 8 and len(k["vein"]) >= 100 and len(k["csf_calcification"]) >= 5
     assert k["small_cmb"].mean() >= 0.85
-    assert k["vein"].mean() < 0.3
+    assert k["vein"].mean() < 0.15  # 26 of 265 with the in-plane elongation rule, 43 without it
 
 
 @pytest.mark.xfail(strict=True, reason="the bar of issue 26, not met: round vein dots on 3 mm slices and CSF "

@@ -259,7 +259,8 @@ def test_fcn_and_sliding_window_give_the_same_prediction(plans, tmp_path):
     props = {"spacing": [1.0, 1.0, 1.5], "origin": [0.0, 0.0, 0.0], "direction": list(np.eye(3).ravel()), "shape": [26, 24, 12]}
     SimpleITKIO.write(img, tmp_path / "small_0000.nii.gz", props)
     overrides = {"screening_threshold": 0.0, "discrimination_threshold": 0.0, "max_candidates": 6,
-                 "shape_min_blob_ratio": -1000.0}  # random networks: keep every candidate
+                 "shape_min_blob_ratio": -1000.0,
+                 "shape_max_inplane_elongation": 1000.0}  # random networks: keep every candidate
     results = {}
     for mode in ("fcn", "sliding"):
         pred = CMBPredictor.from_model_folder(model, settings_overrides=overrides, options=InferenceOptions(mode=mode))

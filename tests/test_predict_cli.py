@@ -34,7 +34,8 @@ def write_model(model_dir: Path, channels: tuple[str, ...], folds=("0",)) -> Pat
     save_plans(plans, model_dir / "plans.json")
     save_json({"channel_names": plans.channel_names, "file_ending": ".nii.gz"}, model_dir / "dataset.json")
     save_json({"max_candidates": 4, "screening_threshold": 0.0, "shape_max_elongation": None, "shape_max_diameter_mm": None,
-               "shape_min_blob_ratio": None}, model_dir / "inference_settings.json")
+               "shape_min_blob_ratio": None, "shape_max_inplane_elongation": None},
+              model_dir / "inference_settings.json")
     last_bias = {"screening": None, "discrimination": "classifier.4.bias", "segmentation": "output.bias"}
     for f_i, fold in enumerate(folds):
         for s_i, stage in enumerate(STAGES):

@@ -191,7 +191,7 @@ def with_shape_rule(candidates: pd.DataFrame, settings: InferenceSettings) -> pd
     keep a candidate (NaN below, where the rule changes nothing), so thresholds below the validation's are
     approximate; tables written before the spot columns existed are returned as they are, and those written
     before ``round_spot_elongation`` existed are scored with an unscaled elongation limit, and those without
-    ``csf_share`` or ``blob_ratio`` without the location or curvature rule."""
+    ``csf_share``, ``blob_ratio`` or ``inplane_elongation`` without the location, curvature or in-plane rule."""
     if "spot_elongation" not in candidates or "spot_diameter_mm" not in candidates:
         return candidates
     scale = (candidates["round_spot_elongation"].to_numpy(float) if "round_spot_elongation" in candidates
@@ -199,8 +199,8 @@ def with_shape_rule(candidates: pd.DataFrame, settings: InferenceSettings) -> pd
     score = decision_scores(candidates["discrimination_score"].to_numpy(float),
                             candidates["spot_elongation"].to_numpy(float),
                             candidates["spot_diameter_mm"].to_numpy(float), settings, scale,
-                            candidates["csf_share"].to_numpy(float) if "csf_share" in candidates else None,
-                            candidates["blob_ratio"].to_numpy(float) if "blob_ratio" in candidates else None)
+                            *(candidates[c].to_numpy(float) if c in candidates else None
+                              for c in ("csf_share", "blob_ratio", "inplane_elongation")))
     return candidates.assign(discrimination_score=score)
 
 

@@ -136,6 +136,11 @@ def _decision_options(parser: argparse.ArgumentParser) -> None:
                         "small round microbleed on the scan's voxels (smallest over largest eigenvalue of the "
                         "image's Hessian): veins seen end-on or cut short by thick slices; a very negative value "
                         "drops nothing (default: inference_settings.json of the model, else the plans)")
+    p.add_argument("--shape-max-inplane-elongation", type=float, default=None, metavar="E",
+                   help="drop a kept candidate, round or not, whose dark spot is more than E times longer than wide "
+                        "on the slice that holds most of it (slices as acquired): veins crossing thick slices; a "
+                        "very large value drops nothing (default: inference_settings.json of the model, else the "
+                        "plans)")
     p.add_argument("--location-max-csf-share", type=float, default=None, metavar="S",
                    help="drop a kept candidate, round or not, when more than this share of a thin shell around its "
                         "dark spot is CSF (brighter than the scan's CSF level) or outside the brain: calcifications "
@@ -243,6 +248,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "shape_round_threshold": args.shape_round_threshold,
             "location_max_csf_share": args.location_max_csf_share,
             "shape_min_blob_ratio": args.shape_min_blob_ratio,
+            "shape_max_inplane_elongation": args.shape_max_inplane_elongation,
             "unsegmented_spot_max_diameter_mm": args.unsegmented_spot_max_diameter_mm,
             "components_need_candidate": None if args.components_need_candidate is None
             else args.components_need_candidate == "yes"}

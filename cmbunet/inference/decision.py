@@ -14,8 +14,8 @@ import numpy as np
 
 from cmbunet.inference.blob import relative_blob_ratios
 from cmbunet.inference.location import csf_level, csf_shares
-from cmbunet.inference.shape import (dark_spots, decision_scores, measured_threshold, round_spot_elongation,
-                                     shapes_of_spots, susceptibility_channel)
+from cmbunet.inference.shape import (dark_spots, decision_scores, inplane_elongations, measured_threshold,
+                                     round_spot_elongation, shapes_of_spots, susceptibility_channel)
 from cmbunet.plans.schema import InferenceSettings
 
 
@@ -23,13 +23,15 @@ from cmbunet.plans.schema import InferenceSettings
 class SpotMeasures:
     """Per-candidate measures ``(N,)`` (NaN where not measured: only candidates that can be kept are, and the CSF
     share and curvature only when their rule is on) and the scan's
-    :func:`~cmbunet.inference.shape.round_spot_elongation`."""
+    :func:`~cmbunet.inference.shape.round_spot_elongation`. The in-plane elongation is measured on the slices of
+    the scan as acquired: the preprocessed axis of its largest original spacing is the slice axis."""
 
     elongation: np.ndarray
     diameter_mm: np.ndarray
     csf_share: np.ndarray
     elongation_scale: float
     blob_ratio: np.ndarray  # relative_blob_ratios, NaN when the curvature rule is off
+    inplane_elongation: np.ndarray  # inplane_elongations, NaN when the in-plane rule is off
 
 
 def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.ndarray,
@@ -39,7 +41,7 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
     keep it, in the susceptibility-weighted channel: shape always, location and curvature when the settings use
     them (finding the scan's CSF level reads every brain voxel once)."""
     n = len(centres)
-    elongation, diameter, share, blob = (np.full(n, np.nan) for _ in range(4))
+    elongation, diameter, share, blob, inplane = (np.full(n, np.nan) for _ in range(5))
     above = np.asarray(probabilities) > measured_threshold(settings)
     if above.any():
         image = data[susceptibility_channel(dict(channel_names))]
@@ -51,12 +53,15 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
             share[above] = csf_shares(image, spots, at, spacing, csf_level(image))
         if settings.shape_min_blob_ratio is not None:
             blob[above] = relative_blob_ratios(image, at, spacing, original_spacing)
-    return SpotMeasures(elongation, diameter, share, round_spot_elongation(original_spacing), blob)
+        if settings.shape_max_inplane_elongation is not None:
+            inplane[above] = inplane_elongations(spots, spacing, int(np.argmax(original_spacing)))
+    return SpotMeasures(elongation, diameter, share, round_spot_elongation(original_spacing), blob, inplane)
 
 
 def kept_candidates(probabilities: np.ndarray, measures: SpotMeasures, settings: InferenceSettings) -> np.ndarray:
     """Which candidates are kept: the discrimination threshold on the scores of
     :func:`~cmbunet.inference.shape.decision_scores` (shape, curvature and location rules applied)."""
     scores = decision_scores(probabilities, measures.elongation, measures.diameter_mm, settings,
-                             measures.elongation_scale, measures.csf_share, measures.blob_ratio)
+                             measures.elongation_scale, measures.csf_share, measures.blob_ratio,
+                             measures.inplane_elongation)
     return scores > float(settings.discrimination_threshold)

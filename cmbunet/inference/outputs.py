@@ -27,7 +27,7 @@ from cmbunet.utilities.file_io import atomic_path, outputs_complete
 CMB_COLUMNS = ["id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "num_voxels",
                "screening_score", "discrimination_score", "segmentation_score"]
 CANDIDATE_COLUMNS = ["x", "y", "z", "screening_score", "discrimination_score", "spot_elongation", "spot_diameter_mm",
-                     "round_spot_elongation", "csf_share", "blob_ratio", "kept"]
+                     "round_spot_elongation", "csf_share", "blob_ratio", "inplane_elongation", "kept"]
 TIMING_KEYS = ("read", "preprocess", "screening", "discrimination", "segmentation", "export", "write")
 #: Candidate tables keep 8 digits: the threshold search reads their scores again.
 CANDIDATE_FLOAT_FORMAT = "%.8g"

@@ -83,7 +83,7 @@ def settings_sources(model_dir: Path | None = None, overrides: Mapping[str, Any]
 #: The thresholds printed by every prediction run, with their names on that line.
 THRESHOLD_NAMES = {"screening_threshold": "screening", "discrimination_threshold": "discrimination",
                    "shape_round_threshold": "round spots", "location_max_csf_share": "CSF share",
-                   "shape_min_blob_ratio": "blob ratio",
+                   "shape_min_blob_ratio": "blob ratio", "shape_max_inplane_elongation": "in-plane elongation",
                    "segmentation_threshold": "segmentation"}
 
 
@@ -340,7 +340,7 @@ class CMBPredictor:
             "x": moved[:, 0], "y": moved[:, 1], "z": moved[:, 2], "screening_score": scores,
             "discrimination_score": disc, "spot_elongation": measures.elongation, "spot_diameter_mm": diameter,
             "round_spot_elongation": np.full(len(moved), measures.elongation_scale), "csf_share": measures.csf_share,
-            "blob_ratio": measures.blob_ratio,
+            "blob_ratio": measures.blob_ratio, "inplane_elongation": measures.inplane_elongation,
             "kept": kept,
             "native_i": native_pos[:, 0], "native_j": native_pos[:, 1], "native_k": native_pos[:, 2]})
         world = voxel_to_world(native_pos, geometry)

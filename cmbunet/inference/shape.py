@@ -98,27 +98,50 @@ def spot_shapes(image: np.ndarray, centres: np.ndarray, spacing: Sequence[float]
     return shapes_of_spots(dark_spots(image, centres, spacing, depth_fraction, radius_mm), spacing)
 
 
-def shapes_of_spots(spots: DarkSpots, spacing: Sequence[float]) -> SpotShape:
-    """:func:`spot_shapes` of spots already found (each measured in its own box)."""
-    n, size = len(spots.masks), spots.size
-    if n == 0:
-        return SpotShape(np.zeros(0), np.zeros(0))
-    spacing = np.asarray(spacing, dtype=float)
+def _elongations(masks: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """sqrt(largest / smallest principal variance) of each boolean mask ``(N, *box)`` with voxels of ``spacing``
+    (mm), each voxel's own extent (``spacing**2 / 12``) added; NaN for an empty mask."""
+    n, size = len(masks), masks.shape[1:]
     mid = np.array(size) // 2
-    count = spots.masks.reshape(n, -1).sum(axis=1).astype(float)
     axes = [(np.arange(s) - m) * d for s, m, d in zip(size, mid, spacing)]
-    grids = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # (V, 3) mm
-    weights = spots.masks.reshape(n, -1).astype(float)
+    grids = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(size))  # (V, D) mm
+    weights = masks.reshape(n, -1).astype(float)
+    count = weights.sum(axis=1)
     safe = np.maximum(count, 1.0)
     mean = weights @ grids / safe[:, None]
     second = np.einsum("nv,vi,vj->nij", weights, grids, grids) / safe[:, None, None]
     cov = second - mean[:, :, None] * mean[:, None, :] + np.diag(spacing**2 / 12.0)[None]
     eig = np.linalg.eigvalsh(cov)  # ascending
-    elongation = np.sqrt(eig[:, 2] / np.maximum(eig[:, 0], 1e-12))
-    volume = count * float(np.prod(spacing))
-    diameter = 2.0 * np.cbrt(3.0 * volume / (4.0 * np.pi))
-    ok = count > 0
-    return SpotShape(np.where(ok, elongation, np.nan), np.where(ok, diameter, np.nan))
+    return np.where(count > 0, np.sqrt(eig[:, -1] / np.maximum(eig[:, 0], 1e-12)), np.nan)
+
+
+def shapes_of_spots(spots: DarkSpots, spacing: Sequence[float]) -> SpotShape:
+    """:func:`spot_shapes` of spots already found (each measured in its own box)."""
+    n = len(spots.masks)
+    if n == 0:
+        return SpotShape(np.zeros(0), np.zeros(0))
+    spacing = np.asarray(spacing, dtype=float)
+    count = spots.masks.reshape(n, -1).sum(axis=1).astype(float)
+    diameter = 2.0 * np.cbrt(3.0 * count * float(np.prod(spacing)) / (4.0 * np.pi))
+    return SpotShape(_elongations(spots.masks, spacing), np.where(count > 0, diameter, np.nan))
+
+
+def inplane_elongations(spots: DarkSpots, spacing: Sequence[float], slice_axis: int) -> np.ndarray:
+    """In-plane elongation of each spot: :func:`spot_shapes`' measure in 2D, on the plane across ``slice_axis``
+    that holds most of the spot (NaN where there is no spot).
+
+    On thick slices a vein crossing one slice at a slant is a short streak within that slice, while a microbleed
+    is a disc. The 3D elongation cannot tell them apart there: a small microbleed already looks stretched
+    across slices, so its limit is loosened by :func:`round_spot_elongation`, and that loosening also lets a
+    streak through within the slice. Measured within the slice, where voxels are fine, needs no loosening.
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    n = len(spots.masks)
+    if n == 0:
+        return np.zeros(0)
+    masks = np.moveaxis(spots.masks, slice_axis + 1, 1)  # (N, slices, A, B)
+    fullest = masks.reshape(n, masks.shape[1], -1).sum(axis=2).argmax(axis=1)
+    return _elongations(masks[np.arange(n), fullest], np.delete(spacing, slice_axis))
 
 
 def round_spot_elongation(spacing: Sequence[float], diameter_mm: float = REFERENCE_SPOT_DIAMETER_MM) -> float:
@@ -170,7 +193,8 @@ DROPPED, ROUND = -1.0, 2.0
 
 def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter_mm: np.ndarray,
                     settings: InferenceSettings, elongation_scale: float | np.ndarray = 1.0,
-                    csf_share: np.ndarray | None = None, blob_ratio: np.ndarray | None = None) -> np.ndarray:
+                    csf_share: np.ndarray | None = None, blob_ratio: np.ndarray | None = None,
+                    inplane_elongation: np.ndarray | None = None) -> np.ndarray:
     """What the discrimination threshold is compared with once the spot's shape is known.
 
     A spot the shape rule drops (more than ``shape_max_elongation`` x ``elongation_scale`` times longer than
@@ -182,10 +206,12 @@ def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter
     the prior of round dark spots. Every other candidate keeps its probability. NaN shapes (not measured, or no
     dark spot) are never round and never dropped.
 
-    ``csf_share`` (:func:`~cmbunet.inference.location.csf_shares`, one per candidate, NaN where not measured)
-    drops, round or not, a spot lying in CSF by ``location_max_csf_share``: where a spot lies outweighs its look.
-    ``blob_ratio`` (:func:`~cmbunet.inference.blob.relative_blob_ratios`) drops, round or not, a spot that curves
-    less like a ball than ``shape_min_blob_ratio``: a tube seen end-on can look round in its half-depth region.
+    Three measures then drop a spot, round or not, each when given and its setting is on:
+    ``csf_share`` (:func:`~cmbunet.inference.location.csf_shares`) above ``location_max_csf_share``, because
+    where a spot lies outweighs its look; ``blob_ratio`` (:func:`~cmbunet.inference.blob.relative_blob_ratios`)
+    below ``shape_min_blob_ratio``, because a tube seen end-on can look round in its half-depth region; and
+    ``inplane_elongation`` (:func:`inplane_elongations`) above ``shape_max_inplane_elongation``, because a vein
+    crossing a thick slice is a streak within it.
     """
     p = np.asarray(discrimination, dtype=float)
     e, d = np.asarray(elongation, dtype=float), np.asarray(diameter_mm, dtype=float)
@@ -199,12 +225,12 @@ def decision_scores(discrimination: np.ndarray, elongation: np.ndarray, diameter
             if settings.shape_max_diameter_mm is not None:
                 round_ &= d <= settings.shape_max_diameter_mm
         score = np.where(round_, ROUND, score)
-    if csf_share is not None and settings.location_max_csf_share is not None:
-        with np.errstate(invalid="ignore"):
-            score = np.where(np.asarray(csf_share, dtype=float) > settings.location_max_csf_share, DROPPED, score)
-    if blob_ratio is not None and settings.shape_min_blob_ratio is not None:
-        with np.errstate(invalid="ignore"):
-            score = np.where(np.asarray(blob_ratio, dtype=float) < settings.shape_min_blob_ratio, DROPPED, score)
+    vetoes = ((csf_share, settings.location_max_csf_share, 1.0), (blob_ratio, settings.shape_min_blob_ratio, -1.0),
+              (inplane_elongation, settings.shape_max_inplane_elongation, 1.0))
+    for values, limit, sign in vetoes:  # sign 1: a maximum, -1: a minimum; NaN is never dropped
+        if values is not None and limit is not None:
+            with np.errstate(invalid="ignore"):
+                score = np.where(sign * np.asarray(values, dtype=float) > sign * float(limit), DROPPED, score)
     return score
 
 

@@ -44,6 +44,12 @@ LOCATION_MAX_CSF_SHARE = 0.6
 #: subjects of the training sites' wide world, where it drops the 6 veins and 3 of 42 calcifications the default model kept
 #: (benchmarks/blob_ratio.py, data seeds 7000xxx).
 SHAPE_MIN_BLOB_RATIO = 0.4
+#: Most a kept spot may be longer than wide on the slice that holds most of it (cmbunet.inference.shape): on 6
+#: subjects of thick15T (3-3.5 mm slices, a site no benchmark trains on or holds out) it drops 19 of the 29 veins the
+#: default model kept and 1 of its 31 microbleeds (2.0: 11 veins, the same microbleed); no microbleed candidate
+#: with probability above 0.5 on 12 subjects of the training sites is above 1.6 (benchmarks/inplane_elongation.py,
+#: data seeds 7000xxx).
+SHAPE_MAX_INPLANE_ELONGATION = 1.8
 
 #: ``plans["augmentation"]["intensity"]`` (:mod:`cmbunet.training.intensity_augmentation`): nnU-Net's intensity
 #: set, with the
@@ -374,6 +380,7 @@ def plan_experiment(
             "shape_round_threshold": 0.5,
             "location_max_csf_share": LOCATION_MAX_CSF_SHARE,
             "shape_min_blob_ratio": SHAPE_MIN_BLOB_RATIO,
+            "shape_max_inplane_elongation": SHAPE_MAX_INPLANE_ELONGATION,
             "unsegmented_spot_max_diameter_mm": 4.0,
             "components_need_candidate": True,
             "segmentation_threshold": 0.5,

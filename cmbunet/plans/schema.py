@@ -51,6 +51,7 @@ FILLED_FOR_OLDER_PLANS: dict[str, Any] = {
     "inference.components_need_candidate": False,  # every component the U-Net segmented was written
     "inference.location_max_csf_share": None,  # where a spot lies was not looked at
     "inference.shape_min_blob_ratio": None,  # how the spot curves was not looked at
+    "inference.shape_max_inplane_elongation": None,  # the spot's shape within its slice was not looked at
 }
 
 _SIZE = triple(integer(1))
@@ -283,6 +284,9 @@ class InferenceSettings(Section):
     #: shows on the scan's voxels (smallest over largest Hessian eigenvalue) is dropped, round or not: veins seen
     #: end-on or cut short by thick slices are tubes (None: no limit; 0 drops only saddles and lines)
     shape_min_blob_ratio: float | None = leaf(optional(number(hi=1)))
+    #: a kept candidate whose dark spot, on the slice that holds most of it, is longer than this many times its
+    #: width is dropped, round or not: a vein crossing a thick slice is a streak within it (None: no limit)
+    shape_max_inplane_elongation: float | None = leaf(optional(number(1)))
     #: a kept candidate the U-Net leaves empty is written as its dark spot when the spot is at most this wide (mm);
     #: None: only what the U-Net segments is written
     unsegmented_spot_max_diameter_mm: float | None = leaf(optional(number(0)))
