@@ -40,7 +40,7 @@ def test_record_names_model_and_settings_and_a_changed_setting_stops_the_rerun(o
     printed = capsys.readouterr().out
     assert "thresholds: screening 0 (inference_settings.json), discrimination 0 (command line), " \
            "round spots 0.5 (plans), CSF share 0.6 (plans), blob ratio off (inference_settings.json), " \
-           "segmentation 0.5 (plans)" in printed
+           "in-plane elongation off (inference_settings.json), segmentation 0.5 (plans)" in printed
     assert "device: cpu (auto: no CUDA GPU is visible)" in printed or "device: cuda (auto: " in printed
     assert "folds: 0 1 (default: every numbered fold with all three stages trained; fold(s) all left out" in printed
     record = json.loads((out / RECORD_FILE).read_text())
