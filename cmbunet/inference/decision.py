@@ -22,7 +22,7 @@ from cmbunet.plans.schema import InferenceSettings
 @dataclass(frozen=True)
 class SpotMeasures:
     """Per-candidate measures ``(N,)`` (NaN where not measured: only candidates that can be kept are, and the CSF
-    share and curvature only when their rule is on) and the scan's
+    share, curvature and in-plane elongation only when their rule is on) and the scan's
     :func:`~cmbunet.inference.shape.round_spot_elongation`. The in-plane elongation is measured on the slices of
     the scan as acquired: the preprocessed axis of its largest original spacing is the slice axis."""
 
@@ -38,8 +38,8 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
                        settings: InferenceSettings, channel_names: Mapping[str, str], spacing: Sequence[float],
                        original_spacing: Sequence[float]) -> SpotMeasures:
     """Measure the dark spot under each candidate of a preprocessed case ``(C, X, Y, Z)`` whose probability could
-    keep it, in the susceptibility-weighted channel: shape always, location and curvature when the settings use
-    them (finding the scan's CSF level reads every brain voxel once)."""
+    keep it, in the susceptibility-weighted channel: shape always, location, curvature and in-plane elongation
+    when the settings use them (finding the scan's CSF level reads every brain voxel once)."""
     n = len(centres)
     elongation, diameter, share, blob, inplane = (np.full(n, np.nan) for _ in range(5))
     above = np.asarray(probabilities) > measured_threshold(settings)
@@ -60,7 +60,8 @@ def measure_candidates(data: np.ndarray, centres: np.ndarray, probabilities: np.
 
 def kept_candidates(probabilities: np.ndarray, measures: SpotMeasures, settings: InferenceSettings) -> np.ndarray:
     """Which candidates are kept: the discrimination threshold on the scores of
-    :func:`~cmbunet.inference.shape.decision_scores` (shape, curvature and location rules applied)."""
+    :func:`~cmbunet.inference.shape.decision_scores` (shape, curvature, in-plane elongation and location
+    rules applied)."""
     scores = decision_scores(probabilities, measures.elongation, measures.diameter_mm, settings,
                              measures.elongation_scale, measures.csf_share, measures.blob_ratio,
                              measures.inplane_elongation)
