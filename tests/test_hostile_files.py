@@ -312,7 +312,7 @@ def test_ctrl_c_during_parallel_preprocessing_stops_without_worker_tracebacks(tm
 
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     end = time.monotonic() + 240
-    while len(workers_of(proc)) < 2:
+    while len(workers_of(proc)) < 2 or ignores_sigint(proc.pid):  # the pool is up and Ctrl-C is heard again
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < end
         time.sleep(0.005)
@@ -337,6 +337,17 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def ignores_sigint(pid: int) -> bool:
+    """Whether ``pid`` ignores SIGINT now (``SigIgn`` in /proc): the command does while it starts its workers, so
+    a Ctrl-C sent then is lost, which on a loaded machine can be well after the workers appear."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # ended meanwhile
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(mask & (1 << (signal.SIGINT - 1)))
 
 
 def command_line(pid: int) -> bytes:
