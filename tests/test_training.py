@@ -135,6 +135,46 @@ def test_hard_sampling_draws_the_false_positives_the_network_still_takes_for_cmb
     assert abs(share - (HARD_SAMPLING_FLOOR / 3 + 1 - HARD_SAMPLING_FLOOR)) < 0.03
 
 
+def test_candidate_sampling_draws_mostly_what_screening_keeps_at_inference(roots):
+    from cmbunet.training.hard_sampling import CANDIDATE_SHARE, candidate_weights
+
+    w = candidate_weights(np.array([0.2, 0.95, np.nan, 0.5]), 0.5)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] == w[2] == pytest.approx((1 - CANDIDATE_SHARE) / 4)  # below the threshold or unknown: the floor
+    assert w[1] == w[3] == pytest.approx((1 - CANDIDATE_SHARE) / 4 + CANDIDATE_SHARE / 2)
+    # nothing to tell apart: drawn evenly
+    assert candidate_weights(np.full(3, np.nan), 0.5) is None and candidate_weights(np.ones(3), 0.5) is None
+    bank = _bank(roots)
+    merge_false_positives(bank, np.array([[0, 5, 5, 5], [0, 6, 6, 6], [0, 7, 7, 7], [0, 8, 8, 8]]), np.zeros(4), 1)
+    bank.fp_weights = candidate_weights(np.array([0.1, 0.2, 0.3, 0.9]), 0.5)
+    rows = draw_epoch_samples(bank, 4000, {"false_positive": 1}, np.random.default_rng(0))
+    assert abs((rows[:, 1] == 8).mean() - ((1 - CANDIDATE_SHARE) / 4 + CANDIDATE_SHARE)) < 0.03
+
+
+def test_the_final_mining_pass_gives_every_false_positive_its_final_score(tmp_path):
+    bank = SampleBank([CaseArrays("a", np.zeros((1, 4, 4, 4)), np.zeros((4, 4, 4), np.uint8), np.ones((4, 4, 4), bool),
+                                  np.zeros((0, 3), np.int64), np.array([[0, 0, 0], [4, 4, 4]]))],
+                      np.zeros((0, 4), np.int64))
+    merge_false_positives(bank, np.array([[0, 1, 1, 1], [0, 2, 2, 2]]), np.array([.5, .6]), 7)
+    assert np.isnan(bank.fp_final_scores).all()  # an intermediate pass knows no final score
+    # the final pass: the pool re-scored by the final model (current), one FP found again, one new
+    merge_false_positives(bank, np.array([[0, 2, 2, 2], [0, 3, 3, 3]]), np.array([.8, .7]), 20,
+                          current=np.array([0.05, 0.8]))
+    assert bank.false_positives.tolist() == [[0, 1, 1, 1], [0, 2, 2, 2], [0, 3, 3, 3]]
+    assert np.allclose(bank.fp_scores, [.5, .6, .7]) and np.allclose(bank.fp_final_scores, [.05, .8, .7])
+    save_false_positives(tmp_path / "fp.json", bank, 0.1)
+    entries = json.loads((tmp_path / "fp.json").read_text())["false_positives"]
+    assert [e["final_score"] for e in entries] == pytest.approx([.05, .8, .7])
+    load_false_positives(tmp_path / "fp.json", bank)
+    assert np.allclose(bank.fp_final_scores, [.05, .8, .7])
+    # a list written before final scores were recorded loads with NaN
+    for e in entries:
+        e.pop("final_score")
+    (tmp_path / "old.json").write_text(json.dumps({"false_positives": entries}))
+    load_false_positives(tmp_path / "old.json", bank)
+    assert len(bank.fp_final_scores) == 3 and np.isnan(bank.fp_final_scores).all()
+
+
 def test_fixed_validation_set_is_reproducible(roots):
     bank = _bank(roots)
     a = draw_fixed_samples(bank, 20, {"positive": 1, "negative": 2}, seed=4)
@@ -461,6 +501,33 @@ def test_stage_without_its_prerequisite_is_refused(roots, tmp_path, capsys):
     plans = load_plans(roots["pre"] / DATASET / "plans.json")
     with pytest.raises(MissingStageError, match="checkpoint_final.pth"):
         load_stage_network(tmp_path / DATASET / "cmbunet", 0, "segmentation", plans)
+
+
+def test_candidate_sampling_takes_final_screening_scores_and_rescores_an_older_list(roots, tmp_path):
+    """``fp_sampling="candidates"`` needs the final screening model's score of every mined false positive: the
+    final mining pass records it; a list written without it is scored once by the discrimination stage."""
+    from cmbunet.plan_and_preprocess import main as plan_main
+
+    assert plan_main(["-d", DATASET, "--preset", "tiny", "--raw-root", str(roots["raw"]), "--preprocessed-root",
+                      str(roots["pre"]), "-np", "1", "-p", "candidates", "--override", *OVERRIDES,
+                      "training.cpu.discrimination.fp_sampling=candidates"]) == 0
+    common = ("0", "-p", "candidates", "--seed", "2", "--no-validation")
+    assert _train(roots, tmp_path, *common, "-s", "screening") == 0
+    fp_file = tmp_path / DATASET / "cmbunet__candidates" / "fold_0" / "screening" / "false_positives.json"
+    content = json.loads(fp_file.read_text())
+    final = [f["final_score"] for f in content["false_positives"]]
+    assert len(final) > 0 and all(0.0 <= s <= 1.0 for s in final)
+    # found by the final pass itself: its final score is its score
+    assert all(f["final_score"] == f["score"] for f in content["false_positives"] if f["epoch"] == 3)
+    for f in content["false_positives"]:
+        f.pop("final_score")
+    fp_file.write_text(json.dumps(content))
+    assert _train(roots, tmp_path, *common, "-s", "discrimination") == 0
+    log = (fp_file.parent.parent / "discrimination" / "training_log.txt").read_text()
+    assert "holds no final screening scores" in log
+    assert re.search(r"false positives: 75% of the draws among the \d+ of \d+|false positives drawn evenly", log)
+    rescored = json.loads(fp_file.read_text())["false_positives"]  # saved: the next run need not screen again
+    assert [f["final_score"] for f in rescored] == pytest.approx(final, abs=1e-4)
 
 
 @pytest.mark.parametrize("fold, message", [("9", "fold 9 does not exist"), ("x", "fold must be")])

@@ -231,7 +231,9 @@ class ScreeningSchedule(Schedule):
 class DiscriminationSchedule(Schedule):
     """The discrimination schedule also says how its false positives are drawn."""
     PREFIX = "training.<device>.discrimination"
-    fp_sampling: str = leaf(choice("uniform", "hard"))  # hard: in proportion to the current CMB probability
+    #: uniform; candidates: mostly those the final screening model keeps at inference; hard: in proportion to the
+    #: current CMB probability (cmbunet.training.hard_sampling)
+    fp_sampling: str = leaf(choice("uniform", "candidates", "hard"))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The files of mined false positives in a stage folder: ``false_positives.json`` (the training cases') and
 ``validation_false_positives.json`` (the validation cases'), each FP with its case, centre, score, the epochs
-completed when it was mined and, once retired, the epoch it was retired at."""
+completed when it was mined, its score under the final screening model once that is known, and, once retired,
+the epoch it was retired at."""
 
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ VALIDATION_FP_FILE = "validation_false_positives.json"
 
 def save_false_positives(path: str | Path, bank: SampleBank, threshold: float) -> None:
     """``false_positives.json``: each mined FP with its case, centre, score and the epochs completed when mined;
-    retired FPs (``mining_keep="hard"``) follow with the epoch they were retired at."""
+    ``final_score`` where the final screening model's score is known; retired FPs (``mining_keep="hard"``) with
+    the epoch they were retired at."""
     names = bank.names
-    dropped = bank.fp_dropped if len(bank.fp_dropped) == len(bank.false_positives) else \
-        np.full(len(bank.false_positives), -1, np.int64)
+    n = len(bank.false_positives)
+    dropped = bank.fp_dropped if len(bank.fp_dropped) == n else np.full(n, -1, np.int64)
+    final = bank.fp_final_scores if len(bank.fp_final_scores) == n else np.full(n, np.nan, np.float32)
     fps = [{"case": names[r[0]], "center": r[1:].tolist(), "score": float(s), "epoch": int(e)}
-           | ({"retired": int(d)} if d >= 0 else {})
-           for r, s, e, d in zip(bank.false_positives, bank.fp_scores, bank.fp_epochs, dropped)]
+           | ({"final_score": float(f)} if np.isfinite(f) else {}) | ({"retired": int(d)} if d >= 0 else {})
+           for r, s, e, f, d in zip(bank.false_positives, bank.fp_scores, bank.fp_epochs, final, dropped)]
     per_case = {n: 0 for n in names}
     for f in fps:
         per_case[f["case"]] += "retired" not in f
@@ -46,6 +49,7 @@ def load_false_positives(path: str | Path, bank: SampleBank, max_epoch: int | No
     bank.false_positives = rows
     bank.fp_scores = np.array([f["score"] for f in keep], dtype=np.float32)
     bank.fp_epochs = np.array([f["epoch"] for f in keep], dtype=np.int64)
+    bank.fp_final_scores = np.array([f.get("final_score", np.nan) for f in keep], dtype=np.float32)
     # an FP retired after max_epoch was still in use then (exact resume)
     bank.fp_dropped = np.array([int(f.get("retired", -1)) if max_epoch is None or int(f.get("retired", -1)) <= max_epoch
                                 else -1 for f in keep], dtype=np.int64)

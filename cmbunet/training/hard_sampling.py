@@ -1,5 +1,12 @@
-"""Hard false-positive sampling (the discrimination schedule's ``fp_sampling="hard"``): false positives drawn in
-proportion to the network's current CMB probability of each, above a uniform floor."""
+"""How the discrimination stage draws its false positives (the schedule's ``fp_sampling``).
+
+- ``uniform``: evenly over every mined FP.
+- ``candidates``: most draws among the FPs that the final screening model scores at or above the inference
+  screening threshold, the candidates discrimination meets when it predicts. Mining keeps every FP above the
+  lower mining threshold (0.1), and on the wide synthetic world only about 7% of them reach 0.5; drawn evenly,
+  the dark round mimics that do reach it (calcifications, veins cut across) are a few draws in a thousand.
+- ``hard``: in proportion to the network's current CMB probability of each, above a uniform floor.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +40,23 @@ def hardness_weights(cmb_probability: np.ndarray, floor: float = HARD_SAMPLING_F
     return w / w.sum()
 
 
+#: Share of the draws under ``fp_sampling="candidates"`` that go to the FPs the final screening model keeps as
+#: candidates; the rest are spread evenly over all, so that discrimination still sees the easier ones.
+CANDIDATE_SHARE = 0.75
+
+
+def candidate_weights(final_scores: np.ndarray, threshold: float, share: float = CANDIDATE_SHARE) -> np.ndarray | None:
+    """Sampling weights of false positives from their final screening scores: ``share`` of the draws evenly over
+    those at or above ``threshold`` (the inference screening threshold), the rest evenly over all. None (draw
+    evenly) when no score is known or every FP, or none, reaches the threshold. Sums to 1."""
+    s = np.nan_to_num(np.asarray(final_scores, dtype=np.float64), nan=-np.inf)
+    candidate = s >= float(threshold)
+    if s.size == 0 or not candidate.any() or candidate.all():
+        return None
+    w = (1.0 - share) / s.size + share * candidate / candidate.sum()
+    return w / w.sum()
+
+
 @torch.inference_mode()
 def false_positive_probabilities(network: nn.Module, stage: Stage, plans: Plans, bank: SampleBank,
                                  device: str | torch.device = "cpu", batch_size: int = 256) -> np.ndarray:
@@ -58,9 +82,21 @@ def false_positive_probabilities(network: nn.Module, stage: Stage, plans: Plans,
 
 
 def update_fp_weights(state: TrainingState, epoch: int) -> None:
-    """Under ``fp_sampling="hard"``, weight the FPs by the network's CMB probability at the start of ``epoch``
-    (from these weights, not later ones, so a resumed run draws the same)."""
-    if state.hard_fp_sampling and epoch > 0:
+    """The FP weights of the stage's ``fp_sampling`` at the start of ``epoch``: under ``"hard"`` from the network's
+    CMB probabilities then (from these weights, not later ones, so a resumed run draws the same); under
+    ``"candidates"`` from the final screening scores, once."""
+    if state.fp_sampling == "hard" and epoch > 0:
         probability = false_positive_probabilities(state.network, state.stage, state.cfg.plans, state.bank,
                                                    state.info.device)
         state.bank.fp_weights = hardness_weights(probability)
+    elif state.fp_sampling == "candidates" and state.bank.fp_weights is None:
+        bank = state.bank
+        active = bank.fp_dropped < 0 if len(bank.fp_dropped) == len(bank.false_positives) else slice(None)
+        threshold = float(state.cfg.plans.inference.screening_threshold)
+        bank.fp_weights = candidate_weights(bank.fp_final_scores[active], threshold)
+        if epoch == state.start_epoch:
+            n = int(np.sum(np.nan_to_num(bank.fp_final_scores[active], nan=-np.inf) >= threshold))
+            state.log(f"false positives: {CANDIDATE_SHARE:.0%} of the draws among the {n} of "
+                      f"{len(bank.active_false_positives)} that the final screening model scores >= {threshold:g} "
+                      "(the candidates of inference)" if bank.fp_weights is not None else
+                      "false positives drawn evenly: no final screening scores separate the candidates of inference")

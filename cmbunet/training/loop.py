@@ -45,7 +45,7 @@ from cmbunet.training.progress import (TrainingLog, empty_history, epoch_summary
                                        record_epoch, stage_eta)
 from cmbunet.training.samples import KIND_NAMES, SampleBank, build_bank, draw_epoch_samples, draw_fixed_samples
 from cmbunet.training.stages import STAGE_TABLE, Stage
-from cmbunet.training.state import TrainConfig, TrainingState
+from cmbunet.training.state import TrainConfig, TrainingState, fp_sampling
 from cmbunet.utilities.autocast import autocast_context, cmb_probability
 from cmbunet.utilities.file_io import save_json
 
@@ -149,7 +149,8 @@ def prepare_banks(info: D.DistInfo, cfg: TrainConfig, stage: Stage, log: Trainin
                                "every fold's training and validation cases hold CMBs (splits_final.json of the "
                                "preprocessed dataset), or train fold all")
     if not stage.mines:
-        screening_false_positives(info, cfg, bank, FALSE_POSITIVES_FILE, log)
+        screening_false_positives(info, cfg, bank, FALSE_POSITIVES_FILE, log,
+                                  final_scores=fp_sampling(cfg, stage) == "candidates")
         if val_bank is not bank:
             screening_false_positives(info, cfg, val_bank, VALIDATION_FP_FILE, log)
     return bank, val_bank

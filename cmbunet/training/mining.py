@@ -41,7 +41,7 @@ from cmbunet.training.screening_validation import screening_validation
 from cmbunet.training.state import TrainConfig, TrainingState
 from cmbunet.utilities.autocast import ForwardOptions
 from cmbunet.utilities.cpu_features import resolve_precision
-from cmbunet.utilities.file_io import save_json
+from cmbunet.utilities.file_io import load_json, save_json
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -103,15 +103,23 @@ def retire_easy_false_positives(bank: SampleBank, current: np.ndarray, threshold
     return int(easy.sum())
 
 
-def merge_false_positives(bank: SampleBank, rows: np.ndarray, scores: np.ndarray, epoch: int) -> int:
+def merge_false_positives(bank: SampleBank, rows: np.ndarray, scores: np.ndarray, epoch: int,
+                          current: np.ndarray | None = None) -> int:
     """Add newly mined rows to the bank, dropping exact duplicates (sort-based, O(N log N)); returns how many were new.
 
     A duplicate keeps its first mining epoch and score, so the list only ever grows; a retired FP found again is
-    back in use.
+    back in use. ``current`` (the pass's score of every FP already in the bank, from the final screening model)
+    makes this pass the final one: it becomes the bank's ``fp_final_scores``, and each new FP's own score its
+    final score.
     """
     before = len(bank.false_positives)
     rows = rows.astype(np.int64).reshape(-1, 4)
     dropped = bank.fp_dropped if len(bank.fp_dropped) == before else np.full(before, -1, np.int64)
+    if current is not None:
+        final = np.concatenate([np.asarray(current, np.float32), scores.astype(np.float32)])
+    else:
+        known = bank.fp_final_scores if len(bank.fp_final_scores) == before else np.full(before, np.nan, np.float32)
+        final = np.concatenate([known, np.full(len(rows), np.nan, np.float32)])
     all_rows = np.concatenate([bank.false_positives, rows])
     all_scores = np.concatenate([bank.fp_scores, scores.astype(np.float32)])
     all_epochs = np.concatenate([bank.fp_epochs, np.full(len(rows), int(epoch), np.int64)])
@@ -122,7 +130,7 @@ def merge_false_positives(bank: SampleBank, rows: np.ndarray, scores: np.ndarray
     all_dropped[first[found_again]] = -1
     first = np.sort(first)  # keep the order of discovery
     bank.false_positives, bank.fp_scores, bank.fp_epochs = all_rows[first], all_scores[first], all_epochs[first]
-    bank.fp_dropped = all_dropped[first]
+    bank.fp_dropped, bank.fp_final_scores = all_dropped[first], final[first]
     return len(first) - before
 
 
@@ -145,11 +153,13 @@ def mining_cases(num_cases: int, per_pass: int | None, pass_index: int, seed: in
 
 def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
                    epoch_tag: int, cases: Sequence[int] | None = None, keep: str = "all",
-                   candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None, precision: str = "auto") -> int:
+                   candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None, precision: str = "auto",
+                   final: bool = False) -> int:
     """Mine false positives over the bank's volumes (``cases``, default all; split across ranks) and merge them
     into every rank's bank; with ``keep="hard"`` first retire the pool's FPs that now score below ``threshold``.
-    ``candidates``: see :func:`mine_false_positives` (this rank's cases only); ``precision``: see
-    :func:`mining_precision`."""
+    ``final``: the pass of the final screening model over every case, whose scores of the whole pool become the
+    bank's ``fp_final_scores``. ``candidates``: see :func:`mine_false_positives` (this rank's cases only);
+    ``precision``: see :func:`mining_precision`."""
     cases = list(range(len(bank.cases))) if cases is None else list(cases)
     indices = cases[info.rank::info.world_size]
     rows, scores, current = mine_false_positives(network, bank, plans, threshold, info.device, indices, candidates,
@@ -157,28 +167,52 @@ def mine_into_bank(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans
     gathered = D.all_gather_objects(info, (rows, scores, current))
     rows = np.concatenate([g[0] for g in gathered]).reshape(-1, 4)
     scores = np.concatenate([g[1] for g in gathered])
-    if keep == "hard":  # each pool FP was re-scored by one rank at most; the others hold NaN for it
-        stacked = np.stack([g[2] for g in gathered])
-        current = np.where(np.isnan(stacked).all(axis=0), np.nan, np.nanmax(np.nan_to_num(stacked, nan=-np.inf), axis=0))
+    current = _gathered_current(g[2] for g in gathered)
+    if keep == "hard":
         retire_easy_false_positives(bank, current, threshold, epoch_tag)
     elif keep != "all":
         raise CMBUNetError(f"unknown mining_keep '{keep}' in the screening schedule; expected 'all' or 'hard'")
-    return merge_false_positives(bank, rows, scores, epoch_tag)
+    return merge_false_positives(bank, rows, scores, epoch_tag, current if final else None)
+
+
+def _gathered_current(parts) -> np.ndarray:  # noqa: ANN001
+    """Each pool FP was re-scored by one rank at most; the others hold NaN for it."""
+    stacked = np.stack(list(parts))
+    return np.where(np.isnan(stacked).all(axis=0), np.nan,
+                    np.nanmax(np.nan_to_num(stacked, nan=-np.inf), axis=0)).astype(np.float32)
+
+
+def rescore_false_positives(info: D.DistInfo, network: nn.Module, bank: SampleBank, plans: Plans,
+                            precision: str = "auto") -> None:
+    """Set the bank's ``fp_final_scores`` with one pass of the final screening ``network`` over its volumes (for
+    FP lists written before final scores were recorded); the pool itself is left as it is."""
+    indices = list(range(len(bank.cases)))[info.rank::info.world_size]
+    _, _, current = mine_false_positives(network, bank, plans, 1.0, info.device, indices, progress=info.is_main,
+                                         precision=precision)
+    bank.fp_final_scores = _gathered_current(D.all_gather_objects(info, current))
 
 
 def screening_false_positives(info: D.DistInfo, cfg: TrainConfig, bank: SampleBank, file_name: str,
-                              log: TrainingLog) -> None:
-    """Load the screening stage's FP list into ``bank``; if it is missing, mine it with the final screening model."""
+                              log: TrainingLog, final_scores: bool = False) -> None:
+    """Load the screening stage's FP list into ``bank``; if it is missing, mine it with the final screening model.
+    ``final_scores``: the final screening model's score of every FP is needed; a list written without them (by an
+    older version) gets them from one pass over the volumes, and is saved with them."""
     scr_dir = cfg.folder.stage_dir(cfg.fold, "screening")
     path = scr_dir / file_name
     if path.is_file():
         n = load_false_positives(path, bank)
         log(f"loaded {n} screening false positives for {len(bank.cases)} cases from {path}")
+        if final_scores and len(bank.fp_final_scores) and np.isnan(bank.fp_final_scores).all():
+            log(f"{path.name} holds no final screening scores: screening the training volumes once for them")
+            net = cfg.folder.load_network(cfg.fold, "screening", cfg.plans, info.device)
+            rescore_false_positives(info, net, bank, cfg.plans, cfg.precision)
+            if info.is_main:
+                save_false_positives(path, bank, float(load_json(path)["mining_threshold"]))
         return
     log(f"{path} is missing: mining false positives with the final screening model")
     net = cfg.folder.load_network(cfg.fold, "screening", cfg.plans, info.device)
     threshold = D.broadcast_object(info, _mining_threshold(cfg))
-    n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1, precision=cfg.precision)
+    n = mine_into_bank(info, net, bank, cfg.plans, threshold, -1, precision=cfg.precision, final=True)
     if info.is_main:
         save_false_positives(path, bank, threshold)
     log(f"mined {n} false positives")
@@ -232,7 +266,8 @@ def final_mining(state: TrainingState) -> None:
     retired_before = int((bank.fp_dropped >= 0).sum())
     state.final_candidates.clear()
     n = mine_into_bank(state.info, state.network, bank, state.cfg.plans, threshold, state.epochs,
-                       keep=schedule.mining_keep, candidates=state.final_candidates, precision=state.cfg.precision)
+                       keep=schedule.mining_keep, candidates=state.final_candidates, precision=state.cfg.precision,
+                       final=True)
     if state.info.is_main:
         save_false_positives(state.out / FALSE_POSITIVES_FILE, bank, threshold)
         in_use, retired = len(bank.active_false_positives), int((bank.fp_dropped >= 0).sum())

@@ -63,7 +63,10 @@ class SampleBank:
     #: epoch at which ``mining_keep="hard"`` retired each FP, -1 while it is in use. Retired rows stay in place, so
     #: the order of the pool, and with it a resumed run's draws, never changes.
     fp_dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    #: sampling weight of each active FP (``fp_sampling="hard"``); None: drawn uniformly
+    #: score of each FP under the final screening model (the screening stage's last mining pass); NaN where not
+    #: known. ``fp_sampling="candidates"`` draws most FPs among those at or above the inference threshold.
+    fp_final_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    #: sampling weight of each active FP (``fp_sampling`` "hard" or "candidates"); None: drawn uniformly
     fp_weights: np.ndarray | None = None
 
     @property

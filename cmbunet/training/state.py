@@ -52,6 +52,14 @@ class TrainConfig:
         return self.folder.stage_dir(self.fold, self.stage)
 
 
+def fp_sampling(cfg: TrainConfig, stage: Stage) -> str:
+    """How ``stage`` draws its false positives: the discrimination schedule's ``fp_sampling`` there, evenly
+    (``uniform``) in the other stages."""
+    if stage.name != "discrimination":
+        return "uniform"
+    return str(cfg.plans.discrimination_schedule(cfg.device).fp_sampling)
+
+
 @dataclass
 class TrainingState:
     """One stage of one fold while it trains: its data, network, optimiser and progress so far."""
@@ -91,11 +99,10 @@ class TrainingState:
         return self.cfg.plans.screening_schedule(self.cfg.device)
 
     @property
-    def hard_fp_sampling(self) -> bool:
-        """Whether false positives are drawn in proportion to the network's current CMB probability (the
-        discrimination schedule's ``fp_sampling="hard"``; the other stages draw them evenly)."""
-        return (self.stage.name == "discrimination"
-                and self.cfg.plans.discrimination_schedule(self.cfg.device).fp_sampling == "hard")
+    def fp_sampling(self) -> str:
+        """How false positives are drawn: the discrimination schedule's ``fp_sampling`` in that stage, evenly
+        (``uniform``) in the others."""
+        return fp_sampling(self.cfg, self.stage)
 
     @property
     def out(self) -> Path:
