@@ -303,7 +303,9 @@ def test_ctrl_c_during_parallel_preprocessing_stops_without_worker_tracebacks(tm
     its imports), it ends the command with the one 'interrupted' line and exit code 130: no traceback, and no
     worker left running."""
     raw, pre = tmp_path / "raw", tmp_path / "pre"
-    write_dataset(raw / "Dataset809_CtrlC", 6, seed=2, size="small")
+    # enough cases that the work outlasts the pool's start-up on a loaded machine: with 6 small cases the command
+    # once finished before its workers could be seen listening
+    write_dataset(raw / "Dataset809_CtrlC", 16, seed=2, size="small")
     args = [str(BIN / "cmbunet_plan_and_preprocess"), "-d", "809", "--raw-root", str(raw), "--preprocessed-root",
             str(pre), "-np", "2", "--preset", "tiny"]
 
