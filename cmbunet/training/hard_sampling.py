@@ -5,8 +5,8 @@
   screening threshold, the candidates discrimination meets when it predicts. Mining keeps every FP above the
   lower mining threshold (0.1), and on the wide synthetic world only about 7% of them reach 0.5; drawn evenly,
   the dark round mimics that do reach it (calcifications, veins cut across) are a few draws in a thousand.
-  Measured on held-out groups it removed false positives but lost microbleeds, and the calcifications in CSF
-  stayed (documentation/experiments.md), so it is not the default.
+  Measured on held-out groups with two training seeds it removed false positives but lost microbleeds, and
+  most calcifications in CSF stayed (documentation/experiments.md), so it is not the default.
 - ``hard``: in proportion to the network's current CMB probability of each, above a uniform floor.
 """
 
