@@ -55,12 +55,13 @@ def mining_precision(device: str | torch.device = "cpu", requested: str = "auto"
     return resolve_precision(requested, torch.device(device).type)[0]
 
 
-def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float,
+def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, threshold: float | None,
                          device: str | torch.device = "cpu", case_indices: Sequence[int] | None = None,
                          candidates: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
                          progress: bool = True, precision: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Screening candidates with no CMB voxel in their central 2x2x2 block: rows ``(F, 4)`` and scores, plus the
-    current score of every FP already in the bank (NaN for FPs of cases not screened now).
+    current score of every FP already in the bank (NaN for FPs of cases not screened now). ``threshold`` None
+    only re-scores the bank's FPs: no candidates are looked for, and no rows are returned.
 
     ``candidates``, when given, receives every case's candidates ``(centres, scores)`` by case index, so that a
     later step needing the same pass (whole-volume validation of fold ``all``) does not screen again. ``progress``
@@ -76,12 +77,13 @@ def mine_false_positives(network: nn.Module, bank: SampleBank, plans: Plans, thr
         case = bank.cases[i]
         score_map = screening_score_map(network, np.asarray(case.data, dtype=np.float32), plans,
                                         ForwardOptions(device, precision))
-        centres, s = find_candidates(score_map, plans, threshold=threshold)
-        if candidates is not None:
-            candidates[int(i)] = (centres, s)
-        fp = ~touches_cmb(case.seg, centres) if len(centres) else np.zeros(0, bool)
-        rows.append(np.column_stack([np.full(int(fp.sum()), i), centres[fp]]))
-        scores.append(s[fp])
+        if threshold is not None:
+            centres, s = find_candidates(score_map, plans, threshold=threshold)
+            if candidates is not None:
+                candidates[int(i)] = (centres, s)
+            fp = ~touches_cmb(case.seg, centres) if len(centres) else np.zeros(0, bool)
+            rows.append(np.column_stack([np.full(int(fp.sum()), i), centres[fp]]))
+            scores.append(s[fp])
         mine = np.flatnonzero(bank.false_positives[:, 0] == i)
         if len(mine):  # score voxel j is the block centred at input voxel stride * j
             j = np.clip(np.rint(bank.false_positives[mine, 1:] / stride).astype(np.int64), 0,
@@ -187,7 +189,7 @@ def rescore_false_positives(info: D.DistInfo, network: nn.Module, bank: SampleBa
     """Set the bank's ``fp_final_scores`` with one pass of the final screening ``network`` over its volumes (for
     FP lists written before final scores were recorded); the pool itself is left as it is."""
     indices = list(range(len(bank.cases)))[info.rank::info.world_size]
-    _, _, current = mine_false_positives(network, bank, plans, 1.0, info.device, indices, progress=info.is_main,
+    _, _, current = mine_false_positives(network, bank, plans, None, info.device, indices, progress=info.is_main,
                                          precision=precision)
     bank.fp_final_scores = _gathered_current(D.all_gather_objects(info, current))
 
